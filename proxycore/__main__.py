@@ -1,0 +1,3 @@
+from proxycore.cli import main
+
+raise SystemExit(main())

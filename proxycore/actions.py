@@ -1,0 +1,147 @@
+"""Actions: everything the core asks an adapter to do.
+
+Theory of operation: :meth:`Engine.feed` returns a list of these, in the order they must be
+carried out. Each names a connection by id. The adapter executes them exactly and makes no
+protocol decision of its own; the result of an action that takes time (connecting, running a
+deferred filter, a timer) comes back later as an event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from proxycore.peer import Peer
+
+__all__ = [
+    "Action",
+    "Close",
+    "Connect",
+    "PauseReading",
+    "ResumeReading",
+    "RunFilter",
+    "Send",
+    "SetTimer",
+    "ShutdownWrite",
+]
+
+
+class Action:
+    """Base class of all actions."""
+
+    __slots__ = ("conn",)
+
+    def __repr__(self) -> str:
+        fields = []
+        for cls in reversed(type(self).__mro__):
+            for s in getattr(cls, "__slots__", ()):
+                fields.append(f"{s}={getattr(self, s)!r}")
+        return f"{type(self).__name__}({', '.join(fields)})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        for cls in type(self).__mro__:
+            for s in getattr(cls, "__slots__", ()):
+                if getattr(self, s) != getattr(other, s):
+                    return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class Send(Action):
+    """Write ``data`` to the connection (in order, after earlier Sends)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, conn: int, data: bytes) -> None:
+        self.conn = conn
+        self.data = data
+
+
+class Close(Action):
+    """Close the connection: after flushing pending writes, or at once (RST) if ``abort``.
+
+    The adapter reports the end with a Closed event; the core ignores events for ids it closed.
+    """
+
+    __slots__ = ("abort",)
+
+    def __init__(self, conn: int, abort: bool = False) -> None:
+        self.conn = conn
+        self.abort = abort
+
+
+class ShutdownWrite(Action):
+    """Half-close: flush pending writes, then send FIN; keep reading (lingering close)."""
+
+    __slots__ = ()
+
+    def __init__(self, conn: int) -> None:
+        self.conn = conn
+
+
+class Connect(Action):
+    """Open a new upstream connection with id ``conn`` to ``peer``.
+
+    The adapter answers Connected or ConnectFailed(reason="refused"|"timeout"|"error"). The
+    connect timeout is enforced by the core's timer, so the adapter needs none of its own.
+    """
+
+    __slots__ = ("peer",)
+
+    def __init__(self, conn: int, peer: Peer) -> None:
+        self.conn = conn
+        self.peer = peer
+
+
+class PauseReading(Action):
+    """Stop delivering DataReceived for this connection until ResumeReading (backpressure)."""
+
+    __slots__ = ()
+
+    def __init__(self, conn: int) -> None:
+        self.conn = conn
+
+
+class ResumeReading(Action):
+    """Deliver DataReceived again."""
+
+    __slots__ = ()
+
+    def __init__(self, conn: int) -> None:
+        self.conn = conn
+
+
+class SetTimer(Action):
+    """Arrange for TimerFired(conn) at monotonic time ``deadline`` (None cancels).
+
+    Each timer owner (a downstream connection, or 0 for the pool) has one timer; a new SetTimer
+    replaces the previous one. Firing early is harmless (the core re-arms); firing late only
+    delays a timeout.
+    """
+
+    __slots__ = ("deadline",)
+
+    def __init__(self, conn: int, deadline: float | None) -> None:
+        self.conn = conn
+        self.deadline = deadline
+
+
+class RunFilter(Action):
+    """Run a filter phase that may wait, then feed FilterDone(conn, token, result|error).
+
+    ``call`` is a zero-argument callable. ``kind`` is ``"async"`` when ``call()`` returns an
+    awaitable to await on the adapter's loop, or ``"blocking"`` when ``call()`` may block and
+    must run off the I/O thread (a worker thread or greenlet). The core does not wait: other
+    connections keep being served while it runs.
+    """
+
+    __slots__ = ("call", "kind", "token")
+
+    def __init__(self, conn: int, token: int, call: Callable[[], Any], kind: str) -> None:
+        self.conn = conn
+        self.token = token
+        self.call = call
+        self.kind = kind

@@ -1,0 +1,156 @@
+"""The ``proxycore`` command: reverse-proxy, run, demo.
+
+Exit status 2 with a message naming the bad value for any invalid argument; nothing is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from proxycore._version import __version__
+from proxycore.config import ServerConf
+from proxycore.peer import Peer
+from proxycore.phases import Proxy
+from proxycore.runner import BACKENDS, parse_listen, run
+
+__all__ = ["main"]
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return v
+
+
+def _listen(text: str) -> str:
+    try:
+        parse_listen(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _peer(text: str) -> Peer:
+    try:
+        return Peer.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", action="append", type=_listen, metavar="HOST:PORT",
+                   help="address to listen on (repeatable; default 127.0.0.1:8080)")
+    p.add_argument("--backend", default="asyncio", choices=sorted(BACKENDS),
+                   help="runtime adapter (default asyncio)")
+    p.add_argument("--connect-timeout", type=_seconds, metavar="S",
+                   help="upstream connect timeout (default 60)")
+    p.add_argument("--read-timeout", type=_seconds, metavar="S",
+                   help="upstream read timeout between two reads (default 60)")
+    p.add_argument("--write-timeout", type=_seconds, metavar="S",
+                   help="upstream write timeout (default 60)")
+    p.add_argument("--header-timeout", type=_seconds, metavar="S",
+                   help="time allowed to receive a request head (default 60)")
+    p.add_argument("--keepalive-timeout", type=_seconds, metavar="S",
+                   help="idle time allowed between requests on a client connection (default 75)")
+    p.add_argument("--upstream-idle-timeout", type=_seconds, metavar="S",
+                   help="idle time of a pooled upstream connection (default 60)")
+    p.add_argument("--pool-size", type=int, metavar="N",
+                   help="idle upstream connections kept (default 128; 0 disables pooling)")
+    p.add_argument("--no-forwarded-headers", action="store_true",
+                   help="do not append X-Forwarded-For/-Proto/-Host")
+    p.add_argument("--grace", type=_seconds, default=5.0, metavar="S",
+                   help="on SIGTERM, time allowed for in-flight requests (default 5)")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], help="default info")
+
+
+def _conf(args: argparse.Namespace) -> ServerConf:
+    conf = ServerConf()
+    for opt, attr in [
+        ("connect_timeout", "connect_timeout"),
+        ("read_timeout", "read_timeout"),
+        ("write_timeout", "write_timeout"),
+        ("header_timeout", "header_timeout"),
+        ("keepalive_timeout", "keepalive_timeout"),
+        ("upstream_idle_timeout", "upstream_idle_timeout"),
+        ("pool_size", "upstream_keepalive_pool_size"),
+    ]:
+        v = getattr(args, opt)
+        if v is not None:
+            setattr(conf, attr, v)
+    conf.add_forwarded_headers = not args.no_forwarded_headers
+    return conf
+
+
+def _load_app(spec: str) -> Proxy:
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"expected module:Class, got {spec!r}")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    module = importlib.import_module(module_name)
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise ValueError(f"{module_name} has no attribute {attr!r}")
+    app = obj() if isinstance(obj, type) else obj
+    if not isinstance(app, Proxy):
+        raise ValueError(f"{spec} is not a proxycore.Proxy subclass or instance")
+    return app
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="proxycore", description="programmable HTTP proxy")
+    p.add_argument("--version", action="version", version=f"proxycore {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    rp = sub.add_parser("reverse-proxy", help="proxy to one or more upstreams, no code needed")
+    rp.add_argument("--to", action="append", required=True, type=_peer, metavar="HOST:PORT",
+                    help="upstream (repeat for round robin)")
+    _add_server_options(rp)
+    r = sub.add_parser("run", help="serve a Proxy class: module:Class")
+    r.add_argument("app", metavar="module:Class")
+    _add_server_options(r)
+    d = sub.add_parser("demo", help="start a demo origin and a proxy in front of it")
+    d.add_argument("--listen", type=_listen, default="127.0.0.1:8080", metavar="HOST:PORT")
+    d.add_argument("--backend", default="asyncio", choices=sorted(BACKENDS))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = getattr(args, "log_level", "info").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    if args.command == "demo":
+        from proxycore.adapters.asyncio.demo import start_demo_origin
+        from proxycore.builtin import ReverseProxy
+
+        host, port = start_demo_origin()
+        print(f"demo origin listening on http://{host}:{port}/")
+        print(f"proxycore ({args.backend}) listening on http://{args.listen}/ — try:")
+        print(f"    curl -i http://{args.listen}/hello")
+        print(f"    curl -i -d 'some body' http://{args.listen}/echo")
+        print("Ctrl-C to stop.", flush=True)
+        run(ReverseProxy([Peer(host, port)]), [args.listen], args.backend)
+        return 0
+    conf = _conf(args)
+    listen = args.listen or ["127.0.0.1:8080"]
+    if args.command == "reverse-proxy":
+        from proxycore.builtin import ReverseProxy
+
+        app: Proxy = ReverseProxy(args.to)
+    else:
+        try:
+            app = _load_app(args.app)
+        except (ImportError, ValueError) as e:
+            print(f"proxycore: error: {e}", file=sys.stderr)
+            return 2
+    run(app, listen, args.backend, conf, grace=args.grace)
+    return 0

@@ -1,0 +1,39 @@
+"""Server settings that the core obeys: timeouts, limits, pool size, retries.
+
+Theory of operation: one :class:`ServerConf` is handed to the engine. Field names follow
+Pingora's configuration where Pingora has the setting (``upstream_keepalive_pool_size``,
+``max_retries``); timeouts follow nginx's defaults (``proxy_connect_timeout 60s``,
+``proxy_read_timeout 60s``, ``proxy_send_timeout 60s``, ``client_header_timeout 60s``,
+``client_body_timeout 60s``, ``send_timeout 60s``, ``keepalive_timeout 75s``, upstream
+``keepalive_timeout 60s``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from proxycore.h1.parse import Limits
+
+__all__ = ["ServerConf"]
+
+
+@dataclass
+class ServerConf:
+    """Everything the core needs to know about limits and timing (seconds, bytes)."""
+
+    connect_timeout: float = 60.0
+    read_timeout: float = 60.0
+    write_timeout: float = 60.0
+    header_timeout: float = 60.0
+    client_body_timeout: float = 60.0
+    send_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    upstream_idle_timeout: float = 60.0
+    linger_timeout: float = 5.0
+    upstream_keepalive_pool_size: int = 128
+    max_retries: int = 16
+    retry_buffer_size: int = 65536
+    max_request_body_size: int | None = None
+    add_forwarded_headers: bool = True
+    read_buffer_limit: int = 262144
+    limits: Limits = field(default_factory=Limits)

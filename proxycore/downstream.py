@@ -1,0 +1,305 @@
+"""One downstream HTTP/1.1 connection: reading request heads, pipelining, keep-alive, closing.
+
+Theory of operation: a Downstream owns the bytes received from the client (``buf``) and at most
+one active request (``current``, a :class:`Session`). In the WAIT state it looks for a complete
+head in ``buf`` (enforcing size limits and the header timeout) and starts a Session; while a
+Session is active, the Session consumes its request body from ``buf`` and anything after it
+(pipelined requests) stays buffered until the response is finished, so responses go out in
+request order (RFC 9112 §9.3.2). When the buffer holds more than ``read_buffer_limit`` bytes the
+connection stops reading (backpressure). A connection ends in one of two ways: ``close()``
+after flushing, or a lingering close (half-close, then discard input until EOF or the linger
+timeout), used after an error response so the client can read it before the socket goes away.
+
+The timers a connection may hold: ``header`` (client_header_timeout, from the first byte of a
+head), ``idle`` (keepalive_timeout between requests), ``linger``, and the request timers the
+Session arms (``connect``, ``read``, ``write``, ``send``, ``body``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from proxycore.actions import PauseReading, ResumeReading, SetTimer, ShutdownWrite
+from proxycore.errors import HTTPParseError
+from proxycore.h1.parse import find_head_end, parse_request_head
+from proxycore.h1.write import serialize_response_head
+from proxycore.http import reason_phrase
+
+if TYPE_CHECKING:
+    from proxycore.engine import Engine
+    from proxycore.session import Session
+
+__all__ = ["Downstream"]
+
+_INF = float("inf")
+
+WAIT = 0  # waiting for (the rest of) a request head
+ACTIVE = 1  # a request is in progress
+LINGER = 2  # write side shut down; discarding input until EOF/timeout
+CLOSED = 3
+
+
+class Downstream:
+    """State of one client connection."""
+
+    __slots__ = (
+        "buf",
+        "client_addr",
+        "closed",
+        "current",
+        "engine",
+        "id",
+        "peer_eof",
+        "read_paused",
+        "requests",
+        "scheduled",
+        "scheme",
+        "server_addr",
+        "state",
+        "timers",
+        "wbuf",
+        "write_paused",
+        "_search_from",
+        "_starting",
+    )
+
+    def __init__(
+        self,
+        engine: Engine,
+        conn_id: int,
+        client: tuple[str, int],
+        server: tuple[str, int],
+        scheme: str,
+    ) -> None:
+        self.engine = engine
+        self.id = conn_id
+        self.client_addr = client
+        self.server_addr = server
+        self.scheme = scheme
+        self.buf = bytearray()
+        self.wbuf: list[bytes] = []
+        self.state = WAIT
+        self.current: Session | None = None
+        self.timers: dict[str, float] = {}
+        self.scheduled = _INF
+        self.read_paused = False
+        self.write_paused = False
+        self.peer_eof = False
+        self.closed = False
+        self.requests = 0
+        self._search_from = 0
+        self._starting = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        e = self.engine
+        e.arm(self, "header", e.now + e.conf.header_timeout)
+
+    def close(self, abort: bool = False) -> None:
+        """Forget this connection and ask the adapter to close it."""
+        if self.closed:
+            return
+        self.closed = True
+        self.state = CLOSED
+        e = self.engine
+        s = self.current
+        if s is not None:
+            s.on_downstream_gone("connection closed by proxy")
+        e.downstreams.pop(self.id, None)
+        if abort:
+            self.wbuf.clear()
+        else:
+            e.flush(self)
+        self.timers.clear()
+        if self.scheduled != _INF:
+            self.scheduled = _INF
+            e.emit(SetTimer(self.id, None))
+        from proxycore.actions import Close
+
+        e.emit(Close(self.id, abort))
+
+    def linger_close(self) -> None:
+        """Half-close after the pending output, then discard input until EOF or timeout, so an
+        error response is not destroyed by a TCP reset (nginx's lingering_close)."""
+        if self.closed or self.state == LINGER:
+            return
+        e = self.engine
+        if self.peer_eof:
+            self.close()
+            return
+        self.state = LINGER
+        self.buf.clear()
+        for name in ("header", "idle", "body"):
+            self.timers.pop(name, None)
+        e.flush(self)
+        e.emit(ShutdownWrite(self.id))
+        if self.read_paused:
+            self.read_paused = False
+            e.emit(ResumeReading(self.id))
+        e.arm(self, "linger", e.now + e.conf.linger_timeout)
+
+    def reject(self, err: HTTPParseError) -> None:
+        """Answer a malformed request with err.status, then close (nothing went upstream)."""
+        e = self.engine
+        e.log.info("downstream %s: rejected request: %s (%d)", self.client_addr, err, err.status)
+        body = f"{err.status} {reason_phrase(err.status)}\n".encode()
+        head = serialize_response_head(
+            err.status,
+            reason_phrase(err.status),
+            [
+                ("Content-Type", "text/plain"),
+                ("Content-Length", str(len(body))),
+                ("Connection", "close"),
+            ],
+        )
+        e.send(self, head + body)
+        self.linger_close()
+
+    # ------------------------------------------------------------------ events
+
+    def on_data(self, data: bytes) -> None:
+        state = self.state
+        if state == LINGER or state == CLOSED:
+            return
+        s = self.current
+        if s is not None:
+            s.on_downstream_data(data)
+            return
+        self.buf += data
+        if "idle" in self.timers:
+            del self.timers["idle"]
+            e = self.engine
+            e.arm(self, "header", e.now + e.conf.header_timeout)
+        self.try_start()
+
+    def on_eof(self) -> None:
+        self.peer_eof = True
+        if self.state == LINGER or (self.current is None and self.state != CLOSED):
+            if self.current is None and self.buf and self.state == WAIT:
+                # An incomplete head followed by EOF: nothing to answer.
+                pass
+            self.close()
+            return
+        s = self.current
+        if s is not None:
+            s.on_downstream_eof()
+
+    def on_closed(self, error: str | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.state = CLOSED
+        e = self.engine
+        e.downstreams.pop(self.id, None)
+        self.wbuf.clear()
+        s = self.current
+        if s is not None:
+            s.on_downstream_gone(error or "client closed the connection")
+        self.timers.clear()
+
+    def on_write_paused(self, paused: bool) -> None:
+        self.write_paused = paused
+        s = self.current
+        if s is not None:
+            s.on_downstream_write_paused(paused)
+
+    def on_timer(self, name: str) -> None:
+        if name == "header":
+            if self.state == WAIT and self.current is None:
+                if self.buf:
+                    self.reject(HTTPParseError("client header timeout", 408))
+                else:
+                    self.close()
+        elif name == "idle" or name == "linger":
+            self.close()
+        else:
+            s = self.current
+            if s is not None:
+                s.on_timer(name)
+
+    def on_drain(self) -> None:
+        if self.current is None and self.state == WAIT and not self.buf:
+            self.close()
+
+    # ------------------------------------------------------------------ request cycle
+
+    def try_start(self) -> None:
+        """Start the next request if a complete head is buffered (loops for pipelining)."""
+        if self._starting:
+            return
+        self._starting = True
+        try:
+            while self.current is None and self.state == WAIT and self.buf:
+                if not self._start_one():
+                    break
+        finally:
+            self._starting = False
+        self.update_read_pause()
+
+    def _start_one(self) -> bool:
+        e = self.engine
+        buf = self.buf
+        # RFC 9112 §2.2: ignore empty lines received before the request-line.
+        while buf[:2] == b"\r\n":
+            del buf[:2]
+        if not buf:
+            return False
+        try:
+            end = find_head_end(buf, self._search_from, e.conf.limits, True)
+            if end < 0:
+                self._search_from = max(0, len(buf) - 3)
+                return False
+            head = bytes(buf[:end])
+            del buf[:end]
+            self._search_from = 0
+            req, meta = parse_request_head(head, e.conf.limits)
+            limit = e.conf.max_request_body_size
+            if limit is not None and meta.length > limit:
+                raise HTTPParseError("request body too large", 413)
+        except HTTPParseError as err:
+            self.reject(err)
+            return False
+        self.timers.pop("header", None)
+        self.timers.pop("idle", None)
+        self.state = ACTIVE
+        from proxycore.session import Session
+
+        s = Session(self, req, meta)
+        self.current = s
+        s.start()
+        return True
+
+    def request_done(self, s: Session, keep_alive: bool) -> None:
+        """The Session finished (response written or failed). Next request, or close."""
+        if self.current is not s or self.closed:
+            return
+        self.current = None
+        self.requests += 1
+        e = self.engine
+        if not keep_alive or self.peer_eof or e.draining:
+            if self.peer_eof or not self.buf:
+                self.close()
+            else:
+                self.linger_close()
+            return
+        self.state = WAIT
+        if self.buf:
+            e.arm(self, "header", e.now + e.conf.header_timeout)
+            if not self._starting:
+                self.try_start()
+        else:
+            e.arm(self, "idle", e.now + e.conf.keepalive_timeout)
+            self.update_read_pause()
+
+    def update_read_pause(self) -> None:
+        """Pause reading when too much is buffered or the upstream cannot take more."""
+        if self.closed:
+            return
+        want = len(self.buf) >= self.engine.conf.read_buffer_limit
+        s = self.current
+        if not want and s is not None:
+            want = s.wants_downstream_paused()
+        if want != self.read_paused:
+            self.read_paused = want
+            self.engine.emit(PauseReading(self.id) if want else ResumeReading(self.id))

@@ -1,0 +1,374 @@
+"""The engine: the single entry point of the core, one per worker.
+
+Theory of operation: an adapter calls :meth:`Engine.feed` with one event at a time and executes
+the actions it returns, in order. The engine routes the event by connection id to the downstream
+connection (:class:`proxycore.downstream.Downstream`), to the request (:class:`Session`) that
+owns an upstream connection, or to the pool for idle upstream connections. Output to a
+connection is corked during one ``feed``: every piece written to the same connection becomes a
+single Send action at the end (or just before a Close of that connection), so one request costs
+one write per direction. Timers are one per owner (downstream connection id, or 0 for the pool);
+each owner keeps named deadlines and the engine only asks the adapter to move the timer earlier,
+so refreshing a read timeout costs an attribute store, not a timer operation.
+
+The engine holds no sockets, no clock and no randomness: ``now`` comes with every event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from inspect import iscoroutinefunction
+from typing import Any
+
+from proxycore.actions import Action, Close, Connect, PauseReading, ResumeReading, Send, SetTimer
+from proxycore.config import ServerConf
+from proxycore.downstream import Downstream
+from proxycore.events import (
+    Accepted,
+    Closed,
+    ConnectFailed,
+    Connected,
+    DataReceived,
+    Drain,
+    EofReceived,
+    Event,
+    FilterDone,
+    TimerFired,
+    WritePaused,
+    WriteResumed,
+)
+from proxycore.peer import Peer
+from proxycore.phases import PHASES, Proxy
+from proxycore.pool import ConnectionPool
+from proxycore.upstream import CLOSED, IDLE, Upstream
+
+__all__ = ["Engine", "PhaseTable"]
+
+_INF = float("inf")
+
+
+class PhaseTable:
+    """For each phase: the bound method if the app overrides it, else None; plus which
+    overridden phases are marked blocking or are coroutine functions."""
+
+    def __init__(self, app: Proxy) -> None:
+        self.blocking: set[str] = set()
+        self.is_async: set[str] = set()
+        cls = type(app)
+        for name in PHASES:
+            fn = getattr(app, name)
+            overridden = getattr(cls, name, None) is not getattr(Proxy, name)
+            setattr(self, name, fn if overridden else None)
+            if overridden and getattr(fn, "__proxycore_blocking__", False):
+                self.blocking.add(name)
+            if overridden and iscoroutinefunction(fn):
+                self.is_async.add(name)
+        if getattr(self, "upstream_peer") is None:
+            raise TypeError(f"{cls.__name__} must implement upstream_peer()")
+        # fail_to_proxy and fail_to_connect have meaningful defaults: always callable.
+        self.fail_to_proxy_fn: Callable[..., Any] = app.fail_to_proxy
+
+    def __getattr__(self, name: str) -> Any:  # pragma: no cover - only for mypy
+        raise AttributeError(name)
+
+
+class _PoolTimer:
+    """Timer bookkeeping for the pool (owner id 0)."""
+
+    __slots__ = ("id", "scheduled")
+
+    def __init__(self) -> None:
+        self.id = 0
+        self.scheduled = _INF
+
+
+class Engine:
+    """One worker's proxy state: downstream connections, upstream connections, the pool."""
+
+    def __init__(
+        self,
+        app: Proxy,
+        conf: ServerConf | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.app = app
+        self.conf = conf or ServerConf()
+        self.log = logger or logging.getLogger("proxycore")
+        self.phases = PhaseTable(app)
+        self.pool = ConnectionPool(self.conf.upstream_keepalive_pool_size)
+        self.downstreams: dict[int, Downstream] = {}
+        self.upstreams: dict[int, Upstream] = {}
+        self.out: list[Action] = []
+        self.now = 0.0
+        self.draining = False
+        self._next_id = 1
+        self._next_token = 1
+        self._dirty: list[Downstream | Upstream] = []
+        self._pool_timer = _PoolTimer()
+        self._handlers: dict[type[Event], Callable[[Any], None]] = {
+            DataReceived: self._on_data,
+            EofReceived: self._on_eof,
+            Closed: self._on_closed,
+            Connected: self._on_connected,
+            ConnectFailed: self._on_connect_failed,
+            WritePaused: self._on_write_paused,
+            WriteResumed: self._on_write_resumed,
+            TimerFired: self._on_timer,
+            FilterDone: self._on_filter_done,
+            Accepted: self._on_accepted,
+            Drain: self._on_drain,
+        }
+
+    # ------------------------------------------------------------------ entry point
+
+    def new_id(self) -> int:
+        """Allocate a connection id (for an Accepted event)."""
+        i = self._next_id
+        self._next_id = i + 1
+        return i
+
+    def new_token(self) -> int:
+        t = self._next_token
+        self._next_token = t + 1
+        return t
+
+    def feed(self, event: Event) -> list[Action]:
+        """Process one event and return the actions to carry out, in order."""
+        self.now = event.now
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            raise TypeError(f"not an event: {event!r}")
+        handler(event)
+        if self._dirty:
+            self._flush_all()
+        out = self.out
+        self.out = []
+        return out
+
+    @property
+    def idle(self) -> bool:
+        """True when no downstream connection is open (used to finish a graceful drain)."""
+        return not self.downstreams
+
+    # ------------------------------------------------------------------ output helpers
+
+    def send(self, conn: Downstream | Upstream, data: bytes) -> None:
+        if not data:
+            return
+        wbuf = conn.wbuf
+        if not wbuf:
+            self._dirty.append(conn)
+        wbuf.append(data)
+
+    def flush(self, conn: Downstream | Upstream) -> None:
+        wbuf = conn.wbuf
+        if wbuf:
+            self.out.append(Send(conn.id, wbuf[0] if len(wbuf) == 1 else b"".join(wbuf)))
+            wbuf.clear()
+
+    def _flush_all(self) -> None:
+        out = self.out
+        for conn in self._dirty:
+            wbuf = conn.wbuf
+            if wbuf:
+                out.append(Send(conn.id, wbuf[0] if len(wbuf) == 1 else b"".join(wbuf)))
+                wbuf.clear()
+        self._dirty.clear()
+
+    def emit(self, action: Action) -> None:
+        self.out.append(action)
+
+    # ------------------------------------------------------------------ timers
+
+    def arm(self, owner: Downstream, name: str, deadline: float) -> None:
+        """Set owner's named deadline; ask the adapter only if it is earlier than scheduled."""
+        owner.timers[name] = deadline
+        if deadline < owner.scheduled:
+            owner.scheduled = deadline
+            self.out.append(SetTimer(owner.id, deadline))
+
+    def _rearm(self, owner: Downstream | _PoolTimer, deadline: float | None) -> None:
+        if deadline is None:
+            if owner.scheduled != _INF:
+                owner.scheduled = _INF
+                self.out.append(SetTimer(owner.id, None))
+            return
+        if deadline != owner.scheduled:
+            owner.scheduled = deadline
+            self.out.append(SetTimer(owner.id, deadline))
+
+    # ------------------------------------------------------------------ upstream helpers
+
+    def open_upstream(self, peer: Peer) -> Upstream:
+        up = Upstream(self.new_id(), peer, self.now)
+        self.upstreams[up.id] = up
+        self.pool.stats.opened += 1
+        self.out.append(Connect(up.id, peer))
+        return up
+
+    def close_upstream(self, up: Upstream, abort: bool = False) -> None:
+        if up.state == CLOSED:
+            return
+        if up.state == IDLE:
+            self.pool.discard(up)
+        up.state = CLOSED
+        up.session = None
+        self.upstreams.pop(up.id, None)
+        if abort:
+            up.wbuf.clear()
+        else:
+            self.flush(up)
+        self.out.append(Close(up.id, abort))
+
+    def release_upstream(self, up: Upstream) -> None:
+        """Return a healthy connection to the pool (or close it if pooling is off)."""
+        timeout = up.peer.idle_timeout
+        if timeout is None:
+            timeout = self.conf.upstream_idle_timeout
+        if timeout <= 0 or self.draining:
+            self.close_upstream(up)
+            return
+        up.session = None
+        up.state = IDLE
+        up.received = 0
+        if up.read_paused:
+            up.read_paused = False
+            self.out.append(ResumeReading(up.id))
+        for old in self.pool.release(up, self.now + timeout):
+            self.close_upstream(old)
+        if up.state == IDLE and self.now + timeout < self._pool_timer.scheduled:
+            self._rearm(self._pool_timer, self.now + timeout)
+
+    def pause_upstream(self, up: Upstream, pause: bool) -> None:
+        if up.read_paused != pause and up.state != CLOSED:
+            up.read_paused = pause
+            self.out.append(PauseReading(up.id) if pause else ResumeReading(up.id))
+
+    # ------------------------------------------------------------------ event handlers
+
+    def _on_accepted(self, ev: Accepted) -> None:
+        down = Downstream(self, ev.conn, ev.client, ev.server, ev.scheme)
+        self.downstreams[ev.conn] = down
+        if self.draining:
+            down.close()
+            return
+        down.start()
+
+    def _on_data(self, ev: DataReceived) -> None:
+        down = self.downstreams.get(ev.conn)
+        if down is not None:
+            down.on_data(ev.data)
+            return
+        up = self.upstreams.get(ev.conn)
+        if up is None:
+            return
+        s = up.session
+        if s is None:
+            # RFC 9112 §9.3: nothing may arrive on an idle connection; drop it.
+            self.close_upstream(up)
+            return
+        s.on_upstream_data(ev.data)
+
+    def _on_eof(self, ev: EofReceived) -> None:
+        down = self.downstreams.get(ev.conn)
+        if down is not None:
+            down.on_eof()
+            return
+        up = self.upstreams.get(ev.conn)
+        if up is None:
+            return
+        up.eof = True
+        if up.session is None:
+            self.close_upstream(up)
+        else:
+            up.session.on_upstream_eof(None)
+
+    def _on_closed(self, ev: Closed) -> None:
+        down = self.downstreams.get(ev.conn)
+        if down is not None:
+            down.on_closed(ev.error)
+            return
+        up = self.upstreams.get(ev.conn)
+        if up is None:
+            return
+        up.eof = True
+        s = up.session
+        if s is None:
+            self.close_upstream(up)
+        else:
+            s.on_upstream_eof(ev.error or "connection closed")
+
+    def _on_connected(self, ev: Connected) -> None:
+        up = self.upstreams.get(ev.conn)
+        if up is None:
+            return
+        s = up.session
+        if s is None:
+            self.close_upstream(up)
+            return
+        s.on_upstream_connected(up)
+
+    def _on_connect_failed(self, ev: ConnectFailed) -> None:
+        up = self.upstreams.pop(ev.conn, None)
+        if up is None:
+            return
+        up.state = CLOSED
+        s = up.session
+        up.session = None
+        if s is not None:
+            s.on_upstream_connect_failed(up, ev.reason, ev.message)
+
+    def _on_write_paused(self, ev: WritePaused) -> None:
+        down = self.downstreams.get(ev.conn)
+        if down is not None:
+            down.on_write_paused(True)
+            return
+        up = self.upstreams.get(ev.conn)
+        if up is not None:
+            up.write_paused = True
+            if up.session is not None:
+                up.session.on_upstream_write_paused(True)
+
+    def _on_write_resumed(self, ev: WriteResumed) -> None:
+        down = self.downstreams.get(ev.conn)
+        if down is not None:
+            down.on_write_paused(False)
+            return
+        up = self.upstreams.get(ev.conn)
+        if up is not None:
+            up.write_paused = False
+            if up.session is not None:
+                up.session.on_upstream_write_paused(False)
+
+    def _on_timer(self, ev: TimerFired) -> None:
+        if ev.conn == 0:
+            self._pool_timer.scheduled = _INF
+            for up in self.pool.expire(self.now):
+                self.close_upstream(up)
+            self._rearm(self._pool_timer, self.pool.next_deadline())
+            return
+        down = self.downstreams.get(ev.conn)
+        if down is None:
+            return
+        down.scheduled = _INF
+        now = self.now
+        timers = down.timers
+        due = [name for name, d in timers.items() if d <= now]
+        for name in due:
+            if timers.pop(name, None) is not None:
+                down.on_timer(name)
+                if down.closed:
+                    return
+        self._rearm(down, min(timers.values()) if timers else None)
+
+    def _on_filter_done(self, ev: FilterDone) -> None:
+        down = self.downstreams.get(ev.conn)
+        if down is not None and down.current is not None:
+            down.current.on_filter_done(ev.token, ev.result, ev.error)
+
+    def _on_drain(self, ev: Drain) -> None:
+        self.draining = True
+        for up in [self.upstreams[i] for i in self.pool.idle_ids()]:
+            self.close_upstream(up)
+        for down in list(self.downstreams.values()):
+            down.on_drain()

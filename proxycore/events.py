@@ -1,0 +1,175 @@
+"""Events: everything that enters the core, each stamped by the adapter with ``now``.
+
+Theory of operation: an adapter turns what its event loop observes into one of these objects
+and passes it to :meth:`proxycore.engine.Engine.feed`, the single entry point of the core. Every
+event names the connection it concerns by the integer id the core assigned (downstream ids come
+from :class:`Accepted` via ``Engine.accept``; upstream ids from the core's :class:`Connect`
+action). ``now`` is a monotonic time in seconds; the core never reads a clock. Because every input
+passes through here with its time, recording the events of a session is enough to replay it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "Accepted",
+    "Closed",
+    "ConnectFailed",
+    "Connected",
+    "DataReceived",
+    "Drain",
+    "EofReceived",
+    "Event",
+    "FilterDone",
+    "TimerFired",
+    "WritePaused",
+    "WriteResumed",
+]
+
+
+class Event:
+    """Base class of all events."""
+
+    __slots__ = ("conn", "now")
+
+    def __init__(self, conn: int, now: float) -> None:
+        self.conn = conn
+        self.now = now
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{s}={getattr(self, s)!r}" for s in self._fields())
+        return f"{type(self).__name__}({fields})"
+
+    def _fields(self) -> list[str]:
+        out: list[str] = []
+        for cls in reversed(type(self).__mro__):
+            out.extend(getattr(cls, "__slots__", ()))
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, s) == getattr(other, s) for s in self._fields())
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class DataReceived(Event):
+    """Bytes arrived on a connection (downstream or upstream)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, conn: int, data: bytes, now: float) -> None:
+        self.conn = conn
+        self.now = now
+        self.data = data
+
+
+class EofReceived(Event):
+    """The peer half-closed the connection: no more bytes will arrive on it."""
+
+    __slots__ = ()
+
+
+class Closed(Event):
+    """The connection is gone (reset, broken, or closed after a Close action).
+
+    ``error`` is a short description when the peer or network broke it, None for a clean close.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, conn: int, now: float, error: str | None = None) -> None:
+        self.conn = conn
+        self.now = now
+        self.error = error
+
+
+class Connected(Event):
+    """An upstream connection asked for by a Connect action is established."""
+
+    __slots__ = ()
+
+
+class ConnectFailed(Event):
+    """An upstream connection could not be established.
+
+    ``reason`` is ``"refused"``, ``"timeout"`` or ``"error"``; ``message`` is for logs.
+    """
+
+    __slots__ = ("message", "reason")
+
+    def __init__(self, conn: int, now: float, reason: str, message: str = "") -> None:
+        self.conn = conn
+        self.now = now
+        self.reason = reason
+        self.message = message
+
+
+class WritePaused(Event):
+    """The connection's outgoing buffer is above its high-water mark (backpressure)."""
+
+    __slots__ = ()
+
+
+class WriteResumed(Event):
+    """The connection's outgoing buffer drained below its low-water mark."""
+
+    __slots__ = ()
+
+
+class TimerFired(Event):
+    """The timer the core set for ``conn`` (a downstream id, or 0 for the pool) is due."""
+
+    __slots__ = ()
+
+
+class FilterDone(Event):
+    """A deferred filter phase (RunFilter action) finished with ``result`` or ``error``."""
+
+    __slots__ = ("error", "result", "token")
+
+    def __init__(
+        self,
+        conn: int,
+        token: int,
+        now: float,
+        result: Any = None,
+        error: BaseException | None = None,
+    ) -> None:
+        self.conn = conn
+        self.now = now
+        self.token = token
+        self.result = result
+        self.error = error
+
+
+class Accepted(Event):
+    """A downstream connection was accepted; ``conn`` was allocated by ``Engine.new_id()``.
+
+    ``client`` and ``server`` are (host, port) pairs; ``scheme`` is ``"http"`` or ``"https"``.
+    """
+
+    __slots__ = ("client", "scheme", "server")
+
+    def __init__(
+        self,
+        conn: int,
+        now: float,
+        client: tuple[str, int],
+        server: tuple[str, int],
+        scheme: str = "http",
+    ) -> None:
+        self.conn = conn
+        self.now = now
+        self.client = client
+        self.server = server
+        self.scheme = scheme
+
+
+class Drain(Event):
+    """Graceful shutdown began: finish in-flight requests, close idle connections, and answer
+    with ``Connection: close`` from now on. ``conn`` is 0."""
+
+    __slots__ = ()

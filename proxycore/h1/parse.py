@@ -1,0 +1,437 @@
+"""Parsing HTTP/1.1 heads and decoding message bodies (RFC 9112), strictly.
+
+Theory of operation: the session keeps received bytes in a buffer and calls
+:func:`find_head_end` until the blank line that ends a head is present, enforcing the size
+limits while it waits (414 for a long request line, 431 for a large header section). The whole
+head is then decoded once as latin-1 and checked with two compiled regular expressions: one
+validates the entire header block (so one bad byte anywhere rejects it), one extracts the
+fields. Everything that decides message framing (Content-Length, Transfer-Encoding, Connection,
+Host, Expect, Upgrade) is collected in the same single pass over the fields.
+
+We are deliberately stricter than RFC 9112's "MAY" allowances where leniency enables request
+smuggling: no obs-fold (§5.2), no bare LF or bare CR (§2.2), no whitespace before the colon
+(§5.1), no Content-Length with Transfer-Encoding (§6.1), no duplicate Content-Length even with
+equal values (§6.3 permits rejecting). A rejected request raises :class:`HTTPParseError` whose
+``status`` is the reply to send; the connection is then closed.
+"""
+
+from __future__ import annotations
+
+import re
+
+from proxycore.errors import HTTPParseError
+from proxycore.http import Headers, RequestHeader, ResponseHeader
+
+__all__ = [
+    "BODY_CHUNKED",
+    "BODY_CLOSE",
+    "BODY_LENGTH",
+    "BODY_NONE",
+    "ChunkedDecoder",
+    "Limits",
+    "RequestMeta",
+    "ResponseMeta",
+    "find_head_end",
+    "parse_request_head",
+    "parse_response_head",
+]
+
+BODY_NONE = 0
+BODY_LENGTH = 1
+BODY_CHUNKED = 2
+BODY_CLOSE = 3  # read until the connection closes (responses only, RFC 9112 §6.3 rule 8)
+
+
+class Limits:
+    """Size limits for heads and chunk lines.
+
+    Defaults follow nginx's ``large_client_header_buffers 4 8k``: a request line over 8 KiB is
+    414, a header section over 32 KiB (or more than 100 fields) is 431.
+    """
+
+    __slots__ = ("max_chunk_line", "max_header_bytes", "max_headers", "max_request_line")
+
+    def __init__(
+        self,
+        max_request_line: int = 8192,
+        max_header_bytes: int = 32768,
+        max_headers: int = 100,
+        max_chunk_line: int = 4096,
+    ) -> None:
+        self.max_request_line = max_request_line
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self.max_chunk_line = max_chunk_line
+
+
+DEFAULT_LIMITS = Limits()
+
+# RFC 9110 §5.6.2 token; §5.5 field-value: VCHAR / obs-text / SP / HTAB (no CTLs, no DEL).
+_TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
+_FIELD_VALUE_CHARS = r"\t\x20-\x7e\x80-\xff"
+_HEADER_BLOCK_RE = re.compile(rf"(?:[{_TCHAR}]+:[{_FIELD_VALUE_CHARS}]*\r\n)*")
+_HEADER_FIELD_RE = re.compile(rf"([{_TCHAR}]+):[ \t]*([{_FIELD_VALUE_CHARS}]*?)[ \t]*\r\n")
+_REQUEST_LINE_RE = re.compile(rf"([{_TCHAR}]+) ([\x21-\x7e\x80-\xff]+) HTTP/([0-9])\.([0-9])")
+_STATUS_LINE_RE = re.compile(rf"HTTP/([0-9])\.([0-9]) ([0-9]{{3}})(?: ([{_FIELD_VALUE_CHARS}]*))?")
+_CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,18}")
+# RFC 3986 authority: reg-name / IPv4 / IP-literal, optional port.
+_HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+_ABSOLUTE_RE = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)(.*)")
+_CHUNK_LINE_RE = re.compile(
+    rf"([0-9A-Fa-f]{{1,16}})[ \t]*(?:;[ \t]*[{_TCHAR}]+(?:[ \t]*=[ \t]*(?:[{_TCHAR}]+|\"(?:[^\"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t\x20-\x7e\x80-\xff])*\"))?[ \t]*)*"
+)
+
+
+class RequestMeta:
+    """What the parser learned about a request's framing and connection handling."""
+
+    __slots__ = (
+        "body",
+        "connection_tokens",
+        "expect_continue",
+        "head_size",
+        "keep_alive",
+        "length",
+        "upgrade",
+    )
+
+    def __init__(self) -> None:
+        self.body = BODY_NONE
+        self.length = 0
+        self.keep_alive = True
+        self.expect_continue = False
+        self.upgrade: str | None = None
+        self.connection_tokens: frozenset[str] = frozenset()
+        self.head_size = 0
+
+
+class ResponseMeta:
+    """What the parser learned about a response's framing."""
+
+    __slots__ = ("body", "connection_tokens", "head_size", "keep_alive", "length")
+
+    def __init__(self) -> None:
+        self.body = BODY_NONE
+        self.length = 0
+        self.keep_alive = True
+        self.connection_tokens: frozenset[str] = frozenset()
+        self.head_size = 0
+
+
+def find_head_end(buf: bytes | bytearray, start: int, limits: Limits, request: bool) -> int:
+    """Return the offset just past the head's final CRLFCRLF, or -1 if more bytes are needed.
+
+    ``start`` is where to resume searching (bytes before it were already searched).
+    Raises :class:`HTTPParseError` (414/431/400) when a limit is exceeded while waiting.
+    """
+    idx = buf.find(b"\r\n\r\n", start)
+    if idx >= 0:
+        end = idx + 4
+        if end > limits.max_header_bytes + limits.max_request_line:
+            raise HTTPParseError("header section too large", 431)
+        if request:
+            line_end = buf.find(b"\r\n", 0, end)
+            if line_end > limits.max_request_line:
+                raise HTTPParseError("request line too long", 414)
+        return end
+    n = len(buf)
+    if request:
+        line_end = buf.find(b"\r\n")
+        if line_end < 0:
+            if n > limits.max_request_line:
+                raise HTTPParseError("request line too long", 414)
+        elif line_end > limits.max_request_line:
+            raise HTTPParseError("request line too long", 414)
+        elif n - line_end > limits.max_header_bytes:
+            raise HTTPParseError("header section too large", 431)
+    elif n > limits.max_header_bytes + limits.max_request_line:
+        raise HTTPParseError("response head too large", 502)
+    return -1
+
+
+def _split_tokens(value: str) -> list[str]:
+    return [t.strip(" \t").lower() for t in value.split(",") if t.strip(" \t")]
+
+
+def _parse_fields(block: str, limits: Limits) -> list[tuple[str, str, str]]:
+    if _HEADER_BLOCK_RE.fullmatch(block) is None:
+        raise HTTPParseError("invalid header field (RFC 9112 §5, RFC 9110 §5.5)")
+    fields = _HEADER_FIELD_RE.findall(block)
+    if len(fields) > limits.max_headers:
+        raise HTTPParseError("too many header fields", 431)
+    return [(n.lower(), n, v) for n, v in fields]
+
+
+def parse_request_head(
+    head: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
+) -> tuple[RequestHeader, RequestMeta]:
+    """Parse a complete request head (ending in CRLFCRLF, leading CRLFs already skipped)."""
+    text = bytes(head).decode("latin-1")
+    line_end = text.find("\r\n")
+    m = _REQUEST_LINE_RE.fullmatch(text, 0, line_end)
+    if m is None:
+        raise HTTPParseError("malformed request line (RFC 9112 §3)")
+    method, target, major, minor = m.groups()
+    if major != "1":
+        raise HTTPParseError("HTTP version not supported", 505)
+    http10 = minor == "0"
+    items = _parse_fields(text[line_end + 2 : -2], limits)
+
+    meta = RequestMeta()
+    meta.head_size = len(text)
+    content_length: str | None = None
+    te: str | None = None
+    hosts = 0
+    host_value = ""
+    connection: list[str] = []
+    for lname, _, value in items:
+        if lname == "content-length":
+            if content_length is not None:
+                raise HTTPParseError("duplicate Content-Length (RFC 9112 §6.3)")
+            content_length = value
+        elif lname == "transfer-encoding":
+            te = value if te is None else te + "," + value
+        elif lname == "host":
+            hosts += 1
+            host_value = value
+        elif lname == "connection":
+            connection.extend(_split_tokens(value))
+        elif lname == "expect":
+            if value.lower() == "100-continue":
+                meta.expect_continue = True
+            else:
+                raise HTTPParseError("unsupported expectation (RFC 9110 §10.1.1)", 417)
+        elif lname == "upgrade":
+            meta.upgrade = value
+
+    # RFC 9112 §3.2: exactly one Host in HTTP/1.1; at most one in 1.0.
+    if hosts > 1:
+        raise HTTPParseError("duplicate Host (RFC 9112 §3.2)")
+    if hosts == 0 and not http10:
+        raise HTTPParseError("missing Host (RFC 9112 §3.2)")
+    if hosts and _HOST_RE.fullmatch(host_value) is None:
+        raise HTTPParseError("invalid Host (RFC 9112 §3.2)")
+
+    # Request target forms, RFC 9112 §3.2.
+    scheme = authority = None
+    path = target
+    if target[0] != "/":
+        if target == "*":
+            if method != "OPTIONS":
+                raise HTTPParseError("asterisk-form is only for OPTIONS (RFC 9112 §3.2.4)")
+        elif method == "CONNECT":
+            if _HOST_RE.fullmatch(target) is None:
+                raise HTTPParseError("invalid authority-form target (RFC 9112 §3.2.3)")
+            authority = target
+        else:
+            am = _ABSOLUTE_RE.fullmatch(target)
+            if am is None:
+                raise HTTPParseError("invalid request target (RFC 9112 §3.2)")
+            scheme = am.group(1).lower()
+            authority = am.group(2)
+            if "@" in authority or _HOST_RE.fullmatch(authority) is None:
+                raise HTTPParseError("invalid authority in absolute-form target")
+            rest = am.group(3)
+            path = rest if rest.startswith("/") else "/" + rest
+            # RFC 9112 §3.2.2: ignore the received Host and use the target's authority.
+            items = [it for it in items if it[0] != "host"]
+            items.append(("host", "Host", authority))
+
+    # Message body framing, RFC 9112 §6.1-§6.3.
+    if te is not None:
+        if http10:
+            raise HTTPParseError("Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1)")
+        if content_length is not None:
+            raise HTTPParseError("both Content-Length and Transfer-Encoding (RFC 9112 §6.1)")
+        codings = _split_tokens(te)
+        for c in codings:
+            if c != "chunked":
+                raise HTTPParseError(f"unsupported transfer coding {c!r}", 501)
+        if codings != ["chunked"]:
+            raise HTTPParseError("chunked must be applied exactly once, last (RFC 9112 §6.1)")
+        meta.body = BODY_CHUNKED
+    elif content_length is not None:
+        if _CONTENT_LENGTH_RE.fullmatch(content_length) is None:
+            raise HTTPParseError("invalid Content-Length (RFC 9110 §8.6)")
+        meta.length = int(content_length)
+        if meta.length:
+            meta.body = BODY_LENGTH
+
+    if connection:
+        meta.connection_tokens = frozenset(connection)
+        if "close" in connection:
+            meta.keep_alive = False
+        elif http10:
+            meta.keep_alive = "keep-alive" in connection
+    elif http10:
+        meta.keep_alive = False
+    version = "HTTP/1.0" if http10 else "HTTP/1.1"
+    req = RequestHeader(
+        method, path, Headers._from_parsed(items), version, scheme=scheme, authority=authority
+    )
+    return req, meta
+
+
+def parse_response_head(
+    head: bytes | bytearray | memoryview,
+    request_method: str,
+    limits: Limits = DEFAULT_LIMITS,
+) -> tuple[ResponseHeader, ResponseMeta]:
+    """Parse a complete upstream response head; raises HTTPParseError (status 502) if invalid."""
+    text = bytes(head).decode("latin-1")
+    line_end = text.find("\r\n")
+    m = _STATUS_LINE_RE.fullmatch(text, 0, line_end)
+    if m is None:
+        raise HTTPParseError("malformed status line", 502)
+    major, minor, status_s, reason = m.groups()
+    if major != "1":
+        raise HTTPParseError("unsupported HTTP version in response", 502)
+    http10 = minor == "0"
+    status = int(status_s)
+    if status < 100:
+        raise HTTPParseError("invalid status code", 502)
+    try:
+        items = _parse_fields(text[line_end + 2 : -2], limits)
+    except HTTPParseError as e:
+        raise HTTPParseError(f"invalid response header: {e}", 502) from None
+
+    meta = ResponseMeta()
+    meta.head_size = len(text)
+    content_length: str | None = None
+    te: str | None = None
+    connection: list[str] = []
+    for lname, _, value in items:
+        if lname == "content-length":
+            if content_length is not None and content_length != value:
+                raise HTTPParseError("conflicting Content-Length in response", 502)
+            content_length = value
+        elif lname == "transfer-encoding":
+            te = value if te is None else te + "," + value
+        elif lname == "connection":
+            connection.extend(_split_tokens(value))
+
+    if connection:
+        meta.connection_tokens = frozenset(connection)
+        if "close" in connection:
+            meta.keep_alive = False
+        elif http10:
+            meta.keep_alive = "keep-alive" in connection
+    elif http10:
+        meta.keep_alive = False
+
+    # RFC 9112 §6.3: HEAD, 1xx, 204 and 304 responses never have a body.
+    if request_method == "HEAD" or status < 200 or status == 204 or status == 304:
+        meta.body = BODY_NONE
+        if content_length is not None and _CONTENT_LENGTH_RE.fullmatch(content_length) is None:
+            raise HTTPParseError("invalid Content-Length in response", 502)
+    elif te is not None:
+        if content_length is not None:
+            # §6.3 rule 3: "ought to be handled as an error" — a smuggling signal.
+            raise HTTPParseError("Content-Length with Transfer-Encoding in response", 502)
+        codings = _split_tokens(te)
+        if codings and codings[-1] == "chunked" and codings.count("chunked") == 1:
+            if len(codings) > 1:
+                raise HTTPParseError("unsupported transfer coding in response", 502)
+            meta.body = BODY_CHUNKED
+        else:
+            meta.body = BODY_CLOSE
+            meta.keep_alive = False
+    elif content_length is not None:
+        if _CONTENT_LENGTH_RE.fullmatch(content_length) is None:
+            raise HTTPParseError("invalid Content-Length in response", 502)
+        meta.length = int(content_length)
+        meta.body = BODY_LENGTH if meta.length else BODY_NONE
+    else:
+        meta.body = BODY_CLOSE
+        meta.keep_alive = False
+    version = "HTTP/1.0" if http10 else "HTTP/1.1"
+    resp = ResponseHeader(status, Headers._from_parsed(items), reason or "", version)
+    return resp, meta
+
+
+class ChunkedDecoder:
+    """Incremental decoder for the chunked transfer coding (RFC 9112 §7.1).
+
+    :meth:`feed` consumes bytes from the front of a buffer and returns decoded data pieces.
+    When the last chunk and trailer section have been read, ``done`` is True and ``trailers``
+    holds the trailer fields (possibly empty). Malformed input raises HTTPParseError.
+    """
+
+    __slots__ = ("_error_status", "_limits", "_remaining", "_state", "done", "trailers")
+
+    _SIZE, _DATA, _DATA_CRLF, _TRAILERS = range(4)
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, error_status: int = 400) -> None:
+        self._state = self._SIZE
+        self._remaining = 0
+        self._limits = limits
+        self._error_status = error_status
+        self.done = False
+        self.trailers: Headers | None = None
+
+    def feed(self, buf: bytearray) -> list[bytes]:
+        """Decode as much of ``buf`` as possible, deleting what was consumed."""
+        out: list[bytes] = []
+        pos = 0
+        n = len(buf)
+        limits = self._limits
+        try:
+            while pos < n and not self.done:
+                state = self._state
+                if state == self._DATA:
+                    take = min(self._remaining, n - pos)
+                    out.append(bytes(buf[pos : pos + take]))
+                    pos += take
+                    self._remaining -= take
+                    if self._remaining == 0:
+                        self._state = self._DATA_CRLF
+                elif state == self._SIZE:
+                    eol = buf.find(b"\r\n", pos)
+                    if eol < 0:
+                        if n - pos > limits.max_chunk_line:
+                            raise HTTPParseError("chunk size line too long", self._error_status)
+                        break
+                    line = bytes(buf[pos:eol]).decode("latin-1")
+                    m = _CHUNK_LINE_RE.fullmatch(line)
+                    if m is None:
+                        raise HTTPParseError("invalid chunk size line (RFC 9112 §7.1)",
+                                             self._error_status)
+                    size = int(m.group(1), 16)
+                    pos = eol + 2
+                    if size == 0:
+                        self._state = self._TRAILERS
+                    else:
+                        self._remaining = size
+                        self._state = self._DATA
+                elif state == self._DATA_CRLF:
+                    if n - pos < 2:
+                        if buf[pos] != 0x0D:
+                            raise HTTPParseError("chunk data not followed by CRLF",
+                                                 self._error_status)
+                        break
+                    if buf[pos] != 0x0D or buf[pos + 1] != 0x0A:
+                        raise HTTPParseError("chunk data not followed by CRLF", self._error_status)
+                    pos += 2
+                    self._state = self._SIZE
+                else:  # trailer section, RFC 9112 §7.1.2
+                    if buf.startswith(b"\r\n", pos):
+                        pos += 2
+                        self.done = True
+                        self.trailers = self.trailers or Headers()
+                        break
+                    if n - pos == 1 and buf[pos] == 0x0D:
+                        break
+                    end = buf.find(b"\r\n\r\n", pos)
+                    if end < 0:
+                        if n - pos > limits.max_header_bytes:
+                            raise HTTPParseError("trailer section too large", 431)
+                        break
+                    block = bytes(buf[pos : end + 2]).decode("latin-1")
+                    fields = _parse_fields(block, limits)
+                    pos = end + 4
+                    self.done = True
+                    self.trailers = Headers._from_parsed(fields)
+        finally:
+            if pos:
+                del buf[:pos]
+        return out

@@ -1,0 +1,1249 @@
+"""One request's journey through the proxy, and the object filter phases receive as ``session``.
+
+Theory of operation: a :class:`Session` is created by the downstream connection when a request
+head has been parsed. It runs the phases in Pingora's order; each phase is called through
+:meth:`Session._call`, which runs a plain function inline, or hands an awaitable / blocking call
+to the adapter as a RunFilter action and parks the continuation until FilterDone arrives. The
+core therefore never waits, and the same code path serves sync and async phases.
+
+Proxying, in order: choose a peer → take an idle pooled connection or Connect → write the
+upstream head (hop-by-hop fields removed, X-Forwarded-* appended) → stream the request body from
+the downstream buffer (Content-Length or chunked, re-framed for the upstream) while keeping up to
+``retry_buffer_size`` bytes for a retry → parse the response head (1xx relayed) → response
+phases → write the downstream head with our own framing → stream the body through the body
+filters → trailers → release the upstream connection to the pool if it can carry another
+request → ``logging`` → tell the downstream connection (next pipelined request or close).
+
+Errors: a connect failure goes through ``fail_to_connect`` (retry if marked), an error after
+connecting through ``error_while_proxy`` (retried by default only on a reused pooled connection
+before any response byte, Pingora's ReusedOnly), and a final failure through ``fail_to_proxy``.
+Once a response head has gone downstream an error can only truncate: the connection is closed
+without the final chunk, so a client never mistakes a broken body for a complete one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from inspect import isawaitable
+from typing import TYPE_CHECKING, Any
+
+from proxycore.actions import Close, RunFilter
+from proxycore.errors import ErrorSource, ErrorType, HTTPParseError, ProxyError
+from proxycore.h1.parse import (
+    BODY_CHUNKED,
+    BODY_CLOSE,
+    BODY_LENGTH,
+    BODY_NONE,
+    ChunkedDecoder,
+    RequestMeta,
+    ResponseMeta,
+    find_head_end,
+    parse_response_head,
+)
+from proxycore.h1.write import (
+    HOP_BY_HOP,
+    encode_chunk,
+    serialize_request_head,
+    serialize_response_head,
+    serialize_trailers,
+)
+from proxycore.http import Headers, RequestHeader, ResponseHeader, reason_phrase
+from proxycore.peer import Peer
+from proxycore.upstream import ACTIVE, Upstream
+
+if TYPE_CHECKING:
+    from proxycore.downstream import Downstream
+
+__all__ = ["Session"]
+
+# Past this many unread request-body bytes after an early response, close instead of skipping.
+_MAX_DISCARD = 1 << 20
+
+_CONNECT_ERRORS = {
+    "refused": ErrorType.CONNECT_REFUSED,
+    "timeout": ErrorType.CONNECT_TIMEDOUT,
+}
+
+
+class _BodyPipe:
+    """Runs one body filter over a stream of pieces, one at a time, allowing the filter to be
+    deferred (async/blocking): while a piece is in flight, the producer stops pumping."""
+
+    __slots__ = ("_cur", "_fn", "_name", "_running", "_session", "_sink", "busy", "on_idle")
+
+    def __init__(
+        self,
+        session: Session,
+        fn: Callable[..., Any],
+        name: str,
+        sink: Callable[[bytes, bool], None],
+        on_idle: Callable[[], None],
+    ) -> None:
+        self._session = session
+        self._fn = fn
+        self._name = name
+        self._sink = sink
+        self.on_idle = on_idle
+        self.busy = False
+        self._running = False
+        self._cur: tuple[bytes, bool] = (b"", False)
+
+    def push(self, piece: bytes, eos: bool) -> None:
+        s = self._session
+        self._cur = (piece, eos)
+        self.busy = True
+        self._running = True
+        s._call(self._fn, (s, piece, eos, s.ctx), self._done, self._name)
+        self._running = False
+
+    def _done(self, result: Any) -> None:
+        piece, eos = self._cur
+        self.busy = False
+        if result is not None:
+            if not isinstance(result, (bytes, bytearray, memoryview)):
+                raise TypeError(f"{self._name} must return bytes or None, not {type(result)}")
+            piece = bytes(result)
+        self._sink(piece, eos)
+        if not self._running and not self._session._finished:
+            self.on_idle()
+
+
+class Session:
+    """The request in flight, as filter phases see it.
+
+    Useful attributes: ``req_header`` (the request as received; editable in the early phases),
+    ``client_addr``, ``server_addr``, ``scheme``, ``peer``, ``upstream_reused``, ``retries``,
+    ``response_started``, ``response_status``, ``request_body_bytes``,
+    ``response_body_bytes``, ``start_time``, ``error``.
+    """
+
+    __slots__ = (
+        "ctx",
+        "down",
+        "engine",
+        "error",
+        "peer",
+        "req_header",
+        "request_body_bytes",
+        "response_body_bytes",
+        "response_header",
+        "response_started",
+        "response_status",
+        "retries",
+        "start_time",
+        "upstream",
+        "upstream_reused",
+        "_cont",
+        "_cont_name",
+        "_down_length",
+        "_down_mode",
+        "_finished",
+        "_forwarding",
+        "_keep_alive",
+        "_last_client_read",
+        "_local",
+        "_meta",
+        "_pending",
+        "_req_decoder",
+        "_req_done",
+        "_req_pipe",
+        "_req_remaining",
+        "_req_trailers",
+        "_resp",
+        "_resp_decoder",
+        "_resp_done",
+        "_resp_head_done",
+        "_resp_meta",
+        "_resp_pipes",
+        "_resp_remaining",
+        "_retry_buf",
+        "_retry_size",
+        "_sent_down",
+        "_up_chunked",
+        "_up_length",
+        "_up_sent",
+    )
+
+    def __init__(self, down: Downstream, req: RequestHeader, meta: RequestMeta) -> None:
+        engine = down.engine
+        self.down = down
+        self.engine = engine
+        self.req_header = req
+        self._meta = meta
+        self.ctx: Any = None
+        self.start_time = engine.now
+        self.peer: Peer | None = None
+        self.upstream: Upstream | None = None
+        self.upstream_reused = False
+        self.retries = 0
+        self.error: ProxyError | None = None
+        self.response_started = False
+        self.response_status = 0
+        self.response_header: ResponseHeader | None = None
+        self.request_body_bytes = 0
+        self.response_body_bytes = 0
+        self._pending = 0
+        self._cont: Callable[[Any], None] | None = None
+        self._cont_name = ""
+        self._finished = False
+        self._local = False
+        self._keep_alive = meta.keep_alive
+        # request body
+        body = meta.body
+        self._req_remaining = meta.length if body == BODY_LENGTH else 0
+        self._req_decoder = ChunkedDecoder(engine.conf.limits) if body == BODY_CHUNKED else None
+        self._req_done = body == BODY_NONE
+        self._req_trailers: Headers | None = None
+        self._req_pipe: _BodyPipe | None = None
+        self._forwarding = False
+        self._last_client_read = engine.now
+        self._up_chunked = False
+        self._up_length: int | None = None
+        self._up_sent = 0
+        self._retry_buf: list[bytes] | None = []
+        self._retry_size = 0
+        # response
+        self._resp: ResponseHeader | None = None
+        self._resp_meta: ResponseMeta | None = None
+        self._resp_head_done = False
+        self._resp_remaining = 0
+        self._resp_decoder: ChunkedDecoder | None = None
+        self._resp_pipes: _BodyPipe | None = None
+        self._resp_done = False
+        self._down_mode = BODY_NONE
+        self._down_length = 0
+        self._sent_down = 0
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def client_addr(self) -> tuple[str, int]:
+        return self.down.client_addr
+
+    @property
+    def server_addr(self) -> tuple[str, int]:
+        return self.down.server_addr
+
+    @property
+    def scheme(self) -> str:
+        return self.down.scheme
+
+    @property
+    def downstream_requests(self) -> int:
+        """How many requests this client connection served before this one."""
+        return self.down.requests
+
+    def respond(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: Headers | list[tuple[str, str]] | None = None,
+    ) -> None:
+        """Send a complete response from a filter (typically ``request_filter``, then return
+        True). Content-Length is set from ``body``; a text/plain Content-Type is added when the
+        body is not empty and no Content-Type is given."""
+        if self.response_started:
+            raise RuntimeError("a response was already started for this request")
+        if status < 200:
+            raise ValueError("respond() sends final responses only")
+        h = headers.copy() if isinstance(headers, Headers) else Headers(headers or ())
+        no_body = status == 204 or status == 304
+        if not no_body:
+            if body and "content-type" not in h:
+                h.add("Content-Type", "text/plain; charset=utf-8")
+            h["Content-Length"] = str(len(body))
+        h.remove("transfer-encoding")
+        h.remove("connection")
+        # A request body we have not read yet makes the connection unusable, unless we can
+        # discard it; with Expect: 100-continue the client will not send it at all.
+        if not self._req_done and (self._meta.expect_continue or self._forwarding):
+            self._keep_alive = False
+        if not self._keep_alive or self.engine.draining:
+            self._keep_alive = False
+            h.add("Connection", "close")
+        elif self.req_header.version == "HTTP/1.0":
+            h.add("Connection", "keep-alive")
+        head = serialize_response_head(status, reason_phrase(status), h.items())
+        e = self.engine
+        e.send(self.down, head)
+        if body and not no_body and self.req_header.method != "HEAD":
+            e.send(self.down, bytes(body))
+            self.response_body_bytes += len(body)
+        self.response_started = True
+        self.response_status = status
+        self.response_header = ResponseHeader(status, h)
+        self._local = True
+        self._resp_done = True
+
+    def __repr__(self) -> str:
+        r = self.req_header
+        return f"<Session {r.method} {r.path} from {self.client_addr}>"
+
+    # ------------------------------------------------------------------ phase calls
+
+    def _call(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], cont: Callable[[Any], None], name: str
+    ) -> None:
+        """Run a phase; continue with ``cont(result)`` now or when the adapter reports back."""
+        e = self.engine
+        if name in e.phases.blocking:
+            self._defer(RunFilter(self.down.id, 0, lambda: fn(*args), "blocking"), cont, name)
+            return
+        try:
+            result = fn(*args)
+        except Exception as exc:
+            self._phase_raised(name, exc)
+            return
+        if isawaitable(result):
+            self._defer(RunFilter(self.down.id, 0, lambda: result, "async"), cont, name)
+            return
+        try:
+            cont(result)
+        except Exception as exc:  # a continuation found the phase's result unusable
+            self._phase_raised(name, exc)
+
+    def _defer(self, action: RunFilter, cont: Callable[[Any], None], name: str) -> None:
+        e = self.engine
+        token = e.new_token()
+        action.token = token
+        self._pending = token
+        self._cont = cont
+        self._cont_name = name
+        e.emit(action)
+
+    def on_filter_done(self, token: int, result: Any, error: BaseException | None) -> None:
+        if token != self._pending or self._cont is None:
+            return  # stale (request already finished or aborted)
+        cont, name = self._cont, self._cont_name
+        self._pending = 0
+        self._cont = None
+        if error is not None:
+            if isinstance(error, Exception):
+                self._phase_raised(name, error)
+            return
+        try:
+            cont(result)
+        except Exception as exc:
+            self._phase_raised(name, exc)
+
+    def _phase_raised(self, name: str, exc: Exception) -> None:
+        e = self.engine
+        e.log.error(
+            "phase %s raised %s: %s (%s %s)",
+            name,
+            type(exc).__name__,
+            exc,
+            self.req_header.method,
+            self.req_header.path,
+            exc_info=exc,
+        )
+        if isinstance(exc, ProxyError):
+            err = exc
+        else:
+            err = ProxyError(
+                ErrorType.FILTER_ERROR,
+                ErrorSource.INTERNAL,
+                f"{name} raised {type(exc).__name__}: {exc}",
+                cause=exc,
+            )
+        if name == "logging":
+            self._after_logging(None)
+        elif name == "fail_to_proxy":
+            if not self.response_started:
+                self._respond_error(500)
+            self._finish(err)
+        elif self._finished:
+            return
+        else:
+            self._fail(err)
+
+    # ------------------------------------------------------------------ request phases
+
+    def start(self) -> None:
+        ph = self.engine.phases
+        if ph.new_ctx is not None:
+            self._call(ph.new_ctx, (), self._after_new_ctx, "new_ctx")
+        else:
+            self._after_new_ctx(None)
+
+    def _after_new_ctx(self, ctx: Any) -> None:
+        self.ctx = ctx
+        ph = self.engine.phases
+        if ph.early_request_filter is not None:
+            self._call(ph.early_request_filter, (self, ctx), self._run_request_filter,
+                       "early_request_filter")
+        else:
+            self._run_request_filter(None)
+
+    def _run_request_filter(self, _: Any) -> None:
+        ph = self.engine.phases
+        if ph.request_filter is not None:
+            self._call(ph.request_filter, (self, self.ctx), self._after_request_filter,
+                       "request_filter")
+        else:
+            self._after_request_filter(False)
+
+    def _after_request_filter(self, answered: Any) -> None:
+        if answered or self.response_started:
+            if not self.response_started:
+                self._respond_error(500)
+            self._finish(None)
+            return
+        if self.req_header.method == "CONNECT":
+            self._fail(ProxyError.http_status(405, "CONNECT is not supported"))
+            return
+        ph = self.engine.phases
+        if ph.proxy_upstream_filter is not None:
+            self._call(ph.proxy_upstream_filter, (self, self.ctx),
+                       self._after_proxy_upstream_filter, "proxy_upstream_filter")
+        else:
+            self._choose_peer()
+
+    def _after_proxy_upstream_filter(self, go: Any) -> None:
+        if go is False or self.response_started:
+            if not self.response_started:
+                self._fail(ProxyError(ErrorType.NO_UPSTREAM, ErrorSource.INTERNAL,
+                                      "proxy_upstream_filter declined"))
+            else:
+                self._finish(None)
+            return
+        self._choose_peer()
+
+    def _choose_peer(self) -> None:
+        ph = self.engine.phases
+        self._call(ph.upstream_peer, (self, self.ctx), self._after_peer, "upstream_peer")
+
+    def _after_peer(self, peer: Any) -> None:
+        if not isinstance(peer, Peer):
+            if peer is None:
+                self._fail(ProxyError(ErrorType.NO_UPSTREAM, ErrorSource.INTERNAL,
+                                      "upstream_peer returned no peer"))
+                return
+            raise TypeError(f"upstream_peer must return a Peer, not {type(peer).__name__}")
+        self.peer = peer
+        e = self.engine
+        up = e.pool.acquire(peer.key)
+        if up is not None:
+            up.state = ACTIVE
+            up.session = self
+            up.requests += 1
+            self._use_upstream(up, True)
+            return
+        up = e.open_upstream(peer)
+        up.session = self
+        timeout = peer.connect_timeout if peer.connect_timeout is not None else e.conf.connect_timeout
+        e.arm(self.down, "connect", e.now + timeout)
+        self.upstream = up
+
+    def on_upstream_connected(self, up: Upstream) -> None:
+        self.down.timers.pop("connect", None)
+        up.state = ACTIVE
+        up.requests = 1
+        self._use_upstream(up, False)
+
+    def on_upstream_connect_failed(self, up: Upstream, reason: str, message: str) -> None:
+        self.down.timers.pop("connect", None)
+        self.upstream = None
+        etype = _CONNECT_ERRORS.get(reason, ErrorType.CONNECT_ERROR)
+        err = ProxyError(etype, ErrorSource.UPSTREAM, f"connect to {up.peer.address}: {message}")
+        self.engine.log.warning("upstream %s: %s", up.peer.address, err.message)
+        self._connect_failed(err)
+
+    def _connect_failed(self, err: ProxyError) -> None:
+        ph = self.engine.phases
+        peer = self.peer
+        assert peer is not None
+        if ph.fail_to_connect is not None:
+            self._call(ph.fail_to_connect, (self, peer, self.ctx, err), self._after_fail_to_connect,
+                       "fail_to_connect")
+        else:
+            self._after_fail_to_connect(err)
+
+    def _after_fail_to_connect(self, err: Any) -> None:
+        if not isinstance(err, ProxyError):
+            raise TypeError("fail_to_connect must return the ProxyError")
+        if err.retry and self.retries < self.engine.conf.max_retries:
+            self.retries += 1
+            self._choose_peer()
+        else:
+            self._fail(err)
+
+    def _use_upstream(self, up: Upstream, reused: bool) -> None:
+        self.upstream = up
+        up.session = self
+        self.upstream_reused = reused
+        up.received = 0
+        up.last_read = self.engine.now
+        ph = self.engine.phases
+        if ph.connected_to_upstream is not None:
+            self._call(ph.connected_to_upstream, (self, reused, up.peer, self.ctx),
+                       self._build_upstream_request, "connected_to_upstream")
+        else:
+            self._build_upstream_request(None)
+
+    def _build_upstream_request(self, _: Any) -> None:
+        req = self.req_header
+        meta = self._meta
+        tokens = meta.connection_tokens
+        items = [
+            it for it in req.headers._items if it[0] not in HOP_BY_HOP and it[0] not in tokens
+        ]
+        up_req = RequestHeader(req.method, req.path, Headers._from_parsed(items), "HTTP/1.1",
+                               scheme=req.scheme, authority=req.authority)
+        e = self.engine
+        if e.conf.add_forwarded_headers:
+            h = up_req.headers
+            _append_forwarded(h, "X-Forwarded-For", self.down.client_addr[0])
+            _append_forwarded(h, "X-Forwarded-Proto", self.down.scheme)
+            host = req.headers.get("host")
+            if host:
+                _append_forwarded(h, "X-Forwarded-Host", host)
+        if "host" not in up_req.headers and self.upstream is not None:
+            up_req.headers.add("Host", self.upstream.peer.address)
+        ph = e.phases
+        if ph.upstream_request_filter is not None:
+            self._call(ph.upstream_request_filter, (self, up_req, self.ctx),
+                       lambda _r: self._send_upstream_head(up_req), "upstream_request_filter")
+        else:
+            self._send_upstream_head(up_req)
+
+    def _send_upstream_head(self, up_req: RequestHeader) -> None:
+        up = self.upstream
+        if up is None or self._finished:
+            return
+        meta = self._meta
+        h = up_req.headers
+        h.remove("transfer-encoding")
+        self._up_chunked = False
+        self._up_length = None
+        if meta.body != BODY_NONE:
+            cl = h.get("content-length")
+            if cl is not None and cl.isdigit():
+                self._up_length = int(cl)
+            else:
+                h.remove("content-length")
+                h.add("Transfer-Encoding", "chunked")
+                self._up_chunked = True
+        head = serialize_request_head(up_req.method, up_req.path, h.items(), "HTTP/1.1")
+        e = self.engine
+        e.send(up, head)
+        self._up_sent = 0
+        up.last_read = e.now
+        timeout = up.peer.read_timeout
+        e.arm(self.down, "read", e.now + (timeout if timeout is not None else e.conf.read_timeout))
+        if self._retry_buf:
+            for piece in self._retry_buf:
+                self._write_upstream_piece(piece, False)
+        if self._req_done:
+            if self._retry_size or self.request_body_bytes or self._req_decoder is not None:
+                self._end_upstream_body()
+            elif meta.body != BODY_NONE:
+                self._end_upstream_body()
+            return
+        self._forwarding = True
+        self._last_client_read = e.now
+        e.arm(self.down, "body", e.now + e.conf.client_body_timeout)
+        ph = e.phases
+        if ph.request_body_filter is not None and self._req_pipe is None:
+            self._req_pipe = _BodyPipe(self, ph.request_body_filter, "request_body_filter",
+                                       self._req_sink, self._pump_request_body)
+        self._pump_request_body()
+
+    # ------------------------------------------------------------------ request body
+
+    def on_downstream_data(self, data: bytes) -> None:
+        down = self.down
+        self._last_client_read = self.engine.now
+        if (
+            self._forwarding
+            and not down.buf
+            and self._req_decoder is None
+            and self._req_pipe is None
+            and self.upstream is not None
+        ):
+            # Fast path: Content-Length body, nothing buffered, no filter.
+            n = self._req_remaining
+            if len(data) <= n:
+                self._req_remaining = n - len(data)
+                self._req_piece(data, self._req_remaining == 0)
+                down.update_read_pause()
+                return
+        down.buf += data
+        if self._forwarding:
+            self._pump_request_body()
+        elif self._resp_done and not self._req_done and not self._forwarding:
+            self._discard_request_body()
+        down.update_read_pause()
+
+    def _pump_request_body(self) -> None:
+        if not self._forwarding or self._finished:
+            return
+        pipe = self._req_pipe
+        buf = self.down.buf
+        while self._forwarding and buf and not (pipe is not None and pipe.busy):
+            dec = self._req_decoder
+            if dec is None:
+                n = min(self._req_remaining, len(buf))
+                piece = bytes(buf[:n])
+                del buf[:n]
+                self._req_remaining -= n
+                self._req_piece(piece, self._req_remaining == 0)
+                continue
+            try:
+                pieces = dec.feed(buf)
+            except HTTPParseError as err:
+                self._bad_request_body(err)
+                return
+            if not pieces and not dec.done:
+                break
+            self._req_trailers = dec.trailers
+            last = len(pieces) - 1
+            if dec.done and last < 0:
+                self._req_piece(b"", True)
+            for i, piece in enumerate(pieces):
+                self._req_piece(piece, dec.done and i == last)
+        self.down.update_read_pause()
+
+    def _req_piece(self, piece: bytes, eos: bool) -> None:
+        self.request_body_bytes += len(piece)
+        limit = self.engine.conf.max_request_body_size
+        if limit is not None and self.request_body_bytes > limit:
+            self._bad_request_body(HTTPParseError("request body too large", 413))
+            return
+        if eos:
+            self._forwarding = False
+            self._req_done = True
+            self.down.timers.pop("body", None)
+        pipe = self._req_pipe
+        if pipe is not None:
+            pipe.push(piece, eos)
+        else:
+            self._req_sink(piece, eos)
+
+    def _req_sink(self, piece: bytes, eos: bool) -> None:
+        if piece:
+            rb = self._retry_buf
+            if rb is not None:
+                if self._retry_size + len(piece) <= self.engine.conf.retry_buffer_size:
+                    rb.append(piece)
+                    self._retry_size += len(piece)
+                else:
+                    self._retry_buf = None
+            self._write_upstream_piece(piece, False)
+        if eos:
+            self._end_upstream_body()
+
+    def _write_upstream_piece(self, piece: bytes, _eos: bool) -> None:
+        up = self.upstream
+        if up is None or not piece:
+            return
+        self._up_sent += len(piece)
+        self.engine.send(up, encode_chunk(piece) if self._up_chunked else piece)
+
+    def _end_upstream_body(self) -> None:
+        up = self.upstream
+        if up is None:
+            return
+        if self._up_chunked:
+            trailers = self._req_trailers.items() if self._req_trailers else []
+            self.engine.send(up, serialize_trailers(trailers))
+        elif self._up_length is not None and self._up_sent != self._up_length:
+            self._fail(ProxyError(ErrorType.INTERNAL, ErrorSource.INTERNAL,
+                                  f"request body is {self._up_sent} bytes but Content-Length "
+                                  f"says {self._up_length} (remove it when changing the body)"))
+
+    def _bad_request_body(self, err: HTTPParseError) -> None:
+        self.engine.log.info("downstream %s: bad request body: %s", self.down.client_addr, err)
+        self._forwarding = False
+        self._keep_alive = False
+        if self.upstream is not None:
+            self.engine.close_upstream(self.upstream, abort=True)
+            self.upstream = None
+        if not self.response_started:
+            self._respond_error(err.status)
+            self._finish(ProxyError(ErrorType.INVALID_HTTP_HEADER, ErrorSource.DOWNSTREAM, str(err),
+                                    status=err.status))
+        else:
+            self._abort_downstream(ProxyError(ErrorType.INVALID_HTTP_HEADER,
+                                              ErrorSource.DOWNSTREAM, str(err)))
+
+    def _discard_request_body(self) -> None:
+        """After an early response: read and drop the rest of the request body so the
+        connection can carry the next request."""
+        buf = self.down.buf
+        dec = self._req_decoder
+        try:
+            if dec is None:
+                n = min(self._req_remaining, len(buf))
+                del buf[:n]
+                self._req_remaining -= n
+                done = self._req_remaining == 0
+            else:
+                dec.feed(buf)
+                done = dec.done
+        except HTTPParseError:
+            self._keep_alive = False
+            done = True
+        if done:
+            self._req_done = True
+            if self._finished:
+                self.down.request_done(self, self._keep_alive)
+
+    def on_downstream_eof(self) -> None:
+        if not self._req_done:
+            self._client_gone("client closed the connection before the request body ended")
+            return
+        self._keep_alive = False  # finish the response, then close
+
+    def on_downstream_gone(self, reason: str) -> None:
+        if self._finished:
+            return
+        self._client_gone(reason)
+
+    def _client_gone(self, reason: str) -> None:
+        err = ProxyError(ErrorType.CLIENT_ABORTED, ErrorSource.DOWNSTREAM, reason)
+        self._keep_alive = False
+        self._forwarding = False
+        if self.upstream is not None:
+            self.engine.close_upstream(self.upstream, abort=True)
+            self.upstream = None
+        self._finish(err)
+        if not self.down.closed:
+            self.down.close()
+
+    def wants_downstream_paused(self) -> bool:
+        up = self.upstream
+        if self._forwarding:
+            return (up is not None and up.write_paused) or (
+                self._req_pipe is not None and self._req_pipe.busy
+            )
+        return False
+
+    def on_upstream_write_paused(self, paused: bool) -> None:
+        e = self.engine
+        if paused:
+            up = self.upstream
+            timeout = up.peer.write_timeout if up is not None else None
+            e.arm(self.down, "write", e.now + (timeout if timeout is not None
+                                                else e.conf.write_timeout))
+        else:
+            self.down.timers.pop("write", None)
+        self.down.update_read_pause()
+
+    # ------------------------------------------------------------------ response
+
+    def on_upstream_data(self, data: bytes) -> None:
+        up = self.upstream
+        if up is None or self._finished:
+            return
+        up.last_read = self.engine.now
+        up.received += len(data)
+        if self._resp_head_done:
+            if (
+                not up.buf
+                and self._resp_decoder is None
+                and self._resp_pipes is None
+                and self._down_mode == BODY_LENGTH
+                and self.response_started
+                and len(data) <= self._resp_remaining
+            ):
+                # Fast path: Content-Length body straight through.
+                self._resp_remaining -= len(data)
+                self._write_down_piece(data, self._resp_remaining == 0)
+                return
+            up.buf += data
+            if self.response_started:
+                self._pump_response_body()
+            self._update_upstream_pause()
+            return
+        up.buf += data
+        self._parse_response_heads()
+
+    def _parse_response_heads(self) -> None:
+        up = self.upstream
+        assert up is not None
+        e = self.engine
+        while not self._resp_head_done and up.buf:
+            try:
+                end = find_head_end(up.buf, 0, e.conf.limits, False)
+                if end < 0:
+                    return
+                head = bytes(up.buf[:end])
+                del up.buf[:end]
+                resp, meta = parse_response_head(head, self.req_header.method, e.conf.limits)
+            except HTTPParseError as err:
+                self._upstream_error(ErrorType.INVALID_RESPONSE, str(err))
+                return
+            if resp.status < 200:
+                if resp.status == 101:
+                    self._upstream_error(ErrorType.INVALID_RESPONSE,
+                                         "101 Switching Protocols without an Upgrade request")
+                    return
+                # RFC 9110 §15.2: forward 1xx, except to HTTP/1.0 clients.
+                if self.req_header.version != "HTTP/1.0" and not self.response_started:
+                    fields = [(n, v) for k, n, v in resp.headers._items
+                              if k not in HOP_BY_HOP and k not in meta.connection_tokens]
+                    e.send(self.down, serialize_response_head(resp.status, resp.reason or
+                                                              reason_phrase(resp.status), fields))
+                continue
+            self._resp_head_done = True
+            self._resp = resp
+            self._resp_meta = meta
+            if meta.body == BODY_LENGTH:
+                self._resp_remaining = meta.length
+            elif meta.body == BODY_CHUNKED:
+                self._resp_decoder = ChunkedDecoder(e.conf.limits, error_status=502)
+            ph = e.phases
+            if ph.upstream_response_filter is not None:
+                self._call(ph.upstream_response_filter, (self, resp, self.ctx),
+                           self._run_response_filter, "upstream_response_filter")
+            else:
+                self._run_response_filter(None)
+
+    def _run_response_filter(self, _: Any) -> None:
+        ph = self.engine.phases
+        if ph.response_filter is not None:
+            assert self._resp is not None
+            self._call(ph.response_filter, (self, self._resp, self.ctx),
+                       self._write_response_head, "response_filter")
+        else:
+            self._write_response_head(None)
+
+    def _write_response_head(self, _: Any) -> None:
+        if self._finished or self.upstream is None:
+            return
+        resp = self._resp
+        meta = self._resp_meta
+        assert resp is not None and meta is not None
+        req = self.req_header
+        e = self.engine
+        tokens = meta.connection_tokens
+        fields = [(n, v) for k, n, v in resp.headers._items
+                  if k not in HOP_BY_HOP and k not in tokens]
+        status = resp.status
+        client10 = req.version == "HTTP/1.0"
+        keep = self._keep_alive and not e.draining and not self.down.peer_eof
+        if req.method == "HEAD" or status == 204 or status == 304:
+            mode = BODY_NONE
+        else:
+            cl = resp.headers.get("content-length")
+            if cl is not None and cl.isdigit():
+                mode = BODY_LENGTH
+                self._down_length = int(cl)
+            elif client10:
+                mode = BODY_CLOSE
+                keep = False
+                fields = [(n, v) for n, v in fields if n.lower() != "content-length"]
+            else:
+                mode = BODY_CHUNKED
+                fields = [(n, v) for n, v in fields if n.lower() != "content-length"]
+                fields.append(("Transfer-Encoding", "chunked"))
+        if not self._req_done and self._meta.expect_continue and self._up_sent == 0:
+            keep = False  # the client will not send the body we would have to skip
+        self._down_mode = mode
+        if not keep:
+            fields.append(("Connection", "close"))
+        elif client10:
+            fields.append(("Connection", "keep-alive"))
+        self._keep_alive = keep
+        head = serialize_response_head(status, resp.reason or reason_phrase(status), fields)
+        e.send(self.down, head)
+        self.response_started = True
+        self.response_status = status
+        self.response_header = resp
+        ph = e.phases
+        ur, rr = ph.upstream_response_body_filter, ph.response_body_filter
+        if rr is not None:
+            self._resp_pipes = _BodyPipe(self, rr, "response_body_filter", self._write_down_piece,
+                                         self._pump_response_body)
+        if ur is not None:
+            final = self._resp_pipes
+            sink = final.push if final is not None else self._write_down_piece
+            self._resp_pipes = _BodyPipe(self, ur, "upstream_response_body_filter", sink,
+                                         self._pump_response_body)
+            if final is not None:
+                # the second pipe's idle callback must also resume pumping
+                final.on_idle = self._pump_response_body
+        if meta.body == BODY_NONE:
+            self._resp_piece(b"", True)
+        else:
+            if self.down.write_paused:
+                self.on_downstream_write_paused(True)
+            self._pump_response_body()
+
+    def _pump_response_body(self) -> None:
+        up = self.upstream
+        if up is None or self._finished or self._resp_done or not self.response_started:
+            return
+        meta = self._resp_meta
+        assert meta is not None
+        buf = up.buf
+        pipes = self._resp_pipes
+        while buf and not (pipes is not None and pipes.busy) and not self._resp_done:
+            body = meta.body
+            if body == BODY_LENGTH:
+                n = min(self._resp_remaining, len(buf))
+                piece = bytes(buf[:n])
+                del buf[:n]
+                self._resp_remaining -= n
+                self._resp_piece(piece, self._resp_remaining == 0)
+                if self._resp_done and buf:
+                    # More bytes than Content-Length: the connection can't be reused.
+                    meta.keep_alive = False
+            elif body == BODY_CHUNKED:
+                dec = self._resp_decoder
+                assert dec is not None
+                try:
+                    pieces = dec.feed(buf)
+                except HTTPParseError as err:
+                    self._upstream_error(ErrorType.INVALID_RESPONSE, str(err))
+                    return
+                if not pieces and not dec.done:
+                    break
+                last = len(pieces) - 1
+                if dec.done and last < 0:
+                    self._resp_piece(b"", True)
+                for i, piece in enumerate(pieces):
+                    self._resp_piece(piece, dec.done and i == last)
+                if dec.done and buf:
+                    meta.keep_alive = False
+            else:  # BODY_CLOSE
+                piece = bytes(buf)
+                buf.clear()
+                self._resp_piece(piece, False)
+        if (
+            meta.body == BODY_CLOSE
+            and up.eof
+            and not buf
+            and not self._resp_done
+            and not (pipes is not None and pipes.busy)
+        ):
+            self._resp_piece(b"", True)
+        if not self._finished:
+            self._update_upstream_pause()
+
+    def _resp_piece(self, piece: bytes, eos: bool) -> None:
+        pipes = self._resp_pipes
+        if eos:
+            self._resp_done = True
+        if pipes is not None:
+            pipes.push(piece, eos)
+        else:
+            self._write_down_piece(piece, eos)
+
+    def _write_down_piece(self, piece: bytes, eos: bool) -> None:
+        if self._finished:
+            return
+        if piece:
+            mode = self._down_mode
+            self.response_body_bytes += len(piece)
+            if mode == BODY_CHUNKED:
+                self.engine.send(self.down, encode_chunk(piece))
+            elif mode != BODY_NONE:
+                self._sent_down += len(piece)
+                if mode == BODY_LENGTH and self._sent_down > self._down_length:
+                    self._abort_downstream(ProxyError(
+                        ErrorType.INTERNAL, ErrorSource.INTERNAL,
+                        "response body longer than its Content-Length "
+                        "(remove Content-Length in response_filter when changing the body)"))
+                    return
+                self.engine.send(self.down, piece)
+        if eos:
+            self._resp_done = True
+            self._end_response_body()
+
+    def _end_response_body(self) -> None:
+        mode = self._down_mode
+        if mode == BODY_CHUNKED:
+            dec = self._resp_decoder
+            trailers = dec.trailers if dec is not None and dec.trailers else Headers()
+            ph = self.engine.phases
+            if ph.response_trailer_filter is not None and len(trailers):
+                self._call(ph.response_trailer_filter, (self, trailers, self.ctx),
+                           lambda _r: self._send_trailers(trailers), "response_trailer_filter")
+                return
+            self._send_trailers(trailers)
+            return
+        if mode == BODY_LENGTH and self._sent_down != self._down_length:
+            self._abort_downstream(ProxyError(
+                ErrorType.INTERNAL, ErrorSource.INTERNAL,
+                f"response body is {self._sent_down} bytes but Content-Length says "
+                f"{self._down_length} (remove Content-Length in response_filter when changing "
+                "the body)"))
+            return
+        self._response_complete()
+
+    def _send_trailers(self, trailers: Headers) -> None:
+        fields = [(n, v) for k, n, v in trailers._items if k not in HOP_BY_HOP]
+        self.engine.send(self.down, serialize_trailers(fields))
+        self._response_complete()
+
+    def _response_complete(self) -> None:
+        up = self.upstream
+        e = self.engine
+        meta = self._resp_meta
+        if up is not None:
+            reusable = (
+                meta is not None
+                and meta.keep_alive
+                and meta.body != BODY_CLOSE
+                and self._req_done
+                and not up.buf
+                and not up.eof
+                and (self._up_length is None or self._up_sent == self._up_length)
+            )
+            self.upstream = None
+            if reusable:
+                e.release_upstream(up)
+            else:
+                e.close_upstream(up)
+        if not self._req_done:
+            # Early response: stop forwarding; skip the rest of the body if the client sends it.
+            self._forwarding = False
+            if self._meta.expect_continue and self._up_sent == 0:
+                self._keep_alive = False
+        self._finish(None)
+
+    def on_downstream_write_paused(self, paused: bool) -> None:
+        e = self.engine
+        if paused:
+            e.arm(self.down, "send", e.now + e.conf.send_timeout)
+        else:
+            self.down.timers.pop("send", None)
+        self._update_upstream_pause()
+
+    def _update_upstream_pause(self) -> None:
+        up = self.upstream
+        if up is None:
+            return
+        pipes = self._resp_pipes
+        want = self.down.write_paused or len(up.buf) >= self.engine.conf.read_buffer_limit or (
+            pipes is not None and pipes.busy
+        )
+        self.engine.pause_upstream(up, want)
+
+    # ------------------------------------------------------------------ upstream failures
+
+    def on_upstream_eof(self, error: str | None) -> None:
+        up = self.upstream
+        if up is None or self._finished:
+            return
+        if self._resp_head_done and self._resp_meta is not None:
+            if self._resp_meta.body == BODY_CLOSE and error is None:
+                if self.response_started:
+                    self._pump_response_body()
+                return
+            if self._resp_done:
+                return
+        etype = ErrorType.CONNECTION_RESET if error else ErrorType.CONNECTION_CLOSED
+        msg = error or "upstream closed the connection"
+        self._upstream_error(etype, msg)
+
+    def on_timer(self, name: str) -> None:
+        e = self.engine
+        now = e.now
+        if name == "connect":
+            up = self.upstream
+            if up is not None and up.state != ACTIVE:
+                e.close_upstream(up, abort=True)
+                self.upstream = None
+                peer = up.peer
+                err = ProxyError(ErrorType.CONNECT_TIMEDOUT, ErrorSource.UPSTREAM,
+                                 f"connect to {peer.address} timed out")
+                e.log.warning("upstream %s: %s", peer.address, err.message)
+                self._connect_failed(err)
+        elif name == "read":
+            up = self.upstream
+            if up is None or self._resp_done:
+                return
+            t = up.peer.read_timeout
+            timeout = t if t is not None else e.conf.read_timeout
+            if up.read_paused:
+                e.arm(self.down, "read", now + timeout)
+            elif now >= up.last_read + timeout:
+                self._upstream_error(ErrorType.READ_TIMEDOUT,
+                                     f"no data from {up.peer.address} for {timeout:g}s")
+            else:
+                e.arm(self.down, "read", up.last_read + timeout)
+        elif name == "write":
+            if self.upstream is not None and self.upstream.write_paused:
+                self._upstream_error(ErrorType.WRITE_TIMEDOUT, "upstream stopped reading")
+        elif name == "send":
+            if self.down.write_paused:
+                err = ProxyError(ErrorType.WRITE_TIMEDOUT, ErrorSource.DOWNSTREAM,
+                                 "client stopped reading (send_timeout)")
+                self._keep_alive = False
+                self._abort_downstream(err)
+        elif name == "body":
+            if not self._forwarding:
+                return
+            timeout = e.conf.client_body_timeout
+            if now >= self._last_client_read + timeout:
+                self._bad_request_body(HTTPParseError("client body timeout", 408))
+            else:
+                e.arm(self.down, "body", self._last_client_read + timeout)
+
+    def _upstream_error(self, etype: ErrorType, message: str) -> None:
+        up = self.upstream
+        if self._finished:
+            return
+        peer_addr = up.peer.address if up is not None else "?"
+        err = ProxyError(etype, ErrorSource.UPSTREAM, f"{peer_addr}: {message}")
+        self.engine.log.warning("upstream error: %s", err.message)
+        if up is not None:
+            self.engine.close_upstream(up, abort=True)
+            self.upstream = None
+        if self.response_started:
+            self._abort_downstream(err)
+            return
+        received = up.received if up is not None else 0
+        if (
+            self.upstream_reused
+            and received == 0
+            and self._retry_buf is not None
+            and etype in (ErrorType.CONNECTION_CLOSED, ErrorType.CONNECTION_RESET)
+        ):
+            err.retry = True  # ReusedOnly: the pooled connection died before answering
+        ph = self.engine.phases
+        peer = self.peer
+        if ph.error_while_proxy is not None and peer is not None:
+            self._call(ph.error_while_proxy,
+                       (self, peer, self.ctx, err, self.down.requests > 0),
+                       self._after_error_while_proxy, "error_while_proxy")
+        else:
+            self._after_error_while_proxy(err)
+
+    def _after_error_while_proxy(self, err: Any) -> None:
+        if not isinstance(err, ProxyError):
+            raise TypeError("error_while_proxy must return the ProxyError")
+        if err.retry and self.retries < self.engine.conf.max_retries and self._retry_buf is not None:
+            self.retries += 1
+            self._reset_response_state()
+            self._choose_peer()
+        else:
+            self._fail(err)
+
+    def _reset_response_state(self) -> None:
+        self._resp = None
+        self._resp_meta = None
+        self._resp_head_done = False
+        self._resp_remaining = 0
+        self._resp_decoder = None
+        self._resp_done = False
+        self._forwarding = False
+        self._up_sent = 0
+
+    # ------------------------------------------------------------------ ending
+
+    def _respond_error(self, status: int) -> None:
+        body = f"{status} {reason_phrase(status)}\n".encode()
+        self._keep_alive = self._keep_alive and self._req_done
+        self.respond(status, body)
+
+    def _fail(self, err: ProxyError) -> None:
+        if self._finished:
+            return
+        self.error = err
+        self._forwarding = False
+        up = self.upstream
+        if up is not None:
+            self.engine.close_upstream(up, abort=True)
+            self.upstream = None
+        for name in ("connect", "read", "write"):
+            self.down.timers.pop(name, None)
+        if self.response_started and not self._local:
+            self._abort_downstream(err)
+            return
+        if self.response_started:
+            self._finish(err)
+            return
+        if not self._req_done:
+            self._keep_alive = False
+        ph = self.engine.phases
+        self._call(ph.fail_to_proxy_fn, (self, err, self.ctx), self._after_fail_to_proxy,
+                   "fail_to_proxy")
+
+    def _after_fail_to_proxy(self, status: Any) -> None:
+        err = self.error
+        if not self.response_started:
+            if err is not None and err.status == 499:
+                self._keep_alive = False
+                self._finish(err)
+                if not self.down.closed:
+                    self.down.close()
+                return
+            self._respond_error(err.status if err is not None else 500)
+        if isinstance(status, int) and self.response_status == 0:
+            self.response_status = status
+        self._finish(err)
+
+    def _abort_downstream(self, err: ProxyError) -> None:
+        """After the response head went out, an error can only cut the response short."""
+        self.error = err
+        self._keep_alive = False
+        self.engine.log.warning("aborting response to %s: %s", self.down.client_addr, err.message)
+        up = self.upstream
+        if up is not None:
+            self.engine.close_upstream(up, abort=True)
+            self.upstream = None
+        self._finish(err)
+        if not self.down.closed:
+            self.down.close()
+
+    def _finish(self, err: ProxyError | None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if err is not None and self.error is None:
+            self.error = err
+        self._pending = 0
+        self._cont = None
+        timers = self.down.timers
+        for name in ("connect", "read", "write", "send", "body"):
+            timers.pop(name, None)
+        up = self.upstream
+        if up is not None:
+            self.engine.close_upstream(up, abort=True)
+            self.upstream = None
+        ph = self.engine.phases
+        if ph.logging is not None:
+            try:
+                result = ph.logging(self, self.error, self.ctx)
+            except Exception as exc:
+                self.engine.log.error("phase logging raised %r", exc, exc_info=exc)
+                result = None
+            if isawaitable(result):
+                # Fire-and-forget: the adapter runs it; its result is not awaited by the core.
+                self.engine.emit(RunFilter(self.down.id, 0, lambda: result, "async"))
+        self._after_logging(None)
+
+    def _after_logging(self, _: Any) -> None:
+        down = self.down
+        if down.closed:
+            if down.current is self:
+                down.current = None
+            return
+        if (
+            not self._req_done
+            and self._req_decoder is None
+            and self._req_remaining > _MAX_DISCARD
+        ):
+            self._keep_alive = False
+        if not self._req_done and self._keep_alive:
+            # Read and drop the rest of the request body, then carry on.
+            self._discard_request_body()
+            if not self._req_done:
+                return
+        down.request_done(self, self._keep_alive)
+
+
+def _append_forwarded(h: Headers, name: str, value: str) -> None:
+    existing = h.get_all(name)
+    if existing:
+        h[name] = ", ".join([*existing, value])
+    else:
+        h.add(name, value)
+
+
+# Close is re-exported for adapters that want to compare actions in tests.
+__all__ += ["Close"]
