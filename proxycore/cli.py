@@ -46,30 +46,76 @@ def _peer(text: str) -> Peer:
 
 
 def _add_server_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--listen", action="append", type=_listen, metavar="HOST:PORT",
-                   help="address to listen on (repeatable; default 127.0.0.1:8080)")
-    p.add_argument("--backend", default="asyncio", choices=sorted(BACKENDS),
-                   help="runtime adapter (default asyncio)")
-    p.add_argument("--connect-timeout", type=_seconds, metavar="S",
-                   help="upstream connect timeout (default 60)")
-    p.add_argument("--read-timeout", type=_seconds, metavar="S",
-                   help="upstream read timeout between two reads (default 60)")
-    p.add_argument("--write-timeout", type=_seconds, metavar="S",
-                   help="upstream write timeout (default 60)")
-    p.add_argument("--header-timeout", type=_seconds, metavar="S",
-                   help="time allowed to receive a request head (default 60)")
-    p.add_argument("--keepalive-timeout", type=_seconds, metavar="S",
-                   help="idle time allowed between requests on a client connection (default 75)")
-    p.add_argument("--upstream-idle-timeout", type=_seconds, metavar="S",
-                   help="idle time of a pooled upstream connection (default 60)")
-    p.add_argument("--pool-size", type=int, metavar="N",
-                   help="idle upstream connections kept (default 128; 0 disables pooling)")
-    p.add_argument("--no-forwarded-headers", action="store_true",
-                   help="do not append X-Forwarded-For/-Proto/-Host")
-    p.add_argument("--grace", type=_seconds, default=5.0, metavar="S",
-                   help="on SIGTERM, time allowed for in-flight requests (default 5)")
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"], help="default info")
+    p.add_argument(
+        "--listen",
+        action="append",
+        type=_listen,
+        metavar="HOST:PORT",
+        help="address to listen on (repeatable; default 127.0.0.1:8080)",
+    )
+    p.add_argument(
+        "--backend",
+        default="asyncio",
+        choices=sorted(BACKENDS),
+        help="runtime adapter (default asyncio)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=_seconds,
+        metavar="S",
+        help="upstream connect timeout (default 60)",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=_seconds,
+        metavar="S",
+        help="upstream read timeout between two reads (default 60)",
+    )
+    p.add_argument(
+        "--write-timeout", type=_seconds, metavar="S", help="upstream write timeout (default 60)"
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=_seconds,
+        metavar="S",
+        help="time allowed to receive a request head (default 60)",
+    )
+    p.add_argument(
+        "--keepalive-timeout",
+        type=_seconds,
+        metavar="S",
+        help="idle time allowed between requests on a client connection (default 75)",
+    )
+    p.add_argument(
+        "--upstream-idle-timeout",
+        type=_seconds,
+        metavar="S",
+        help="idle time of a pooled upstream connection (default 60)",
+    )
+    p.add_argument(
+        "--pool-size",
+        type=int,
+        metavar="N",
+        help="idle upstream connections kept (default 128; 0 disables pooling)",
+    )
+    p.add_argument(
+        "--no-forwarded-headers",
+        action="store_true",
+        help="do not append X-Forwarded-For/-Proto/-Host",
+    )
+    p.add_argument(
+        "--grace",
+        type=_seconds,
+        default=5.0,
+        metavar="S",
+        help="on SIGTERM, time allowed for in-flight requests (default 5)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="default info",
+    )
 
 
 def _conf(args: argparse.Namespace) -> ServerConf:
@@ -111,8 +157,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"proxycore {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     rp = sub.add_parser("reverse-proxy", help="proxy to one or more upstreams, no code needed")
-    rp.add_argument("--to", action="append", required=True, type=_peer, metavar="HOST:PORT",
-                    help="upstream (repeat for round robin)")
+    rp.add_argument(
+        "--to",
+        action="append",
+        required=True,
+        type=_peer,
+        metavar="HOST:PORT",
+        help="upstream (repeat for round robin)",
+    )
     _add_server_options(rp)
     r = sub.add_parser("run", help="serve a Proxy class: module:Class")
     r.add_argument("app", metavar="module:Class")
@@ -126,8 +178,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = getattr(args, "log_level", "info").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     if args.command == "demo":
         from proxycore.adapters.asyncio.demo import start_demo_origin
         from proxycore.builtin import ReverseProxy

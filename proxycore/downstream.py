@@ -43,6 +43,8 @@ class Downstream:
     """State of one client connection."""
 
     __slots__ = (
+        "_search_from",
+        "_starting",
         "buf",
         "client_addr",
         "closed",
@@ -59,8 +61,6 @@ class Downstream:
         "timers",
         "wbuf",
         "write_paused",
-        "_search_from",
-        "_starting",
     )
 
     def __init__(

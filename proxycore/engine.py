@@ -26,8 +26,8 @@ from proxycore.downstream import Downstream
 from proxycore.events import (
     Accepted,
     Closed,
-    ConnectFailed,
     Connected,
+    ConnectFailed,
     DataReceived,
     Drain,
     EofReceived,
@@ -63,7 +63,7 @@ class PhaseTable:
                 self.blocking.add(name)
             if overridden and iscoroutinefunction(fn):
                 self.is_async.add(name)
-        if getattr(self, "upstream_peer") is None:
+        if self.upstream_peer is None:
             raise TypeError(f"{cls.__name__} must implement upstream_peer()")
         # fail_to_proxy and fail_to_connect have meaningful defaults: always callable.
         self.fail_to_proxy_fn: Callable[..., Any] = app.fail_to_proxy
@@ -89,7 +89,7 @@ class Engine:
         self,
         app: Proxy,
         conf: ServerConf | None = None,
-        logger: logging.Logger | None = None,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | Any = None,
     ) -> None:
         self.app = app
         self.conf = conf or ServerConf()
@@ -247,6 +247,8 @@ class Engine:
     # ------------------------------------------------------------------ event handlers
 
     def _on_accepted(self, ev: Accepted) -> None:
+        if ev.conn >= self._next_id:
+            self._next_id = ev.conn + 1
         down = Downstream(self, ev.conn, ev.client, ev.server, ev.scheme)
         self.downstreams[ev.conn] = down
         if self.draining:

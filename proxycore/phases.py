@@ -63,8 +63,9 @@ class Proxy:
         """Return False to not go upstream (502 unless a response was written)."""
         return True
 
-    def upstream_peer(self, session: Session, ctx: Any) -> Peer:
-        """Choose the upstream for this request; called again on every retry."""
+    def upstream_peer(self, session: Session, ctx: Any) -> Peer | None:
+        """Choose the upstream for this request; called again on every retry. Returning None
+        means no upstream is available (502, logged)."""
         raise NotImplementedError("Proxy subclasses must implement upstream_peer")
 
     def connected_to_upstream(self, session: Session, reused: bool, peer: Peer, ctx: Any) -> None:
@@ -86,7 +87,9 @@ class Proxy:
     ) -> None:
         """Edit the upstream response head (before caching)."""
 
-    def response_filter(self, session: Session, upstream_response: ResponseHeader, ctx: Any) -> None:
+    def response_filter(
+        self, session: Session, upstream_response: ResponseHeader, ctx: Any
+    ) -> None:
         """Edit the response head just before it goes downstream."""
 
     def upstream_response_body_filter(

@@ -118,21 +118,6 @@ class Session:
     """
 
     __slots__ = (
-        "ctx",
-        "down",
-        "engine",
-        "error",
-        "peer",
-        "req_header",
-        "request_body_bytes",
-        "response_body_bytes",
-        "response_header",
-        "response_started",
-        "response_status",
-        "retries",
-        "start_time",
-        "upstream",
-        "upstream_reused",
         "_cont",
         "_cont_name",
         "_down_length",
@@ -162,6 +147,21 @@ class Session:
         "_up_chunked",
         "_up_length",
         "_up_sent",
+        "ctx",
+        "down",
+        "engine",
+        "error",
+        "peer",
+        "req_header",
+        "request_body_bytes",
+        "response_body_bytes",
+        "response_header",
+        "response_started",
+        "response_status",
+        "retries",
+        "start_time",
+        "upstream",
+        "upstream_reused",
     )
 
     def __init__(self, down: Downstream, req: RequestHeader, meta: RequestMeta) -> None:
@@ -370,16 +370,21 @@ class Session:
         self.ctx = ctx
         ph = self.engine.phases
         if ph.early_request_filter is not None:
-            self._call(ph.early_request_filter, (self, ctx), self._run_request_filter,
-                       "early_request_filter")
+            self._call(
+                ph.early_request_filter,
+                (self, ctx),
+                self._run_request_filter,
+                "early_request_filter",
+            )
         else:
             self._run_request_filter(None)
 
     def _run_request_filter(self, _: Any) -> None:
         ph = self.engine.phases
         if ph.request_filter is not None:
-            self._call(ph.request_filter, (self, self.ctx), self._after_request_filter,
-                       "request_filter")
+            self._call(
+                ph.request_filter, (self, self.ctx), self._after_request_filter, "request_filter"
+            )
         else:
             self._after_request_filter(False)
 
@@ -394,16 +399,25 @@ class Session:
             return
         ph = self.engine.phases
         if ph.proxy_upstream_filter is not None:
-            self._call(ph.proxy_upstream_filter, (self, self.ctx),
-                       self._after_proxy_upstream_filter, "proxy_upstream_filter")
+            self._call(
+                ph.proxy_upstream_filter,
+                (self, self.ctx),
+                self._after_proxy_upstream_filter,
+                "proxy_upstream_filter",
+            )
         else:
             self._choose_peer()
 
     def _after_proxy_upstream_filter(self, go: Any) -> None:
         if go is False or self.response_started:
             if not self.response_started:
-                self._fail(ProxyError(ErrorType.NO_UPSTREAM, ErrorSource.INTERNAL,
-                                      "proxy_upstream_filter declined"))
+                self._fail(
+                    ProxyError(
+                        ErrorType.NO_UPSTREAM,
+                        ErrorSource.INTERNAL,
+                        "proxy_upstream_filter declined",
+                    )
+                )
             else:
                 self._finish(None)
             return
@@ -416,8 +430,13 @@ class Session:
     def _after_peer(self, peer: Any) -> None:
         if not isinstance(peer, Peer):
             if peer is None:
-                self._fail(ProxyError(ErrorType.NO_UPSTREAM, ErrorSource.INTERNAL,
-                                      "upstream_peer returned no peer"))
+                self._fail(
+                    ProxyError(
+                        ErrorType.NO_UPSTREAM,
+                        ErrorSource.INTERNAL,
+                        "upstream_peer returned no peer",
+                    )
+                )
                 return
             raise TypeError(f"upstream_peer must return a Peer, not {type(peer).__name__}")
         self.peer = peer
@@ -431,7 +450,9 @@ class Session:
             return
         up = e.open_upstream(peer)
         up.session = self
-        timeout = peer.connect_timeout if peer.connect_timeout is not None else e.conf.connect_timeout
+        timeout = (
+            peer.connect_timeout if peer.connect_timeout is not None else e.conf.connect_timeout
+        )
         e.arm(self.down, "connect", e.now + timeout)
         self.upstream = up
 
@@ -454,8 +475,12 @@ class Session:
         peer = self.peer
         assert peer is not None
         if ph.fail_to_connect is not None:
-            self._call(ph.fail_to_connect, (self, peer, self.ctx, err), self._after_fail_to_connect,
-                       "fail_to_connect")
+            self._call(
+                ph.fail_to_connect,
+                (self, peer, self.ctx, err),
+                self._after_fail_to_connect,
+                "fail_to_connect",
+            )
         else:
             self._after_fail_to_connect(err)
 
@@ -476,8 +501,12 @@ class Session:
         up.last_read = self.engine.now
         ph = self.engine.phases
         if ph.connected_to_upstream is not None:
-            self._call(ph.connected_to_upstream, (self, reused, up.peer, self.ctx),
-                       self._build_upstream_request, "connected_to_upstream")
+            self._call(
+                ph.connected_to_upstream,
+                (self, reused, up.peer, self.ctx),
+                self._build_upstream_request,
+                "connected_to_upstream",
+            )
         else:
             self._build_upstream_request(None)
 
@@ -485,11 +514,15 @@ class Session:
         req = self.req_header
         meta = self._meta
         tokens = meta.connection_tokens
-        items = [
-            it for it in req.headers._items if it[0] not in HOP_BY_HOP and it[0] not in tokens
-        ]
-        up_req = RequestHeader(req.method, req.path, Headers._from_parsed(items), "HTTP/1.1",
-                               scheme=req.scheme, authority=req.authority)
+        items = [it for it in req.headers._items if it[0] not in HOP_BY_HOP and it[0] not in tokens]
+        up_req = RequestHeader(
+            req.method,
+            req.path,
+            Headers._from_parsed(items),
+            "HTTP/1.1",
+            scheme=req.scheme,
+            authority=req.authority,
+        )
         e = self.engine
         if e.conf.add_forwarded_headers:
             h = up_req.headers
@@ -502,8 +535,12 @@ class Session:
             up_req.headers.add("Host", self.upstream.peer.address)
         ph = e.phases
         if ph.upstream_request_filter is not None:
-            self._call(ph.upstream_request_filter, (self, up_req, self.ctx),
-                       lambda _r: self._send_upstream_head(up_req), "upstream_request_filter")
+            self._call(
+                ph.upstream_request_filter,
+                (self, up_req, self.ctx),
+                lambda _r: self._send_upstream_head(up_req),
+                "upstream_request_filter",
+            )
         else:
             self._send_upstream_head(up_req)
 
@@ -545,8 +582,13 @@ class Session:
         e.arm(self.down, "body", e.now + e.conf.client_body_timeout)
         ph = e.phases
         if ph.request_body_filter is not None and self._req_pipe is None:
-            self._req_pipe = _BodyPipe(self, ph.request_body_filter, "request_body_filter",
-                                       self._req_sink, self._pump_request_body)
+            self._req_pipe = _BodyPipe(
+                self,
+                ph.request_body_filter,
+                "request_body_filter",
+                self._req_sink,
+                self._pump_request_body,
+            )
         self._pump_request_body()
 
     # ------------------------------------------------------------------ request body
@@ -648,9 +690,14 @@ class Session:
             trailers = self._req_trailers.items() if self._req_trailers else []
             self.engine.send(up, serialize_trailers(trailers))
         elif self._up_length is not None and self._up_sent != self._up_length:
-            self._fail(ProxyError(ErrorType.INTERNAL, ErrorSource.INTERNAL,
-                                  f"request body is {self._up_sent} bytes but Content-Length "
-                                  f"says {self._up_length} (remove it when changing the body)"))
+            self._fail(
+                ProxyError(
+                    ErrorType.INTERNAL,
+                    ErrorSource.INTERNAL,
+                    f"request body is {self._up_sent} bytes but Content-Length "
+                    f"says {self._up_length} (remove it when changing the body)",
+                )
+            )
 
     def _bad_request_body(self, err: HTTPParseError) -> None:
         self.engine.log.info("downstream %s: bad request body: %s", self.down.client_addr, err)
@@ -661,11 +708,18 @@ class Session:
             self.upstream = None
         if not self.response_started:
             self._respond_error(err.status)
-            self._finish(ProxyError(ErrorType.INVALID_HTTP_HEADER, ErrorSource.DOWNSTREAM, str(err),
-                                    status=err.status))
+            self._finish(
+                ProxyError(
+                    ErrorType.INVALID_HTTP_HEADER,
+                    ErrorSource.DOWNSTREAM,
+                    str(err),
+                    status=err.status,
+                )
+            )
         else:
-            self._abort_downstream(ProxyError(ErrorType.INVALID_HTTP_HEADER,
-                                              ErrorSource.DOWNSTREAM, str(err)))
+            self._abort_downstream(
+                ProxyError(ErrorType.INVALID_HTTP_HEADER, ErrorSource.DOWNSTREAM, str(err))
+            )
 
     def _discard_request_body(self) -> None:
         """After an early response: read and drop the rest of the request body so the
@@ -724,8 +778,11 @@ class Session:
         if paused:
             up = self.upstream
             timeout = up.peer.write_timeout if up is not None else None
-            e.arm(self.down, "write", e.now + (timeout if timeout is not None
-                                                else e.conf.write_timeout))
+            e.arm(
+                self.down,
+                "write",
+                e.now + (timeout if timeout is not None else e.conf.write_timeout),
+            )
         else:
             self.down.timers.pop("write", None)
         self.down.update_read_pause()
@@ -776,15 +833,24 @@ class Session:
                 return
             if resp.status < 200:
                 if resp.status == 101:
-                    self._upstream_error(ErrorType.INVALID_RESPONSE,
-                                         "101 Switching Protocols without an Upgrade request")
+                    self._upstream_error(
+                        ErrorType.INVALID_RESPONSE,
+                        "101 Switching Protocols without an Upgrade request",
+                    )
                     return
                 # RFC 9110 §15.2: forward 1xx, except to HTTP/1.0 clients.
                 if self.req_header.version != "HTTP/1.0" and not self.response_started:
-                    fields = [(n, v) for k, n, v in resp.headers._items
-                              if k not in HOP_BY_HOP and k not in meta.connection_tokens]
-                    e.send(self.down, serialize_response_head(resp.status, resp.reason or
-                                                              reason_phrase(resp.status), fields))
+                    fields = [
+                        (n, v)
+                        for k, n, v in resp.headers._items
+                        if k not in HOP_BY_HOP and k not in meta.connection_tokens
+                    ]
+                    e.send(
+                        self.down,
+                        serialize_response_head(
+                            resp.status, resp.reason or reason_phrase(resp.status), fields
+                        ),
+                    )
                 continue
             self._resp_head_done = True
             self._resp = resp
@@ -795,8 +861,12 @@ class Session:
                 self._resp_decoder = ChunkedDecoder(e.conf.limits, error_status=502)
             ph = e.phases
             if ph.upstream_response_filter is not None:
-                self._call(ph.upstream_response_filter, (self, resp, self.ctx),
-                           self._run_response_filter, "upstream_response_filter")
+                self._call(
+                    ph.upstream_response_filter,
+                    (self, resp, self.ctx),
+                    self._run_response_filter,
+                    "upstream_response_filter",
+                )
             else:
                 self._run_response_filter(None)
 
@@ -804,8 +874,12 @@ class Session:
         ph = self.engine.phases
         if ph.response_filter is not None:
             assert self._resp is not None
-            self._call(ph.response_filter, (self, self._resp, self.ctx),
-                       self._write_response_head, "response_filter")
+            self._call(
+                ph.response_filter,
+                (self, self._resp, self.ctx),
+                self._write_response_head,
+                "response_filter",
+            )
         else:
             self._write_response_head(None)
 
@@ -818,8 +892,9 @@ class Session:
         req = self.req_header
         e = self.engine
         tokens = meta.connection_tokens
-        fields = [(n, v) for k, n, v in resp.headers._items
-                  if k not in HOP_BY_HOP and k not in tokens]
+        fields = [
+            (n, v) for k, n, v in resp.headers._items if k not in HOP_BY_HOP and k not in tokens
+        ]
         status = resp.status
         client10 = req.version == "HTTP/1.0"
         keep = self._keep_alive and not e.draining and not self.down.peer_eof
@@ -854,13 +929,15 @@ class Session:
         ph = e.phases
         ur, rr = ph.upstream_response_body_filter, ph.response_body_filter
         if rr is not None:
-            self._resp_pipes = _BodyPipe(self, rr, "response_body_filter", self._write_down_piece,
-                                         self._pump_response_body)
+            self._resp_pipes = _BodyPipe(
+                self, rr, "response_body_filter", self._write_down_piece, self._pump_response_body
+            )
         if ur is not None:
             final = self._resp_pipes
             sink = final.push if final is not None else self._write_down_piece
-            self._resp_pipes = _BodyPipe(self, ur, "upstream_response_body_filter", sink,
-                                         self._pump_response_body)
+            self._resp_pipes = _BodyPipe(
+                self, ur, "upstream_response_body_filter", sink, self._pump_response_body
+            )
             if final is not None:
                 # the second pipe's idle callback must also resume pumping
                 final.on_idle = self._pump_response_body
@@ -942,10 +1019,14 @@ class Session:
             elif mode != BODY_NONE:
                 self._sent_down += len(piece)
                 if mode == BODY_LENGTH and self._sent_down > self._down_length:
-                    self._abort_downstream(ProxyError(
-                        ErrorType.INTERNAL, ErrorSource.INTERNAL,
-                        "response body longer than its Content-Length "
-                        "(remove Content-Length in response_filter when changing the body)"))
+                    self._abort_downstream(
+                        ProxyError(
+                            ErrorType.INTERNAL,
+                            ErrorSource.INTERNAL,
+                            "response body longer than its Content-Length "
+                            "(remove Content-Length in response_filter when changing the body)",
+                        )
+                    )
                     return
                 self.engine.send(self.down, piece)
         if eos:
@@ -959,17 +1040,25 @@ class Session:
             trailers = dec.trailers if dec is not None and dec.trailers else Headers()
             ph = self.engine.phases
             if ph.response_trailer_filter is not None and len(trailers):
-                self._call(ph.response_trailer_filter, (self, trailers, self.ctx),
-                           lambda _r: self._send_trailers(trailers), "response_trailer_filter")
+                self._call(
+                    ph.response_trailer_filter,
+                    (self, trailers, self.ctx),
+                    lambda _r: self._send_trailers(trailers),
+                    "response_trailer_filter",
+                )
                 return
             self._send_trailers(trailers)
             return
         if mode == BODY_LENGTH and self._sent_down != self._down_length:
-            self._abort_downstream(ProxyError(
-                ErrorType.INTERNAL, ErrorSource.INTERNAL,
-                f"response body is {self._sent_down} bytes but Content-Length says "
-                f"{self._down_length} (remove Content-Length in response_filter when changing "
-                "the body)"))
+            self._abort_downstream(
+                ProxyError(
+                    ErrorType.INTERNAL,
+                    ErrorSource.INTERNAL,
+                    f"response body is {self._sent_down} bytes but Content-Length says "
+                    f"{self._down_length} (remove Content-Length in response_filter when changing "
+                    "the body)",
+                )
+            )
             return
         self._response_complete()
 
@@ -1017,8 +1106,10 @@ class Session:
         if up is None:
             return
         pipes = self._resp_pipes
-        want = self.down.write_paused or len(up.buf) >= self.engine.conf.read_buffer_limit or (
-            pipes is not None and pipes.busy
+        want = (
+            self.down.write_paused
+            or len(up.buf) >= self.engine.conf.read_buffer_limit
+            or (pipes is not None and pipes.busy)
         )
         self.engine.pause_upstream(up, want)
 
@@ -1048,8 +1139,11 @@ class Session:
                 e.close_upstream(up, abort=True)
                 self.upstream = None
                 peer = up.peer
-                err = ProxyError(ErrorType.CONNECT_TIMEDOUT, ErrorSource.UPSTREAM,
-                                 f"connect to {peer.address} timed out")
+                err = ProxyError(
+                    ErrorType.CONNECT_TIMEDOUT,
+                    ErrorSource.UPSTREAM,
+                    f"connect to {peer.address} timed out",
+                )
                 e.log.warning("upstream %s: %s", peer.address, err.message)
                 self._connect_failed(err)
         elif name == "read":
@@ -1061,8 +1155,9 @@ class Session:
             if up.read_paused:
                 e.arm(self.down, "read", now + timeout)
             elif now >= up.last_read + timeout:
-                self._upstream_error(ErrorType.READ_TIMEDOUT,
-                                     f"no data from {up.peer.address} for {timeout:g}s")
+                self._upstream_error(
+                    ErrorType.READ_TIMEDOUT, f"no data from {up.peer.address} for {timeout:g}s"
+                )
             else:
                 e.arm(self.down, "read", up.last_read + timeout)
         elif name == "write":
@@ -1070,8 +1165,11 @@ class Session:
                 self._upstream_error(ErrorType.WRITE_TIMEDOUT, "upstream stopped reading")
         elif name == "send":
             if self.down.write_paused:
-                err = ProxyError(ErrorType.WRITE_TIMEDOUT, ErrorSource.DOWNSTREAM,
-                                 "client stopped reading (send_timeout)")
+                err = ProxyError(
+                    ErrorType.WRITE_TIMEDOUT,
+                    ErrorSource.DOWNSTREAM,
+                    "client stopped reading (send_timeout)",
+                )
                 self._keep_alive = False
                 self._abort_downstream(err)
         elif name == "body":
@@ -1107,16 +1205,23 @@ class Session:
         ph = self.engine.phases
         peer = self.peer
         if ph.error_while_proxy is not None and peer is not None:
-            self._call(ph.error_while_proxy,
-                       (self, peer, self.ctx, err, self.down.requests > 0),
-                       self._after_error_while_proxy, "error_while_proxy")
+            self._call(
+                ph.error_while_proxy,
+                (self, peer, self.ctx, err, self.down.requests > 0),
+                self._after_error_while_proxy,
+                "error_while_proxy",
+            )
         else:
             self._after_error_while_proxy(err)
 
     def _after_error_while_proxy(self, err: Any) -> None:
         if not isinstance(err, ProxyError):
             raise TypeError("error_while_proxy must return the ProxyError")
-        if err.retry and self.retries < self.engine.conf.max_retries and self._retry_buf is not None:
+        if (
+            err.retry
+            and self.retries < self.engine.conf.max_retries
+            and self._retry_buf is not None
+        ):
             self.retries += 1
             self._reset_response_state()
             self._choose_peer()
@@ -1160,8 +1265,9 @@ class Session:
         if not self._req_done:
             self._keep_alive = False
         ph = self.engine.phases
-        self._call(ph.fail_to_proxy_fn, (self, err, self.ctx), self._after_fail_to_proxy,
-                   "fail_to_proxy")
+        self._call(
+            ph.fail_to_proxy_fn, (self, err, self.ctx), self._after_fail_to_proxy, "fail_to_proxy"
+        )
 
     def _after_fail_to_proxy(self, status: Any) -> None:
         err = self.error
@@ -1223,11 +1329,7 @@ class Session:
             if down.current is self:
                 down.current = None
             return
-        if (
-            not self._req_done
-            and self._req_decoder is None
-            and self._req_remaining > _MAX_DISCARD
-        ):
+        if not self._req_done and self._req_decoder is None and self._req_remaining > _MAX_DISCARD:
             self._keep_alive = False
         if not self._req_done and self._keep_alive:
             # Read and drop the rest of the request body, then carry on.

@@ -31,8 +31,8 @@ from proxycore.engine import Engine
 from proxycore.events import (
     Accepted,
     Closed,
-    ConnectFailed,
     Connected,
+    ConnectFailed,
     DataReceived,
     Drain,
     EofReceived,
@@ -289,4 +289,3 @@ def serve(
         loop = runner.get_loop()
         srv = AsyncioServer(app, conf, loop)
         runner.run(srv.serve_forever(addrs, grace))
-

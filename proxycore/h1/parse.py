@@ -77,9 +77,10 @@ _CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,18}")
 # RFC 3986 authority: reg-name / IPv4 / IP-literal, optional port.
 _HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 _ABSOLUTE_RE = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)(.*)")
-_CHUNK_LINE_RE = re.compile(
-    rf"([0-9A-Fa-f]{{1,16}})[ \t]*(?:;[ \t]*[{_TCHAR}]+(?:[ \t]*=[ \t]*(?:[{_TCHAR}]+|\"(?:[^\"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t\x20-\x7e\x80-\xff])*\"))?[ \t]*)*"
-)
+# RFC 9112 §7.1.1 chunk-size [ chunk-ext ]; chunk-ext values are tokens or quoted-strings.
+_QUOTED = r'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t\x20-\x7e\x80-\xff])*"'
+_CHUNK_EXT = rf"(?:;[ \t]*[{_TCHAR}]+(?:[ \t]*=[ \t]*(?:[{_TCHAR}]+|{_QUOTED}))?[ \t]*)"
+_CHUNK_LINE_RE = re.compile(rf"([0-9A-Fa-f]{{1,16}})[ \t]*{_CHUNK_EXT}*")
 
 
 class RequestMeta:
@@ -133,6 +134,8 @@ def find_head_end(buf: bytes | bytearray, start: int, limits: Limits, request: b
             line_end = buf.find(b"\r\n", 0, end)
             if line_end > limits.max_request_line:
                 raise HTTPParseError("request line too long", 414)
+            if end - line_end - 2 > limits.max_header_bytes:
+                raise HTTPParseError("header section too large", 431)
         return end
     n = len(buf)
     if request:
@@ -394,8 +397,9 @@ class ChunkedDecoder:
                     line = bytes(buf[pos:eol]).decode("latin-1")
                     m = _CHUNK_LINE_RE.fullmatch(line)
                     if m is None:
-                        raise HTTPParseError("invalid chunk size line (RFC 9112 §7.1)",
-                                             self._error_status)
+                        raise HTTPParseError(
+                            "invalid chunk size line (RFC 9112 §7.1)", self._error_status
+                        )
                     size = int(m.group(1), 16)
                     pos = eol + 2
                     if size == 0:
@@ -406,8 +410,9 @@ class ChunkedDecoder:
                 elif state == self._DATA_CRLF:
                     if n - pos < 2:
                         if buf[pos] != 0x0D:
-                            raise HTTPParseError("chunk data not followed by CRLF",
-                                                 self._error_status)
+                            raise HTTPParseError(
+                                "chunk data not followed by CRLF", self._error_status
+                            )
                         break
                     if buf[pos] != 0x0D or buf[pos + 1] != 0x0A:
                         raise HTTPParseError("chunk data not followed by CRLF", self._error_status)

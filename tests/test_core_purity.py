@@ -1,0 +1,85 @@
+"""The core does no I/O: no module under proxycore/ (except the process entry points and the
+adapters, which live in adapters/) imports an I/O, clock, thread or randomness module, or calls
+open()/print()/input()."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+CORE = Path(__file__).resolve().parent.parent / "proxycore"
+# Entry points that parse argv and hand over to an adapter; they are not the core.
+EXEMPT = {"cli.py", "__main__.py"}
+BANNED_MODULES = {
+    "socket",
+    "selectors",
+    "ssl",
+    "asyncio",
+    "gevent",
+    "threading",
+    "_thread",
+    "time",
+    "random",
+    "secrets",
+    "os",
+    "io",
+    "subprocess",
+    "multiprocessing",
+    "concurrent",
+    "signal",
+    "select",
+    "trio",
+    "anyio",
+    "uvloop",
+    "datetime",
+    "pathlib",
+    "shutil",
+    "tempfile",
+}
+BANNED_CALLS = {"open", "print", "input", "exec", "eval", "breakpoint"}
+
+CORE_FILES = sorted(p for p in CORE.rglob("*.py") if p.name not in EXEMPT)
+
+
+def _violations(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            if name.split(".")[0] in BANNED_MODULES:
+                found.append(f"{path.name}:{node.lineno} imports {name}")
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in BANNED_CALLS
+        ):
+            found.append(f"{path.name}:{node.lineno} calls {node.func.id}()")
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and (node.func.id == "__import__")
+        ):
+            found.append(f"{path.name}:{node.lineno} calls __import__")
+    return found
+
+
+def test_core_files_found() -> None:
+    assert len(CORE_FILES) >= 10
+
+
+@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: p.name)
+def test_core_module_does_no_io(path: Path) -> None:
+    assert _violations(path) == []
+
+
+def test_the_checker_catches_violations(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("import time\nfrom socket import socket\nopen('x')\nimport os.path\n")
+    assert len(_violations(bad)) == 4
