@@ -138,12 +138,33 @@ class Engine:
         handler = self._handlers.get(type(event))
         if handler is None:
             raise TypeError(f"not an event: {event!r}")
-        handler(event)
+        try:
+            handler(event)
+        except Exception:
+            # A bug must cost one connection, never the worker: log it and drop what the
+            # event concerned (its downstream connection and that connection's upstream).
+            self.log.exception("internal error while handling %r", event)
+            self._contain(event.conn)
         if self._dirty:
             self._flush_all()
         out = self.out
         self.out = []
         return out
+
+    def _contain(self, conn: int) -> None:
+        down = self.downstreams.get(conn)
+        if down is None:
+            up = self.upstreams.get(conn)
+            if up is not None:
+                if up.session is not None:
+                    down = up.session.down
+                self.close_upstream(up, abort=True)
+        if down is not None:
+            s = down.current
+            if s is not None and s.upstream is not None:
+                self.close_upstream(s.upstream, abort=True)
+            down.current = None
+            down.close(abort=True)
 
     @property
     def idle(self) -> bool:

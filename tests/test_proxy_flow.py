@@ -678,3 +678,21 @@ def test_playbook_reports_readable_diff() -> None:
     pb << Send(1, b"HTTP/1.1 200 OK\r\n\r\n")
     with pytest.raises(AssertionError, match="action mismatch"):
         pb.run()
+
+
+def test_internal_error_costs_one_connection_not_the_engine(monkeypatch: Any) -> None:
+    h = Harness(Simple())
+    down, up, _ = setup_request(h, GET)
+    other, _ = h.accept()
+    session = h.engine.downstreams[down].current
+    assert session is not None
+
+    def broken(self: Any, data: bytes) -> None:
+        raise RuntimeError("core bug")
+
+    monkeypatch.setattr(type(session), "on_upstream_data", broken)
+    acts = h.data(up, OK)
+    assert Close(down, True) in acts and Close(up, True) in acts
+    assert down not in h.engine.downstreams and other in h.engine.downstreams
+    monkeypatch.undo()
+    assert Harness.connects(h.data(other, GET))
