@@ -15,7 +15,7 @@ from proxycore._version import __version__
 from proxycore.config import ServerConf
 from proxycore.peer import Peer
 from proxycore.phases import Proxy
-from proxycore.runner import BACKENDS, parse_listen, run
+from proxycore.runner import BACKENDS, parse_listen, resolve_backend, run
 
 __all__ = ["main"]
 
@@ -38,6 +38,16 @@ def _listen(text: str) -> str:
     return text
 
 
+def _backend(text: str) -> str:
+    try:
+        module_name, _ = resolve_backend(text)
+        if text not in BACKENDS:
+            importlib.import_module(module_name)
+    except (ValueError, ImportError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _peer(text: str) -> Peer:
     try:
         return Peer.parse(text)
@@ -56,8 +66,10 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         default="asyncio",
-        choices=sorted(BACKENDS),
-        help="runtime adapter (default asyncio)",
+        type=_backend,
+        metavar="NAME",
+        help=f"runtime adapter: {', '.join(BACKENDS)}, or the module path of an adapter "
+        "(default asyncio)",
     )
     p.add_argument(
         "--connect-timeout",
@@ -171,7 +183,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_server_options(r)
     d = sub.add_parser("demo", help="start a demo origin and a proxy in front of it")
     d.add_argument("--listen", type=_listen, default="127.0.0.1:8080", metavar="HOST:PORT")
-    d.add_argument("--backend", default="asyncio", choices=sorted(BACKENDS))
+    d.add_argument("--backend", default="asyncio", type=_backend, metavar="NAME")
     return p
 
 

@@ -13,13 +13,25 @@ from typing import Any
 from proxycore.config import ServerConf
 from proxycore.phases import Proxy
 
-__all__ = ["BACKENDS", "parse_listen", "run"]
+__all__ = ["BACKENDS", "parse_listen", "resolve_backend", "run"]
 
 # backend name -> (module, extra options)
 BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
     "asyncio": ("proxycore.adapters.asyncio", {"uvloop": False}),
     "uvloop": ("proxycore.adapters.asyncio", {"uvloop": True}),
 }
+
+
+def resolve_backend(name: str) -> tuple[str, dict[str, Any]]:
+    """A registered backend name, or the dotted path of an adapter module that has ``serve``
+    (for adapters that live outside this repository). Raises ValueError naming the value."""
+    if name in BACKENDS:
+        return BACKENDS[name]
+    if "." in name:
+        return name, {}
+    raise ValueError(
+        f"unknown backend {name!r}; choose from {', '.join(BACKENDS)} or give a module path"
+    )
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -41,11 +53,10 @@ def run(
 ) -> None:
     """Serve ``app`` on every ``listen`` address until SIGTERM (graceful) or SIGINT (fast).
 
-    ``backend`` is one of :data:`BACKENDS`. ``conf`` holds timeouts and limits.
+    ``backend`` is one of :data:`BACKENDS` or the dotted path of an adapter module with a
+    ``serve(app, addrs, conf, **options)`` function. ``conf`` holds timeouts and limits.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     addrs = [parse_listen(a) for a in listen]
-    module_name, extra = BACKENDS[backend]
+    module_name, extra = resolve_backend(backend)
     module = importlib.import_module(module_name)
     module.serve(app, addrs, conf or ServerConf(), **extra, **options)
