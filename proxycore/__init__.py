@@ -13,7 +13,7 @@ from proxycore.h1.parse import Limits
 from proxycore.http import Headers, RequestHeader, ResponseHeader
 from proxycore.lb import Backend, LoadBalancer, RoundRobin
 from proxycore.peer import Peer
-from proxycore.phases import Proxy, blocking
+from proxycore.phases import Proxy, blocking, nonblocking
 from proxycore.runner import BACKENDS, run
 from proxycore.session import Session
 
@@ -37,5 +37,6 @@ __all__ = [
     "Session",
     "__version__",
     "blocking",
+    "nonblocking",
     "run",
 ]

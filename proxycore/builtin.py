@@ -13,7 +13,7 @@ from typing import Any
 from proxycore.errors import ProxyError
 from proxycore.lb import Backend, LoadBalancer
 from proxycore.peer import Peer
-from proxycore.phases import Proxy
+from proxycore.phases import Proxy, nonblocking
 from proxycore.session import Session
 
 __all__ = ["ReverseProxy"]
@@ -33,9 +33,11 @@ class ReverseProxy(Proxy):
     def __init__(self, backends: Sequence[Peer]) -> None:
         self.lb = LoadBalancer(Backend(p) for p in backends)
 
+    @nonblocking
     def new_ctx(self) -> _Ctx:
         return _Ctx()
 
+    @nonblocking
     def upstream_peer(self, session: Session, ctx: Any) -> Peer | None:
         b = self.lb.select(exclude=ctx.tried)
         if b is None:
@@ -44,6 +46,7 @@ class ReverseProxy(Proxy):
         ctx.tried.append(b)
         return b.peer
 
+    @nonblocking
     def fail_to_connect(
         self, session: Session, peer: Peer, ctx: Any, error: ProxyError
     ) -> ProxyError:

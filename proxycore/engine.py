@@ -51,7 +51,9 @@ class PhaseTable:
     """For each phase: the bound method if the app overrides it, else None; plus which
     overridden phases are marked blocking or are coroutine functions."""
 
-    def __init__(self, app: Proxy) -> None:
+    def __init__(self, app: Proxy, blocking_phases: str = "marked") -> None:
+        if blocking_phases not in ("marked", "all"):
+            raise ValueError(f"blocking_phases must be 'marked' or 'all', not {blocking_phases!r}")
         self.blocking: set[str] = set()
         self.is_async: set[str] = set()
         cls = type(app)
@@ -59,10 +61,14 @@ class PhaseTable:
             fn = getattr(app, name)
             overridden = getattr(cls, name, None) is not getattr(Proxy, name)
             setattr(self, name, fn if overridden else None)
-            if overridden and getattr(fn, "__proxycore_blocking__", False):
-                self.blocking.add(name)
-            if overridden and iscoroutinefunction(fn):
+            if not overridden:
+                continue
+            if iscoroutinefunction(fn):
                 self.is_async.add(name)
+            elif getattr(fn, "__proxycore_blocking__", False) or (
+                blocking_phases == "all" and not getattr(fn, "__proxycore_nonblocking__", False)
+            ):
+                self.blocking.add(name)
         if self.upstream_peer is None:
             raise TypeError(f"{cls.__name__} must implement upstream_peer()")
         # fail_to_proxy and fail_to_connect have meaningful defaults: always callable.
@@ -90,11 +96,17 @@ class Engine:
         app: Proxy,
         conf: ServerConf | None = None,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | Any = None,
+        *,
+        blocking_phases: str = "marked",
     ) -> None:
+        """``blocking_phases="all"`` hands every overridden plain-function phase to the adapter
+        as a blocking RunFilter (gevent and threads adapters, where user code may block), except
+        phases marked ``@proxycore.nonblocking``; ``"marked"`` (the default) defers only phases
+        marked ``@proxycore.blocking``. ``async def`` phases are always deferred."""
         self.app = app
         self.conf = conf or ServerConf()
         self.log = logger or logging.getLogger("proxycore")
-        self.phases = PhaseTable(app)
+        self.phases = PhaseTable(app, blocking_phases)
         self.pool = ConnectionPool(self.conf.upstream_keepalive_pool_size)
         self.downstreams: dict[int, Downstream] = {}
         self.upstreams: dict[int, Upstream] = {}

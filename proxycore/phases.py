@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from proxycore.peer import Peer
     from proxycore.session import Session
 
-__all__ = ["PHASES", "Proxy", "blocking"]
+__all__ = ["PHASES", "Proxy", "blocking", "nonblocking"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,6 +32,13 @@ def blocking(fn: F) -> F:
     gevent) and feeds the result back; other connections keep being served meanwhile.
     """
     fn.__proxycore_blocking__ = True  # type: ignore[attr-defined]
+    return fn
+
+
+def nonblocking(fn: F) -> F:
+    """Mark a phase as never blocking, so it runs inline in the core even on adapters that
+    run every phase off the I/O loop (gevent and threads, ``blocking_phases="all"``)."""
+    fn.__proxycore_nonblocking__ = True  # type: ignore[attr-defined]
     return fn
 
 

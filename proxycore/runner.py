@@ -19,6 +19,9 @@ __all__ = ["BACKENDS", "parse_listen", "resolve_backend", "run"]
 BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
     "asyncio": ("proxycore.adapters.asyncio", {"uvloop": False}),
     "uvloop": ("proxycore.adapters.asyncio", {"uvloop": True}),
+    "gevent": ("proxycore.adapters.gevent", {}),
+    "threads": ("proxycore.adapters.threads", {}),
+    "trio": ("proxycore.adapters.trio", {}),
 }
 
 

@@ -1313,15 +1313,9 @@ class Session:
             self.upstream = None
         ph = self.engine.phases
         if ph.logging is not None:
-            try:
-                result = ph.logging(self, self.error, self.ctx)
-            except Exception as exc:
-                self.engine.log.error("phase logging raised %r", exc, exc_info=exc)
-                result = None
-            if isawaitable(result):
-                # Fire-and-forget: the adapter runs it; its result is not awaited by the core.
-                self.engine.emit(RunFilter(self.down.id, 0, lambda: result, "async"))
-        self._after_logging(None)
+            self._call(ph.logging, (self, self.error, self.ctx), self._after_logging, "logging")
+        else:
+            self._after_logging(None)
 
     def _after_logging(self, _: Any) -> None:
         down = self.down

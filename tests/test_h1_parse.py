@@ -195,3 +195,18 @@ def test_request_random_splits_same_result(cuts: list[int]) -> None:
     out = _proxy_with_splits(cuts)
     assert out.count(b"POST /up HTTP/1.1") == 1 and out.count(b"GET /next HTTP/1.1") == 1
     assert _body_of(out) == b"abcdefg"
+
+
+@pytest.mark.parametrize("data", [b"GET / HTTP/1.1\nHost: a\n", b"GET / HTTP/1.1\r\nHost: a\n"])
+def test_bare_lf_rejected_before_head_completes(data: bytes) -> None:
+    with pytest.raises(HTTPParseError) as e:
+        find_head_end(data, 0, LIMITS, True)
+    assert e.value.status == 400
+
+
+def test_crlf_split_across_reads_is_not_bare_lf() -> None:
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n"
+    for cut in range(1, len(head)):
+        # resume the search the way the downstream connection does (3 bytes of overlap)
+        assert find_head_end(head[:cut], 0, LIMITS, True) == -1
+        assert find_head_end(head, max(0, cut - 3), LIMITS, True) == -1

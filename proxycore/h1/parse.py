@@ -137,6 +137,16 @@ def find_head_end(buf: bytes | bytearray, start: int, limits: Limits, request: b
             if end - line_end - 2 > limits.max_header_bytes:
                 raise HTTPParseError("header section too large", 431)
         return end
+    # RFC 9112 §2.2: we do not accept a bare LF as a line terminator (a smuggling vector), so
+    # a head containing one can be refused now instead of waiting for a CRLFCRLF that may never
+    # come. Only the bytes added since the last search are scanned.
+    s = max(0, start - 1)
+    n_lf = buf.count(b"\n", s)
+    if n_lf:
+        if buf[s : s + 1] == b"\n" and s > 0 and buf[s - 1] == 0x0D:
+            n_lf -= 1
+        if n_lf != buf.count(b"\r\n", s):
+            raise HTTPParseError("bare LF line terminator (RFC 9112 §2.2)", 400 if request else 502)
     n = len(buf)
     if request:
         line_end = buf.find(b"\r\n")

@@ -1,0 +1,467 @@
+"""A readiness-based socket driver shared by the threads and gevent adapters.
+
+Theory of operation: connections are plain non-blocking OS sockets (``_socket.socket``, so a
+monkey-patched ``socket`` module changes nothing). The subclass supplies a reactor — readiness
+callbacks (a selector on a thread, or libev watchers on gevent's hub), timers, and a way to run
+blocking calls off the I/O loop — through the hook methods at the bottom of :class:`SocketDriver`.
+Everything else lives here once: reads feed DataReceived/EofReceived/Closed, Send tries an
+immediate ``send`` and buffers the rest with WritePaused/WriteResumed around a 64 KiB high-water
+mark, connects are non-blocking with their result fed back, Close flushes (or aborts with RST),
+and events produced while executing actions are queued and fed afterwards (never re-entrantly).
+It makes no protocol decision; see docs/adapters.md.
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import ipaddress
+import logging
+import struct
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from proxycore.actions import (
+    Close,
+    Connect,
+    PauseReading,
+    ResumeReading,
+    RunFilter,
+    Send,
+    SetTimer,
+    ShutdownWrite,
+)
+from proxycore.config import ServerConf
+from proxycore.engine import Engine
+from proxycore.events import (
+    Accepted,
+    Closed,
+    Connected,
+    ConnectFailed,
+    DataReceived,
+    Drain,
+    EofReceived,
+    Event,
+    FilterDone,
+    TimerFired,
+    WritePaused,
+    WriteResumed,
+)
+from proxycore.phases import Proxy
+
+log = logging.getLogger("proxycore")
+
+HIGH_WATER = 65536
+LOW_WATER = 16384
+READ_SIZE = 262144
+
+
+class Conn:
+    """One socket and its outgoing buffer."""
+
+    __slots__ = (
+        "cid",
+        "closing",
+        "connecting",
+        "eof",
+        "fd",
+        "out",
+        "out_size",
+        "read_paused",
+        "reading",
+        "shut_wr",
+        "sock",
+        "watch",
+        "write_paused",
+        "writing",
+    )
+
+    def __init__(self, cid: int, sock: Any) -> None:
+        self.cid = cid
+        self.sock = sock
+        self.fd = sock.fileno() if sock is not None else -1
+        self.out: deque[memoryview | bytes] = deque()
+        self.out_size = 0
+        self.write_paused = False
+        self.read_paused = False
+        self.reading = False
+        self.writing = False
+        self.closing = False
+        self.shut_wr = False
+        self.connecting = sock is None
+        self.eof = False
+        self.watch: Any = None  # reactor-specific registration
+
+
+class SocketDriver:
+    """Executes the engine's actions on non-blocking sockets; subclasses provide the reactor."""
+
+    def __init__(self, app: Proxy, conf: ServerConf, blocking_phases: str) -> None:
+        self.engine = Engine(app, conf, log, blocking_phases=blocking_phases)
+        self.conns: dict[int, Conn] = {}
+        self.timers: dict[int, Any] = {}
+        self.listeners: list[Any] = []
+        self._queue: deque[Event] = deque()
+        self._busy = False
+        self._engine_feed = self.engine.feed
+        self._dispatch: dict[type, Callable[[Any], None]] = {
+            Send: self._send,
+            Close: self._close,
+            SetTimer: self._set_timer,
+            PauseReading: self._pause,
+            ResumeReading: self._resume,
+            Connect: self._connect,
+            ShutdownWrite: self._shutdown_write,
+            RunFilter: self._run_filter,
+        }
+
+    # ------------------------------------------------------------------ feeding
+
+    def feed(self, ev: Event) -> None:
+        """Feed ``ev`` and execute actions; events raised meanwhile are fed after, in order."""
+        q = self._queue
+        q.append(ev)
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            dispatch = self._dispatch
+            while q:
+                for a in self._engine_feed(q.popleft()):
+                    dispatch[type(a)](a)
+        finally:
+            self._busy = False
+
+    # ------------------------------------------------------------------ readiness
+
+    def on_readable(self, c: Conn) -> None:
+        try:
+            data = c.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self._lost(c, repr(e))
+            return
+        if data:
+            self.feed(DataReceived(c.cid, data, self.now()))
+        else:
+            c.eof = True
+            self._want_read(c, False)
+            self.feed(EofReceived(c.cid, self.now()))
+
+    def on_writable(self, c: Conn) -> None:
+        if c.connecting:
+            err = c.sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+            self._want_write(c, False)
+            if err:
+                self._fail_connect(c, errno.errorcode.get(err, str(err)), err)
+                return
+            c.connecting = False
+            self._want_read(c, True)
+            self.feed(Connected(c.cid, self.now()))
+            return
+        self._flush(c)
+
+    def on_accept(self, lsock: Any) -> None:
+        for _ in range(64):
+            try:
+                fd, addr = lsock._accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE and friends: log, keep serving
+                log.warning("accept failed: %r", e)
+                return
+            sock = _socket.socket(lsock.family, _socket.SOCK_STREAM, 0, fd)
+            sock.setblocking(False)
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            cid = self.engine.new_id()
+            c = Conn(cid, sock)
+            c.connecting = False
+            self.conns[cid] = c
+            self._want_read(c, True)
+            server = sock.getsockname()
+            self.feed(Accepted(cid, self.now(), (addr[0], addr[1]), (server[0], server[1])))
+
+    def _lost(self, c: Conn, error: str | None) -> None:
+        if self.conns.pop(c.cid, None) is None:
+            return
+        self._discard(c)
+        self._cancel_timer(c.cid)
+        self.feed(Closed(c.cid, self.now(), error))
+
+    def _discard(self, c: Conn) -> None:
+        self._want_read(c, False)
+        self._want_write(c, False)
+        self.forget(c)
+        if c.sock is not None:
+            c.sock.close()
+        c.out.clear()
+
+    # ------------------------------------------------------------------ actions
+
+    def _send(self, a: Send) -> None:
+        c = self.conns.get(a.conn)
+        if c is None or c.closing:
+            return
+        data = a.data
+        if not c.out and not c.connecting:
+            try:
+                n = c.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as e:
+                self.conns.pop(c.cid, None)
+                self._discard(c)
+                self._queue.append(Closed(c.cid, self.now(), repr(e)))
+                return
+            if n == len(data):
+                return
+            data = memoryview(data)[n:]
+        c.out.append(data)
+        c.out_size += len(data)
+        if not c.connecting:
+            self._want_write(c, True)
+        if c.out_size > HIGH_WATER and not c.write_paused:
+            c.write_paused = True
+            self._queue.append(WritePaused(c.cid, self.now()))
+
+    def _flush(self, c: Conn) -> None:
+        out = c.out
+        while out:
+            chunk = out[0]
+            try:
+                n = c.sock.send(chunk)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                self._lost(c, repr(e))
+                return
+            c.out_size -= n
+            if n == len(chunk):
+                out.popleft()
+            else:
+                out[0] = memoryview(chunk)[n:]
+                break
+        if c.write_paused and c.out_size <= LOW_WATER and not c.closing:
+            c.write_paused = False
+            self.feed(WriteResumed(c.cid, self.now()))
+        if not out:
+            self._want_write(c, False)
+            if c.closing:
+                self._discard(c)
+            elif c.shut_wr:
+                self._shut(c)
+
+    def _close(self, a: Close) -> None:
+        c = self.conns.pop(a.conn, None)
+        self._cancel_timer(a.conn)
+        if c is None:
+            return
+        if c.sock is None:  # still resolving
+            c.closing = True
+            return
+        if a.abort:
+            try:
+                c.sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+            self._discard(c)
+        elif c.out and not c.connecting:
+            c.closing = True  # finish flushing, then close
+            self._want_read(c, False)
+        else:
+            self._discard(c)
+
+    def _shutdown_write(self, a: ShutdownWrite) -> None:
+        c = self.conns.get(a.conn)
+        if c is None:
+            return
+        if c.out:
+            c.shut_wr = True
+        else:
+            self._shut(c)
+
+    def _shut(self, c: Conn) -> None:
+        c.shut_wr = False
+        try:
+            c.sock.shutdown(_socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _pause(self, a: PauseReading) -> None:
+        c = self.conns.get(a.conn)
+        if c is not None:
+            c.read_paused = True
+            self._want_read(c, False)
+
+    def _resume(self, a: ResumeReading) -> None:
+        c = self.conns.get(a.conn)
+        if c is not None:
+            c.read_paused = False
+            if not c.eof and not c.connecting:
+                self._want_read(c, True)
+
+    def _want_read(self, c: Conn, on: bool) -> None:
+        on = on and not c.read_paused
+        if on != c.reading:
+            c.reading = on
+            self.watch(c)
+
+    def _want_write(self, c: Conn, on: bool) -> None:
+        if on != c.writing:
+            c.writing = on
+            self.watch(c)
+
+    def _connect(self, a: Connect) -> None:
+        c = Conn(a.conn, None)
+        self.conns[a.conn] = c
+        host, port = a.peer.host, a.peer.port
+        try:
+            family = (
+                _socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else (_socket.AF_INET)
+            )
+        except ValueError:
+            self.resolve(host, port, lambda res: self._resolved(c, res))
+            return
+        self._start_connect(c, family, (host, port))
+
+    def _resolved(self, c: Conn, res: Any) -> None:
+        if self.conns.get(c.cid) is not c:
+            return  # closed meanwhile
+        if isinstance(res, BaseException) or not res:
+            self.conns.pop(c.cid, None)
+            self.feed(ConnectFailed(c.cid, self.now(), "error", f"resolve: {res!r}"))
+            return
+        family, _, _, _, addr = res[0]
+        self._start_connect(c, family, addr)
+
+    def _start_connect(self, c: Conn, family: int, addr: Any) -> None:
+        sock = _socket.socket(family, _socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        c.sock = sock
+        c.fd = sock.fileno()
+        err = sock.connect_ex(addr)
+        if err in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            self._want_write(c, True)
+        else:
+            self._fail_connect(c, errno.errorcode.get(err, str(err)), err)
+
+    def _fail_connect(self, c: Conn, message: str, err: int) -> None:
+        self.conns.pop(c.cid, None)
+        self._discard(c)
+        reason = (
+            "refused"
+            if err == errno.ECONNREFUSED
+            else ("timeout" if err == errno.ETIMEDOUT else "error")
+        )
+        ev = ConnectFailed(c.cid, self.now(), reason, message)
+        if self._busy:
+            self._queue.append(ev)
+        else:
+            self.feed(ev)
+
+    def _set_timer(self, a: SetTimer) -> None:
+        h = self.timers.get(a.conn)
+        if a.deadline is None:
+            if h is not None:
+                del self.timers[a.conn]
+                self.cancel(h)
+            return
+        if h is not None:
+            if self.when(h) <= a.deadline:
+                return  # fires early; the core re-arms
+            self.cancel(h)
+        self.timers[a.conn] = self.call_at(a.deadline, self._fire, a.conn)
+
+    def _fire(self, owner: int) -> None:
+        self.timers.pop(owner, None)
+        self.feed(TimerFired(owner, self.now()))
+
+    def _cancel_timer(self, owner: int) -> None:
+        h = self.timers.pop(owner, None)
+        if h is not None:
+            self.cancel(h)
+
+    def _run_filter(self, a: RunFilter) -> None:
+        def done(result: Any = None, error: BaseException | None = None) -> None:
+            self.feed(FilterDone(a.conn, a.token, self.now(), result, error))
+
+        if a.kind == "blocking":
+            self.run_blocking(a.call, done)
+        else:
+            self.run_async(a.call, done)
+
+    # ------------------------------------------------------------------ listening
+
+    def listen(self, addrs: Sequence[tuple[str, int]]) -> None:
+        for host, port in addrs:
+            fam = _socket.AF_INET6 if ":" in host else _socket.AF_INET
+            s = _socket.socket(fam, _socket.SOCK_STREAM)
+            s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+            s.listen(1024)
+            s.setblocking(False)
+            self.listeners.append(s)
+            self.watch_listener(s, True)
+            log.info("listening on %s", s.getsockname()[:2])
+
+    def begin_drain(self) -> None:
+        for s in self.listeners:
+            self.watch_listener(s, False)
+            s.close()
+        self.listeners.clear()
+        self.feed(Drain(0, self.now()))
+
+    def abort_all(self) -> None:
+        for c in list(self.conns.values()):
+            self.conns.pop(c.cid, None)
+            if c.sock is not None:
+                self._discard(c)
+
+    # ------------------------------------------------------------------ reactor hooks
+
+    def now(self) -> float:
+        raise NotImplementedError
+
+    def watch(self, c: Conn) -> None:
+        """Make the reactor's interest in ``c.fd`` match ``c.reading`` / ``c.writing``."""
+        raise NotImplementedError
+
+    def forget(self, c: Conn) -> None:
+        """Drop every registration for ``c`` (its socket is about to close)."""
+        raise NotImplementedError
+
+    def watch_listener(self, sock: Any, on: bool) -> None:
+        raise NotImplementedError
+
+    def call_at(self, deadline: float, fn: Callable[[int], None], arg: int) -> Any:
+        raise NotImplementedError
+
+    def when(self, handle: Any) -> float:
+        raise NotImplementedError
+
+    def cancel(self, handle: Any) -> None:
+        raise NotImplementedError
+
+    def run_blocking(self, call: Callable[[], Any], done: Callable[..., None]) -> None:
+        raise NotImplementedError
+
+    def run_async(self, call: Callable[[], Any], done: Callable[..., None]) -> None:
+        """An ``async def`` phase on a loop-less adapter: run the coroutine to completion on a
+        private asyncio loop in a worker thread (asyncio primitives work inside it; objects bound
+        to another event loop do not)."""
+        import asyncio
+
+        async def _await() -> Any:
+            return await call()
+
+        self.run_in_thread(lambda: asyncio.run(_await()), done)
+
+    def run_in_thread(self, fn: Callable[[], Any], done: Callable[..., None]) -> None:
+        """Run ``fn`` on a real OS thread; ``done(result, error)`` back on the I/O loop."""
+        raise NotImplementedError
+
+    def resolve(self, host: str, port: int, done: Callable[[Any], None]) -> None:
+        raise NotImplementedError

@@ -1,0 +1,140 @@
+"""The gevent adapter.
+
+Theory of operation: gevent's hub (libev/libuv) watches every socket with io watchers and calls
+the shared socket driver (``adapters/_sockets.py``) when one is readable or writable; timers are
+hub timers. Filter phases run in greenlets: by default every overridden phase not marked
+``@proxycore.nonblocking`` is spawned as its own greenlet (a greenlet per phase call), so user code
+written for gevent — gevent-aware database clients, ``gevent.sleep``, gevent sockets — may wait
+inside a phase while every other connection keeps being served. The process does **not** need
+to be monkey-patched; if your blocking library needs it, call ``gevent.monkey.patch_all()``
+yourself at the top of your program (opt-in, documented in the README).
+"""
+
+from __future__ import annotations
+
+import _socket
+import logging
+import signal
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.socket
+
+from proxycore.adapters._sockets import Conn, SocketDriver
+from proxycore.config import ServerConf
+from proxycore.phases import Proxy
+
+__all__ = ["GeventServer", "serve"]
+
+log = logging.getLogger("proxycore")
+
+
+class GeventServer(SocketDriver):
+    def __init__(self, app: Proxy, conf: ServerConf, blocking_phases: str = "all") -> None:
+        super().__init__(app, conf, blocking_phases)
+        self.loop = gevent.get_hub().loop
+        self._listen_watchers: dict[int, Any] = {}
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def watch(self, c: Conn) -> None:
+        w = c.watch
+        if w is None:
+            w = c.watch = [None, None]
+        for i, (want, cb) in enumerate(
+            ((c.reading, self.on_readable), (c.writing, self.on_writable))
+        ):
+            watcher = w[i]
+            if want:
+                if watcher is None:
+                    watcher = w[i] = self.loop.io(c.fd, 1 << i)
+                if not watcher.active:
+                    watcher.start(cb, c)
+            elif watcher is not None and watcher.active:
+                watcher.stop()
+
+    def forget(self, c: Conn) -> None:
+        if c.watch is not None:
+            for watcher in c.watch:
+                if watcher is not None:
+                    watcher.stop()
+                    watcher.close()
+            c.watch = None
+
+    def watch_listener(self, sock: Any, on: bool) -> None:
+        if on:
+            w = self.loop.io(sock.fileno(), 1)
+            w.start(self.on_accept, sock)
+            self._listen_watchers[sock.fileno()] = w
+        else:
+            w = self._listen_watchers.pop(sock.fileno(), None)
+            if w is not None:
+                w.stop()
+                w.close()
+
+    def call_at(self, deadline: float, fn: Callable[[int], None], arg: int) -> Any:
+        t = self.loop.timer(max(0.0, deadline - time.monotonic()))
+        t.start(fn, arg)
+        return (deadline, t)
+
+    def when(self, handle: Any) -> float:
+        return float(handle[0])
+
+    def cancel(self, handle: Any) -> None:
+        handle[1].stop()
+        handle[1].close()
+
+    def run_blocking(self, call: Callable[[], Any], done: Callable[..., None]) -> None:
+        g = gevent.spawn(call)
+        g.link(lambda g: done(g.value) if g.successful() else done(error=g.exception))
+
+    def run_in_thread(self, fn: Callable[[], Any], done: Callable[..., None]) -> None:
+        pool = gevent.get_hub().threadpool
+
+        def waiter() -> None:
+            try:
+                result = pool.apply(fn)
+            except BaseException as e:  # reported to the core as FilterDone(error=...)
+                done(error=e)
+            else:
+                done(result)
+
+        gevent.spawn(waiter)
+
+    def resolve(self, host: str, port: int, done: Callable[[Any], None]) -> None:
+        g = gevent.spawn(gevent.socket.getaddrinfo, host, port, 0, _socket.SOCK_STREAM)
+        g.link(lambda g: done(g.value if g.successful() else g.exception))
+
+
+def serve(
+    app: Proxy,
+    addrs: Sequence[tuple[str, int]],
+    conf: ServerConf,
+    grace: float = 5.0,
+    blocking_phases: str = "all",
+    **_: Any,
+) -> None:
+    """Serve on gevent's hub until SIGTERM (graceful) or SIGINT (fast)."""
+    srv = GeventServer(app, conf, blocking_phases)
+    srv.listen(addrs)
+    stop = gevent.event.Event()
+    mode = {"graceful": True}
+
+    def on_signal(graceful: bool) -> None:
+        mode["graceful"] = graceful
+        stop.set()
+
+    gevent.signal_handler(signal.SIGTERM, on_signal, True)
+    gevent.signal_handler(signal.SIGINT, on_signal, False)
+    print("proxycore ready backend=gevent", flush=True)
+    stop.wait()
+    log.info("shutting down (%s)", "graceful" if mode["graceful"] else "fast")
+    srv.begin_drain()
+    deadline = time.monotonic() + (grace if mode["graceful"] else 0.0)
+    while not srv.engine.idle and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    srv.abort_all()

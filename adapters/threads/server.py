@@ -1,0 +1,201 @@
+"""The threads adapter: for programs that cannot use an event loop.
+
+Theory of operation: one I/O thread owns the engine and every socket. It waits in a selector
+(epoll on Linux) with a timeout equal to the nearest timer (kept in a heap), and hands readiness
+to the shared socket driver (``adapters/_sockets.py``). Filter phases run in a bounded
+``ThreadPoolExecutor`` (``pool_size`` threads, default 32): by default every overridden phase that
+is not marked ``@proxycore.nonblocking`` is deferred there, so user code may block freely. A
+finished phase puts its result on a queue and writes one byte to a socketpair to wake the I/O
+thread, which feeds FilterDone. So 1,000 keep-alive connections cost one I/O thread plus the pool.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import selectors
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from queue import Empty, SimpleQueue
+from typing import Any
+
+from proxycore.adapters._sockets import Conn, SocketDriver
+from proxycore.config import ServerConf
+from proxycore.phases import Proxy
+
+__all__ = ["ThreadsServer", "serve"]
+
+log = logging.getLogger("proxycore")
+_R, _W = selectors.EVENT_READ, selectors.EVENT_WRITE
+
+
+class _Timer:
+    __slots__ = ("arg", "cancelled", "fn", "when")
+
+    def __init__(self, when: float, fn: Callable[[int], None], arg: int) -> None:
+        self.when, self.fn, self.arg, self.cancelled = when, fn, arg, False
+
+
+class ThreadsServer(SocketDriver):
+    def __init__(
+        self, app: Proxy, conf: ServerConf, pool_size: int = 32, blocking_phases: str = "all"
+    ) -> None:
+        super().__init__(app, conf, blocking_phases)
+        self.sel = selectors.DefaultSelector()
+        self.heap: list[tuple[float, int, _Timer]] = []
+        self._seq = itertools.count()
+        self.pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="proxycore-phase")
+        self.done: SimpleQueue[Callable[[], None]] = SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self.sel.register(self._wake_r, _R, None)
+        self.stop_mode: str | None = None
+
+    # reactor hooks
+    def now(self) -> float:
+        return time.monotonic()
+
+    def watch(self, c: Conn) -> None:
+        mask = (_R if c.reading else 0) | (_W if c.writing else 0)
+        if c.watch is None:
+            if mask:
+                self.sel.register(c.fd, mask, c)
+                c.watch = mask
+        elif mask == 0:
+            self.sel.unregister(c.fd)
+            c.watch = None
+        elif mask != c.watch:
+            self.sel.modify(c.fd, mask, c)
+            c.watch = mask
+
+    def forget(self, c: Conn) -> None:
+        if c.watch is not None:
+            self.sel.unregister(c.fd)
+            c.watch = None
+
+    def watch_listener(self, sock: Any, on: bool) -> None:
+        if on:
+            self.sel.register(sock, _R, sock)
+        else:
+            self.sel.unregister(sock)
+
+    def call_at(self, deadline: float, fn: Callable[[int], None], arg: int) -> _Timer:
+        t = _Timer(deadline, fn, arg)
+        heapq.heappush(self.heap, (deadline, next(self._seq), t))
+        return t
+
+    def when(self, handle: _Timer) -> float:
+        return handle.when
+
+    def cancel(self, handle: _Timer) -> None:
+        handle.cancelled = True
+
+    def _post(self, fn: Callable[[], None]) -> None:
+        self.done.put(fn)
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    def run_blocking(self, call: Callable[[], Any], done: Callable[..., None]) -> None:
+        def work() -> None:
+            error: BaseException | None = None
+            result: Any = None
+            try:
+                result = call()
+            except BaseException as e:  # reported to the core as FilterDone(error=...)
+                error = e
+            self._post(lambda: done(result, error))
+
+        self.pool.submit(work)
+
+    run_in_thread = run_blocking
+
+    def resolve(self, host: str, port: int, done: Callable[[Any], None]) -> None:
+        def work() -> None:
+            try:
+                res: Any = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as e:
+                res = e
+            self._post(lambda: done(res))
+
+        self.pool.submit(work)
+
+    # the loop
+    def run_once(self, max_wait: float | None) -> None:
+        heap = self.heap
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)
+        timeout = max_wait
+        if heap:
+            t = max(0.0, heap[0][0] - time.monotonic())
+            timeout = t if timeout is None else min(t, timeout)
+        for key, mask in self.sel.select(timeout):
+            data = key.data
+            if data is None:
+                self._drain_done()
+            elif isinstance(data, Conn):
+                if mask & _R and data.reading:
+                    self.on_readable(data)
+                if mask & _W and data.writing:
+                    self.on_writable(data)
+            else:
+                self.on_accept(data)
+        now = time.monotonic()
+        while heap and heap[0][0] <= now:
+            _, _, t = heapq.heappop(heap)
+            if not t.cancelled:
+                t.fn(t.arg)
+
+    def _drain_done(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        while True:
+            try:
+                fn = self.done.get_nowait()
+            except Empty:
+                return
+            fn()
+
+    def serve_forever(self, addrs: Sequence[tuple[str, int]], grace: float) -> None:
+        self.listen(addrs)
+        print("proxycore ready backend=threads", flush=True)
+        while self.stop_mode is None:
+            self.run_once(0.5)
+        log.info("shutting down (%s)", self.stop_mode)
+        self.begin_drain()
+        deadline = time.monotonic() + (grace if self.stop_mode == "graceful" else 0.0)
+        while not self.engine.idle and time.monotonic() < deadline:
+            self.run_once(0.05)
+        self.abort_all()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def serve(
+    app: Proxy,
+    addrs: Sequence[tuple[str, int]],
+    conf: ServerConf,
+    grace: float = 5.0,
+    pool_size: int = 32,
+    blocking_phases: str = "all",
+    **_: Any,
+) -> None:
+    """Serve with one I/O thread and ``pool_size`` phase threads until SIGTERM/SIGINT."""
+    srv = ThreadsServer(app, conf, pool_size, blocking_phases)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        srv.stop_mode = "graceful" if signum == signal.SIGTERM else "fast"
+        srv._post(lambda: None)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    srv.serve_forever(addrs, grace)

@@ -1,0 +1,8 @@
+"""proxycore on trio (through anyio): ``serve(app, addrs, conf, grace=5.0, **options)``.
+
+Select it with ``--backend proxycore.adapters.trio``. See :mod:`.server`.
+"""
+
+from proxycore.adapters.trio.server import serve
+
+__all__ = ["serve"]
