@@ -178,6 +178,18 @@ class Engine:
             down.current = None
             down.close(abort=True)
 
+    def stats(self) -> dict[str, int | float]:
+        """A snapshot for monitoring: open connections, pool counters, requests in flight."""
+        active = sum(1 for d in self.downstreams.values() if d.current is not None)
+        out: dict[str, int | float] = {
+            "downstreams": len(self.downstreams),
+            "requests_in_flight": active,
+            "upstreams": len(self.upstreams),
+            "pool_idle": len(self.pool),
+        }
+        out.update(self.pool.stats.as_dict())
+        return out
+
     @property
     def idle(self) -> bool:
         """True when no downstream connection is open (used to finish a graceful drain)."""

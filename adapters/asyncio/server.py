@@ -26,6 +26,7 @@ from proxycore.actions import (
     SetTimer,
     ShutdownWrite,
 )
+from proxycore.adapters import print_stats
 from proxycore.config import ServerConf
 from proxycore.engine import Engine
 from proxycore.events import (
@@ -262,6 +263,10 @@ class AsyncioServer:
         try:
             self.loop.add_signal_handler(signal.SIGTERM, on_signal, True)
             self.loop.add_signal_handler(signal.SIGINT, on_signal, False)
+            self.loop.add_signal_handler(
+                signal.SIGUSR1,
+                lambda: print_stats(self.engine, tasks=len(asyncio.all_tasks(self.loop))),
+            )
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread
             pass
         print(f"proxycore ready backend={type(self.loop).__module__}", flush=True)

@@ -13,6 +13,7 @@ yourself at the top of your program (opt-in, documented in the README).
 from __future__ import annotations
 
 import _socket
+import gc
 import logging
 import signal
 import time
@@ -22,7 +23,9 @@ from typing import Any
 import gevent
 import gevent.event
 import gevent.socket
+import greenlet
 
+from proxycore.adapters import print_stats
 from proxycore.adapters._sockets import Conn, SocketDriver
 from proxycore.config import ServerConf
 from proxycore.phases import Proxy
@@ -130,6 +133,13 @@ def serve(
 
     gevent.signal_handler(signal.SIGTERM, on_signal, True)
     gevent.signal_handler(signal.SIGINT, on_signal, False)
+    gevent.signal_handler(
+        signal.SIGUSR1,
+        lambda: print_stats(
+            srv.engine,
+            greenlets=sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet)),
+        ),
+    )
     print("proxycore ready backend=gevent", flush=True)
     stop.wait()
     log.info("shutting down (%s)", "graceful" if mode["graceful"] else "fast")

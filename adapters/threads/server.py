@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from queue import Empty, SimpleQueue
 from typing import Any
 
+from proxycore.adapters import print_stats
 from proxycore.adapters._sockets import Conn, SocketDriver
 from proxycore.config import ServerConf
 from proxycore.phases import Proxy
@@ -198,4 +199,5 @@ def serve(
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGUSR1, lambda *_: srv._post(lambda: print_stats(srv.engine)))
     srv.serve_forever(addrs, grace)

@@ -361,7 +361,7 @@ async def _main(
                 running.cancel()
 
             tg.start_soon(accept_loop)
-            for lst in listeners:
+            for lst in listener.listeners:
                 h, p = cast(tuple[str, int], lst.extra(SocketAttribute.local_address))[:2]
                 print(f"proxycore ready: listening on {h}:{p} (trio via anyio)", flush=True)
             with running:
