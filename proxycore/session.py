@@ -43,7 +43,8 @@ from proxycore.h1.parse import (
 from proxycore.h1.write import (
     HOP_BY_HOP,
     encode_chunk,
-    serialize_request_head,
+    serialize_request_fields,
+    serialize_response_fields,
     serialize_response_head,
     serialize_trailers,
 )
@@ -513,8 +514,34 @@ class Session:
     def _build_upstream_request(self, _: Any) -> None:
         req = self.req_header
         meta = self._meta
-        tokens = meta.connection_tokens
-        items = [it for it in req.headers._items if it[0] not in HOP_BY_HOP and it[0] not in tokens]
+        e = self.engine
+        ph = e.phases
+        # The parser's flags describe the head as received; if an early phase could have
+        # edited it, take the general path.
+        edited = ph.early_request_filter is not None or ph.request_filter is not None
+        items = req.headers._items
+        if meta.hop or edited:
+            tokens = meta.connection_tokens
+            items = [it for it in items if it[0] not in HOP_BY_HOP and it[0] not in tokens]
+        else:
+            items = items.copy()
+        if e.conf.add_forwarded_headers:
+            host = req.headers.get("host") if edited else meta.host
+            if meta.forwarded or edited:
+                h = Headers._from_parsed(items)
+                _append_forwarded(h, "X-Forwarded-For", self.down.client_addr[0])
+                _append_forwarded(h, "X-Forwarded-Proto", self.down.scheme)
+                if host:
+                    _append_forwarded(h, "X-Forwarded-Host", host)
+                items = h._items
+            else:
+                items.append(("x-forwarded-for", "X-Forwarded-For", self.down.client_addr[0]))
+                items.append(("x-forwarded-proto", "X-Forwarded-Proto", self.down.scheme))
+                if host:
+                    items.append(("x-forwarded-host", "X-Forwarded-Host", host))
+        if (not meta.has_host or edited) and self.upstream is not None:
+            if not any(it[0] == "host" for it in items):
+                items.append(("host", "Host", self.upstream.peer.address))
         up_req = RequestHeader(
             req.method,
             req.path,
@@ -523,34 +550,24 @@ class Session:
             scheme=req.scheme,
             authority=req.authority,
         )
-        e = self.engine
-        if e.conf.add_forwarded_headers:
-            h = up_req.headers
-            _append_forwarded(h, "X-Forwarded-For", self.down.client_addr[0])
-            _append_forwarded(h, "X-Forwarded-Proto", self.down.scheme)
-            host = req.headers.get("host")
-            if host:
-                _append_forwarded(h, "X-Forwarded-Host", host)
-        if "host" not in up_req.headers and self.upstream is not None:
-            up_req.headers.add("Host", self.upstream.peer.address)
-        ph = e.phases
         if ph.upstream_request_filter is not None:
             self._call(
                 ph.upstream_request_filter,
                 (self, up_req, self.ctx),
-                lambda _r: self._send_upstream_head(up_req),
+                lambda _r: self._send_upstream_head(up_req, True),
                 "upstream_request_filter",
             )
         else:
-            self._send_upstream_head(up_req)
+            self._send_upstream_head(up_req, False)
 
-    def _send_upstream_head(self, up_req: RequestHeader) -> None:
+    def _send_upstream_head(self, up_req: RequestHeader, filtered: bool) -> None:
         up = self.upstream
         if up is None or self._finished:
             return
         meta = self._meta
         h = up_req.headers
-        h.remove("transfer-encoding")
+        if filtered and "transfer-encoding" in h:
+            h.remove("transfer-encoding")  # framing is ours to decide
         self._up_chunked = False
         self._up_length = None
         if meta.body != BODY_NONE:
@@ -561,7 +578,7 @@ class Session:
                 h.remove("content-length")
                 h.add("Transfer-Encoding", "chunked")
                 self._up_chunked = True
-        head = serialize_request_head(up_req.method, up_req.path, h.items(), "HTTP/1.1")
+        head = serialize_request_fields(up_req.method, up_req.path, h._items, "HTTP/1.1")
         e = self.engine
         e.send(up, head)
         self._up_sent = 0
@@ -572,9 +589,7 @@ class Session:
             for piece in self._retry_buf:
                 self._write_upstream_piece(piece, False)
         if self._req_done:
-            if self._retry_size or self.request_body_bytes or self._req_decoder is not None:
-                self._end_upstream_body()
-            elif meta.body != BODY_NONE:
+            if meta.body != BODY_NONE:
                 self._end_upstream_body()
             return
         self._forwarding = True
@@ -891,42 +906,46 @@ class Session:
         assert resp is not None and meta is not None
         req = self.req_header
         e = self.engine
-        tokens = meta.connection_tokens
-        fields = [
-            (n, v) for k, n, v in resp.headers._items if k not in HOP_BY_HOP and k not in tokens
-        ]
+        ph = e.phases
+        edited = ph.upstream_response_filter is not None or ph.response_filter is not None
+        items = resp.headers._items
+        if meta.hop or edited:
+            tokens = meta.connection_tokens
+            fields = [it for it in items if it[0] not in HOP_BY_HOP and it[0] not in tokens]
+        else:
+            fields = items.copy()
         status = resp.status
         client10 = req.version == "HTTP/1.0"
         keep = self._keep_alive and not e.draining and not self.down.peer_eof
         if req.method == "HEAD" or status == 204 or status == 304:
             mode = BODY_NONE
         else:
-            cl = resp.headers.get("content-length")
+            cl = resp.headers.get("content-length") if edited else meta.content_length
             if cl is not None and cl.isdigit():
                 mode = BODY_LENGTH
                 self._down_length = int(cl)
-            elif client10:
-                mode = BODY_CLOSE
-                keep = False
-                fields = [(n, v) for n, v in fields if n.lower() != "content-length"]
             else:
-                mode = BODY_CHUNKED
-                fields = [(n, v) for n, v in fields if n.lower() != "content-length"]
-                fields.append(("Transfer-Encoding", "chunked"))
+                if cl is not None:
+                    fields = [it for it in fields if it[0] != "content-length"]
+                if client10:
+                    mode = BODY_CLOSE
+                    keep = False
+                else:
+                    mode = BODY_CHUNKED
+                    fields.append(("transfer-encoding", "Transfer-Encoding", "chunked"))
         if not self._req_done and self._meta.expect_continue and self._up_sent == 0:
             keep = False  # the client will not send the body we would have to skip
         self._down_mode = mode
         if not keep:
-            fields.append(("Connection", "close"))
+            fields.append(("connection", "Connection", "close"))
         elif client10:
-            fields.append(("Connection", "keep-alive"))
+            fields.append(("connection", "Connection", "keep-alive"))
         self._keep_alive = keep
-        head = serialize_response_head(status, resp.reason or reason_phrase(status), fields)
+        head = serialize_response_fields(status, resp.reason or reason_phrase(status), fields)
         e.send(self.down, head)
         self.response_started = True
         self.response_status = status
         self.response_header = resp
-        ph = e.phases
         ur, rr = ph.upstream_response_body_filter, ph.response_body_filter
         if rr is not None:
             self._resp_pipes = _BodyPipe(

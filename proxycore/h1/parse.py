@@ -90,7 +90,11 @@ class RequestMeta:
         "body",
         "connection_tokens",
         "expect_continue",
+        "forwarded",
+        "has_host",
         "head_size",
+        "hop",
+        "host",
         "keep_alive",
         "length",
         "upgrade",
@@ -104,12 +108,24 @@ class RequestMeta:
         self.upgrade: str | None = None
         self.connection_tokens: frozenset[str] = frozenset()
         self.head_size = 0
+        self.hop = False  # a hop-by-hop field is present (must be stripped when forwarding)
+        self.forwarded = False  # an X-Forwarded-* field is present
+        self.has_host = False
+        self.host: str | None = None  # the effective Host (absolute-form authority wins)
 
 
 class ResponseMeta:
     """What the parser learned about a response's framing."""
 
-    __slots__ = ("body", "connection_tokens", "head_size", "keep_alive", "length")
+    __slots__ = (
+        "body",
+        "connection_tokens",
+        "content_length",
+        "head_size",
+        "hop",
+        "keep_alive",
+        "length",
+    )
 
     def __init__(self) -> None:
         self.body = BODY_NONE
@@ -117,6 +133,14 @@ class ResponseMeta:
         self.keep_alive = True
         self.connection_tokens: frozenset[str] = frozenset()
         self.head_size = 0
+        self.hop = False
+        self.content_length: str | None = None
+
+
+# Hop-by-hop fields not otherwise examined by the parsers (RFC 9110 §7.6.1).
+_OTHER_HOP = frozenset(
+    {"keep-alive", "te", "proxy-connection", "proxy-authenticate", "proxy-authorization"}
+)
 
 
 def find_head_end(buf: bytes | bytearray, start: int, limits: Limits, request: bool) -> int:
@@ -216,6 +240,13 @@ def parse_request_head(
                 raise HTTPParseError("unsupported expectation (RFC 9110 §10.1.1)", 417)
         elif lname == "upgrade":
             meta.upgrade = value
+        elif lname in _OTHER_HOP:
+            meta.hop = True
+        elif lname.startswith("x-forwarded-"):
+            meta.forwarded = True
+    if connection or te is not None or meta.upgrade is not None:
+        meta.hop = True
+    meta.has_host = hosts > 0
 
     # RFC 9112 §3.2: exactly one Host in HTTP/1.1; at most one in 1.0.
     if hosts > 1:
@@ -249,6 +280,12 @@ def parse_request_head(
             # RFC 9112 §3.2.2: ignore the received Host and use the target's authority.
             items = [it for it in items if it[0] != "host"]
             items.append(("host", "Host", authority))
+            meta.has_host = True
+            host_value = authority
+            hosts = 1
+
+    if hosts:
+        meta.host = host_value
 
     # Message body framing, RFC 9112 §6.1-§6.3.
     if te is not None:
@@ -322,6 +359,11 @@ def parse_response_head(
             te = value if te is None else te + "," + value
         elif lname == "connection":
             connection.extend(_split_tokens(value))
+        elif lname in _OTHER_HOP or lname == "upgrade":
+            meta.hop = True
+    if connection or te is not None:
+        meta.hop = True
+    meta.content_length = content_length
 
     if connection:
         meta.connection_tokens = frozenset(connection)

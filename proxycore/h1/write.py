@@ -13,7 +13,9 @@ from collections.abc import Iterable
 __all__ = [
     "HOP_BY_HOP",
     "encode_chunk",
+    "serialize_request_fields",
     "serialize_request_head",
+    "serialize_response_fields",
     "serialize_response_head",
     "serialize_trailers",
 ]
@@ -58,6 +60,28 @@ def serialize_response_head(
     """Encode a response head. Raises ValueError/UnicodeEncodeError on unsafe content."""
     lines = [f"{version} {status} {reason}\r\n"]
     lines.extend([f"{n}: {v}\r\n" for n, v in fields])
+    lines.append("\r\n")
+    return _finish(lines, len(lines))
+
+
+def serialize_request_fields(
+    method: str, path: str, items: list[tuple[str, str, str]], version: str = "HTTP/1.1"
+) -> bytes:
+    """Like :func:`serialize_request_head` for the core's (lowercase, name, value) items."""
+    lines = [f"{method} {path} {version}\r\n"]
+    lines.extend([f"{n}: {v}\r\n" for _, n, v in items])
+    lines.append("\r\n")
+    if " " in method or " " in path:
+        raise ValueError("method or path contains a space")
+    return _finish(lines, len(lines))
+
+
+def serialize_response_fields(
+    status: int, reason: str, items: list[tuple[str, str, str]], version: str = "HTTP/1.1"
+) -> bytes:
+    """Like :func:`serialize_response_head` for the core's (lowercase, name, value) items."""
+    lines = [f"{version} {status} {reason}\r\n"]
+    lines.extend([f"{n}: {v}\r\n" for _, n, v in items])
     lines.append("\r\n")
     return _finish(lines, len(lines))
 
