@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["print_stats"]
+__all__ = ["attach_recorder", "print_stats"]
 
 
 def print_stats(engine: Any, **extra: Any) -> None:
@@ -21,3 +21,25 @@ def print_stats(engine: Any, **extra: Any) -> None:
     data["threads"] = threading.active_count()
     data.update(extra)
     print("proxycore stats " + json.dumps(data, sort_keys=True), file=sys.stderr, flush=True)
+
+
+def attach_recorder(engine: Any, conf: Any, backend: str = "") -> None:
+    """If ``conf.record_dir`` is set, record one trace file per client connection there
+    (``<pid>-<conn>.pctrace``). Files are written when the connection ends (and at shutdown
+    for connections still open), so recording costs no I/O on the request path."""
+    if not conf.record_dir:
+        return
+    import os
+
+    from proxycore.trace import Recorder
+
+    directory = conf.record_dir
+    os.makedirs(directory, exist_ok=True)
+    pid = os.getpid()
+
+    def sink(conn: int, data: bytes) -> None:
+        path = os.path.join(directory, f"{pid}-{conn:08d}.pctrace")
+        with open(path, "wb") as f:
+            f.write(data)
+
+    engine.recorder = Recorder(engine, sink, backend=backend)

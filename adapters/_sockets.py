@@ -32,6 +32,7 @@ from proxycore.actions import (
     SetTimer,
     ShutdownWrite,
 )
+from proxycore.adapters import attach_recorder
 from proxycore.config import ServerConf
 from proxycore.engine import Engine
 from proxycore.events import (
@@ -99,9 +100,11 @@ class SocketDriver:
 
     def __init__(self, app: Proxy, conf: ServerConf, blocking_phases: str) -> None:
         self.engine = Engine(app, conf, log, blocking_phases=blocking_phases)
+        attach_recorder(self.engine, conf, backend=type(self).__name__)
         self.conns: dict[int, Conn] = {}
         self.timers: dict[int, Any] = {}
         self.listeners: list[Any] = []
+        self.flushing: set[Conn] = set()  # closed by the core, still writing their last bytes
         self._queue: deque[Event] = deque()
         self._busy = False
         self._engine_feed = self.engine.feed
@@ -191,6 +194,7 @@ class SocketDriver:
         self.feed(Closed(c.cid, self.now(), error))
 
     def _discard(self, c: Conn) -> None:
+        self.flushing.discard(c)
         self._want_read(c, False)
         self._want_write(c, False)
         self.forget(c)
@@ -269,6 +273,7 @@ class SocketDriver:
             self._discard(c)
         elif c.out and not c.connecting:
             c.closing = True  # finish flushing, then close
+            self.flushing.add(c)
             self._want_read(c, False)
         else:
             self._discard(c)
@@ -414,11 +419,18 @@ class SocketDriver:
         self.listeners.clear()
         self.feed(Drain(0, self.now()))
 
+    @property
+    def drained(self) -> bool:
+        """No client connection left in the core and no graceful close still flushing."""
+        return self.engine.idle and not self.flushing
+
     def abort_all(self) -> None:
-        for c in list(self.conns.values()):
+        for c in [*self.conns.values(), *self.flushing]:
             self.conns.pop(c.cid, None)
             if c.sock is not None:
                 self._discard(c)
+        if self.engine.recorder is not None:
+            self.engine.recorder.flush_all()
 
     # ------------------------------------------------------------------ reactor hooks
 

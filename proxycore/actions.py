@@ -27,9 +27,10 @@ __all__ = [
 
 
 class Action:
-    """Base class of all actions."""
+    """Base class of all actions. ``conn`` is the connection (or timer owner) it concerns."""
 
     __slots__ = ("conn",)
+    conn: int
 
     def __repr__(self) -> str:
         fields = []

@@ -30,8 +30,13 @@ class _Ctx:
 class ReverseProxy(Proxy):
     """Forward every request to one of ``backends`` (round robin)."""
 
-    def __init__(self, backends: Sequence[Peer]) -> None:
-        self.lb = LoadBalancer(Backend(p) for p in backends)
+    def __init__(self, backends: Sequence[Peer | str]) -> None:
+        peers = [p if isinstance(p, Peer) else Peer.parse(p) for p in backends]
+        self.lb = LoadBalancer(Backend(p) for p in peers)
+
+    def trace_init(self) -> dict[str, Any]:
+        """Constructor arguments recorded in session traces, so a replay can rebuild us."""
+        return {"backends": [b.peer.address for b in self.lb.backends]}
 
     @nonblocking
     def new_ctx(self) -> _Ctx:

@@ -116,6 +116,11 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         help="do not append X-Forwarded-For/-Proto/-Host",
     )
     p.add_argument(
+        "--record",
+        metavar="DIR",
+        help="record one session trace per client connection into DIR (see proxycore replay)",
+    )
+    p.add_argument(
         "--grace",
         type=_seconds,
         default=5.0,
@@ -145,6 +150,7 @@ def _conf(args: argparse.Namespace) -> ServerConf:
         if v is not None:
             setattr(conf, attr, v)
     conf.add_forwarded_headers = not args.no_forwarded_headers
+    conf.record_dir = args.record
     return conf
 
 
@@ -181,6 +187,23 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="serve a Proxy class: module:Class")
     r.add_argument("app", metavar="module:Class")
     _add_server_options(r)
+    rp2 = sub.add_parser("replay", help="replay recorded session traces and compare actions")
+    rp2.add_argument("traces", nargs="+", metavar="DIR_OR_FILE", help="trace files or dirs")
+    rp2.add_argument(
+        "--app",
+        metavar="module:Class",
+        help="proxy class to replay against (default: the class named in each trace)",
+    )
+    rp2.add_argument(
+        "--force",
+        action="store_true",
+        help="replay even if the trace was recorded with another proxy class",
+    )
+    rp2.add_argument(
+        "--update",
+        action="store_true",
+        help="rewrite each trace's expected actions from this replay (on purpose)",
+    )
     d = sub.add_parser("demo", help="start a demo origin and a proxy in front of it")
     d.add_argument("--listen", type=_listen, default="127.0.0.1:8080", metavar="HOST:PORT")
     d.add_argument("--backend", default="asyncio", type=_backend, metavar="NAME")
@@ -205,6 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Ctrl-C to stop.", flush=True)
         run(ReverseProxy([Peer(host, port)]), [args.listen], args.backend)
         return 0
+    if args.command == "replay":
+        from proxycore.replaycli import run_replay
+
+        return run_replay(args.traces, args.app, force=args.force, update=args.update)
     conf = _conf(args)
     listen = args.listen or ["127.0.0.1:8080"]
     if args.command == "reverse-proxy":

@@ -37,3 +37,4 @@ class ServerConf:
     add_forwarded_headers: bool = True
     read_buffer_limit: int = 262144
     limits: Limits = field(default_factory=Limits)
+    record_dir: str | None = None  # write one session trace per client connection here

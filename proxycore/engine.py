@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from inspect import iscoroutinefunction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxycore.actions import Action, Close, Connect, PauseReading, ResumeReading, Send, SetTimer
 from proxycore.config import ServerConf
@@ -41,6 +41,9 @@ from proxycore.peer import Peer
 from proxycore.phases import PHASES, Proxy
 from proxycore.pool import ConnectionPool
 from proxycore.upstream import CLOSED, IDLE, Upstream
+
+if TYPE_CHECKING:
+    from proxycore.trace import Recorder
 
 __all__ = ["Engine", "PhaseTable"]
 
@@ -116,6 +119,7 @@ class Engine:
         self._next_id = 1
         self._next_token = 1
         self._dirty: list[Downstream | Upstream] = []
+        self.recorder: Recorder | None = None  # set to record session traces
         self._pool_timer = _PoolTimer()
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
             DataReceived: self._on_data,
@@ -139,6 +143,10 @@ class Engine:
         self._next_id = i + 1
         return i
 
+    def new_id_upstream(self) -> int:
+        """Allocate the id of a new upstream connection (overridden by replay)."""
+        return self.new_id()
+
     def new_token(self) -> int:
         t = self._next_token
         self._next_token = t + 1
@@ -146,6 +154,12 @@ class Engine:
 
     def feed(self, event: Event) -> list[Action]:
         """Process one event and return the actions to carry out, in order."""
+        rec = self.recorder
+        if rec is not None:
+            return rec.feed(self, event)
+        return self._feed(event)
+
+    def _feed(self, event: Event) -> list[Action]:
         self.now = event.now
         handler = self._handlers.get(type(event))
         if handler is None:
@@ -244,8 +258,16 @@ class Engine:
 
     # ------------------------------------------------------------------ upstream helpers
 
+    def acquire_upstream(self, peer: Peer) -> Upstream | None:
+        """An idle pooled connection for ``peer`` (None if none). Overridden by replay."""
+        up = self.pool.acquire(peer.key)
+        rec = self.recorder
+        if rec is not None:
+            rec.pool_answer(up.id if up is not None else 0)
+        return up
+
     def open_upstream(self, peer: Peer) -> Upstream:
-        up = Upstream(self.new_id(), peer, self.now)
+        up = Upstream(self.new_id_upstream(), peer, self.now)
         self.upstreams[up.id] = up
         self.pool.stats.opened += 1
         self.out.append(Connect(up.id, peer))

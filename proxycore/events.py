@@ -29,9 +29,11 @@ __all__ = [
 
 
 class Event:
-    """Base class of all events."""
+    """Base class of all events: ``conn`` is the connection id, ``now`` the monotonic time."""
 
     __slots__ = ("conn", "now")
+    conn: int
+    now: float
 
     def __init__(self, conn: int, now: float) -> None:
         self.conn = conn

@@ -52,14 +52,20 @@ def run(
     listen: Sequence[str] = ("127.0.0.1:8080",),
     backend: str = "asyncio",
     conf: ServerConf | None = None,
+    *,
+    record: str | None = None,
     **options: Any,
 ) -> None:
     """Serve ``app`` on every ``listen`` address until SIGTERM (graceful) or SIGINT (fast).
 
     ``backend`` is one of :data:`BACKENDS` or the dotted path of an adapter module with a
     ``serve(app, addrs, conf, **options)`` function. ``conf`` holds timeouts and limits.
+    ``record`` names a directory for session traces (one file per client connection).
     """
     addrs = [parse_listen(a) for a in listen]
+    conf = conf or ServerConf()
+    if record is not None:
+        conf.record_dir = record
     module_name, extra = resolve_backend(backend)
     module = importlib.import_module(module_name)
-    module.serve(app, addrs, conf or ServerConf(), **extra, **options)
+    module.serve(app, addrs, conf, **extra, **options)

@@ -442,7 +442,7 @@ class Session:
             raise TypeError(f"upstream_peer must return a Peer, not {type(peer).__name__}")
         self.peer = peer
         e = self.engine
-        up = e.pool.acquire(peer.key)
+        up = e.acquire_upstream(peer)
         if up is not None:
             up.state = ACTIVE
             up.session = self

@@ -26,7 +26,7 @@ from proxycore.actions import (
     SetTimer,
     ShutdownWrite,
 )
-from proxycore.adapters import print_stats
+from proxycore.adapters import attach_recorder, print_stats
 from proxycore.config import ServerConf
 from proxycore.engine import Engine
 from proxycore.events import (
@@ -59,6 +59,7 @@ class _Downstream(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         srv = self.srv
+        srv.live += 1
         cid = self.cid = srv.engine.new_id()
         srv.transports[cid] = transport
         peer = transport.get_extra_info("peername") or ("", 0)
@@ -76,6 +77,7 @@ class _Downstream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         srv = self.srv
+        srv.live -= 1
         srv.transports.pop(self.cid, None)
         srv.cancel_timer(self.cid)
         srv.feed(Closed(self.cid, srv.loop.time(), repr(exc) if exc else None))
@@ -96,6 +98,7 @@ class _Upstream(_Downstream):
 
     def connection_made(self, transport: Any) -> None:
         srv = self.srv
+        srv.live += 1
         if srv.connecting.pop(self.cid, None) is None:
             transport.abort()  # the core gave up on this connection (connect timeout)
             return
@@ -104,6 +107,7 @@ class _Upstream(_Downstream):
 
     def connection_lost(self, exc: Exception | None) -> None:
         srv = self.srv
+        srv.live -= 1
         if srv.transports.pop(self.cid, None) is None:
             return
         srv.feed(Closed(self.cid, srv.loop.time(), repr(exc) if exc else None))
@@ -114,6 +118,7 @@ class AsyncioServer:
 
     def __init__(self, app: Proxy, conf: ServerConf, loop: asyncio.AbstractEventLoop) -> None:
         self.engine = Engine(app, conf, log)
+        attach_recorder(self.engine, conf, backend=type(loop).__module__.split(".")[0])
         self.loop = loop
         self.transports: dict[int, Any] = {}
         self.connecting: dict[int, asyncio.Task[Any]] = {}
@@ -121,6 +126,7 @@ class AsyncioServer:
         self.tasks: set[asyncio.Future[Any]] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self._engine_feed = self.engine.feed
+        self.live = 0  # transports whose connection_lost has not run yet (still flushing)
         self._stopped = asyncio.Event()
 
     # ------------------------------------------------------------------ core I/O
@@ -246,10 +252,12 @@ class AsyncioServer:
             s.close()
         self.feed(Drain(0, self.loop.time()))
         deadline = self.loop.time() + grace
-        while not self.engine.idle and self.loop.time() < deadline:
+        while (not self.engine.idle or self.live) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         for tr in list(self.transports.values()):
             tr.abort()
+        if self.engine.recorder is not None:
+            self.engine.recorder.flush_all()
 
     async def serve_forever(self, addrs: Sequence[tuple[str, int]], grace: float) -> None:
         await self.start(addrs)

@@ -145,6 +145,6 @@ def serve(
     log.info("shutting down (%s)", "graceful" if mode["graceful"] else "fast")
     srv.begin_drain()
     deadline = time.monotonic() + (grace if mode["graceful"] else 0.0)
-    while not srv.engine.idle and time.monotonic() < deadline:
+    while not srv.drained and time.monotonic() < deadline:
         gevent.sleep(0.05)
     srv.abort_all()

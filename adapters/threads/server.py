@@ -174,7 +174,7 @@ class ThreadsServer(SocketDriver):
         log.info("shutting down (%s)", self.stop_mode)
         self.begin_drain()
         deadline = time.monotonic() + (grace if self.stop_mode == "graceful" else 0.0)
-        while not self.engine.idle and time.monotonic() < deadline:
+        while not self.drained and time.monotonic() < deadline:
             self.run_once(0.05)
         self.abort_all()
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -9,7 +9,7 @@ feeding each event and executing its actions synchronously. Events produced whil
 actions (a write-paused signal) land in the queue and are fed after the batch, never
 recursively. The engine's clock is the loop's clock (``anyio.current_time()``).
 
-Each connection (downstream or upstream) is a :class:`Conn` run by one task (``_conn_task``)
+Each connection (downstream or upstream) is a :class:`Conn` run by one task (``conn_task``)
 inside its own cancel scope: the task connects (upstream) or announces ``Accepted``
 (downstream), then runs a reader and a writer. The reader feeds ``DataReceived`` /
 ``EofReceived`` and waits while reading is paused. ``Send`` only appends to the connection's
@@ -17,7 +17,7 @@ outgoing buffer and wakes the writer, which flushes in order, signals ``WritePau
 ``WriteResumed`` around a high/low-water mark, and performs ``ShutdownWrite`` (send_eof) and a
 graceful ``Close`` after the buffer is empty. ``Close(abort=True)`` cancels the connection's
 scope and closes the socket with ``SO_LINGER 0`` (RST); pending output is discarded. A ``Close``
-during a connect cancels it and feeds nothing. A network error feeds ``E.Closed(error=...)`` once.
+during a connect cancels it and feeds nothing. A network error feeds ``Closed(error=...)`` once.
 
 Timers: one deadline per owner in a dict plus a heap, served by one timer task that sleeps
 until the earliest deadline (a cancel scope with a deadline) and is woken when an earlier one
@@ -25,11 +25,13 @@ arrives. ``RunFilter`` runs in its own task: awaited on the loop (``async``) or 
 thread pool (``blocking``, ``anyio.to_thread``); exactly one ``FilterDone`` is fed back.
 
 Signals: SIGTERM stops accepting, feeds ``Drain`` and waits until the engine is idle and every
-graceful close has flushed (or ``grace`` seconds), then aborts the rest; SIGINT aborts at once.
+graceful close has flushed (or ``grace`` seconds), then aborts the rest; SIGINT aborts at once
+(also during a drain). SIGUSR1 prints one ``proxycore stats {json}`` line on stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import heapq
 import logging
@@ -47,6 +49,7 @@ from anyio.streams.stapled import MultiListener
 
 from proxycore import actions as A
 from proxycore import events as E
+from proxycore.adapters import attach_recorder, print_stats
 from proxycore.config import ServerConf
 from proxycore.engine import Engine
 from proxycore.peer import Peer
@@ -70,6 +73,7 @@ class Conn:
         self.size = 0
         self.wpaused = self.paused = self.shut = self.eof = self.closing = False
         self.dead = self.abort = False
+        self.tasks = 0  # tasks serving this socket (for stats)
         self.wake = anyio.Event()
         self.resume = anyio.Event()
         self.scope = anyio.CancelScope()
@@ -82,19 +86,16 @@ def _describe(exc: BaseException) -> str:
 
 
 def _connect_reason(exc: BaseException) -> str:
-    todo: list[BaseException | None] = [exc]
-    seen = []
-    while todo:
-        e = todo.pop()
-        if e is None or e in seen:
-            continue
-        seen.append(e)
-        if isinstance(e, ConnectionRefusedError) or getattr(e, "errno", 0) == errno.ECONNREFUSED:
-            return "refused"
-        if isinstance(e, TimeoutError) or getattr(e, "errno", 0) == errno.ETIMEDOUT:
-            return "timeout"
-        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
-    return "error"
+    """anyio raises OSError("All connection attempts failed") from the per-address errors."""
+    errs = [exc, exc.__cause__, *getattr(exc.__cause__, "exceptions", ())]
+    codes = {getattr(e, "errno", None) for e in errs}
+    return (
+        "refused"
+        if errno.ECONNREFUSED in codes
+        else "timeout"
+        if errno.ETIMEDOUT in codes
+        else "error"
+    )
 
 
 class Adapter:
@@ -112,7 +113,6 @@ class Adapter:
         self.draining = False
         self.idle = anyio.Event()
 
-    # -- the one entry point ------------------------------------------------------------
     def feed(self, event: E.Event) -> None:
         self.queue.append(event)
         if self.busy:
@@ -171,7 +171,6 @@ class Adapter:
         else:
             raise TypeError(f"not an action: {a!r}")
 
-    # -- timers --------------------------------------------------------------------------
     def set_timer(self, owner: int, deadline: float | None) -> None:
         if deadline is None:
             self.deadlines.pop(owner, None)
@@ -202,7 +201,6 @@ class Adapter:
             with anyio.CancelScope(deadline=heap[0][0] if heap else math.inf):
                 await self.timer_wake.wait()
 
-    # -- deferred filters ----------------------------------------------------------------
     async def run_filter(self, a: A.RunFilter) -> None:
         try:
             if a.kind == "async":
@@ -212,7 +210,7 @@ class Adapter:
                     a.call, limiter=self.limiter, abandon_on_cancel=True
                 )
             else:
-                raise ValueError(f"unknown A.RunFilter kind {a.kind!r}")
+                raise ValueError(f"unknown RunFilter kind {a.kind!r}")
         except BaseException as e:
             self.feed(E.FilterDone(a.conn, a.token, _now(), error=e))
             if not isinstance(e, Exception):
@@ -220,7 +218,6 @@ class Adapter:
         else:
             self.feed(E.FilterDone(a.conn, a.token, _now(), result=result))
 
-    # -- connections ---------------------------------------------------------------------
     def forget(self, c: Conn) -> bool:
         """Drop ``c`` if the core still knows it; True if it did (then feed something)."""
         if c.dead:
@@ -243,6 +240,7 @@ class Adapter:
         await self.conn_task(c, None)
 
     async def conn_task(self, c: Conn, peer: Peer | None) -> None:
+        c.tasks += 1
         try:
             with c.scope:
                 if peer is not None:
@@ -250,7 +248,9 @@ class Adapter:
                         c.stream = await anyio.connect_tcp(peer.host, peer.port)
                     except Exception as e:
                         if self.forget(c):
-                            self.feed(E.ConnectFailed(c.cid, _now(), _connect_reason(e), str(e)))
+                            self.feed(
+                                E.ConnectFailed(c.cid, _now(), _connect_reason(e), _describe(e))
+                            )
                         return
                     if c.dead:
                         return
@@ -273,19 +273,19 @@ class Adapter:
             if c.stream is not None:
                 if c.abort:
                     raw = c.stream.extra(SocketAttribute.raw_socket)
-                    try:
+                    with contextlib.suppress(OSError):  # RST: discard what is unsent
                         raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    except OSError:
-                        pass
                 await anyio.aclose_forcefully(c.stream)
+            c.tasks -= 1
             if c in self.flushing:
                 self.flushing.discard(c)
                 self.check_idle()
 
     async def reader(self, c: Conn) -> None:
         assert c.stream is not None
-        with c.rscope:
-            try:
+        c.tasks += 1
+        try:
+            with c.rscope:
                 while not c.dead:
                     if c.paused:
                         c.resume = anyio.Event()
@@ -294,13 +294,15 @@ class Adapter:
                     data = await c.stream.receive(READ_SIZE)
                     if not c.dead:
                         self.feed(E.DataReceived(c.cid, data, _now()))
-            except anyio.EndOfStream:
-                if not c.dead:
-                    self.feed(E.EofReceived(c.cid, _now()))
-            except anyio.ClosedResourceError:
-                pass
-            except Exception as e:
-                self.broken(c, e)
+        except anyio.EndOfStream:
+            if not c.dead:
+                self.feed(E.EofReceived(c.cid, _now()))
+        except anyio.ClosedResourceError:
+            pass
+        except Exception as e:
+            self.broken(c, e)
+        finally:
+            c.tasks -= 1
 
     async def writer(self, c: Conn) -> None:
         assert c.stream is not None
@@ -326,6 +328,13 @@ class Adapter:
         except Exception as e:
             self.broken(c, e)
 
+    def stats(self) -> None:
+        """SIGUSR1: ``tasks`` counts every task except those serving sockets the core holds
+        open (a trio design has 1-2 tasks per connection); a leaked task still shows."""
+        per_conn = sum(c.tasks for c in self.conns.values())
+        total = len(anyio.get_running_tasks())
+        print_stats(self.engine, tasks=total - per_conn, conn_tasks=per_conn)
+
     def abort_all(self) -> None:
         for c in [*self.conns.values(), *self.flushing]:
             c.abort = True
@@ -337,7 +346,8 @@ async def _main(
     app: Any, addrs: list[tuple[str, int]], conf: ServerConf, grace: float, threads: int
 ) -> None:
     engine = Engine(app, conf, log)
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    attach_recorder(engine, conf, backend="trio")
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
         listeners = [await anyio.create_tcp_listener(local_host=h, local_port=p) for h, p in addrs]
         listener = MultiListener(listeners)
         async with anyio.create_task_group() as tg:
@@ -363,9 +373,12 @@ async def _main(
             tg.start_soon(accept_loop)
             for lst in listener.listeners:
                 h, p = cast(tuple[str, int], lst.extra(SocketAttribute.local_address))[:2]
-                print(f"proxycore ready: listening on {h}:{p} (trio via anyio)", flush=True)
+                print(f"proxycore ready backend=trio listen={h}:{p}", flush=True)
             with running:
                 async for signum in signals:
+                    if signum == signal.SIGUSR1:
+                        ad.stats()
+                        continue
                     accepting.cancel()  # stop accepting (both signals)
                     if signum == signal.SIGINT or ad.draining:
                         break
@@ -373,6 +386,8 @@ async def _main(
                     ad.feed(E.Drain(0, _now()))
                     tg.start_soon(drain)
             ad.abort_all()
+            if engine.recorder is not None:
+                engine.recorder.flush_all()
             tg.cancel_scope.cancel()
 
 
@@ -386,6 +401,7 @@ def serve(
     """Serve ``app`` on every ``(host, port)`` of ``addrs`` until SIGTERM (graceful, at most
     ``grace`` seconds) or SIGINT (fast). Option: ``threads`` (blocking-filter pool size)."""
     threads = int(options.pop("threads", 40))
+    options.pop("pool_size", None)
     if options:
-        log.warning("trio adapter: ignoring options %s", sorted(options))
+        log.debug("trio adapter: ignoring options %s", sorted(options))
     anyio.run(_main, app, list(addrs), conf or ServerConf(), grace, threads, backend="trio")

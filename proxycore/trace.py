@@ -1,0 +1,335 @@
+"""Session traces: the recorded inputs (and outputs) of one downstream connection.
+
+Theory of operation: when a :class:`Recorder` is attached to an engine, every event fed to the
+engine is attributed to the downstream connection it concerns (directly, or through the upstream
+connection its request owns) and appended, with its time, to that connection's trace, followed
+by the pool's answers during that event (which idle connection, if any, was reused) and the
+actions the event produced for that connection and its upstreams. When the downstream connection
+is gone, the finished trace is handed to a ``sink`` callable (the adapter writes it to a file;
+this module does no I/O). Because the core is deterministic given its inputs, feeding the events
+of a trace to a fresh engine running the same proxy class reproduces the recorded actions byte
+for byte (:mod:`proxycore.replay`).
+
+Format, version 1 (all integers little-endian)::
+
+    file    := MAGIC  u32:header_len  header  record*
+    MAGIC   := b"PCTRACE\\n"
+    header  := UTF-8 JSON object: format, version, proxycore, app, app_version, conf, conn
+    record  := u8:kind  u32:conn  f64:now  u32:payload_len  payload
+
+Kinds 1-15 are events, 64-79 actions, 96 a pool answer (``conn`` = the reused upstream id, or
+0 for "no idle connection"). A group is one event record followed by its pool answers and
+action records. DataReceived and Send payloads are the raw bytes; other payloads are small JSON
+values. Readers must reject a ``version`` they do not know.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from proxycore._version import __version__
+from proxycore.actions import (
+    Action,
+    Close,
+    Connect,
+    PauseReading,
+    ResumeReading,
+    RunFilter,
+    Send,
+    SetTimer,
+    ShutdownWrite,
+)
+from proxycore.config import ServerConf
+from proxycore.errors import ErrorSource, ErrorType, ProxyError
+from proxycore.events import (
+    Accepted,
+    Closed,
+    Connected,
+    ConnectFailed,
+    DataReceived,
+    Drain,
+    EofReceived,
+    Event,
+    FilterDone,
+    TimerFired,
+    WritePaused,
+    WriteResumed,
+)
+from proxycore.h1.parse import Limits
+from proxycore.http import Headers
+from proxycore.peer import Peer
+
+if TYPE_CHECKING:
+    from proxycore.engine import Engine
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAGIC",
+    "Recorder",
+    "conf_from_json",
+    "conf_to_json",
+    "decode_value",
+    "encode_action",
+    "encode_value",
+]
+
+MAGIC = b"PCTRACE\n"
+FORMAT_VERSION = 1
+RECORD = struct.Struct("<BIdI")
+POOL_ANSWER = 96
+
+EVENT_KINDS: dict[type[Event], int] = {
+    Accepted: 1, DataReceived: 2, EofReceived: 3, Closed: 4, Connected: 5, ConnectFailed: 6,
+    WritePaused: 7, WriteResumed: 8, TimerFired: 9, FilterDone: 10, Drain: 11,
+}  # fmt: skip
+ACTION_KINDS: dict[type[Action], int] = {
+    Send: 64, Close: 65, ShutdownWrite: 66, Connect: 67, PauseReading: 68, ResumeReading: 69,
+    SetTimer: 70, RunFilter: 71,
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------- values (filter results)
+
+
+def encode_value(v: Any) -> Any:
+    """A JSON-able form of a filter result (what FilterDone carries)."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return {"$bytes": base64.b64encode(bytes(v)).decode()}
+    if isinstance(v, Peer):
+        return {"$peer": peer_to_json(v)}
+    if isinstance(v, ProxyError):
+        return {"$proxy_error": [v.etype.value, v.source.value, v.message, v.status, v.retry]}
+    if isinstance(v, Headers):
+        return {"$headers": v.items()}
+    if isinstance(v, (list, tuple)):
+        return [encode_value(x) for x in v]
+    if isinstance(v, BaseException):
+        return {"$exception": [type(v).__name__, str(v)]}
+    return {"$unreplayable": f"{type(v).__module__}.{type(v).__qualname__}: {v!r}"[:300]}
+
+
+class RecordedException(Exception):
+    """Stands in, during a replay, for an exception a deferred filter raised when recorded."""
+
+
+def decode_value(v: Any) -> Any:
+    if isinstance(v, list):
+        return [decode_value(x) for x in v]
+    if not isinstance(v, dict):
+        return v
+    if "$bytes" in v:
+        return base64.b64decode(v["$bytes"])
+    if "$peer" in v:
+        return peer_from_json(v["$peer"])
+    if "$proxy_error" in v:
+        etype, source, message, status, retry = v["$proxy_error"]
+        err = ProxyError(ErrorType(etype), ErrorSource(source), message, status=status)
+        err.retry = retry
+        return err
+    if "$headers" in v:
+        return Headers([tuple(x) for x in v["$headers"]])
+    if "$exception" in v:
+        name, message = v["$exception"]
+        return RecordedException(f"{name}: {message}")
+    raise ValueError(f"cannot replay a filter result that was not recordable: {v}")
+
+
+def peer_to_json(p: Peer) -> dict[str, Any]:
+    return {s: getattr(p, s) for s in Peer.__slots__ if s != "key"}
+
+
+def peer_from_json(d: dict[str, Any]) -> Peer:
+    host, port = d.pop("host"), d.pop("port")
+    return Peer(host, port, **d)
+
+
+def conf_to_json(conf: ServerConf) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in conf.__dataclass_fields__:
+        v = getattr(conf, name)
+        out[name] = {s: getattr(v, s) for s in Limits.__slots__} if isinstance(v, Limits) else v
+    return out
+
+
+def conf_from_json(d: dict[str, Any]) -> ServerConf:
+    known = {k: v for k, v in d.items() if k in ServerConf.__dataclass_fields__}
+    if isinstance(known.get("limits"), dict):
+        known["limits"] = Limits(**known["limits"])
+    return ServerConf(**known)
+
+
+# ---------------------------------------------------------------- events and actions
+
+
+def encode_event(ev: Event) -> tuple[int, bytes]:
+    t = type(ev)
+    kind = EVENT_KINDS[t]
+    if t is DataReceived:
+        d: Any = ev
+        return kind, d.data
+    if t is Accepted:
+        a: Any = ev
+        payload: Any = [list(a.client), list(a.server), a.scheme]
+    elif t is Closed:
+        c: Any = ev
+        payload = c.error
+    elif t is ConnectFailed:
+        cf: Any = ev
+        payload = [cf.reason, cf.message]
+    elif t is FilterDone:
+        f: Any = ev
+        payload = {"token": f.token, "result": encode_value(f.result)}
+        if f.error is not None:
+            payload["error"] = encode_value(f.error)
+    else:
+        return kind, b""
+    return kind, json.dumps(payload, separators=(",", ":")).encode()
+
+
+def decode_event(kind: int, conn: int, now: float, payload: bytes) -> Event:
+    if kind == 2:
+        return DataReceived(conn, payload, now)
+    v: Any = json.loads(payload) if payload else None
+    if kind == 1:
+        return Accepted(conn, now, (v[0][0], v[0][1]), (v[1][0], v[1][1]), v[2])
+    if kind == 4:
+        return Closed(conn, now, v)
+    if kind == 6:
+        return ConnectFailed(conn, now, v[0], v[1])
+    if kind == 10:
+        err = decode_value(v["error"]) if "error" in v else None
+        result = None if err is not None else decode_value(v["result"])
+        return FilterDone(conn, v["token"], now, result, err)
+    simple: dict[int, type[Event]] = {
+        3: EofReceived, 5: Connected, 7: WritePaused, 8: WriteResumed, 9: TimerFired, 11: Drain,
+    }  # fmt: skip
+    if kind not in simple:
+        raise ValueError(f"unknown event kind {kind}")
+    return simple[kind](conn, now)
+
+
+def encode_action(a: Action) -> tuple[int, int, bytes]:
+    """(kind, conn, payload): the comparable form of an action (RunFilter's callable and
+    SetTimer's exact deadline float are kept; the callable is not)."""
+    t = type(a)
+    kind = ACTION_KINDS[t]
+    conn = a.conn
+    x: Any = a
+    if t is Send:
+        return kind, conn, x.data
+    if t is Close:
+        return kind, conn, b"1" if x.abort else b"0"
+    if t is Connect:
+        payload: Any = peer_to_json(x.peer)
+    elif t is SetTimer:
+        payload = x.deadline
+    elif t is RunFilter:
+        payload = [x.token, x.kind]
+    else:
+        return kind, conn, b""
+    return kind, conn, json.dumps(payload, separators=(",", ":")).encode()
+
+
+# ---------------------------------------------------------------- recording
+
+
+class _Open:
+    __slots__ = ("buf", "ids")
+
+    def __init__(self, header: bytes, owner: int) -> None:
+        self.buf = bytearray(MAGIC)
+        self.buf += struct.pack("<I", len(header))
+        self.buf += header
+        self.ids = {owner}
+
+
+class Recorder:
+    """Attach with ``engine.recorder = Recorder(engine, sink)``; ``sink(conn_id, trace_bytes)``
+    is called once per finished downstream connection."""
+
+    def __init__(
+        self, engine: Engine, sink: Callable[[int, bytes], None], *, backend: str = ""
+    ) -> None:
+        app = engine.app
+        cls = type(app)
+        self._header_base = {
+            "format": "proxycore-trace",
+            "version": FORMAT_VERSION,
+            "proxycore": __version__,
+            "app": f"{cls.__module__}:{cls.__qualname__}",
+            "app_version": getattr(app, "version", None),
+            "app_init": app.trace_init() if hasattr(app, "trace_init") else None,
+            "backend": backend,
+            "conf": conf_to_json(engine.conf),
+        }
+        self.sink = sink
+        self.open: dict[int, _Open] = {}
+        self._pool: list[int] = []
+
+    def pool_answer(self, up_id: int) -> None:
+        self._pool.append(up_id)
+
+    def _owner(self, engine: Engine, ev: Event) -> int | None:
+        conn = ev.conn
+        if conn in engine.downstreams or type(ev) is Accepted:
+            return conn
+        up = engine.upstreams.get(conn)
+        if up is not None and up.session is not None:
+            return up.session.down.id
+        if type(ev) is ConnectFailed:
+            for owner, t in self.open.items():
+                if conn in t.ids:
+                    return owner
+        return None
+
+    def feed(self, engine: Engine, ev: Event) -> list[Action]:
+        owner = self._owner(engine, ev)
+        self._pool = []
+        actions = engine._feed(ev)
+        if type(ev) is Drain:
+            for o in list(self.open):
+                self._write(engine, o, ev, actions)
+            return actions
+        if owner is not None:
+            self._write(engine, owner, ev, actions)
+        return actions
+
+    def _write(self, engine: Engine, owner: int, ev: Event, actions: list[Action]) -> None:
+        t = self.open.get(owner)
+        if t is None:
+            if type(ev) is not Accepted:
+                return  # a connection accepted before recording began
+            header = dict(self._header_base, conn=owner)
+            t = self.open[owner] = _Open(json.dumps(header).encode(), owner)
+        buf = t.buf
+        pack = RECORD.pack
+        kind, payload = encode_event(ev)
+        buf += pack(kind, ev.conn, ev.now, len(payload))
+        buf += payload
+        ids = t.ids
+        for up_id in self._pool:
+            buf += pack(POOL_ANSWER, up_id, ev.now, 0)
+            if up_id:
+                ids.add(up_id)
+        for a in actions:
+            if type(a) is Connect:
+                ids.add(a.conn)
+            if a.conn in ids:
+                k, c, p = encode_action(a)
+                buf += pack(k, c, ev.now, len(p))
+                buf += p
+        if owner not in engine.downstreams:
+            del self.open[owner]
+            self.sink(owner, bytes(buf))
+
+    def flush_all(self) -> None:
+        """Hand over unfinished traces (at shutdown)."""
+        for owner, t in list(self.open.items()):
+            self.sink(owner, bytes(t.buf))
+        self.open.clear()
