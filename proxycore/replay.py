@@ -307,9 +307,7 @@ def replay(
     return result
 
 
-def load_app(
-    spec: str, trace_name: str = "<trace>", init: dict[str, Any] | None = None
-) -> Proxy:
+def load_app(spec: str, trace_name: str = "<trace>", init: dict[str, Any] | None = None) -> Proxy:
     """Instantiate ``module:Class`` (with the recorded ``trace_init()`` keyword arguments, if
     the class provides that method, else none); TraceError if that is not possible."""
     import importlib

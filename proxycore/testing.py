@@ -30,7 +30,7 @@ from proxycore.events import (
 )
 from proxycore.phases import Proxy
 
-__all__ = ["Harness", "Playbook", "describe"]
+__all__ = ["Harness", "Playbook", "assert_replays", "describe", "record"]
 
 
 class _NullLog:
@@ -176,3 +176,54 @@ class Playbook:
             diff = difflib.unified_diff(b, a, "expected", "actual")
             lines.extend(line.rstrip("\n") for line in diff)
         raise AssertionError("\n".join(lines))
+
+
+def record(harness: Harness) -> dict[int, bytes]:
+    """Start recording a :class:`Harness`'s engine; returns the dict that receives finished
+    traces (downstream id -> trace bytes). Call ``harness.engine.recorder.flush_all()`` to get
+    traces of connections that are still open."""
+    from proxycore.trace import Recorder
+
+    traces: dict[int, bytes] = {}
+    harness.engine.recorder = Recorder(harness.engine, traces.__setitem__)
+    return traces
+
+
+def assert_replays(
+    trace: str | bytes | Any,
+    app: Proxy | None = None,
+    *,
+    update: bool | None = None,
+) -> None:
+    """Replay a recorded trace (a path or the bytes) against ``app`` and fail the test with the
+    first divergence if the actions differ. The three-line test::
+
+        def test_checkout_session():
+            assert_replays("tests/traces/checkout.pctrace", MyProxy())
+
+    To change expectations on purpose (after changing a filter), run the test with
+    ``PROXYCORE_UPDATE_TRACES=1`` (or pass ``update=True``): the trace file is rewritten with the
+    actions of this replay and the test passes.
+    """
+    import os
+    from pathlib import Path
+
+    from proxycore.replay import load_trace, replay, write_trace
+
+    path = None
+    if isinstance(trace, (str, os.PathLike)):
+        path = Path(trace)
+        data = path.read_bytes()
+        name = str(path)
+    else:
+        data, name = bytes(trace), "<trace bytes>"
+    if update is None:
+        update = os.environ.get("PROXYCORE_UPDATE_TRACES", "") not in ("", "0")
+    parsed = load_trace(data, name)
+    result = replay(parsed, app, allow_other_app=bool(update), full=bool(update))
+    if result.ok:
+        return
+    if update and path is not None:
+        path.write_bytes(write_trace(parsed, result.all_actual))
+        return
+    raise AssertionError(result.report())
