@@ -71,7 +71,7 @@ _TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
 _FIELD_VALUE_CHARS = r"\t\x20-\x7e\x80-\xff"
 _HEADER_BLOCK_RE = re.compile(rf"(?:[{_TCHAR}]+:[{_FIELD_VALUE_CHARS}]*\r\n)*")
 _HEADER_FIELD_RE = re.compile(rf"([{_TCHAR}]+):[ \t]*([{_FIELD_VALUE_CHARS}]*?)[ \t]*\r\n")
-_REQUEST_LINE_RE = re.compile(rf"([{_TCHAR}]+) ([\x21-\x7e\x80-\xff]+) HTTP/([0-9])\.([0-9])")
+_REQUEST_LINE_RE = re.compile(rf"([{_TCHAR}]+) ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
 _STATUS_LINE_RE = re.compile(rf"HTTP/([0-9])\.([0-9]) ([0-9]{{3}})(?: ([{_FIELD_VALUE_CHARS}]*))?")
 _CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,18}")
 # RFC 3986 authority: reg-name / IPv4 / IP-literal, optional port.
