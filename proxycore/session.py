@@ -582,9 +582,8 @@ class Session:
         e = self.engine
         e.send(up, head)
         self._up_sent = 0
-        up.last_read = e.now
-        timeout = up.peer.read_timeout
-        e.arm(self.down, "read", e.now + (timeout if timeout is not None else e.conf.read_timeout))
+        if self._req_done:
+            self._arm_read_timeout()
         if self._retry_buf:
             for piece in self._retry_buf:
                 self._write_upstream_piece(piece, False)
@@ -697,10 +696,23 @@ class Session:
         self._up_sent += len(piece)
         self.engine.send(up, encode_chunk(piece) if self._up_chunked else piece)
 
+    def _arm_read_timeout(self) -> None:
+        """Start waiting for the response (proxy_read_timeout runs from here, once the whole
+        request is on its way; while the client is still sending, client_body_timeout rules)."""
+        up = self.upstream
+        if up is None:
+            return
+        e = self.engine
+        up.last_read = e.now
+        timeout = up.peer.read_timeout
+        e.arm(self.down, "read", e.now + (timeout if timeout is not None else e.conf.read_timeout))
+
     def _end_upstream_body(self) -> None:
         up = self.upstream
         if up is None:
             return
+        if "read" not in self.down.timers and not self._resp_done:
+            self._arm_read_timeout()
         if self._up_chunked:
             trailers = self._req_trailers.items() if self._req_trailers else []
             self.engine.send(up, serialize_trailers(trailers))

@@ -51,6 +51,7 @@ STRICTER = {
     b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n": "Transfer-Encoding in HTTP/1.0 (RFC 9112 §6.1: treat framing as faulty)",
     b"GET x HTTP/1.1\r\nHost: a\r\n\r\n": "request target in no valid form (RFC 9112 §3.2)",
     b"GET / HTTP/1.1\r\nHost: a\r\nExpect: foo\r\n\r\n": "unsupported expectation answered 417 (RFC 9110 §10.1.1)",
+    b"GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n": "fragment in the request target (RFC 9112 §3.2)",
 }
 
 

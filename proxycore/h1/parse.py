@@ -256,7 +256,9 @@ def parse_request_head(
     if hosts and _HOST_RE.fullmatch(host_value) is None:
         raise HTTPParseError("invalid Host (RFC 9112 §3.2)")
 
-    # Request target forms, RFC 9112 §3.2.
+    # Request target forms, RFC 9112 §3.2. A fragment is never part of a request-target.
+    if "#" in target:
+        raise HTTPParseError("fragment in request target (RFC 9112 §3.2)")
     scheme = authority = None
     path = target
     if target[0] != "/":
