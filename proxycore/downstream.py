@@ -50,6 +50,7 @@ class Downstream:
         "closed",
         "current",
         "engine",
+        "fwd",
         "id",
         "peer_eof",
         "read_paused",
@@ -89,6 +90,16 @@ class Downstream:
         self.requests = 0
         self._search_from = 0
         self._starting = False
+        self.fwd = b""
+
+    def forwarded_fields(self) -> bytes:
+        """The X-Forwarded-For/-Proto lines for this client, built once per connection."""
+        if not self.fwd:
+            self.fwd = (
+                f"X-Forwarded-For: {self.client_addr[0]}\r\n"
+                f"X-Forwarded-Proto: {self.scheme}\r\n".encode("latin-1")
+            )
+        return self.fwd
 
     # ------------------------------------------------------------------ lifecycle
 

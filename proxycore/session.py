@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Session"]
 
+_KEEP_ALIVE = frozenset({"keep-alive"})
+_KEEP_ALIVE_LINE = b"\r\nConnection: keep-alive\r\n"
+
 # Past this many unread request-body bytes after an early response, close instead of skipping.
 _MAX_DISCARD = 1 << 20
 
@@ -519,6 +522,27 @@ class Session:
         # The parser's flags describe the head as received; if an early phase could have
         # edited it, take the general path.
         edited = ph.early_request_filter is not None or ph.request_filter is not None
+        if (
+            not edited
+            and ph.upstream_request_filter is None
+            and not meta.hop
+            and meta.has_host
+            and req.authority is None
+            and req.version == "HTTP/1.1"
+            and not (meta.forwarded and e.conf.add_forwarded_headers)
+        ):
+            # Nothing can have changed the head and nothing in it is hop-by-hop: forward the
+            # received bytes verbatim, plus our X-Forwarded-* fields.
+            raw = meta.raw
+            if e.conf.add_forwarded_headers:
+                down = self.down
+                fhost = meta.host or ""
+                xfh = b"X-Forwarded-Host: %b\r\n" % fhost.encode("latin-1") if fhost else b""
+                raw = b"%b%b%b\r\n" % (raw[:-2], down.forwarded_fields(), xfh)
+            self._up_chunked = False
+            self._up_length = meta.length if meta.body == BODY_LENGTH else None
+            self._upstream_head_ready(raw)
+            return
         items = req.headers._items
         if meta.hop or edited:
             tokens = meta.connection_tokens
@@ -578,7 +602,15 @@ class Session:
                 h.remove("content-length")
                 h.add("Transfer-Encoding", "chunked")
                 self._up_chunked = True
-        head = serialize_request_fields(up_req.method, up_req.path, h._items, "HTTP/1.1")
+        self._upstream_head_ready(
+            serialize_request_fields(up_req.method, up_req.path, h._items, "HTTP/1.1")
+        )
+
+    def _upstream_head_ready(self, head: bytes) -> None:
+        up = self.upstream
+        if up is None:
+            return
+        meta = self._meta
         e = self.engine
         e.send(up, head)
         self._up_sent = 0
@@ -948,12 +980,42 @@ class Session:
         if not self._req_done and self._meta.expect_continue and self._up_sent == 0:
             keep = False  # the client will not send the body we would have to skip
         self._down_mode = mode
+        if (
+            keep
+            and not edited
+            and not meta.hop_other
+            and mode != BODY_CHUNKED
+            and not client10
+            and resp.version == "HTTP/1.1"
+        ):
+            # Untouched, same framing, and at most a "Connection: keep-alive" line to drop
+            # (what nginx and most origins send): the head goes down verbatim.
+            raw = meta.raw
+            if meta.hop:
+                one = meta.connection_fields == 1 and meta.connection_tokens == _KEEP_ALIVE
+                i = raw.find(_KEEP_ALIVE_LINE) if one else -1
+                if i >= 0:
+                    raw = raw[:i] + raw[i + len(_KEEP_ALIVE_LINE) - 2 :]
+                else:
+                    raw = b""
+            if raw:
+                self._keep_alive = True
+                self._response_head_ready(raw, resp)
+                return
         if not keep:
             fields.append(("connection", "Connection", "close"))
         elif client10:
             fields.append(("connection", "Connection", "keep-alive"))
         self._keep_alive = keep
         head = serialize_response_fields(status, resp.reason or reason_phrase(status), fields)
+        self._response_head_ready(head, resp)
+
+    def _response_head_ready(self, head: bytes, resp: ResponseHeader) -> None:
+        e = self.engine
+        ph = e.phases
+        meta = self._resp_meta
+        assert meta is not None
+        status = resp.status
         e.send(self.down, head)
         self.response_started = True
         self.response_status = status

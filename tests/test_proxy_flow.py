@@ -696,3 +696,22 @@ def test_internal_error_costs_one_connection_not_the_engine(monkeypatch: Any) ->
     assert down not in h.engine.downstreams and other in h.engine.downstreams
     monkeypatch.undo()
     assert Harness.connects(h.data(other, GET))
+
+
+@pytest.mark.parametrize(
+    "conn_fields",
+    [
+        b"Connection: keep-alive\r\n",
+        b"Connection: keep-alive\r\nConnection: Keep-Alive\r\n",
+        b"connection: keep-alive\r\n",
+        b"Connection: keep-alive, X-Drop\r\nX-Drop: 1\r\n",
+    ],
+)
+def test_connection_fields_never_forwarded_downstream(conn_fields: bytes) -> None:
+    h = Harness(Simple())
+    down, up, _ = setup_request(h, GET)
+    out = sent(
+        h.data(up, b"HTTP/1.1 200 OK\r\n" + conn_fields + b"Content-Length: 1\r\n\r\nx"), down
+    )
+    assert b"onnection" not in out and b"X-Drop" not in out, out
+    assert out.endswith(b"Content-Length: 1\r\n\r\nx")

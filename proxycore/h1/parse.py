@@ -97,10 +97,12 @@ class RequestMeta:
         "host",
         "keep_alive",
         "length",
+        "raw",
         "upgrade",
     )
 
     def __init__(self) -> None:
+        self.raw = b""  # the head exactly as received (for verbatim forwarding)
         self.body = BODY_NONE
         self.length = 0
         self.keep_alive = True
@@ -119,15 +121,21 @@ class ResponseMeta:
 
     __slots__ = (
         "body",
+        "connection_fields",
         "connection_tokens",
         "content_length",
         "head_size",
         "hop",
+        "hop_other",
         "keep_alive",
         "length",
+        "raw",
     )
 
     def __init__(self) -> None:
+        self.raw = b""
+        self.hop_other = False  # a hop-by-hop field other than Connection is present
+        self.connection_fields = 0
         self.body = BODY_NONE
         self.length = 0
         self.keep_alive = True
@@ -216,6 +224,7 @@ def parse_request_head(
 
     meta = RequestMeta()
     meta.head_size = len(text)
+    meta.raw = head if type(head) is bytes else bytes(head)
     content_length: str | None = None
     te: str | None = None
     hosts = 0
@@ -349,6 +358,7 @@ def parse_response_head(
 
     meta = ResponseMeta()
     meta.head_size = len(text)
+    meta.raw = head if type(head) is bytes else bytes(head)
     content_length: str | None = None
     te: str | None = None
     connection: list[str] = []
@@ -361,9 +371,12 @@ def parse_response_head(
             te = value if te is None else te + "," + value
         elif lname == "connection":
             connection.extend(_split_tokens(value))
+            meta.connection_fields += 1
         elif lname in _OTHER_HOP or lname == "upgrade":
-            meta.hop = True
-    if connection or te is not None:
+            meta.hop = meta.hop_other = True
+    if te is not None:
+        meta.hop = meta.hop_other = True
+    if connection:
         meta.hop = True
     meta.content_length = content_length
 
