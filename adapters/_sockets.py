@@ -405,6 +405,8 @@ class SocketDriver:
             fam = _socket.AF_INET6 if ":" in host else _socket.AF_INET
             s = _socket.socket(fam, _socket.SOCK_STREAM)
             s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+            if self.engine.conf.reuse_port:
+                s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
             s.bind((host, port))
             s.listen(1024)
             s.setblocking(False)

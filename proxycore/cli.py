@@ -30,6 +30,14 @@ def _seconds(text: str) -> float:
     return v
 
 
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 256:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of workers from 1 to 256, got {text!r}"
+        )
+    return int(text)
+
+
 def _listen(text: str) -> str:
     try:
         parse_listen(text)
@@ -114,6 +122,13 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         "--no-forwarded-headers",
         action="store_true",
         help="do not append X-Forwarded-For/-Proto/-Host",
+    )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the listening ports, supervised (default 1)",
     )
     p.add_argument(
         "--record",
@@ -244,5 +259,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ImportError, ValueError) as e:
             print(f"proxycore: error: {e}", file=sys.stderr)
             return 2
-    run(app, listen, args.backend, conf, grace=args.grace)
+    run(app, listen, args.backend, conf, grace=args.grace, workers=args.workers)
     return 0

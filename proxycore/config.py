@@ -38,3 +38,4 @@ class ServerConf:
     read_buffer_limit: int = 262144
     limits: Limits = field(default_factory=Limits)
     record_dir: str | None = None  # write one session trace per client connection here
+    reuse_port: bool = False  # bind listeners with SO_REUSEPORT (set when running workers)

@@ -54,6 +54,7 @@ def run(
     conf: ServerConf | None = None,
     *,
     record: str | None = None,
+    workers: int = 1,
     **options: Any,
 ) -> None:
     """Serve ``app`` on every ``listen`` address until SIGTERM (graceful) or SIGINT (fast).
@@ -61,6 +62,8 @@ def run(
     ``backend`` is one of :data:`BACKENDS` or the dotted path of an adapter module with a
     ``serve(app, addrs, conf, **options)`` function. ``conf`` holds timeouts and limits.
     ``record`` names a directory for session traces (one file per client connection).
+    ``workers`` > 1 forks that many worker processes sharing the ports (SO_REUSEPORT) under a
+    supervisor that restarts a worker that dies and forwards SIGTERM/SIGINT/SIGUSR1.
     """
     addrs = [parse_listen(a) for a in listen]
     conf = conf or ServerConf()
@@ -68,4 +71,16 @@ def run(
         conf.record_dir = record
     module_name, extra = resolve_backend(backend)
     module = importlib.import_module(module_name)
-    module.serve(app, addrs, conf, **extra, **options)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers == 1:
+        module.serve(app, addrs, conf, **extra, **options)
+        return
+    supervisor = importlib.import_module("proxycore.adapters.workers")
+    conf.reuse_port = True
+    cfg = conf
+
+    def serve_one(index: int) -> None:
+        module.serve(app, addrs, cfg, **extra, **options)
+
+    supervisor.supervise(workers, serve_one)

@@ -240,7 +240,12 @@ class AsyncioServer:
     async def start(self, addrs: Sequence[tuple[str, int]]) -> None:
         for host, port in addrs:
             server = await self.loop.create_server(
-                lambda: _Downstream(self), host, port, reuse_address=True, backlog=1024
+                lambda: _Downstream(self),
+                host,
+                port,
+                reuse_address=True,
+                reuse_port=self.engine.conf.reuse_port or None,
+                backlog=1024,
             )
             self.servers.append(server)
             for sock in server.sockets:

@@ -348,7 +348,10 @@ async def _main(
     engine = Engine(app, conf, log)
     attach_recorder(engine, conf, backend="trio")
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
-        listeners = [await anyio.create_tcp_listener(local_host=h, local_port=p) for h, p in addrs]
+        listeners = [
+            await anyio.create_tcp_listener(local_host=h, local_port=p, reuse_port=conf.reuse_port)
+            for h, p in addrs
+        ]
         listener = MultiListener(listeners)
         async with anyio.create_task_group() as tg:
             ad = Adapter(engine, tg, threads)
