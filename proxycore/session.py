@@ -57,6 +57,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Session"]
 
+# Phase results that are certainly not awaitable (skips inspect.isawaitable on the hot path).
+_PLAIN_RESULTS = frozenset({bool, int, str, bytes, Peer, ProxyError, dict, list, tuple})
 _KEEP_ALIVE = frozenset({"keep-alive"})
 _KEEP_ALIVE_LINE = b"\r\nConnection: keep-alive\r\n"
 
@@ -298,7 +300,7 @@ class Session:
         except Exception as exc:
             self._phase_raised(name, exc)
             return
-        if isawaitable(result):
+        if result is not None and type(result) not in _PLAIN_RESULTS and isawaitable(result):
             self._defer(RunFilter(self.down.id, 0, lambda: result, "async"), cont, name)
             return
         try:
