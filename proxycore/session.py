@@ -57,6 +57,14 @@ if TYPE_CHECKING:
 
 __all__ = ["Session"]
 
+# RFC 9110 §6.5.1: fields a trailer section must not carry (framing, routing, content format,
+# and the hop-by-hop ones); they are dropped rather than forwarded, so a trailer can never
+# re-frame a message for the next hop.
+_NOT_IN_TRAILERS = HOP_BY_HOP | {
+    "content-length", "host", "trailer", "content-encoding", "content-type", "content-range",
+    "expect", "max-forwards", "cache-control", "authorization", "set-cookie", "cookie",
+}  # fmt: skip
+
 # Phase results that are certainly not awaitable (skips inspect.isawaitable on the hot path).
 _PLAIN_RESULTS = frozenset({bool, int, str, bytes, Peer, ProxyError, dict, list, tuple})
 _KEEP_ALIVE = frozenset({"keep-alive"})
@@ -748,8 +756,9 @@ class Session:
         if "read" not in self.down.timers and not self._resp_done:
             self._arm_read_timeout()
         if self._up_chunked:
-            trailers = self._req_trailers.items() if self._req_trailers else []
-            self.engine.send(up, serialize_trailers(trailers))
+            tr = self._req_trailers
+            fields = [(n, v) for k, n, v in tr._items if k not in _NOT_IN_TRAILERS] if tr else []
+            self.engine.send(up, serialize_trailers(fields))
         elif self._up_length is not None and self._up_sent != self._up_length:
             self._fail(
                 ProxyError(
@@ -1158,7 +1167,7 @@ class Session:
         self._response_complete()
 
     def _send_trailers(self, trailers: Headers) -> None:
-        fields = [(n, v) for k, n, v in trailers._items if k not in HOP_BY_HOP]
+        fields = [(n, v) for k, n, v in trailers._items if k not in _NOT_IN_TRAILERS]
         self.engine.send(self.down, serialize_trailers(fields))
         self._response_complete()
 

@@ -715,3 +715,20 @@ def test_connection_fields_never_forwarded_downstream(conn_fields: bytes) -> Non
     )
     assert b"onnection" not in out and b"X-Drop" not in out, out
     assert out.endswith(b"Content-Length: 1\r\n\r\nx")
+
+
+def test_framing_fields_dropped_from_trailers_both_ways() -> None:
+    h = Harness(Simple())
+    req = b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    down, up, _ = setup_request(h, req)
+    acts = h.data(
+        down,
+        b"1\r\nx\r\n0\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nHost: evil\r\n"
+        b"X-Checksum: 1\r\n\r\n",
+    )
+    assert sent(acts, up) == b"1\r\nx\r\n0\r\nX-Checksum: 1\r\n\r\n"
+    resp = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\ny\r\n"
+        b"0\r\nContent-Length: 9\r\nGrpc-Status: 0\r\n\r\n"
+    )
+    assert sent(h.data(up, resp), down).endswith(b"0\r\nGrpc-Status: 0\r\n\r\n")
