@@ -1,0 +1,73 @@
+"""The core alone, no sockets: requests/second and (under callgrind) instructions/request.
+
+    python bench/core_micro.py                 # time 50,000 proxied keep-alive requests
+    python bench/core_micro.py prof 20000      # cProfile, top functions by self time
+    # instructions/request, independent of machine load (difference of two runs):
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 1000
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 3000
+
+Each iteration feeds the engine one request from the client and one response from the
+(pooled, reused) upstream connection, like the built-in reverse proxy under wrk.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+import sys
+import time
+from typing import Any
+
+import proxycore
+from proxycore.actions import Connect
+from proxycore.events import Accepted, Connected, DataReceived
+
+REQ = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
+RESP = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 17:57:31 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 53\r\nConnection: keep-alive\r\n\r\n" + b"x" * 53
+)
+
+
+class App(proxycore.Proxy):
+    peer = proxycore.Peer("127.0.0.1", 9000)
+
+    def upstream_peer(self, session: Any, ctx: Any) -> proxycore.Peer:
+        return self.peer
+
+
+class _NullLog:
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **k: None
+
+
+def main() -> None:
+    mode = sys.argv[1] if len(sys.argv) > 1 else "time"
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 50000
+    e = proxycore.Engine(App(), None, _NullLog())
+    e.feed(Accepted(1, 0.0, ("127.0.0.1", 5555), ("127.0.0.1", 8080)))
+    up = next(a.conn for a in e.feed(DataReceived(1, REQ, 0.0)) if isinstance(a, Connect))
+    e.feed(Connected(up, 0.0))
+    e.feed(DataReceived(up, RESP, 0.0))
+    feed = e.feed
+
+    def loop(count: int) -> None:
+        for _ in range(count):
+            feed(DataReceived(1, REQ, 1.0))
+            feed(DataReceived(up, RESP, 1.0))
+
+    if mode == "prof":
+        pr = cProfile.Profile()
+        pr.enable()
+        loop(n)
+        pr.disable()
+        pstats.Stats(pr).sort_stats("tottime").print_stats(25)
+        return
+    t = time.perf_counter()
+    loop(n)
+    dt = time.perf_counter() - t
+    print(f"{n / dt:,.0f} requests/s through the core alone ({dt / n * 1e6:.2f} us/request)")
+
+
+if __name__ == "__main__":
+    main()
