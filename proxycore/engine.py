@@ -388,26 +388,21 @@ class Engine:
             s.on_upstream_connect_failed(up, ev.reason, ev.message)
 
     def _on_write_paused(self, ev: WritePaused) -> None:
-        down = self.downstreams.get(ev.conn)
-        if down is not None:
-            down.on_write_paused(True)
-            return
-        up = self.upstreams.get(ev.conn)
-        if up is not None:
-            up.write_paused = True
-            if up.session is not None:
-                up.session.on_upstream_write_paused(True)
+        self._write_pause(ev.conn, True)
 
     def _on_write_resumed(self, ev: WriteResumed) -> None:
-        down = self.downstreams.get(ev.conn)
+        self._write_pause(ev.conn, False)
+
+    def _write_pause(self, conn: int, paused: bool) -> None:
+        down = self.downstreams.get(conn)
         if down is not None:
-            down.on_write_paused(False)
+            down.on_write_paused(paused)
             return
-        up = self.upstreams.get(ev.conn)
+        up = self.upstreams.get(conn)
         if up is not None:
-            up.write_paused = False
+            up.write_paused = paused
             if up.session is not None:
-                up.session.on_upstream_write_paused(False)
+                up.session.on_upstream_write_paused(paused)
 
     def _on_timer(self, ev: TimerFired) -> None:
         if ev.conn == 0:

@@ -194,6 +194,13 @@ def find_head_end(buf: bytes | bytearray, start: int, limits: Limits, request: b
     return -1
 
 
+def _persistent(connection: list[str], http10: bool) -> bool:
+    """RFC 9112 §9.3: HTTP/1.1 persists unless "close"; HTTP/1.0 only with "keep-alive"."""
+    if "close" in connection:
+        return False
+    return not http10 or "keep-alive" in connection
+
+
 def _split_tokens(value: str) -> list[str]:
     return [t.strip(" \t").lower() for t in value.split(",") if t.strip(" \t")]
 
@@ -320,12 +327,7 @@ def parse_request_head(
 
     if connection:
         meta.connection_tokens = frozenset(connection)
-        if "close" in connection:
-            meta.keep_alive = False
-        elif http10:
-            meta.keep_alive = "keep-alive" in connection
-    elif http10:
-        meta.keep_alive = False
+    meta.keep_alive = _persistent(connection, http10)
     version = "HTTP/1.0" if http10 else "HTTP/1.1"
     req = RequestHeader(
         method, path, Headers._from_parsed(items), version, scheme=scheme, authority=authority
@@ -382,12 +384,7 @@ def parse_response_head(
 
     if connection:
         meta.connection_tokens = frozenset(connection)
-        if "close" in connection:
-            meta.keep_alive = False
-        elif http10:
-            meta.keep_alive = "keep-alive" in connection
-    elif http10:
-        meta.keep_alive = False
+    meta.keep_alive = _persistent(connection, http10)
 
     # RFC 9112 §6.3: HEAD, 1xx, 204 and 304 responses never have a body.
     if request_method == "HEAD" or status < 200 or status == 204 or status == 304:
