@@ -25,8 +25,9 @@ def print_stats(engine: Any, **extra: Any) -> None:
 
 def attach_recorder(engine: Any, conf: Any, backend: str = "") -> None:
     """If ``conf.record_dir`` is set, record one trace file per client connection there
-    (``<pid>-<conn>.pctrace``). Files are written when the connection ends (and at shutdown
-    for connections still open), so recording costs no I/O on the request path."""
+    (``<pid>-<conn>.pctrace``). A trace is written when its connection ends, or in 256 KiB
+    pieces for long-lived connections (and what is pending at shutdown), so recording costs no
+    I/O on most requests and bounded memory per connection."""
     if not conf.record_dir:
         return
     import os
@@ -38,8 +39,9 @@ def attach_recorder(engine: Any, conf: Any, backend: str = "") -> None:
     pid = os.getpid()
 
     def sink(conn: int, data: bytes) -> None:
+        # Pieces of one connection's trace arrive in order; the first creates the file.
         path = os.path.join(directory, f"{pid}-{conn:08d}.pctrace")
-        with open(path, "wb") as f:
+        with open(path, "ab") as f:
             f.write(data)
 
     engine.recorder = Recorder(engine, sink, backend=backend)
