@@ -250,8 +250,14 @@ class _Open:
 
 
 class Recorder:
-    """Attach with ``engine.recorder = Recorder(engine, sink)``; ``sink(conn_id, trace_bytes)``
-    is called once per finished downstream connection."""
+    """Attach with ``engine.recorder = Recorder(engine, sink)``.
+
+    ``sink(conn_id, data)`` receives each connection's trace in order: a long-lived connection's
+    trace is handed over in pieces whenever more than ``flush_bytes`` are pending (so recording
+    never holds more than that per connection), the rest when it ends. Concatenating the pieces
+    for one connection gives the trace file."""
+
+    flush_bytes = 262144
 
     def __init__(
         self, engine: Engine, sink: Callable[[int, bytes], None], *, backend: str = ""
@@ -327,9 +333,13 @@ class Recorder:
         if owner not in engine.downstreams:
             del self.open[owner]
             self.sink(owner, bytes(buf))
+        elif len(buf) > self.flush_bytes:
+            self.sink(owner, bytes(buf))
+            buf.clear()
 
     def flush_all(self) -> None:
-        """Hand over unfinished traces (at shutdown)."""
+        """Hand over what is pending of unfinished traces (at shutdown)."""
         for owner, t in list(self.open.items()):
-            self.sink(owner, bytes(t.buf))
+            if t.buf:
+                self.sink(owner, bytes(t.buf))
         self.open.clear()
