@@ -49,7 +49,7 @@ def main() -> None:
     if mode.startswith("record"):
         from proxycore.trace import Recorder
 
-        out = open("/dev/null", "wb")  # noqa: SIM115 - the sink a real adapter would use
+        out = open("/dev/null", "wb")  # the sink a real adapter would use: a file
         e.recorder = Recorder(e, lambda conn, data: out.write(data))
     e.feed(Accepted(1, 0.0, ("127.0.0.1", 5555), ("127.0.0.1", 8080)))
     up = next(a.conn for a in e.feed(DataReceived(1, REQ, 0.0)) if isinstance(a, Connect))
