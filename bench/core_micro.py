@@ -2,6 +2,7 @@
 
     python bench/core_micro.py                 # time 50,000 proxied keep-alive requests
     python bench/core_micro.py prof 20000      # cProfile, top functions by self time
+    python bench/core_micro.py record 50000    # the same with session recording on
     # instructions/request, independent of machine load (difference of two runs):
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 1000
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 3000
@@ -45,6 +46,11 @@ def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else "time"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 50000
     e = proxycore.Engine(App(), None, _NullLog())
+    if mode.startswith("record"):
+        from proxycore.trace import Recorder
+
+        out = open("/dev/null", "wb")  # the sink a real adapter would use: a file
+        e.recorder = Recorder(e, lambda conn, data: out.write(data))
     e.feed(Accepted(1, 0.0, ("127.0.0.1", 5555), ("127.0.0.1", 8080)))
     up = next(a.conn for a in e.feed(DataReceived(1, REQ, 0.0)) if isinstance(a, Connect))
     e.feed(Connected(up, 0.0))

@@ -177,12 +177,33 @@ class Downstream:
         if s is not None:
             s.on_downstream_data(data)
             return
-        self.buf += data
-        if "idle" in self.timers:
-            del self.timers["idle"]
-            e = self.engine
-            e.arm(self, "header", e.now + e.conf.header_timeout)
+        timers = self.timers
+        if "idle" in timers:
+            del timers["idle"]
+        buf = self.buf
+        if not buf and not self._starting and data[:2] != b"\r\n":
+            # Fast path: nothing buffered, so look for a whole head in the read itself and
+            # parse it from there (no copy into and out of the buffer).
+            try:
+                end = find_head_end(data, 0, self.engine.conf.limits, True)
+            except HTTPParseError as err:
+                self.reject(err)
+                return
+            if end > 0:
+                if end < len(data):
+                    buf += data[end:]
+                    data = data[:end]
+                self._begin(data)
+                if buf and self.current is None and not self.closed:
+                    self.try_start()
+                else:
+                    self.update_read_pause()
+                return
+        buf += data
         self.try_start()
+        if self.current is None and self.state == WAIT and buf and "header" not in timers:
+            e = self.engine
+            e.arm(self, "header", e.now + e.conf.header_timeout)  # a head has begun
 
     def on_eof(self) -> None:
         self.peer_eof = True
@@ -264,6 +285,15 @@ class Downstream:
             head = bytes(buf[:end])
             del buf[:end]
             self._search_from = 0
+        except HTTPParseError as err:
+            self.reject(err)
+            return False
+        return self._begin(head)
+
+    def _begin(self, head: bytes) -> bool:
+        """Parse a complete request head and start its Session (False if it was rejected)."""
+        e = self.engine
+        try:
             req, meta = parse_request_head(head, e.conf.limits)
             limit = e.conf.max_request_body_size
             if limit is not None and meta.length > limit:

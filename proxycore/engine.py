@@ -119,7 +119,8 @@ class Engine:
         self._next_id = 1
         self._next_token = 1
         self._dirty: list[Downstream | Upstream] = []
-        self.recorder: Recorder | None = None  # set to record session traces
+        self._recorder: Recorder | None = None
+        self.feed = self._feed  # type: ignore[method-assign]
         self._pool_timer = _PoolTimer()
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
             DataReceived: self._on_data,
@@ -153,11 +154,27 @@ class Engine:
         return t
 
     def feed(self, event: Event) -> list[Action]:
-        """Process one event and return the actions to carry out, in order."""
-        rec = self.recorder
+        """Process one event and return the actions to carry out, in order.
+
+        (While no recorder is attached, the instance attribute ``feed`` is ``_feed`` itself,
+        saving a call per event; this method is what runs when recording.)"""
+        rec = self._recorder
         if rec is not None:
             return rec.feed(self, event)
         return self._feed(event)
+
+    @property
+    def recorder(self) -> Recorder | None:
+        """The attached :class:`proxycore.trace.Recorder`, if any."""
+        return self._recorder
+
+    @recorder.setter
+    def recorder(self, rec: Recorder | None) -> None:
+        self._recorder = rec
+        if rec is None:
+            self.feed = self._feed  # type: ignore[method-assign]
+        else:
+            self.__dict__.pop("feed", None)
 
     def _feed(self, event: Event) -> list[Action]:
         self.now = event.now
@@ -171,9 +188,15 @@ class Engine:
             # event concerned (its downstream connection and that connection's upstream).
             self.log.exception("internal error while handling %r", event)
             self._contain(event.conn)
-        if self._dirty:
-            self._flush_all()
         out = self.out
+        dirty = self._dirty
+        if dirty:
+            for conn in dirty:
+                wbuf = conn.wbuf
+                if wbuf:
+                    out.append(Send(conn.id, wbuf[0] if len(wbuf) == 1 else b"".join(wbuf)))
+                    wbuf.clear()
+            dirty.clear()
         self.out = []
         return out
 

@@ -883,62 +883,92 @@ class Session:
                 self._pump_response_body()
             self._update_upstream_pause()
             return
-        up.buf += data
-        self._parse_response_heads()
+        self._parse_response_heads(data)
 
-    def _parse_response_heads(self) -> None:
+    def _parse_response_heads(self, data: bytes = b"") -> None:
+        """Parse response heads from ``data`` (when nothing is buffered; the fast path) and
+        from the upstream buffer, relaying 1xx, until the final head is in."""
         up = self.upstream
         assert up is not None
         e = self.engine
-        while not self._resp_head_done and up.buf:
-            try:
-                end = find_head_end(up.buf, 0, e.conf.limits, False)
-                if end < 0:
+        buf = up.buf
+        if data:
+            if buf:
+                buf += data
+            else:
+                try:
+                    end = find_head_end(data, 0, e.conf.limits, False)
+                except HTTPParseError as err:
+                    self._upstream_error(ErrorType.INVALID_RESPONSE, str(err))
                     return
-                head = bytes(up.buf[:end])
-                del up.buf[:end]
-                resp, meta = parse_response_head(head, self.req_header.method, e.conf.limits)
+                if end < 0:
+                    buf += data
+                    return
+                if end < len(data):
+                    buf += data[end:]
+                    data = data[:end]
+                if not self._response_head(data):
+                    return
+        while not self._resp_head_done and buf and self.upstream is not None:
+            try:
+                end = find_head_end(buf, 0, e.conf.limits, False)
             except HTTPParseError as err:
                 self._upstream_error(ErrorType.INVALID_RESPONSE, str(err))
                 return
-            if resp.status < 200:
-                if resp.status == 101:
-                    self._upstream_error(
-                        ErrorType.INVALID_RESPONSE,
-                        "101 Switching Protocols without an Upgrade request",
-                    )
-                    return
-                # RFC 9110 §15.2: forward 1xx, except to HTTP/1.0 clients.
-                if self.req_header.version != "HTTP/1.0" and not self.response_started:
-                    fields = [
-                        (n, v)
-                        for k, n, v in resp.headers._items
-                        if k not in HOP_BY_HOP and k not in meta.connection_tokens
-                    ]
-                    e.send(
-                        self.down,
-                        serialize_response_head(
-                            resp.status, resp.reason or reason_phrase(resp.status), fields
-                        ),
-                    )
-                continue
-            self._resp_head_done = True
-            self._resp = resp
-            self._resp_meta = meta
-            if meta.body == BODY_LENGTH:
-                self._resp_remaining = meta.length
-            elif meta.body == BODY_CHUNKED:
-                self._resp_decoder = ChunkedDecoder(e.conf.limits, error_status=502)
-            ph = e.phases
-            if ph.upstream_response_filter is not None:
-                self._call(
-                    ph.upstream_response_filter,
-                    (self, resp, self.ctx),
-                    self._run_response_filter,
-                    "upstream_response_filter",
+            if end < 0:
+                return
+            head = bytes(buf[:end])
+            del buf[:end]
+            if not self._response_head(head):
+                return
+
+    def _response_head(self, head: bytes) -> bool:
+        """Handle one complete response head; True if more heads may follow (it was a 1xx)."""
+        e = self.engine
+        try:
+            resp, meta = parse_response_head(head, self.req_header.method, e.conf.limits)
+        except HTTPParseError as err:
+            self._upstream_error(ErrorType.INVALID_RESPONSE, str(err))
+            return False
+        if resp.status < 200:
+            if resp.status == 101:
+                self._upstream_error(
+                    ErrorType.INVALID_RESPONSE,
+                    "101 Switching Protocols without an Upgrade request",
                 )
-            else:
-                self._run_response_filter(None)
+                return False
+            # RFC 9110 §15.2: forward 1xx, except to HTTP/1.0 clients.
+            if self.req_header.version != "HTTP/1.0" and not self.response_started:
+                fields = [
+                    (n, v)
+                    for k, n, v in resp.headers._items
+                    if k not in HOP_BY_HOP and k not in meta.connection_tokens
+                ]
+                e.send(
+                    self.down,
+                    serialize_response_head(
+                        resp.status, resp.reason or reason_phrase(resp.status), fields
+                    ),
+                )
+            return True
+        self._resp_head_done = True
+        self._resp = resp
+        self._resp_meta = meta
+        if meta.body == BODY_LENGTH:
+            self._resp_remaining = meta.length
+        elif meta.body == BODY_CHUNKED:
+            self._resp_decoder = ChunkedDecoder(e.conf.limits, error_status=502)
+        ph = e.phases
+        if ph.upstream_response_filter is not None:
+            self._call(
+                ph.upstream_response_filter,
+                (self, resp, self.ctx),
+                self._run_response_filter,
+                "upstream_response_filter",
+            )
+        else:
+            self._run_response_filter(None)
+        return False
 
     def _run_response_filter(self, _: Any) -> None:
         ph = self.engine.phases
@@ -963,15 +993,11 @@ class Session:
         e = self.engine
         ph = e.phases
         edited = ph.upstream_response_filter is not None or ph.response_filter is not None
-        items = resp.headers._items
-        if meta.hop or edited:
-            tokens = meta.connection_tokens
-            fields = [it for it in items if it[0] not in HOP_BY_HOP and it[0] not in tokens]
-        else:
-            fields = items.copy()
+        fields: list[tuple[str, str, str]] = []  # built below only if the head is rewritten
         status = resp.status
         client10 = req.version == "HTTP/1.0"
         keep = self._keep_alive and not e.draining and not self.down.peer_eof
+        drop_cl = False
         if req.method == "HEAD" or status == 204 or status == 304:
             mode = BODY_NONE
         else:
@@ -980,14 +1006,12 @@ class Session:
                 mode = BODY_LENGTH
                 self._down_length = int(cl)
             else:
-                if cl is not None:
-                    fields = [it for it in fields if it[0] != "content-length"]
+                drop_cl = cl is not None
                 if client10:
                     mode = BODY_CLOSE
                     keep = False
                 else:
                     mode = BODY_CHUNKED
-                    fields.append(("transfer-encoding", "Transfer-Encoding", "chunked"))
         if not self._req_done and self._meta.expect_continue and self._up_sent == 0:
             keep = False  # the client will not send the body we would have to skip
         self._down_mode = mode
@@ -1013,6 +1037,17 @@ class Session:
                 self._keep_alive = True
                 self._response_head_ready(raw, resp)
                 return
+        items = resp.headers._items
+        if meta.hop or edited:
+            tokens = meta.connection_tokens
+            fields = [it for it in items if it[0] not in HOP_BY_HOP and it[0] not in tokens]
+        else:
+            fields = items.copy()
+        if mode == BODY_CHUNKED or mode == BODY_CLOSE:
+            if drop_cl:
+                fields = [it for it in fields if it[0] != "content-length"]
+            if mode == BODY_CHUNKED:
+                fields.append(("transfer-encoding", "Transfer-Encoding", "chunked"))
         if not keep:
             fields.append(("connection", "Connection", "close"))
         elif client10:

@@ -185,7 +185,11 @@ def record(harness: Harness) -> dict[int, bytes]:
     from proxycore.trace import Recorder
 
     traces: dict[int, bytes] = {}
-    harness.engine.recorder = Recorder(harness.engine, traces.__setitem__)
+
+    def sink(conn: int, data: bytes) -> None:
+        traces[conn] = traces.get(conn, b"") + data
+
+    harness.engine.recorder = Recorder(harness.engine, sink)
     return traces
 
 

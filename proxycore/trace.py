@@ -250,8 +250,14 @@ class _Open:
 
 
 class Recorder:
-    """Attach with ``engine.recorder = Recorder(engine, sink)``; ``sink(conn_id, trace_bytes)``
-    is called once per finished downstream connection."""
+    """Attach with ``engine.recorder = Recorder(engine, sink)``.
+
+    ``sink(conn_id, data)`` receives each connection's trace in order: a long-lived connection's
+    trace is handed over in pieces whenever more than ``flush_bytes`` are pending (so recording
+    never holds more than that per connection), the rest when it ends. Concatenating the pieces
+    for one connection gives the trace file."""
+
+    flush_bytes = 262144
 
     def __init__(
         self, engine: Engine, sink: Callable[[int, bytes], None], *, backend: str = ""
@@ -309,27 +315,45 @@ class Recorder:
             t = self.open[owner] = _Open(json.dumps(header).encode(), owner)
         buf = t.buf
         pack = RECORD.pack
-        kind, payload = encode_event(ev)
-        buf += pack(kind, ev.conn, ev.now, len(payload))
-        buf += payload
+        now = ev.now
+        if type(ev) is DataReceived:  # the common case, inline
+            data = ev.data
+            buf += pack(2, ev.conn, now, len(data))
+            buf += data
+        else:
+            kind, payload = encode_event(ev)
+            buf += pack(kind, ev.conn, now, len(payload))
+            buf += payload
         ids = t.ids
-        for up_id in self._pool:
-            buf += pack(POOL_ANSWER, up_id, ev.now, 0)
-            if up_id:
-                ids.add(up_id)
+        if self._pool:
+            for up_id in self._pool:
+                buf += pack(POOL_ANSWER, up_id, now, 0)
+                if up_id:
+                    ids.add(up_id)
         for a in actions:
-            if type(a) is Connect:
+            ta = type(a)
+            if ta is Send:  # the common case, inline
+                if a.conn in ids:
+                    data = a.data  # type: ignore[attr-defined]
+                    buf += pack(64, a.conn, now, len(data))
+                    buf += data
+                continue
+            if ta is Connect:
                 ids.add(a.conn)
             if a.conn in ids:
                 k, c, p = encode_action(a)
-                buf += pack(k, c, ev.now, len(p))
+                buf += pack(k, c, now, len(p))
                 buf += p
         if owner not in engine.downstreams:
             del self.open[owner]
             self.sink(owner, bytes(buf))
+        elif len(buf) > self.flush_bytes:
+            self.sink(owner, bytes(buf))
+            buf.clear()
 
     def flush_all(self) -> None:
-        """Hand over unfinished traces (at shutdown)."""
+        """Hand over what is pending of unfinished traces (at shutdown)."""
         for owner, t in list(self.open.items()):
-            self.sink(owner, bytes(t.buf))
+            if t.buf:
+                self.sink(owner, bytes(t.buf))
         self.open.clear()

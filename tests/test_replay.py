@@ -181,3 +181,24 @@ def test_normalized_view_ignores_chunking() -> None:
         return normalized(groups_of(load_trace(traces[down])))
 
     assert run(True) == run(False)
+
+
+def test_long_connection_trace_is_flushed_in_pieces() -> None:
+    h = Harness(Tagging())
+    pieces: list[bytes] = []
+    from proxycore.trace import Recorder
+
+    rec = Recorder(h.engine, lambda conn, data: pieces.append(data))
+    rec.flush_bytes = 2000
+    h.engine.recorder = rec
+    down, _ = h.accept()
+    up = connect_id(h.data(down, GET))
+    h.connected(up)
+    for _ in range(30):
+        h.data(up, OK)
+        h.data(down, GET)
+    assert len(pieces) > 3 and all(len(p) < 4000 for p in pieces)
+    h.data(up, OK)
+    h.closed(down)
+    trace = load_trace(b"".join(pieces))
+    assert replay(trace).ok

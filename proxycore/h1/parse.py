@@ -69,8 +69,12 @@ DEFAULT_LIMITS = Limits()
 # RFC 9110 §5.6.2 token; §5.5 field-value: VCHAR / obs-text / SP / HTAB (no CTLs, no DEL).
 _TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
 _FIELD_VALUE_CHARS = r"\t\x20-\x7e\x80-\xff"
-_HEADER_BLOCK_RE = re.compile(rf"(?:[{_TCHAR}]+:[{_FIELD_VALUE_CHARS}]*\r\n)*")
-_HEADER_FIELD_RE = re.compile(rf"([{_TCHAR}]+):[ \t]*([{_FIELD_VALUE_CHARS}]*?)[ \t]*\r\n")
+# One pass per header block. Each match is one whole line — anchored at a line start (MULTILINE
+# ``^``), the value running to the line's CRLF (trailing OWS is stripped afterwards). If the
+# block holds exactly as many CR and LF characters as there are matches, every line ended in
+# CRLF and every line matched: one bad byte anywhere (NUL, bare CR or LF, a space before the
+# colon, obs-fold) makes its line fail and the counts disagree, and the block is rejected.
+_FIELD_LINE_RE = re.compile(rf"^([{_TCHAR}]+):[ \t]*([{_FIELD_VALUE_CHARS}]*)\r\n", re.MULTILINE)
 _REQUEST_LINE_RE = re.compile(rf"([{_TCHAR}]+) ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
 _STATUS_LINE_RE = re.compile(rf"HTTP/([0-9])\.([0-9]) ([0-9]{{3}})(?: ([{_FIELD_VALUE_CHARS}]*))?")
 _CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,18}")
@@ -206,12 +210,13 @@ def _split_tokens(value: str) -> list[str]:
 
 
 def _parse_fields(block: str, limits: Limits) -> list[tuple[str, str, str]]:
-    if _HEADER_BLOCK_RE.fullmatch(block) is None:
+    fields = _FIELD_LINE_RE.findall(block)
+    n = len(fields)
+    if block.count("\n") != n or block.count("\r") != n:
         raise HTTPParseError("invalid header field (RFC 9112 §5, RFC 9110 §5.5)")
-    fields = _HEADER_FIELD_RE.findall(block)
-    if len(fields) > limits.max_headers:
+    if n > limits.max_headers:
         raise HTTPParseError("too many header fields", 431)
-    return [(n.lower(), n, v) for n, v in fields]
+    return [(name.lower(), name, value.rstrip(" \t")) for name, value in fields]
 
 
 def parse_request_head(
