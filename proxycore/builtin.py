@@ -1,8 +1,13 @@
-"""The proxy behind ``proxycore reverse-proxy``: round robin over ``--to`` backends, with
-connect failures retried on the next backend (each backend tried at most once per request).
+"""The proxy behind ``proxycore reverse-proxy``: any selector over the ``--to`` backends,
+connect failures retried on another backend, and passive health (outlier ejection).
 
-Theory of operation: an ordinary :class:`Proxy` subclass; it is also the smallest complete
-example of the filter API.
+Theory of operation: an ordinary :class:`Proxy` subclass — also the smallest complete example of
+the filter API. Each request picks a backend with the load balancer (keyed by a header, the URI
+or the client address for the hash selectors), counts itself in that backend's requests in
+flight (least_conn, p2c), and on a connect failure asks for another backend it has not tried.
+Passive health, after Envoy's outlier detection: ``eject_after`` consecutive failures (connect
+errors, or 5xx answers) from a backend take it out of rotation for ``eject_for`` seconds; the
+first success resets the count. Time is the engine's event time, so replays are exact.
 """
 
 from __future__ import annotations
@@ -11,12 +16,39 @@ from collections.abc import Sequence
 from typing import Any
 
 from proxycore.errors import ProxyError
-from proxycore.lb import Backend, LoadBalancer
+from proxycore.lb import SELECTORS, Backend, LoadBalancer
 from proxycore.peer import Peer
 from proxycore.phases import Proxy, nonblocking
 from proxycore.session import Session
 
-__all__ = ["ReverseProxy"]
+__all__ = ["HASH_KEYS", "ReverseProxy", "parse_backend", "parse_hash_key"]
+
+HASH_KEYS = ("header:NAME", "uri", "client_ip")
+
+
+def parse_backend(text: str) -> tuple[Peer, int]:
+    """``HOST:PORT`` or ``HOST:PORT,weight=N`` (N ≥ 1); ValueError names the bad value."""
+    addr, _, opts = text.partition(",")
+    peer = Peer.parse(addr)
+    weight = 1
+    if opts:
+        name, eq, value = opts.partition("=")
+        if name != "weight" or not eq:
+            raise ValueError(f"unknown backend option {opts!r} in {text!r} (expected weight=N)")
+        if not value.lstrip("-").isdigit() or int(value) <= 0:
+            raise ValueError(f"weight must be a positive integer, got {value!r} in {text!r}")
+        weight = int(value)
+    return peer, weight
+
+
+def parse_hash_key(text: str) -> tuple[str, str]:
+    """``header:NAME``, ``uri`` or ``client_ip``; ValueError names the bad value."""
+    if text in ("uri", "client_ip"):
+        return text, ""
+    kind, sep, name = text.partition(":")
+    if kind == "header" and sep and name:
+        return "header", name
+    raise ValueError(f"unknown hash key {text!r}; expected one of {', '.join(HASH_KEYS)}")
 
 
 class _Ctx:
@@ -28,33 +60,120 @@ class _Ctx:
 
 
 class ReverseProxy(Proxy):
-    """Forward every request to one of ``backends`` (round robin)."""
+    """Forward every request to one of ``backends`` chosen by ``lb``."""
 
-    def __init__(self, backends: Sequence[Peer | str]) -> None:
-        peers = [p if isinstance(p, Peer) else Peer.parse(p) for p in backends]
-        self.lb = LoadBalancer(Backend(p) for p in peers)
+    def __init__(
+        self,
+        backends: Sequence[Peer | str | tuple[Peer, int]],
+        lb: str = "round_robin",
+        hash_key: str | None = None,
+        eject_after: int = 5,
+        eject_for: float = 30.0,
+    ) -> None:
+        parsed: list[tuple[Peer, int]] = []
+        for b in backends:
+            if isinstance(b, Peer):
+                parsed.append((b, 1))
+            elif isinstance(b, str):
+                parsed.append(parse_backend(b))
+            else:
+                parsed.append(b)
+        if lb not in SELECTORS:
+            raise ValueError(f"unknown selector {lb!r}; choose from {', '.join(SELECTORS)}")
+        self.lb = LoadBalancer([Backend(p, w) for p, w in parsed], lb)
+        self.lb_name = lb
+        self.hash_key = hash_key
+        self._key = parse_hash_key(hash_key) if hash_key else ("", "")
+        self.eject_after = eject_after
+        self.eject_for = eject_for
+        self._failures: dict[str, int] = {}
+        self._ejected_until: dict[str, float] = {}
 
     def trace_init(self) -> dict[str, Any]:
         """Constructor arguments recorded in session traces, so a replay can rebuild us."""
-        return {"backends": [b.peer.address for b in self.lb.backends]}
+        return {
+            "backends": [f"{b.address},weight={b.weight}" for b in self.lb.backends],
+            "lb": self.lb_name,
+            "hash_key": self.hash_key,
+            "eject_after": self.eject_after,
+            "eject_for": self.eject_for,
+        }
 
     @nonblocking
     def new_ctx(self) -> _Ctx:
         return _Ctx()
 
+    def _request_key(self, session: Session) -> bytes:
+        kind, name = self._key
+        if kind == "header":
+            return (session.req_header.headers.get(name) or "").encode("latin-1")
+        if kind == "uri":
+            return session.req_header.path.encode("latin-1")
+        if kind == "client_ip":
+            return session.client_addr[0].encode()
+        return b""
+
     @nonblocking
     def upstream_peer(self, session: Session, ctx: Any) -> Peer | None:
-        b = self.lb.select(exclude=ctx.tried)
+        now = session.engine.now
+        ejected = self._ejected_until
+
+        def live(b: Backend) -> bool:
+            until = ejected.get(b.address)
+            return until is None or until <= now
+
+        key = self._request_key(session)
+        b = self.lb.select(key, exclude=ctx.tried, predicate=live)
+        if b is None and ejected and not any(live(x) for x in self.lb.backends):
+            # Every backend is ejected: route to all of them rather than fail everything
+            # (Envoy's panic mode).
+            b = self.lb.select(key, exclude=ctx.tried)
         if b is None:
+            session.engine.log.warning(
+                "no healthy backend for %s %s (%d configured, %d ejected, %d tried)",
+                session.req_header.method,
+                session.req_header.path,
+                len(self.lb.backends),
+                sum(1 for t in ejected.values() if t > now),
+                len(ctx.tried),
+            )
             return None
         ctx.backend = b
         ctx.tried.append(b)
+        b.inflight += 1
         return b.peer
+
+    def _done_with(self, session: Session, ctx: Any, failed: bool) -> None:
+        b = ctx.backend
+        if b is None:
+            return
+        ctx.backend = None
+        b.inflight -= 1
+        key = b.address
+        if not failed:
+            self._failures.pop(key, None)
+            return
+        n = self._failures.get(key, 0) + 1
+        self._failures[key] = n
+        if n >= self.eject_after and self.eject_for > 0:
+            self._ejected_until[key] = session.engine.now + self.eject_for
+            self._failures[key] = 0
+            session.engine.log.warning(
+                "backend %s ejected for %gs after %d consecutive failures", key, self.eject_for, n
+            )
 
     @nonblocking
     def fail_to_connect(
         self, session: Session, peer: Peer, ctx: Any, error: ProxyError
     ) -> ProxyError:
-        # Nothing reached the failed backend, so any method can go to the next one.
+        self._done_with(session, ctx, failed=True)
+        # Nothing reached the failed backend, so any method can go to another one.
         error.retry = len(ctx.tried) < len(self.lb.backends)
         return error
+
+    @nonblocking
+    def logging(self, session: Session, error: ProxyError | None, ctx: Any) -> None:
+        if ctx is None or ctx.backend is None:
+            return
+        upstream_failed = error is not None and error.source.value == "upstream"
+        self._done_with(session, ctx, failed=upstream_failed or session.response_status >= 500)

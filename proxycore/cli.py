@@ -12,7 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from proxycore._version import __version__
+from proxycore.builtin import parse_backend, parse_hash_key
 from proxycore.config import ServerConf
+from proxycore.lb import SELECTORS
 from proxycore.peer import Peer
 from proxycore.phases import Proxy
 from proxycore.runner import BACKENDS, parse_listen, resolve_backend, run
@@ -56,11 +58,28 @@ def _backend(text: str) -> str:
     return text
 
 
-def _peer(text: str) -> Peer:
+def _backend_spec(text: str) -> str:
     try:
-        return Peer.parse(text)
+        parse_backend(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _selector(text: str) -> str:
+    if text not in SELECTORS:
+        raise argparse.ArgumentTypeError(
+            f"unknown selector {text!r}; choose from {', '.join(SELECTORS)}"
+        )
+    return text
+
+
+def _hash_key(text: str) -> str:
+    try:
+        parse_hash_key(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _add_server_options(p: argparse.ArgumentParser) -> None:
@@ -194,9 +213,36 @@ def _parser() -> argparse.ArgumentParser:
         "--to",
         action="append",
         required=True,
-        type=_peer,
-        metavar="HOST:PORT",
-        help="upstream (repeat for round robin)",
+        type=_backend_spec,
+        metavar="HOST:PORT[,weight=N]",
+        help="upstream (repeat for several; balanced by --lb)",
+    )
+    rp.add_argument(
+        "--lb",
+        default="round_robin",
+        type=_selector,
+        metavar="NAME",
+        help=f"load-balancing selector: {', '.join(SELECTORS)} (default round_robin)",
+    )
+    rp.add_argument(
+        "--hash-key",
+        type=_hash_key,
+        metavar="KEY",
+        help="what hash/consistent hash on: header:NAME, uri or client_ip (default: nothing)",
+    )
+    rp.add_argument(
+        "--eject-after",
+        type=int,
+        default=5,
+        metavar="N",
+        help="passive health: eject a backend after N consecutive failures (default 5)",
+    )
+    rp.add_argument(
+        "--eject-for",
+        type=_seconds,
+        default=30.0,
+        metavar="S",
+        help="passive health: how long an ejected backend stays out (default 30)",
     )
     _add_server_options(rp)
     r = sub.add_parser("run", help="serve a Proxy class: module:Class")
@@ -252,7 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "reverse-proxy":
         from proxycore.builtin import ReverseProxy
 
-        app: Proxy = ReverseProxy(args.to)
+        app: Proxy = ReverseProxy(
+            args.to,
+            lb=args.lb,
+            hash_key=args.hash_key,
+            eject_after=args.eject_after,
+            eject_for=args.eject_for,
+        )
     else:
         try:
             app = _load_app(args.app)
