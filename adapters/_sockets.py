@@ -45,6 +45,7 @@ from proxycore.events import (
     EofReceived,
     Event,
     FilterDone,
+    Started,
     TimerFired,
     WritePaused,
     WriteResumed,
@@ -413,6 +414,7 @@ class SocketDriver:
             self.listeners.append(s)
             self.watch_listener(s, True)
             log.info("listening on %s", s.getsockname()[:2])
+        self.feed(Started(0, self.now()))
 
     def begin_drain(self) -> None:
         for s in self.listeners:

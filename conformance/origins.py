@@ -186,7 +186,7 @@ class Origin:
 
     name = "origin"
 
-    def __init__(self, name: str | None = None):
+    def __init__(self, name: str | None = None, port: int = 0):
         if name:
             self.name = name
         self.lock = threading.Lock()
@@ -200,7 +200,7 @@ class Origin:
         self._threads: list[threading.Thread] = []
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind((HOST, 0))
+        self.listener.bind((HOST, port))  # port: restart an origin where it was
         self.listener.listen(4096)  # many concurrent upstream connects must not drop SYNs
         self.listener.settimeout(0.1)
         self.port = self.listener.getsockname()[1]

@@ -59,3 +59,52 @@ def test_dead_backend_is_failed_over_then_ejected(backend, origins, proxy):
     assert f"backend 127.0.0.1:{dead} ejected" in err
     # once ejected it is not tried again: at most one refused connect was logged
     assert err.count(f"connect to 127.0.0.1:{dead}") == 1, err
+
+
+def test_active_health_check_origin_killed_then_back(backend, origins, proxy):
+    """Three origins under steady load; one dies: once the health interval has passed no client
+    sees an error and none reaches the dead one; when it comes back it rejoins."""
+    import threading
+    import time
+
+    a, b, c = (origins(EchoOrigin, name=n) for n in "abc")
+    extra = ["--health-check", "http:/healthz", "--health-interval", "0.2"]
+    for o in (a, b, c):
+        extra += ["--to", f"127.0.0.1:{o.port}"]
+    p = proxy(to=None, extra=extra)
+    results: list[tuple[float, int, str | None]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                r = get(p.port, "/load", timeout=3)
+                results.append((time.monotonic(), r.status, r.header("x-origin")))
+            except OSError:
+                results.append((time.monotonic(), 0, None))
+            time.sleep(0.01)
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.5)
+        killed_at = time.monotonic()
+        b_port = b.port
+        b.stop()
+        time.sleep(1.0)
+        settled = [r for r in results if r[0] > killed_at + 0.5]
+        assert settled and all(s == 200 for _, s, _ in settled), settled[-5:]
+        assert all(o != "b" for _, _, o in settled)
+        assert f"backend 127.0.0.1:{b_port} is now unhealthy" in p.stderr()
+        origins(EchoOrigin, name="b", port=b_port)  # it comes back
+        back_at = time.monotonic()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        t.join(5)
+    assert f"backend 127.0.0.1:{b_port} is now healthy" in p.stderr()
+    assert any(o == "b" for ts, _, o in results if ts > back_at + 0.5), "b did not rejoin"
+    # Errors are allowed only for requests in flight when the origin died (502, or retried
+    # where safe); before the kill, during the return and after settling, everything is 200.
+    errors = [r for r in results if r[1] != 200]
+    assert all(killed_at <= ts <= killed_at + 0.5 and s == 502 for ts, s, _ in errors), errors

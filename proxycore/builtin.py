@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from proxycore.errors import ProxyError
+from proxycore.health import HealthCheck, HealthChecker
 from proxycore.lb import SELECTORS, Backend, LoadBalancer
 from proxycore.peer import Peer
 from proxycore.phases import Proxy, nonblocking
@@ -69,6 +70,8 @@ class ReverseProxy(Proxy):
         hash_key: str | None = None,
         eject_after: int = 5,
         eject_for: float = 30.0,
+        health_check: HealthCheck | str | None = None,
+        health_interval: float = 5.0,
     ) -> None:
         parsed: list[tuple[Peer, int]] = []
         for b in backends:
@@ -88,6 +91,15 @@ class ReverseProxy(Proxy):
         self.eject_for = eject_for
         self._failures: dict[str, int] = {}
         self._ejected_until: dict[str, float] = {}
+        if isinstance(health_check, str):
+            health_check = HealthCheck.parse(health_check, health_interval)
+        self.health_check = health_check
+
+    def services(self) -> list[Any]:
+        """An active health checker over the backends, if one was configured."""
+        if self.health_check is None:
+            return []
+        return [HealthChecker(self.lb, self.health_check)]
 
     def trace_init(self) -> dict[str, Any]:
         """Constructor arguments recorded in session traces, so a replay can rebuild us."""
@@ -97,6 +109,8 @@ class ReverseProxy(Proxy):
             "hash_key": self.hash_key,
             "eject_after": self.eject_after,
             "eject_for": self.eject_for,
+            "health_check": _describe(self.health_check),
+            "health_interval": self.health_check.interval if self.health_check else 5.0,
         }
 
     @nonblocking
@@ -177,3 +191,9 @@ class ReverseProxy(Proxy):
             return
         upstream_failed = error is not None and error.source.value == "upstream"
         self._done_with(session, ctx, failed=upstream_failed or session.response_status >= 500)
+
+
+def _describe(check: HealthCheck | None) -> str | None:
+    if check is None:
+        return None
+    return "tcp" if check.kind == "tcp" else f"http:{check.path}"

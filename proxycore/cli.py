@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from proxycore._version import __version__
 from proxycore.builtin import parse_backend, parse_hash_key
 from proxycore.config import ServerConf
+from proxycore.health import HealthCheck
 from proxycore.lb import SELECTORS
 from proxycore.peer import Peer
 from proxycore.phases import Proxy
@@ -71,6 +72,14 @@ def _selector(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"unknown selector {text!r}; choose from {', '.join(SELECTORS)}"
         )
+    return text
+
+
+def _health_check(text: str) -> str:
+    try:
+        HealthCheck.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return text
 
 
@@ -231,6 +240,19 @@ def _parser() -> argparse.ArgumentParser:
         help="what hash/consistent hash on: header:NAME, uri or client_ip (default: nothing)",
     )
     rp.add_argument(
+        "--health-check",
+        type=_health_check,
+        metavar="CHECK",
+        help="active health check of every backend: tcp or http:/PATH (expects 200)",
+    )
+    rp.add_argument(
+        "--health-interval",
+        type=_seconds,
+        default=5.0,
+        metavar="S",
+        help="seconds between health checks (default 5)",
+    )
+    rp.add_argument(
         "--eject-after",
         type=int,
         default=5,
@@ -304,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             hash_key=args.hash_key,
             eject_after=args.eject_after,
             eject_for=args.eject_for,
+            health_check=args.health_check,
+            health_interval=args.health_interval,
         )
     else:
         try:

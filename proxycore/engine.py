@@ -33,6 +33,7 @@ from proxycore.events import (
     EofReceived,
     Event,
     FilterDone,
+    Started,
     TimerFired,
     WritePaused,
     WriteResumed,
@@ -134,7 +135,13 @@ class Engine:
             FilterDone: self._on_filter_done,
             Accepted: self._on_accepted,
             Drain: self._on_drain,
+            Started: self._on_started,
         }
+        # Background services (health checks): each has an id, named timers and on_timer().
+        self.services: dict[int, Any] = {}
+        self._services_started = False
+        for svc in app.services():
+            self.add_service(svc)
 
     # ------------------------------------------------------------------ entry point
 
@@ -178,6 +185,8 @@ class Engine:
 
     def _feed(self, event: Event) -> list[Action]:
         self.now = event.now
+        if not self._services_started and self.services:
+            self._start_services()
         handler = self._handlers.get(type(event))
         if handler is None:
             raise TypeError(f"not an event: {event!r}")
@@ -205,7 +214,7 @@ class Engine:
         if down is None:
             up = self.upstreams.get(conn)
             if up is not None:
-                if up.session is not None:
+                if up.session is not None and isinstance(up.session.down, Downstream):
                     down = up.session.down
                 self.close_upstream(up, abort=True)
         if down is not None:
@@ -262,14 +271,14 @@ class Engine:
 
     # ------------------------------------------------------------------ timers
 
-    def arm(self, owner: Downstream, name: str, deadline: float) -> None:
+    def arm(self, owner: Any, name: str, deadline: float) -> None:
         """Set owner's named deadline; ask the adapter only if it is earlier than scheduled."""
         owner.timers[name] = deadline
         if deadline < owner.scheduled:
             owner.scheduled = deadline
             self.out.append(SetTimer(owner.id, deadline))
 
-    def _rearm(self, owner: Downstream | _PoolTimer, deadline: float | None) -> None:
+    def _rearm(self, owner: Any, deadline: float | None) -> None:
         if deadline is None:
             if owner.scheduled != _INF:
                 owner.scheduled = _INF
@@ -289,10 +298,26 @@ class Engine:
             rec.pool_answer(up.id if up is not None else 0)
         return up
 
-    def open_upstream(self, peer: Peer) -> Upstream:
+    def add_service(self, svc: Any) -> None:
+        """Register a background service (it gets an id and a timer of its own)."""
+        svc.engine = self
+        svc.id = self.new_id()
+        self.services[svc.id] = svc
+
+    def _start_services(self) -> None:
+        self._services_started = True
+        for svc in self.services.values():
+            svc.start()
+
+    def _on_started(self, ev: Started) -> None:
+        if not self._services_started:
+            self._start_services()
+
+    def open_upstream(self, peer: Peer, counted: bool = True) -> Upstream:
         up = Upstream(self.new_id_upstream(), peer, self.now)
         self.upstreams[up.id] = up
-        self.pool.stats.opened += 1
+        if counted:
+            self.pool.stats.opened += 1
         self.out.append(Connect(up.id, peer))
         return up
 
@@ -434,9 +459,11 @@ class Engine:
                 self.close_upstream(up)
             self._rearm(self._pool_timer, self.pool.next_deadline())
             return
-        down = self.downstreams.get(ev.conn)
+        down: Any = self.downstreams.get(ev.conn)
         if down is None:
-            return
+            down = self.services.get(ev.conn)
+            if down is None:
+                return
         down.scheduled = _INF
         now = self.now
         timers = down.timers

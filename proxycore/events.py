@@ -22,6 +22,7 @@ __all__ = [
     "EofReceived",
     "Event",
     "FilterDone",
+    "Started",
     "TimerFired",
     "WritePaused",
     "WriteResumed",
@@ -173,5 +174,12 @@ class Accepted(Event):
 class Drain(Event):
     """Graceful shutdown began: finish in-flight requests, close idle connections, and answer
     with ``Connection: close`` from now on. ``conn`` is 0."""
+
+    __slots__ = ()
+
+
+class Started(Event):
+    """The adapter is listening; background services (health checks) start now. ``conn`` is
+    0. Adapters feed it once, right after binding their listeners."""
 
     __slots__ = ()

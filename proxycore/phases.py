@@ -55,6 +55,11 @@ class Proxy:
     with ``fail_to_connect`` / ``error_while_proxy`` / ``fail_to_proxy`` on errors.
     """
 
+    def services(self) -> list[Any]:
+        """Background services to run in each worker's engine (for example a
+        :class:`proxycore.health.HealthChecker`); called once per engine. Not a phase."""
+        return []
+
     def new_ctx(self) -> Any:
         """A fresh per-request context object, passed to every phase as ``ctx``."""
         return None

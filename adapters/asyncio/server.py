@@ -39,6 +39,7 @@ from proxycore.events import (
     EofReceived,
     Event,
     FilterDone,
+    Started,
     TimerFired,
     WritePaused,
     WriteResumed,
@@ -266,6 +267,7 @@ class AsyncioServer:
 
     async def serve_forever(self, addrs: Sequence[tuple[str, int]], grace: float) -> None:
         await self.start(addrs)
+        self.feed(Started(0, self.loop.time()))
         stop = asyncio.Event()
         mode = {"graceful": True}
 

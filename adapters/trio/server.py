@@ -374,6 +374,7 @@ async def _main(
                 running.cancel()
 
             tg.start_soon(accept_loop)
+            ad.feed(E.Started(0, _now()))
             for lst in listener.listeners:
                 h, p = cast(tuple[str, int], lst.extra(SocketAttribute.local_address))[:2]
                 print(f"proxycore ready backend=trio listen={h}:{p}", flush=True)
