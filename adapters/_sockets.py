@@ -26,6 +26,8 @@ from proxycore.actions import (
     Close,
     Connect,
     PauseReading,
+    ReadFile,
+    Resolve,
     ResumeReading,
     RunFilter,
     Send,
@@ -44,7 +46,9 @@ from proxycore.events import (
     Drain,
     EofReceived,
     Event,
+    FileRead,
     FilterDone,
+    Resolved,
     Started,
     TimerFired,
     WritePaused,
@@ -118,6 +122,8 @@ class SocketDriver:
             Connect: self._connect,
             ShutdownWrite: self._shutdown_write,
             RunFilter: self._run_filter,
+            Resolve: self._resolve_action,
+            ReadFile: self._read_file,
         }
 
     # ------------------------------------------------------------------ feeding
@@ -398,6 +404,31 @@ class SocketDriver:
             self.run_blocking(a.call, done)
         else:
             self.run_async(a.call, done)
+
+    def _resolve_action(self, a: Resolve) -> None:
+        def done(res: Any) -> None:
+            now = self.now()
+            if isinstance(res, BaseException) or not res:
+                self.feed(Resolved(a.conn, a.token, now, error=str(res or "no addresses")))
+            else:
+                addrs = sorted({str(info[4][0]) for info in res})
+                self.feed(Resolved(a.conn, a.token, now, addresses=addrs))
+
+        self.resolve(a.host, 0, done)
+
+    def _read_file(self, a: ReadFile) -> None:
+        def load() -> bytes:
+            with open(a.path, "rb") as f:
+                return f.read()
+
+        def done(result: Any = None, error: BaseException | None = None) -> None:
+            now = self.now()
+            if error is not None:
+                self.feed(FileRead(a.conn, a.token, now, error=str(error)))
+            else:
+                self.feed(FileRead(a.conn, a.token, now, content=result))
+
+        self.run_in_thread(load, done)
 
     # ------------------------------------------------------------------ listening
 

@@ -108,3 +108,63 @@ def test_active_health_check_origin_killed_then_back(backend, origins, proxy):
     # where safe); before the kill, during the return and after settling, everything is 200.
     errors = [r for r in results if r[1] != 200]
     assert all(killed_at <= ts <= killed_at + 0.5 and s == 502 for ts, s, _ in errors), errors
+
+
+def test_backends_file_is_watched(backend, origins, proxy, tmp_path):
+    import time
+
+    a = origins(EchoOrigin, name="a")
+    b = origins(EchoOrigin, name="b")
+    f = tmp_path / "backends"
+    f.write_text(f"# the pool\n127.0.0.1:{a.port}\n")
+    p = proxy(to=None, extra=["--backends-file", str(f), "--discovery-interval", "0.2"])
+    assert {get(p.port, f"/x{i}").header("x-origin") for i in range(4)} == {"a"}
+    f.write_text(f"127.0.0.1:{b.port},weight=2\n")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if get(p.port, "/probe").header("x-origin") == "b":
+            break
+        time.sleep(0.1)
+    assert {get(p.port, f"/y{i}").header("x-origin") for i in range(4)} == {"b"}
+    f.write_text("this is not a backend\n")  # invalid: the current set stays
+    time.sleep(0.5)
+    assert get(p.port, "/z").header("x-origin") == "b"
+    assert "keeping the current backends" in p.stderr()
+
+
+def test_dns_name_backends_are_resolved_by_the_adapter(backend, origins, proxy):
+    a = origins(EchoOrigin, name="a")
+    p = proxy(to=None, extra=["--to", f"localhost:{a.port}", "--discovery-interval", "0.2"])
+    for i in range(6):
+        r = get(p.port, f"/d{i}")
+        assert r.status == 200 and r.header("x-origin") == "a", r
+    import time
+
+    time.sleep(0.5)
+    assert f"backends now 127.0.0.1:{a.port}" in p.stderr()
+    assert all(get(p.port, f"/e{i}").status == 200 for i in range(6))
+
+
+def test_name_that_does_not_resolve_exits_2(backend):
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "proxycore",
+            "reverse-proxy",
+            "--listen",
+            "127.0.0.1:1",
+            "--to",
+            "no-such-name.invalid:80",
+            "--backend",
+            backend,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2
+    assert "'no-such-name.invalid' does not resolve" in r.stderr

@@ -18,6 +18,8 @@ __all__ = [
     "Close",
     "Connect",
     "PauseReading",
+    "ReadFile",
+    "Resolve",
     "ResumeReading",
     "RunFilter",
     "Send",
@@ -146,3 +148,28 @@ class RunFilter(Action):
         self.token = token
         self.call = call
         self.kind = kind
+
+
+class Resolve(Action):
+    """Resolve ``host`` (A and AAAA) for service ``conn``; answer ``Resolved(conn, token,
+    addresses=[ip, ...])`` or ``Resolved(conn, token, error="...")``. Never block the loop."""
+
+    __slots__ = ("host", "token")
+
+    def __init__(self, conn: int, token: int, host: str) -> None:
+        self.conn = conn
+        self.token = token
+        self.host = host
+
+
+class ReadFile(Action):
+    """Read the file at ``path`` for service ``conn`` (discovery); answer ``FileRead(conn, token,
+    content=bytes)`` or ``FileRead(conn, token, error="...")``. Small files only; off the loop
+    if your runtime offers that."""
+
+    __slots__ = ("path", "token")
+
+    def __init__(self, conn: int, token: int, path: str) -> None:
+        self.conn = conn
+        self.token = token
+        self.path = path

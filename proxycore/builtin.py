@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from proxycore.discovery import DnsDiscovery, FileDiscovery
 from proxycore.errors import ProxyError
 from proxycore.health import HealthCheck, HealthChecker
 from proxycore.lb import SELECTORS, Backend, LoadBalancer
@@ -72,6 +73,8 @@ class ReverseProxy(Proxy):
         eject_for: float = 30.0,
         health_check: HealthCheck | str | None = None,
         health_interval: float = 5.0,
+        backends_file: str | None = None,
+        discovery_interval: float = 10.0,
     ) -> None:
         parsed: list[tuple[Peer, int]] = []
         for b in backends:
@@ -84,6 +87,10 @@ class ReverseProxy(Proxy):
         if lb not in SELECTORS:
             raise ValueError(f"unknown selector {lb!r}; choose from {', '.join(SELECTORS)}")
         self.lb = LoadBalancer([Backend(p, w) for p, w in parsed], lb)
+        # DNS names among the backends are re-resolved (A and AAAA) every discovery_interval.
+        self.dns_names = [(p.host, p.port, w) for p, w in parsed if not _is_ip(p.host)]
+        self.backends_file = backends_file
+        self.discovery_interval = discovery_interval
         self.lb_name = lb
         self.hash_key = hash_key
         self._key = parse_hash_key(hash_key) if hash_key else ("", "")
@@ -96,10 +103,15 @@ class ReverseProxy(Proxy):
         self.health_check = health_check
 
     def services(self) -> list[Any]:
-        """An active health checker over the backends, if one was configured."""
-        if self.health_check is None:
-            return []
-        return [HealthChecker(self.lb, self.health_check)]
+        """Discovery (DNS names, a watched file) and active health checks, as configured."""
+        out: list[Any] = []
+        if self.dns_names:
+            out.append(DnsDiscovery(self.lb, self.dns_names, self.discovery_interval))
+        if self.backends_file:
+            out.append(FileDiscovery(self.lb, self.backends_file, self.discovery_interval))
+        if self.health_check is not None:
+            out.append(HealthChecker(self.lb, self.health_check))
+        return out
 
     def trace_init(self) -> dict[str, Any]:
         """Constructor arguments recorded in session traces, so a replay can rebuild us."""
@@ -111,6 +123,8 @@ class ReverseProxy(Proxy):
             "eject_for": self.eject_for,
             "health_check": _describe(self.health_check),
             "health_interval": self.health_check.interval if self.health_check else 5.0,
+            "backends_file": self.backends_file,
+            "discovery_interval": self.discovery_interval,
         }
 
     @nonblocking
@@ -191,6 +205,13 @@ class ReverseProxy(Proxy):
             return
         upstream_failed = error is not None and error.source.value == "upstream"
         self._done_with(session, ctx, failed=upstream_failed or session.response_status >= 500)
+
+
+def _is_ip(host: str) -> bool:
+    parts = host.split(".")
+    if len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts):
+        return True
+    return ":" in host  # IPv6 literal
 
 
 def _describe(check: HealthCheck | None) -> str | None:

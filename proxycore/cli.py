@@ -197,6 +197,38 @@ def _conf(args: argparse.Namespace) -> ServerConf:
     return conf
 
 
+def _check_backends(args: argparse.Namespace) -> str | None:
+    """Start-up checks the core cannot do: DNS names must resolve, a backends file must be
+    readable and valid. Returns a message naming the bad value, or None."""
+    import socket
+
+    from proxycore.discovery import parse_backend_lines
+
+    specs = list(args.to)
+    if args.backends_file:
+        try:
+            with open(args.backends_file, encoding="utf-8") as f:
+                listed = parse_backend_lines(f.read())
+        except OSError as e:
+            return f"cannot read --backends-file {args.backends_file!r}: {e.strerror}"
+        except ValueError as e:
+            return f"--backends-file {args.backends_file!r}: {e}"
+        specs += [f"{p.address},weight={w}" for p, w in listed]
+        if not listed and not args.to:
+            return f"--backends-file {args.backends_file!r} lists no backend"
+    if not specs:
+        return "give at least one --to HOST:PORT (or --backends-file)"
+    for spec in args.to:
+        peer, _ = parse_backend(spec)
+        try:
+            socket.getaddrinfo(peer.host, peer.port, type=socket.SOCK_STREAM)
+        except OSError:
+            return f"--to {spec!r}: the name {peer.host!r} does not resolve"
+    if args.backends_file and not args.to:
+        args.to = specs
+    return None
+
+
 def _load_app(spec: str) -> Proxy:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
@@ -221,10 +253,23 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--to",
         action="append",
-        required=True,
+        default=[],
         type=_backend_spec,
         metavar="HOST:PORT[,weight=N]",
         help="upstream (repeat for several; balanced by --lb)",
+    )
+    rp.add_argument(
+        "--backends-file",
+        metavar="PATH",
+        help="also take backends from PATH (one HOST:PORT[,weight=N] per line), re-read "
+        "every --discovery-interval",
+    )
+    rp.add_argument(
+        "--discovery-interval",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
+        help="how often DNS names in --to are re-resolved and --backends-file re-read (default 10)",
     )
     rp.add_argument(
         "--lb",
@@ -320,6 +365,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "reverse-proxy":
         from proxycore.builtin import ReverseProxy
 
+        problem = _check_backends(args)
+        if problem:
+            print(f"proxycore reverse-proxy: error: {problem}", file=sys.stderr)
+            return 2
+
         app: Proxy = ReverseProxy(
             args.to,
             lb=args.lb,
@@ -328,6 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             eject_for=args.eject_for,
             health_check=args.health_check,
             health_interval=args.health_interval,
+            backends_file=args.backends_file,
+            discovery_interval=args.discovery_interval,
         )
     else:
         try:

@@ -32,7 +32,9 @@ from proxycore.events import (
     Drain,
     EofReceived,
     Event,
+    FileRead,
     FilterDone,
+    Resolved,
     Started,
     TimerFired,
     WritePaused,
@@ -136,6 +138,8 @@ class Engine:
             Accepted: self._on_accepted,
             Drain: self._on_drain,
             Started: self._on_started,
+            Resolved: self._on_service_answer,
+            FileRead: self._on_service_answer,
         }
         # Background services (health checks): each has an id, named timers and on_timer().
         self.services: dict[int, Any] = {}
@@ -308,6 +312,11 @@ class Engine:
         self._services_started = True
         for svc in self.services.values():
             svc.start()
+
+    def _on_service_answer(self, ev: Resolved | FileRead) -> None:
+        svc = self.services.get(ev.conn)
+        if svc is not None:
+            svc.on_answer(ev)
 
     def _on_started(self, ev: Started) -> None:
         if not self._services_started:

@@ -21,7 +21,9 @@ __all__ = [
     "Drain",
     "EofReceived",
     "Event",
+    "FileRead",
     "FilterDone",
+    "Resolved",
     "Started",
     "TimerFired",
     "WritePaused",
@@ -183,3 +185,43 @@ class Started(Event):
     0. Adapters feed it once, right after binding their listeners."""
 
     __slots__ = ()
+
+
+class Resolved(Event):
+    """The answer to a Resolve action: ``addresses`` (IPv4/IPv6 strings) or ``error``."""
+
+    __slots__ = ("addresses", "error", "token")
+
+    def __init__(
+        self,
+        conn: int,
+        token: int,
+        now: float,
+        addresses: list[str] | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.conn = conn
+        self.now = now
+        self.token = token
+        self.addresses = addresses or []
+        self.error = error
+
+
+class FileRead(Event):
+    """The answer to a ReadFile action: the file's ``content`` or an ``error``."""
+
+    __slots__ = ("content", "error", "token")
+
+    def __init__(
+        self,
+        conn: int,
+        token: int,
+        now: float,
+        content: bytes | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.conn = conn
+        self.now = now
+        self.token = token
+        self.content = content
+        self.error = error

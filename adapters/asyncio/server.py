@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,8 @@ from proxycore.actions import (
     Close,
     Connect,
     PauseReading,
+    ReadFile,
+    Resolve,
     ResumeReading,
     RunFilter,
     Send,
@@ -38,7 +41,9 @@ from proxycore.events import (
     Drain,
     EofReceived,
     Event,
+    FileRead,
     FilterDone,
+    Resolved,
     Started,
     TimerFired,
     WritePaused,
@@ -162,6 +167,8 @@ class AsyncioServer:
                     tr.write_eof()
             elif t is RunFilter:
                 self._run_filter(a)
+            elif t is Resolve or t is ReadFile:
+                self._service_io(a)
             else:  # pragma: no cover - contract violation
                 raise TypeError(f"unknown action {a!r}")
 
@@ -215,6 +222,32 @@ class AsyncioServer:
     def _fire(self, owner: int) -> None:
         self.timer_handles.pop(owner, None)
         self.feed(TimerFired(owner, self.loop.time()))
+
+    def _service_io(self, a: Resolve | ReadFile) -> None:
+        async def resolve(a: Resolve) -> None:
+            try:
+                infos = await self.loop.getaddrinfo(a.host, None, type=socket.SOCK_STREAM)
+            except OSError as e:
+                self.feed(Resolved(a.conn, a.token, self.loop.time(), error=str(e)))
+                return
+            addrs = sorted({str(i[4][0]) for i in infos})
+            self.feed(Resolved(a.conn, a.token, self.loop.time(), addresses=addrs))
+
+        async def read(a: ReadFile) -> None:
+            def load() -> bytes:
+                with open(a.path, "rb") as f:
+                    return f.read()
+
+            try:
+                content = await self.loop.run_in_executor(None, load)
+            except OSError as e:
+                self.feed(FileRead(a.conn, a.token, self.loop.time(), error=str(e)))
+                return
+            self.feed(FileRead(a.conn, a.token, self.loop.time(), content=content))
+
+        task = self.loop.create_task(resolve(a) if isinstance(a, Resolve) else read(a))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def _run_filter(self, a: RunFilter) -> None:
         if a.kind == "blocking":

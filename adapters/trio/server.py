@@ -168,8 +168,33 @@ class Adapter:
             self.tg.start_soon(self.conn_task, c, a.peer)
         elif isinstance(a, A.RunFilter):
             self.tg.start_soon(self.run_filter, a)
+        elif isinstance(a, A.Resolve):
+            self.tg.start_soon(self.resolve, a)
+        elif isinstance(a, A.ReadFile):
+            self.tg.start_soon(self.read_file, a)
         else:
             raise TypeError(f"not an action: {a!r}")
+
+    async def resolve(self, a: A.Resolve) -> None:
+        try:
+            infos = await anyio.getaddrinfo(a.host, None, type=socket.SOCK_STREAM)
+        except OSError as e:
+            self.feed(E.Resolved(a.conn, a.token, _now(), error=str(e)))
+            return
+        addrs = sorted({str(info[4][0]) for info in infos})
+        self.feed(E.Resolved(a.conn, a.token, _now(), addresses=addrs))
+
+    async def read_file(self, a: A.ReadFile) -> None:
+        def read() -> bytes:
+            with open(a.path, "rb") as f:
+                return f.read()
+
+        try:
+            content = await anyio.to_thread.run_sync(read, limiter=self.limiter)
+        except OSError as e:
+            self.feed(E.FileRead(a.conn, a.token, _now(), error=str(e)))
+            return
+        self.feed(E.FileRead(a.conn, a.token, _now(), content=content))
 
     def set_timer(self, owner: int, deadline: float | None) -> None:
         if deadline is None:
