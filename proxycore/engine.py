@@ -113,7 +113,9 @@ class Engine:
         self.conf = conf or ServerConf()
         self.log = logger or logging.getLogger("proxycore")
         self.phases = PhaseTable(app, blocking_phases)
-        self.pool = ConnectionPool(self.conf.upstream_keepalive_pool_size)
+        self.pool = ConnectionPool(
+            self.conf.upstream_keepalive_pool_size, self.conf.upstream_keepalive_per_peer
+        )
         self.downstreams: dict[int, Downstream] = {}
         self.upstreams: dict[int, Upstream] = {}
         self.out: list[Action] = []

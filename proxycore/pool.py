@@ -3,11 +3,12 @@
 Theory of operation: when a response completes on a connection that can carry another request,
 the session releases the connection here instead of closing it. Idle connections are kept per
 pool key (every property that makes connections non-interchangeable, see ``Peer.key``) in
-most-recently-used order, under one global cap with least-recently-used eviction (Pingora's
-``upstream_keepalive_pool_size``, default 128). An idle connection is dropped when its idle
-timeout passes, when the upstream sends bytes or EOF while it is idle (RFC 9112 §9.3: nothing may
-arrive between responses), or when it errors. The pool asks the adapter to close a dropped
-connection through the engine's action list, and keeps its own timer (owner id 0).
+most-recently-used order, under a per-key cap (default 32) and one global cap with
+least-recently-used eviction (Pingora's ``upstream_keepalive_pool_size``, default 128). An
+idle connection is dropped when its idle timeout passes, when the upstream sends bytes or EOF
+while it is idle (RFC 9112 §9.3: nothing may arrive between responses), or when it errors. The
+pool asks the adapter to close a dropped connection through the engine's action list, and keeps
+its own timer (owner id 0).
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ class PoolStats:
 class ConnectionPool:
     """Idle upstream connections by key, with a global LRU cap and idle timeouts."""
 
-    def __init__(self, max_idle: int = 128) -> None:
+    def __init__(self, max_idle: int = 128, max_idle_per_key: int = 32) -> None:
         self.max_idle = max_idle
+        self.max_idle_per_key = max_idle_per_key
         self._by_key: dict[tuple[object, ...], OrderedDict[int, Upstream]] = {}
         # Global idle order: oldest first. Value = idle deadline.
         self._lru: OrderedDict[int, tuple[Upstream, float]] = OrderedDict()
@@ -83,7 +85,13 @@ class ConnectionPool:
             self._remove_from_bucket(old_id, old)
             self.stats.evicted += 1
             evicted.append(old)
-        self._by_key.setdefault(conn.key, OrderedDict())[conn.id] = conn
+        bucket = self._by_key.setdefault(conn.key, OrderedDict())
+        while len(bucket) >= self.max_idle_per_key:
+            old_id, old = bucket.popitem(last=False)  # this key's least recently used
+            del self._lru[old_id]
+            self.stats.evicted += 1
+            evicted.append(old)
+        bucket[conn.id] = conn
         self._lru[conn.id] = (conn, deadline)
         return evicted
 

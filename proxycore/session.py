@@ -138,6 +138,7 @@ class Session:
         "_down_mode",
         "_finished",
         "_forwarding",
+        "_fresh_only",
         "_keep_alive",
         "_last_client_read",
         "_local",
@@ -200,6 +201,7 @@ class Session:
         self._cont: Callable[[Any], None] | None = None
         self._cont_name = ""
         self._finished = False
+        self._fresh_only = False
         self._local = False
         self._keep_alive = meta.keep_alive
         # request body
@@ -455,7 +457,8 @@ class Session:
             raise TypeError(f"upstream_peer must return a Peer, not {type(peer).__name__}")
         self.peer = peer
         e = self.engine
-        up = e.acquire_upstream(peer)
+        # After a pooled connection died before answering (ReusedOnly), retry on a fresh one.
+        up = None if self._fresh_only else e.acquire_upstream(peer)
         if up is not None:
             up.state = ACTIVE
             up.session = self
@@ -1341,6 +1344,7 @@ class Session:
             and etype in (ErrorType.CONNECTION_CLOSED, ErrorType.CONNECTION_RESET)
         ):
             err.retry = True  # ReusedOnly: the pooled connection died before answering
+            self._fresh_only = True
         ph = self.engine.phases
         peer = self.peer
         if ph.error_while_proxy is not None and peer is not None:

@@ -732,3 +732,34 @@ def test_framing_fields_dropped_from_trailers_both_ways() -> None:
         b"0\r\nContent-Length: 9\r\nGrpc-Status: 0\r\n\r\n"
     )
     assert sent(h.data(up, resp), down).endswith(b"0\r\nGrpc-Status: 0\r\n\r\n")
+
+
+def test_pool_per_key_cap() -> None:
+    h = Harness(Simple(), proxycore.ServerConf(upstream_keepalive_per_peer=2))
+    ups = []
+    downs = []
+    for _ in range(3):
+        d, u, _ = setup_request(h, GET)
+        downs.append(d)
+        ups.append(u)
+    h.data(ups[0], OK)
+    h.data(ups[1], OK)
+    acts = h.data(ups[2], OK)
+    assert closed(acts, ups[0]) and len(h.engine.pool) == 2  # the key's LRU was evicted
+
+
+def test_reused_only_retry_goes_to_a_fresh_connection_once() -> None:
+    h = Harness(Simple())
+    d1, u1, _ = setup_request(h, GET)
+    d2, _ = h.accept()
+    u2 = connect_id(h.data(d2, GET))
+    h.connected(u2)
+    h.data(u1, OK)
+    h.data(u2, OK)  # two idle pooled connections to the same peer
+    acts = h.data(d1, GET)  # reuses one of them
+    reused = next(a.conn for a in acts if isinstance(a, Send))
+    acts = h.eof(reused)  # dead before answering: retried on a FRESH connection
+    fresh = connect_id(acts)
+    assert fresh not in (u1, u2)
+    acts = h.connect_failed(fresh)  # a fresh connection failing is not retried again
+    assert sent(acts, d1).startswith(b"HTTP/1.1 502")
