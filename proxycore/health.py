@@ -4,8 +4,8 @@ Theory of operation: a :class:`HealthChecker` is registered with the engine as a
 gets an id and a timer like a client connection does). Every ``interval`` seconds it opens one
 probe connection per backend through the ordinary Connect action — the adapter cannot tell a
 probe from a proxied request — and judges the result: ``tcp`` succeeds when the connection is
-established; ``http`` sends ``GET path`` with the configured Host and succeeds when the status
-is in ``expect`` (and the optional ``validator(status, headers)`` agrees) before ``timeout``.
+established; ``http`` sends ``method path`` (GET by default) with the configured Host and
+succeeds when the status is in ``expect`` (and the optional ``validator(status, headers)`` agrees) before ``timeout``.
 ``rise`` consecutive successes mark a backend healthy, ``fall`` consecutive failures unhealthy;
 each change is logged and passed to ``on_change(backend, healthy)``. Selectors skip unhealthy
 backends. The checker holds no clock: time is the engine's event time.
@@ -39,6 +39,7 @@ class HealthCheck:
         kind: str = "http",
         path: str = "/",
         *,
+        method: str = "GET",
         host: str | None = None,
         expect: Iterable[int] = (200,),
         validator: Callable[[int, Headers], bool] | None = None,
@@ -53,7 +54,10 @@ class HealthCheck:
             raise ValueError(f"invalid health check path {path!r}")
         if interval <= 0 or timeout <= 0 or rise < 1 or fall < 1:
             raise ValueError("interval and timeout must be positive, rise and fall at least 1")
+        if not method.isalpha() or not method.isupper():
+            raise ValueError(f"invalid health check method {method!r}")
         self.kind = kind
+        self.method = method
         self.path = path
         self.host = host
         self.expect = frozenset(expect)
@@ -99,7 +103,8 @@ class _Probe:
         host = c.check.host or up.peer.address
         c.engine.send(
             up,
-            f"GET {c.check.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: proxycore-health\r\n"
+            f"{c.check.method} {c.check.path} HTTP/1.1\r\nHost: {host}\r\n"
+            "User-Agent: proxycore-health\r\n"
             "Connection: close\r\n\r\n".encode("latin-1"),
         )
 
@@ -113,7 +118,9 @@ class _Probe:
             end = find_head_end(self.buf, 0, c.engine.conf.limits, False)
             if end < 0:
                 return
-            resp, _ = parse_response_head(bytes(self.buf[:end]), "GET", c.engine.conf.limits)
+            resp, _ = parse_response_head(
+                bytes(self.buf[:end]), c.check.method, c.engine.conf.limits
+            )
         except HTTPParseError as e:
             self.finish(False, f"invalid response: {e}")
             return
