@@ -5,10 +5,11 @@ gets an id and a timer like a client connection does). Every ``interval`` second
 probe connection per backend through the ordinary Connect action — the adapter cannot tell a
 probe from a proxied request — and judges the result: ``tcp`` succeeds when the connection is
 established; ``http`` sends ``method path`` (GET by default) with the configured Host and
-succeeds when the status is in ``expect`` (and the optional ``validator(status, headers)`` agrees) before ``timeout``.
-``rise`` consecutive successes mark a backend healthy, ``fall`` consecutive failures unhealthy;
-each change is logged and passed to ``on_change(backend, healthy)``. Selectors skip unhealthy
-backends. The checker holds no clock: time is the engine's event time.
+succeeds when the status is in ``expect`` (and the optional ``validator(status, headers)``
+agrees) before ``timeout``. ``rise`` consecutive successes mark a backend healthy, ``fall``
+consecutive failures unhealthy; each change is logged and passed to ``on_change(backend,
+healthy)``. Selectors skip unhealthy backends. The checker holds no clock: time is the
+engine's event time.
 """
 
 from __future__ import annotations
