@@ -9,7 +9,7 @@ deferred filter, a timer) comes back later as an event.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from proxycore.peer import Peer
 
@@ -32,23 +32,17 @@ class Action:
     """Base class of all actions. ``conn`` is the connection (or timer owner) it concerns."""
 
     __slots__ = ("conn",)
+    _fields_: ClassVar[tuple[str, ...]] = ("conn",)
     conn: int
 
     def __repr__(self) -> str:
-        fields = []
-        for cls in reversed(type(self).__mro__):
-            for s in getattr(cls, "__slots__", ()):
-                fields.append(f"{s}={getattr(self, s)!r}")
+        fields = [f"{s}={getattr(self, s)!r}" for s in type(self)._fields_]
         return f"{type(self).__name__}({', '.join(fields)})"
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        for cls in type(self).__mro__:
-            for s in getattr(cls, "__slots__", ()):
-                if getattr(self, s) != getattr(other, s):
-                    return False
-        return True
+        return all(getattr(self, s) == getattr(other, s) for s in type(self)._fields_)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -57,6 +51,7 @@ class Send(Action):
     """Write ``data`` to the connection (in order, after earlier Sends)."""
 
     __slots__ = ("data",)
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "data")
 
     def __init__(self, conn: int, data: bytes) -> None:
         self.conn = conn
@@ -70,6 +65,7 @@ class Close(Action):
     """
 
     __slots__ = ("abort",)
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "abort")
 
     def __init__(self, conn: int, abort: bool = False) -> None:
         self.conn = conn
@@ -80,6 +76,7 @@ class ShutdownWrite(Action):
     """Half-close: flush pending writes, then send FIN; keep reading (lingering close)."""
 
     __slots__ = ()
+    _fields_: ClassVar[tuple[str, ...]] = ("conn",)
 
     def __init__(self, conn: int) -> None:
         self.conn = conn
@@ -93,6 +90,7 @@ class Connect(Action):
     """
 
     __slots__ = ("peer",)
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "peer")
 
     def __init__(self, conn: int, peer: Peer) -> None:
         self.conn = conn
@@ -103,6 +101,7 @@ class PauseReading(Action):
     """Stop delivering DataReceived for this connection until ResumeReading (backpressure)."""
 
     __slots__ = ()
+    _fields_: ClassVar[tuple[str, ...]] = ("conn",)
 
     def __init__(self, conn: int) -> None:
         self.conn = conn
@@ -112,6 +111,7 @@ class ResumeReading(Action):
     """Deliver DataReceived again."""
 
     __slots__ = ()
+    _fields_: ClassVar[tuple[str, ...]] = ("conn",)
 
     def __init__(self, conn: int) -> None:
         self.conn = conn
@@ -126,6 +126,7 @@ class SetTimer(Action):
     """
 
     __slots__ = ("deadline",)
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "deadline")
 
     def __init__(self, conn: int, deadline: float | None) -> None:
         self.conn = conn
@@ -142,6 +143,7 @@ class RunFilter(Action):
     """
 
     __slots__ = ("call", "kind", "token")
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "call", "kind", "token")
 
     def __init__(self, conn: int, token: int, call: Callable[[], Any], kind: str) -> None:
         self.conn = conn
@@ -155,6 +157,7 @@ class Resolve(Action):
     addresses=[ip, ...])`` or ``Resolved(conn, token, error="...")``. Never block the loop."""
 
     __slots__ = ("host", "token")
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "host", "token")
 
     def __init__(self, conn: int, token: int, host: str) -> None:
         self.conn = conn
@@ -168,6 +171,7 @@ class ReadFile(Action):
     if your runtime offers that."""
 
     __slots__ = ("path", "token")
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "path", "token")
 
     def __init__(self, conn: int, token: int, path: str) -> None:
         self.conn = conn

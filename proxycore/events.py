@@ -10,7 +10,7 @@ passes through here with its time, recording the events of a session is enough t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "Accepted",
@@ -35,6 +35,7 @@ class Event:
     """Base class of all events: ``conn`` is the connection id, ``now`` the monotonic time."""
 
     __slots__ = ("conn", "now")
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "now")
     conn: int
     now: float
 
@@ -47,10 +48,8 @@ class Event:
         return f"{type(self).__name__}({fields})"
 
     def _fields(self) -> list[str]:
-        out: list[str] = []
-        for cls in reversed(type(self).__mro__):
-            out.extend(getattr(cls, "__slots__", ()))
-        return out
+        # Explicit per class (not read from __slots__, which compiled classes do not expose).
+        return list(type(self)._fields_)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -64,6 +63,7 @@ class DataReceived(Event):
     """Bytes arrived on a connection (downstream or upstream)."""
 
     __slots__ = ("data",)
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "now", "data")
 
     def __init__(self, conn: int, data: bytes, now: float) -> None:
         self.conn = conn
@@ -75,6 +75,7 @@ class EofReceived(Event):
     """The peer half-closed the connection: no more bytes will arrive on it."""
 
     __slots__ = ()
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "now")
 
 
 class Closed(Event):
@@ -84,6 +85,7 @@ class Closed(Event):
     """
 
     __slots__ = ("error",)
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "now", "error")
 
     def __init__(self, conn: int, now: float, error: str | None = None) -> None:
         self.conn = conn
@@ -95,6 +97,7 @@ class Connected(Event):
     """An upstream connection asked for by a Connect action is established."""
 
     __slots__ = ()
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "now")
 
 
 class ConnectFailed(Event):
@@ -104,6 +107,7 @@ class ConnectFailed(Event):
     """
 
     __slots__ = ("message", "reason")
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "now", "message", "reason")
 
     def __init__(self, conn: int, now: float, reason: str, message: str = "") -> None:
         self.conn = conn
@@ -116,24 +120,28 @@ class WritePaused(Event):
     """The connection's outgoing buffer is above its high-water mark (backpressure)."""
 
     __slots__ = ()
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "now")
 
 
 class WriteResumed(Event):
     """The connection's outgoing buffer drained below its low-water mark."""
 
     __slots__ = ()
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "now")
 
 
 class TimerFired(Event):
     """The timer the core set for ``conn`` (a downstream id, or 0 for the pool) is due."""
 
     __slots__ = ()
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "now")
 
 
 class FilterDone(Event):
     """A deferred filter phase (RunFilter action) finished with ``result`` or ``error``."""
 
     __slots__ = ("error", "result", "token")
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "now", "error", "result", "token")
 
     def __init__(
         self,
@@ -157,6 +165,7 @@ class Accepted(Event):
     """
 
     __slots__ = ("client", "scheme", "server")
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "now", "client", "scheme", "server")
 
     def __init__(
         self,
@@ -178,6 +187,7 @@ class Drain(Event):
     with ``Connection: close`` from now on. ``conn`` is 0."""
 
     __slots__ = ()
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "now")
 
 
 class Started(Event):
@@ -185,12 +195,14 @@ class Started(Event):
     0. Adapters feed it once, right after binding their listeners."""
 
     __slots__ = ()
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "now")
 
 
 class Resolved(Event):
     """The answer to a Resolve action: ``addresses`` (IPv4/IPv6 strings) or ``error``."""
 
     __slots__ = ("addresses", "error", "token")
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "now", "addresses", "error", "token")
 
     def __init__(
         self,
@@ -211,6 +223,7 @@ class FileRead(Event):
     """The answer to a ReadFile action: the file's ``content`` or an ``error``."""
 
     __slots__ = ("content", "error", "token")
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "now", "content", "error", "token")
 
     def __init__(
         self,

@@ -198,7 +198,7 @@ class HealthChecker:
                 continue  # the previous probe is still running (its timeout will end it)
             up = e.open_upstream(b.peer, counted=False)
             p = _Probe(self, b, up, e.now + self.check.timeout)
-            up.session = p  # type: ignore[assignment]
+            up.session = p
             self.probes[b.address] = p
         self._arm_timeout()
 

@@ -29,7 +29,7 @@ class Headers:
 
     @classmethod
     def _from_parsed(cls, items: list[tuple[str, str, str]]) -> Headers:
-        h = cls.__new__(cls)
+        h = cls()
         h._items = items
         return h
 

@@ -140,8 +140,16 @@ def decode_value(v: Any) -> Any:
     raise ValueError(f"cannot replay a filter result that was not recordable: {v}")
 
 
+# Explicit field lists (compiled classes have no __slots__ attribute to read them from).
+_PEER_FIELDS = (
+    "host", "port", "tls", "sni", "connect_timeout", "read_timeout", "write_timeout",
+    "idle_timeout",
+)  # fmt: skip
+_LIMIT_FIELDS = ("max_request_line", "max_header_bytes", "max_headers", "max_chunk_line")
+
+
 def peer_to_json(p: Peer) -> dict[str, Any]:
-    return {s: getattr(p, s) for s in Peer.__slots__ if s != "key"}
+    return {s: getattr(p, s) for s in _PEER_FIELDS}
 
 
 def peer_from_json(d: dict[str, Any]) -> Peer:
@@ -153,7 +161,7 @@ def conf_to_json(conf: ServerConf) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in conf.__dataclass_fields__:
         v = getattr(conf, name)
-        out[name] = {s: getattr(v, s) for s in Limits.__slots__} if isinstance(v, Limits) else v
+        out[name] = {s: getattr(v, s) for s in _LIMIT_FIELDS} if isinstance(v, Limits) else v
     return out
 
 
@@ -287,7 +295,8 @@ class Recorder:
             return conn
         up = engine.upstreams.get(conn)
         if up is not None and up.session is not None:
-            return up.session.down.id
+            owner: int = up.session.down.id
+            return owner
         if type(ev) is ConnectFailed:
             for owner, t in self.open.items():
                 if conn in t.ids:

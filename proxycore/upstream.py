@@ -8,11 +8,10 @@ and any byte or EOF that arrives makes the pool drop it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from proxycore.peer import Peer
-    from proxycore.session import Session
 
 __all__ = ["Upstream"]
 
@@ -48,7 +47,8 @@ class Upstream:
         self.state = CONNECTING
         self.buf = bytearray()
         self.wbuf: list[bytes] = []
-        self.session: Session | None = None
+        # The request using this connection (a Session), a health probe, or None while idle.
+        self.session: Any = None
         self.last_read = now
         self.read_paused = False
         self.write_paused = False

@@ -84,3 +84,15 @@ def test_the_checker_catches_violations(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("import time\nfrom socket import socket\nopen('x')\nimport os.path\n")
     assert len(_violations(bad)) == 4
+
+
+def test_event_and_action_field_lists_match_their_slots() -> None:
+    """``_fields_`` drive repr/equality (compiled classes expose no __slots__); keep them true."""
+    import proxycore.actions as actions
+    import proxycore.events as events
+
+    for module, base in ((events, events.Event), (actions, actions.Action)):
+        for cls in vars(module).values():
+            if isinstance(cls, type) and issubclass(cls, base):
+                slots = [s for c in reversed(cls.__mro__) for s in getattr(c, "__slots__", ())]
+                assert set(cls._fields_) == set(slots), cls

@@ -431,7 +431,10 @@ class ChunkedDecoder:
 
     __slots__ = ("_error_status", "_limits", "_remaining", "_state", "done", "trailers")
 
-    _SIZE, _DATA, _DATA_CRLF, _TRAILERS = range(4)
+    _SIZE = 0
+    _DATA = 1
+    _DATA_CRLF = 2
+    _TRAILERS = 3
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS, error_status: int = 400) -> None:
         self._state = self._SIZE
