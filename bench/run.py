@@ -680,6 +680,10 @@ def t_aiohttp(ctx: Ctx) -> tuple[int, Proc | None]:
     return port, p
 
 
+# The interpreter that runs proxycore rows (--proxycore-python); a list so main() can set it.
+PROXYCORE_PYTHON = [sys.executable]
+
+
 def t_proxycore(
     backend: str, workers: int = 1, cpu: str = PROXY_CPU
 ) -> Callable[[Ctx], tuple[int, Proc | None]]:
@@ -691,7 +695,7 @@ def t_proxycore(
         p = Proc(
             name,
             [
-                sys.executable,
+                PROXYCORE_PYTHON[0],
                 "-m",
                 "proxycore",
                 "reverse-proxy",
@@ -705,7 +709,9 @@ def t_proxycore(
             ],
             cpu,
             ctx.workdir,
-            cwd=ROOT,
+            # Another interpreter (e.g. a venv with the compiled core) must not see the source
+            # tree first on sys.path, so it runs from the work dir.
+            cwd=ROOT if PROXYCORE_PYTHON[0] == sys.executable else ctx.workdir,
             env=env,
         )
         wait_listening(port, p, 20)
@@ -1418,6 +1424,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=90,
         help="at most S s of --quiet-wait in total over the run (90)",
     )
+    ap.add_argument(
+        "--proxycore-python",
+        metavar="PATH",
+        help="python that runs the proxycore rows, e.g. a venv with the compiled core "
+        "(PROXYCORE_COMPILE=1 pip install .); default: this python, from the source tree",
+    )
     ap.add_argument("--strict", action="store_true", help="exit 1 if any row failed or had errors")
     ap.add_argument("--keep-workdir", action="store_true", help="keep configs/logs temp dir")
     ap.add_argument(
@@ -1465,6 +1477,8 @@ def raise_nofile() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.proxycore_python:
+        PROXYCORE_PYTHON[0] = args.proxycore_python
     if args.report:
         return rereport(args.report, args.chart)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
