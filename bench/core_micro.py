@@ -21,6 +21,7 @@ from typing import Any
 
 import proxycore
 from proxycore.actions import Connect
+from proxycore.engine import NullLog
 from proxycore.events import Accepted, Connected, DataReceived
 
 REQ = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
@@ -37,15 +38,10 @@ class App(proxycore.Proxy):
         return self.peer
 
 
-class _NullLog:
-    def __getattr__(self, name: str) -> Any:
-        return lambda *a, **k: None
-
-
 def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else "time"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 50000
-    e = proxycore.Engine(App(), None, _NullLog())
+    e = proxycore.Engine(App(), None, NullLog())
     if mode.startswith("record"):
         from proxycore.trace import Recorder
 

@@ -12,13 +12,14 @@ first success resets the count. Time is the engine's event time, so replays are 
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
 from proxycore.discovery import DnsDiscovery, FileDiscovery
 from proxycore.errors import ProxyError
 from proxycore.health import HealthCheck, HealthChecker
-from proxycore.lb import SELECTORS, Backend, LoadBalancer
+from proxycore.lb import SELECTORS, Backend, LoadBalancer, parse_backend
 from proxycore.peer import Peer
 from proxycore.phases import Proxy, nonblocking
 from proxycore.session import Session
@@ -26,21 +27,6 @@ from proxycore.session import Session
 __all__ = ["HASH_KEYS", "ReverseProxy", "parse_backend", "parse_hash_key"]
 
 HASH_KEYS = ("header:NAME", "uri", "client_ip")
-
-
-def parse_backend(text: str) -> tuple[Peer, int]:
-    """``HOST:PORT`` or ``HOST:PORT,weight=N`` (N ≥ 1); ValueError names the bad value."""
-    addr, _, opts = text.partition(",")
-    peer = Peer.parse(addr)
-    weight = 1
-    if opts:
-        name, eq, value = opts.partition("=")
-        if name != "weight" or not eq:
-            raise ValueError(f"unknown backend option {opts!r} in {text!r} (expected weight=N)")
-        if not value.lstrip("-").isdigit() or int(value) <= 0:
-            raise ValueError(f"weight must be a positive integer, got {value!r} in {text!r}")
-        weight = int(value)
-    return peer, weight
 
 
 def parse_hash_key(text: str) -> tuple[str, str]:
@@ -208,10 +194,11 @@ class ReverseProxy(Proxy):
 
 
 def _is_ip(host: str) -> bool:
-    parts = host.split(".")
-    if len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts):
-        return True
-    return ":" in host  # IPv6 literal
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _describe(check: HealthCheck | None) -> str | None:

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from proxycore._version import __version__
 from proxycore.builtin import parse_backend, parse_hash_key
@@ -41,14 +41,6 @@ def _workers(text: str) -> int:
     return int(text)
 
 
-def _listen(text: str) -> str:
-    try:
-        parse_listen(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
-
-
 def _backend(text: str) -> str:
     try:
         module_name, _ = resolve_backend(text)
@@ -59,12 +51,24 @@ def _backend(text: str) -> str:
     return text
 
 
-def _backend_spec(text: str) -> str:
-    try:
-        parse_backend(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
+def _checked(check: Callable[[str], object]) -> Callable[[str], str]:
+    """An argparse type that runs ``check`` (which raises ValueError naming the bad value) and
+    keeps the text."""
+
+    def validate(text: str) -> str:
+        try:
+            check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+
+    return validate
+
+
+_listen = _checked(parse_listen)
+_backend_spec = _checked(parse_backend)
+_health_check = _checked(HealthCheck.parse)
+_hash_key = _checked(parse_hash_key)
 
 
 def _selector(text: str) -> str:
@@ -72,22 +76,6 @@ def _selector(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"unknown selector {text!r}; choose from {', '.join(SELECTORS)}"
         )
-    return text
-
-
-def _health_check(text: str) -> str:
-    try:
-        HealthCheck.parse(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
-
-
-def _hash_key(text: str) -> str:
-    try:
-        parse_hash_key(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
     return text
 
 

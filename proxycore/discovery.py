@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxycore.actions import ReadFile, Resolve
 from proxycore.events import FileRead, Resolved
-from proxycore.lb import Backend, LoadBalancer
+from proxycore.lb import Backend, LoadBalancer, parse_backend
 from proxycore.peer import Peer
 
 if TYPE_CHECKING:
@@ -122,8 +122,6 @@ class DnsDiscovery(_Service):
 
 def parse_backend_lines(text: str) -> list[tuple[Peer, int]]:
     """Parse a backends file; ValueError names the line that is wrong."""
-    from proxycore.builtin import parse_backend
-
     out = []
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()

@@ -208,9 +208,6 @@ class Downstream:
     def on_eof(self) -> None:
         self.peer_eof = True
         if self.state == LINGER or (self.current is None and self.state != CLOSED):
-            if self.current is None and self.buf and self.state == WAIT:
-                # An incomplete head followed by EOF: nothing to answer.
-                pass
             self.close()
             return
         s = self.current

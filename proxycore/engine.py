@@ -48,7 +48,7 @@ from proxycore.upstream import CLOSED, IDLE, Upstream
 if TYPE_CHECKING:
     from proxycore.trace import Recorder
 
-__all__ = ["Engine", "PhaseTable"]
+__all__ = ["Engine", "NullLog", "PhaseTable"]
 
 _INF = float("inf")
 
@@ -97,6 +97,13 @@ class PhaseTable:
             raise TypeError(f"{cls.__name__} must implement upstream_peer()")
         # fail_to_proxy and fail_to_connect have meaningful defaults: always callable.
         self.fail_to_proxy_fn: Callable[..., Any] = app.fail_to_proxy
+
+
+class NullLog:
+    """A logger that drops everything (tests, replays, benchmarks)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **k: None
 
 
 class _PoolTimer:
@@ -286,15 +293,6 @@ class Engine:
         if wbuf:
             self.out.append(Send(conn.id, wbuf[0] if len(wbuf) == 1 else b"".join(wbuf)))
             wbuf.clear()
-
-    def _flush_all(self) -> None:
-        out = self.out
-        for conn in self._dirty:
-            wbuf = conn.wbuf
-            if wbuf:
-                out.append(Send(conn.id, wbuf[0] if len(wbuf) == 1 else b"".join(wbuf)))
-                wbuf.clear()
-        self._dirty.clear()
 
     def emit(self, action: Action) -> None:
         self.out.append(action)

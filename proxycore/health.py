@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from proxycore.actions import Close
 from proxycore.errors import HTTPParseError
 from proxycore.h1.parse import find_head_end, parse_response_head
 from proxycore.http import Headers
@@ -230,6 +229,3 @@ class HealthChecker:
             )
         if self.on_change is not None:
             self.on_change(b, ok)
-
-
-_ = Close  # imported for readers: probes end with the engine's Close action

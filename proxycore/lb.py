@@ -40,6 +40,7 @@ __all__ = [
     "WeightedRoundRobin",
     "XorShift",
     "fnv1a64",
+    "parse_backend",
 ]
 
 
@@ -295,6 +296,21 @@ SELECTORS: dict[str, Callable[[], Selector]] = {
     "least_conn": LeastConn,
     "p2c": PowerOfTwo,
 }
+
+
+def parse_backend(text: str) -> tuple[Peer, int]:
+    """``HOST:PORT`` or ``HOST:PORT,weight=N`` (N ≥ 1); ValueError names the bad value."""
+    addr, _, opts = text.partition(",")
+    peer = Peer.parse(addr)
+    weight = 1
+    if opts:
+        name, eq, value = opts.partition("=")
+        if name != "weight" or not eq:
+            raise ValueError(f"unknown backend option {opts!r} in {text!r} (expected weight=N)")
+        if not value.lstrip("-").isdigit() or int(value) <= 0:
+            raise ValueError(f"weight must be a positive integer, got {value!r} in {text!r}")
+        weight = int(value)
+    return peer, weight
 
 
 class LoadBalancer:

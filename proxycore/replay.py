@@ -23,9 +23,9 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from proxycore.actions import Action, RunFilter
+from proxycore.actions import RunFilter
 from proxycore.config import ServerConf
-from proxycore.engine import Engine
+from proxycore.engine import Engine, NullLog
 from proxycore.events import DataReceived, Event
 from proxycore.peer import Peer
 from proxycore.phases import Proxy
@@ -281,7 +281,7 @@ def replay(
             f"{trace.name}: recorded with proxy class {trace.app}, but replaying with {name} "
             "(pass allow_other_app / --force to replay anyway)"
         )
-    engine = ReplayEngine(app, trace.conf, trace, logger=_NullLog())
+    engine = ReplayEngine(app, trace.conf, trace, logger=NullLog())
     result = ReplayResult(trace)
     ids: set[int] = {int(trace.header.get("conn", 0))}
     for i, g in enumerate(trace.groups):
@@ -387,11 +387,3 @@ def _discard_awaitable(aw: Any) -> None:
     close = getattr(aw, "close", None)
     if close is not None:
         close()
-
-
-class _NullLog:
-    def __getattr__(self, name: str) -> Any:
-        return lambda *a, **k: None
-
-
-_ = Action  # re-exported type used in annotations by callers

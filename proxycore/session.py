@@ -27,7 +27,7 @@ from collections.abc import Callable
 from inspect import isawaitable
 from typing import TYPE_CHECKING, Any
 
-from proxycore.actions import Close, RunFilter
+from proxycore.actions import RunFilter
 from proxycore.errors import ErrorSource, ErrorType, HTTPParseError, ProxyError
 from proxycore.h1.parse import (
     BODY_CHUNKED,
@@ -1482,7 +1482,3 @@ def _append_forwarded(h: Headers, name: str, value: str) -> None:
         h[name] = ", ".join([*existing, value])
     else:
         h.add(name, value)
-
-
-# Close is re-exported for adapters that want to compare actions in tests.
-__all__ += ["Close"]

@@ -16,7 +16,7 @@ from typing import Any
 
 from proxycore.actions import Action, Close, Connect, Send, SetTimer
 from proxycore.config import ServerConf
-from proxycore.engine import Engine
+from proxycore.engine import Engine, NullLog
 from proxycore.events import (
     Accepted,
     Closed,
@@ -33,11 +33,6 @@ from proxycore.phases import Proxy
 __all__ = ["Harness", "Playbook", "assert_replays", "describe", "record"]
 
 
-class _NullLog:
-    def __getattr__(self, name: str) -> Any:
-        return lambda *a, **k: None
-
-
 def describe(item: Event | Action) -> str:
     """One readable line for an event or action (bytes shown with repr, long ones cut)."""
     text = repr(item)
@@ -50,7 +45,7 @@ class Harness:
     def __init__(
         self, app: Proxy, conf: ServerConf | None = None, *, now: float = 0.0, logger: Any = None
     ) -> None:
-        self.engine = Engine(app, conf, logger or _NullLog())
+        self.engine = Engine(app, conf, logger or NullLog())
         self.now = now
         self.log: list[Event | Action] = []
 
@@ -126,7 +121,7 @@ class Playbook:
         *,
         ignore: tuple[type[Action], ...] = (SetTimer,),
     ) -> None:
-        self.engine = Engine(app, conf, _NullLog())
+        self.engine = Engine(app, conf, NullLog())
         self.ignore = ignore
         self.steps: list[tuple[str, Event | Action]] = []
 
