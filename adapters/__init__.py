@@ -7,11 +7,54 @@ core's actions. It makes no protocol decision; see docs/adapters.md for the cont
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 from typing import Any
 
-__all__ = ["attach_recorder", "print_stats"]
+__all__ = ["attach_recorder", "make_engine", "print_stats", "reload_tls"]
+
+log = logging.getLogger("proxycore")
+
+
+def make_engine(app: Any, conf: Any, logger: Any, backend: str = "", **options: Any) -> Any:
+    """The engine every adapter runs: TLS certificates loaded from ``conf.tls`` (files are
+    read here, outside the core), client contexts for ``Peer(tls=True)``, and the recorder if
+    ``conf.record_dir`` is set. Raises TlsConfigError for a certificate that cannot be used."""
+    from proxycore.engine import Engine
+    from proxycore.tlsconfig import ClientContextCache, load_server_tls
+
+    server = load_server_tls(conf.tls) if conf.tls is not None else None
+    engine = Engine(
+        app, conf, logger, server_tls=server, client_tls=ClientContextCache(), **options
+    )
+    attach_recorder(engine, conf, backend=backend)
+    return engine
+
+
+def reload_tls(engine: Any) -> bool:
+    """Re-read the TLS certificate files (adapters call this on SIGHUP). New handshakes use the
+    new certificates; open connections keep theirs. On an error the current certificates stay
+    and the error is logged. Upstream client contexts (CA bundles, client certificates) are
+    rebuilt on next use. Prints ``proxycore tls reloaded`` when done."""
+    from proxycore.tlsconfig import ClientContextCache, TlsConfigError, load_server_tls
+
+    layer = engine.tls
+    if layer is None:
+        return False
+    conf = engine.conf
+    try:
+        server = load_server_tls(conf.tls) if conf.tls is not None else None
+    except TlsConfigError as e:
+        log.error("TLS reload failed, keeping the current certificates: %s", e)
+        print("proxycore tls reload failed", flush=True)
+        return False
+    layer.set_server(server)
+    layer.client = ClientContextCache()
+    layer.sessions.clear()
+    log.info("TLS certificates reloaded")
+    print("proxycore tls reloaded", flush=True)
+    return True
 
 
 def print_stats(engine: Any, **extra: Any) -> None:

@@ -34,9 +34,8 @@ from proxycore.actions import (
     SetTimer,
     ShutdownWrite,
 )
-from proxycore.adapters import attach_recorder
+from proxycore.adapters import make_engine
 from proxycore.config import ServerConf
-from proxycore.engine import Engine
 from proxycore.events import (
     Accepted,
     Closed,
@@ -104,8 +103,9 @@ class SocketDriver:
     """Executes the engine's actions on non-blocking sockets; subclasses provide the reactor."""
 
     def __init__(self, app: Proxy, conf: ServerConf, blocking_phases: str) -> None:
-        self.engine = Engine(app, conf, log, blocking_phases=blocking_phases)
-        attach_recorder(self.engine, conf, backend=type(self).__name__)
+        self.engine = make_engine(
+            app, conf, log, backend=type(self).__name__, blocking_phases=blocking_phases
+        )
         self.conns: dict[int, Conn] = {}
         self.timers: dict[int, Any] = {}
         self.listeners: list[Any] = []

@@ -37,7 +37,13 @@ def supervise(n: int, serve_one: Callable[[int], None]) -> int:
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD):
+            for sig in (
+                signal.SIGTERM,
+                signal.SIGINT,
+                signal.SIGUSR1,
+                signal.SIGHUP,
+                signal.SIGCHLD,
+            ):
                 signal.signal(sig, signal.SIG_DFL)
             code = 0
             try:
@@ -63,7 +69,7 @@ def supervise(n: int, serve_one: Callable[[int], None]) -> int:
             except ProcessLookupError:
                 pass
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
         signal.signal(sig, forward)
     for i in range(n):
         spawn(i)

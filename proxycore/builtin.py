@@ -61,20 +61,26 @@ class ReverseProxy(Proxy):
         health_interval: float = 5.0,
         backends_file: str | None = None,
         discovery_interval: float = 10.0,
+        upstream_tls: dict[str, Any] | None = None,
     ) -> None:
+        """``upstream_tls`` holds Peer options for ``https://`` backends given as text:
+        ``sni``, ``ca``, ``verify``, ``verify_hostname``, ``client_cert``."""
+        self.upstream_tls = dict(upstream_tls or {})
+        if isinstance(self.upstream_tls.get("client_cert"), list):
+            self.upstream_tls["client_cert"] = tuple(self.upstream_tls["client_cert"])
         parsed: list[tuple[Peer, int]] = []
         for b in backends:
             if isinstance(b, Peer):
                 parsed.append((b, 1))
             elif isinstance(b, str):
-                parsed.append(parse_backend(b))
+                parsed.append(parse_backend(b, **self.upstream_tls))
             else:
                 parsed.append(b)
         if lb not in SELECTORS:
             raise ValueError(f"unknown selector {lb!r}; choose from {', '.join(SELECTORS)}")
         self.lb = LoadBalancer([Backend(p, w) for p, w in parsed], lb)
         # DNS names among the backends are re-resolved (A and AAAA) every discovery_interval.
-        self.dns_names = [(p.host, p.port, w) for p, w in parsed if not _is_ip(p.host)]
+        self.dns_names = [(p.host, p.port, w, p) for p, w in parsed if not _is_ip(p.host)]
         self.backends_file = backends_file
         self.discovery_interval = discovery_interval
         self.lb_name = lb
@@ -94,7 +100,11 @@ class ReverseProxy(Proxy):
         if self.dns_names:
             out.append(DnsDiscovery(self.lb, self.dns_names, self.discovery_interval))
         if self.backends_file:
-            out.append(FileDiscovery(self.lb, self.backends_file, self.discovery_interval))
+            out.append(
+                FileDiscovery(
+                    self.lb, self.backends_file, self.discovery_interval, **self.upstream_tls
+                )
+            )
         if self.health_check is not None:
             out.append(HealthChecker(self.lb, self.health_check))
         return out
@@ -102,7 +112,8 @@ class ReverseProxy(Proxy):
     def trace_init(self) -> dict[str, Any]:
         """Constructor arguments recorded in session traces, so a replay can rebuild us."""
         return {
-            "backends": [f"{b.address},weight={b.weight}" for b in self.lb.backends],
+            "backends": [f"{b.peer.url},weight={b.weight}" for b in self.lb.backends],
+            "upstream_tls": self.upstream_tls,
             "lb": self.lb_name,
             "hash_key": self.hash_key,
             "eject_after": self.eject_after,

@@ -14,7 +14,30 @@ from dataclasses import dataclass, field
 
 from proxycore.h1.parse import Limits
 
-__all__ = ["ServerConf"]
+__all__ = ["ServerConf", "TlsSettings"]
+
+
+@dataclass
+class TlsSettings:
+    """TLS termination for the listeners (file paths; the files are read outside the core by
+    :mod:`proxycore.tlsconfig` at start-up and on reload).
+
+    ``cert``/``key``: the default certificate (optional when ``sni_certs`` is given: then a
+    client hello for an unknown name, or without SNI, is refused with ``unrecognized_name``).
+    ``sni_certs``: server name (exact, or ``*.example.com``) -> (cert, key).
+    ``client_ca``/``client_auth``: mTLS, ``"none"``, ``"optional"`` or ``"required"``.
+    ``ports``: the local ports that speak TLS (set by :func:`proxycore.run` from the listen
+    addresses). ``handshake_timeout``: seconds a client may take to finish the handshake.
+    """
+
+    cert: str | None = None
+    key: str | None = None
+    sni_certs: dict[str, tuple[str, str]] = field(default_factory=dict)
+    client_ca: str | None = None
+    client_auth: str = "none"
+    alpn: tuple[str, ...] = ("http/1.1",)
+    handshake_timeout: float = 10.0
+    ports: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -40,3 +63,4 @@ class ServerConf:
     limits: Limits = field(default_factory=Limits)
     record_dir: str | None = None  # write one session trace per client connection here
     reuse_port: bool = False  # bind listeners with SO_REUSEPORT (set when running workers)
+    tls: TlsSettings | None = None  # TLS termination (see TlsSettings)

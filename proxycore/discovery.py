@@ -74,16 +74,18 @@ class _Service:
 
 class DnsDiscovery(_Service):
     """Backends from DNS names: each ``(host, port, weight)`` becomes one backend per address
-    (A and AAAA) it resolves to; re-resolved every ``interval`` seconds (default 30)."""
+    (A and AAAA) it resolves to; re-resolved every ``interval`` seconds (default 30). A name
+    given as ``(host, port, weight, template)`` copies the template Peer's options (TLS,
+    timeouts) to each address; the name stays the SNI and the verified TLS name."""
 
     def __init__(
         self,
         lb: LoadBalancer,
-        names: Sequence[tuple[str, int, int]],
+        names: Sequence[tuple[str, int, int] | tuple[str, int, int, Peer]],
         interval: float = 30.0,
     ) -> None:
         super().__init__(lb, interval)
-        self.names = list(names)
+        self.names = [n if len(n) == 4 else (n[0], n[1], n[2], Peer(n[0], n[1])) for n in names]
         self._pending: dict[int, str] = {}
         self._answers: dict[str, list[str]] = {}
 
@@ -91,7 +93,7 @@ class DnsDiscovery(_Service):
         if self._pending:
             return  # the previous round is still waiting for the resolver
         e = self.engine
-        for host, _, _ in self.names:
+        for host, _, _, _ in self.names:
             token = e.new_token()
             self._pending[token] = host
             e.emit(Resolve(self.id, token, host))
@@ -113,14 +115,14 @@ class DnsDiscovery(_Service):
         if self._pending:
             return
         backends = [
-            Backend(Peer(ip, port, sni=host), weight, {"name": host})
-            for host, port, weight in self.names
+            Backend(tpl.replace(host=ip, port=port, sni=tpl.sni or host), weight, {"name": host})
+            for host, port, weight, tpl in self.names
             for ip in self._answers.get(host, [])
         ]
         self._swap(backends, "dns")
 
 
-def parse_backend_lines(text: str) -> list[tuple[Peer, int]]:
+def parse_backend_lines(text: str, **tls_options: object) -> list[tuple[Peer, int]]:
     """Parse a backends file; ValueError names the line that is wrong."""
     out = []
     for n, raw in enumerate(text.splitlines(), 1):
@@ -128,7 +130,7 @@ def parse_backend_lines(text: str) -> list[tuple[Peer, int]]:
         if not line:
             continue
         try:
-            out.append(parse_backend(line))
+            out.append(parse_backend(line, **tls_options))
         except ValueError as e:
             raise ValueError(f"line {n}: {e}") from None
     return out
@@ -137,9 +139,12 @@ def parse_backend_lines(text: str) -> list[tuple[Peer, int]]:
 class FileDiscovery(_Service):
     """Backends listed in a file, re-read every ``interval`` seconds (default 5)."""
 
-    def __init__(self, lb: LoadBalancer, path: str, interval: float = 5.0) -> None:
+    def __init__(
+        self, lb: LoadBalancer, path: str, interval: float = 5.0, **tls_options: object
+    ) -> None:
         super().__init__(lb, interval)
         self.path = path
+        self.tls_options = tls_options
         self._token = 0
         self._last: bytes | None = None
 
@@ -161,7 +166,7 @@ class FileDiscovery(_Service):
         if ev.content == self._last:
             return
         try:
-            parsed = parse_backend_lines(ev.content.decode("utf-8", "replace"))
+            parsed = parse_backend_lines(ev.content.decode("utf-8", "replace"), **self.tls_options)
         except ValueError as e:
             self.engine.log.error("discovery: %s: %s; keeping the current backends", self.path, e)
             return

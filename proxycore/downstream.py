@@ -28,6 +28,7 @@ from proxycore.http import reason_phrase
 if TYPE_CHECKING:
     from proxycore.engine import Engine
     from proxycore.session import Session
+    from proxycore.tls import TlsInfo
 
 __all__ = ["Downstream"]
 
@@ -60,6 +61,7 @@ class Downstream:
         "server_addr",
         "state",
         "timers",
+        "tls",
         "wbuf",
         "write_paused",
     )
@@ -71,8 +73,10 @@ class Downstream:
         client: tuple[str, int],
         server: tuple[str, int],
         scheme: str,
+        tls: TlsInfo | None = None,
     ) -> None:
         self.engine = engine
+        self.tls = tls
         self.id = conn_id
         self.client_addr = client
         self.server_addr = server

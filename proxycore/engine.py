@@ -10,6 +10,10 @@ one write per direction. Timers are one per owner (downstream connection id, or 
 each owner keeps named deadlines and the engine only asks the adapter to move the timer earlier,
 so refreshing a read timeout costs an attribute store, not a timer operation.
 
+TLS sits in front: ``feed`` is :meth:`proxycore.tls.TlsLayer.feed`, which decrypts and
+encrypts for TLS connections and passes everything else straight on, so the engine below (and
+a recorder attached to it) only sees plaintext.
+
 The engine holds no sockets, no clock and no randomness: ``now`` comes with every event.
 """
 
@@ -43,6 +47,7 @@ from proxycore.events import (
 from proxycore.peer import Peer
 from proxycore.phases import PHASES, Proxy
 from proxycore.pool import ConnectionPool
+from proxycore.tls import ClientContexts, ServerTls, TlsLayer
 from proxycore.upstream import CLOSED, IDLE, Upstream
 
 if TYPE_CHECKING:
@@ -126,11 +131,18 @@ class Engine:
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | Any = None,
         *,
         blocking_phases: str = "marked",
+        server_tls: ServerTls | None = None,
+        client_tls: ClientContexts | None = None,
+        tls: bool = True,
     ) -> None:
         """``blocking_phases="all"`` hands every overridden plain-function phase to the adapter
         as a blocking RunFilter (gevent and threads adapters, where user code may block), except
         phases marked ``@proxycore.nonblocking``; ``"marked"`` (the default) defers only phases
-        marked ``@proxycore.blocking``. ``async def`` phases are always deferred."""
+        marked ``@proxycore.blocking``. ``async def`` phases are always deferred.
+
+        ``server_tls`` holds the listener certificates, ``client_tls`` builds contexts for
+        ``Peer(tls=True)`` (both from :mod:`proxycore.tlsconfig`, which the adapters call).
+        ``tls=False`` removes the TLS layer (replays: traces hold plaintext)."""
         self.app = app
         self.conf = conf or ServerConf()
         self.log = logger or logging.getLogger("proxycore")
@@ -147,6 +159,9 @@ class Engine:
         self._next_token = 1
         self._dirty: list[Downstream | Upstream] = []
         self._recorder: Recorder | None = None
+        self.tls: TlsLayer | None = (
+            TlsLayer(self, self._feed, server_tls, client_tls) if tls else None
+        )
         self._bind_feed()
         self._pool_timer = _PoolTimer()
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
@@ -191,12 +206,12 @@ class Engine:
     def feed(self, event: Event) -> list[Action]:
         """Process one event and return the actions to carry out, in order.
 
-        (While no recorder is attached, the instance attribute ``feed`` is ``_feed`` itself,
-        saving a call per event; this method is what runs when recording.)"""
-        rec = self._recorder
-        if rec is not None:
-            return rec.feed(self, event)
-        return self._feed(event)
+        (Normally shadowed by an instance attribute: the TLS layer's ``feed``, or ``_feed``
+        itself; this method is what runs where that is impossible.)"""
+        tls = self.tls
+        if tls is not None:
+            return tls.feed(event)
+        return self._recorded_feed(event)
 
     @property
     def recorder(self) -> Recorder | None:
@@ -208,12 +223,24 @@ class Engine:
         self._recorder = rec
         self._bind_feed()
 
+    def _recorded_feed(self, event: Event) -> list[Action]:
+        rec = self._recorder
+        if rec is not None:
+            return rec.feed(self, event)
+        return self._feed(event)
+
     def _bind_feed(self) -> None:
-        """Without a recorder, ``feed`` is ``_feed`` itself (one call less per event). Where
-        instances cannot take attributes (the core compiled with mypyc), ``feed`` stays the
-        method, which checks for a recorder."""
+        """``feed`` is the TLS layer's feed, which calls ``_feed`` (or the recorder) for what
+        reaches the engine; without TLS and without a recorder, ``feed`` is ``_feed`` itself
+        (one call less per event). Where instances cannot take attributes (the core compiled
+        with mypyc), ``feed`` stays the method, which checks for a recorder."""
+        tls = self.tls
+        if tls is not None:
+            tls.inner = self._feed if self._recorder is None else self._recorded_feed
         try:
-            if self._recorder is None:
+            if tls is not None:
+                self.feed = tls.feed  # type: ignore[method-assign,assignment]
+            elif self._recorder is None:
                 self.feed = self._feed  # type: ignore[method-assign]
             else:
                 self.__dict__.pop("feed", None)
@@ -351,6 +378,8 @@ class Engine:
         self.upstreams[up.id] = up
         if counted:
             self.pool.stats.opened += 1
+        if peer.tls and self.tls is not None:
+            self.tls.client_open(up.id, peer)
         self.out.append(Connect(up.id, peer))
         return up
 
@@ -397,7 +426,7 @@ class Engine:
     def _on_accepted(self, ev: Accepted) -> None:
         if ev.conn >= self._next_id:
             self._next_id = ev.conn + 1
-        down = Downstream(self, ev.conn, ev.client, ev.server, ev.scheme)
+        down = Downstream(self, ev.conn, ev.client, ev.server, ev.scheme, ev.tls)
         self.downstreams[ev.conn] = down
         if self.draining:
             down.close()

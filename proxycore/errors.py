@@ -39,6 +39,8 @@ class ErrorType(enum.Enum):
     FILTER_ERROR = "FilterError"
     INTERNAL = "InternalError"
     CLIENT_ABORTED = "ClientAborted"
+    TLS_HANDSHAKE_FAILURE = "TLSHandshakeFailure"
+    INVALID_CERT = "InvalidCert"
 
 
 _STATUS_BY_TYPE = {
@@ -55,6 +57,8 @@ _STATUS_BY_TYPE = {
     ErrorType.FILTER_ERROR: 500,
     ErrorType.INTERNAL: 500,
     ErrorType.CLIENT_ABORTED: 499,
+    ErrorType.TLS_HANDSHAKE_FAILURE: 502,
+    ErrorType.INVALID_CERT: 502,
 }
 
 

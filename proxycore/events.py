@@ -162,10 +162,13 @@ class Accepted(Event):
     """A downstream connection was accepted; ``conn`` was allocated by ``Engine.new_id()``.
 
     ``client`` and ``server`` are (host, port) pairs; ``scheme`` is ``"http"`` or ``"https"``.
+    Adapters feed it with the defaults; for a TLS listener the TLS layer
+    (:mod:`proxycore.tls`) holds it back until the handshake is done and then passes it on
+    with ``scheme="https"`` and ``tls``, a :class:`proxycore.tls.TlsInfo`.
     """
 
-    __slots__ = ("client", "scheme", "server")
-    _fields_: ClassVar[tuple[str, ...]] = ("conn", "now", "client", "scheme", "server")
+    __slots__ = ("client", "scheme", "server", "tls")
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "now", "client", "scheme", "server", "tls")
 
     def __init__(
         self,
@@ -174,12 +177,14 @@ class Accepted(Event):
         client: tuple[str, int],
         server: tuple[str, int],
         scheme: str = "http",
+        tls: Any = None,
     ) -> None:
         self.conn = conn
         self.now = now
         self.client = client
         self.server = server
         self.scheme = scheme
+        self.tls = tls
 
 
 class Drain(Event):

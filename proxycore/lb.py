@@ -298,10 +298,14 @@ SELECTORS: dict[str, Callable[[], Selector]] = {
 }
 
 
-def parse_backend(text: str) -> tuple[Peer, int]:
-    """``HOST:PORT`` or ``HOST:PORT,weight=N`` (N ≥ 1); ValueError names the bad value."""
+def parse_backend(text: str, **tls_options: object) -> tuple[Peer, int]:
+    """``HOST:PORT``, ``https://HOST[:PORT]``, each optionally followed by ``,weight=N``
+    (N ≥ 1); ValueError names the bad value. ``tls_options`` (``sni``, ``ca``, ``verify``,
+    ``client_cert``, ...) apply to ``https://`` backends."""
     addr, _, opts = text.partition(",")
     peer = Peer.parse(addr)
+    if peer.tls and tls_options:
+        peer = peer.replace(**tls_options)
     weight = 1
     if opts:
         name, eq, value = opts.partition("=")

@@ -1,8 +1,10 @@
 """Where a request goes: an upstream peer and the options of the connection to it.
 
 Theory of operation: ``upstream_peer`` returns a :class:`Peer`. Its :attr:`Peer.key` contains
-every property that makes two connections non-interchangeable (address, scheme, SNI, ...); the
-connection pool only hands out an idle connection whose key matches exactly.
+every property that makes two connections non-interchangeable (address, TLS on or off, SNI,
+verification settings, CA bundle, client certificate, ALPN); the connection pool only hands out
+an idle connection whose key matches exactly, so a connection is never reused with another
+identity.
 """
 
 from __future__ import annotations
@@ -15,9 +17,18 @@ class Peer:
 
     Timeouts are in seconds; ``None`` means "use the server default" (:class:`ServerConf`).
     ``idle_timeout=0`` disables pooling for this peer.
+
+    TLS (``tls=True``): ``sni`` is the server name sent and verified (default: ``host``;
+    IP addresses are verified against the certificate's IP addresses and send no SNI);
+    ``verify=False`` accepts any certificate; ``verify_hostname=False`` checks the chain but
+    not the name; ``ca`` is a PEM bundle to trust instead of the system store; ``client_cert``
+    is a ``(cert_file, key_file)`` pair for upstream mTLS; ``alpn`` the protocols offered.
     """
 
     __slots__ = (
+        "alpn",
+        "ca",
+        "client_cert",
         "connect_timeout",
         "host",
         "idle_timeout",
@@ -26,6 +37,8 @@ class Peer:
         "read_timeout",
         "sni",
         "tls",
+        "verify",
+        "verify_hostname",
         "write_timeout",
     )
 
@@ -40,6 +53,11 @@ class Peer:
         read_timeout: float | None = None,
         write_timeout: float | None = None,
         idle_timeout: float | None = None,
+        verify: bool = True,
+        verify_hostname: bool = True,
+        ca: str | None = None,
+        client_cert: tuple[str, str] | None = None,
+        alpn: tuple[str, ...] = ("http/1.1",),
     ) -> None:
         if not isinstance(port, int) or not 0 < port < 65536:
             raise ValueError(f"invalid port {port!r}")
@@ -51,17 +69,54 @@ class Peer:
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
-        self.key: tuple[object, ...] = (host, port, tls, sni)
+        self.verify = verify
+        self.verify_hostname = verify_hostname
+        self.ca = ca
+        self.client_cert = tuple(client_cert) if client_cert is not None else None
+        self.alpn = tuple(alpn)
+        self.key: tuple[object, ...] = (
+            (host, port, True, sni, verify, verify_hostname, ca, self.client_cert, self.alpn)
+            if tls
+            else (host, port, False)
+        )
 
     @classmethod
-    def parse(cls, text: str) -> Peer:
-        """Parse ``host:port`` or ``[v6]:port`` (raises ValueError with the bad value)."""
-        host, sep, port_s = text.rpartition(":")
+    def parse(cls, text: str, **options: object) -> Peer:
+        """Parse ``host:port``, ``[v6]:port``, ``http://host:port`` or ``https://host[:port]``
+        (TLS; port 443 by default); raises ValueError naming the bad value. ``options`` are
+        passed to the constructor (``sni=``, ``ca=``, ...)."""
+        tls = False
+        rest = text
+        if text.startswith("https://"):
+            tls, rest = True, text[8:]
+        elif text.startswith("http://"):
+            rest = text[7:]
+        rest = rest.rstrip("/")
+        if tls and not rest.endswith("]") and ":" not in rest.rpartition("]")[2]:
+            rest += ":443"
+        host, sep, port_s = rest.rpartition(":")
         if not sep or not host or not port_s.isdigit():
-            raise ValueError(f"expected HOST:PORT, got {text!r}")
+            raise ValueError(f"expected HOST:PORT or https://HOST:PORT, got {text!r}")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
-        return cls(host, int(port_s))
+        return cls(host, int(port_s), tls=tls, **options)  # type: ignore[arg-type]
+
+    def replace(self, **changes: object) -> Peer:
+        """A copy with some options changed (``host=``, ``sni=``, ``ca=``, ...)."""
+        kw: dict[str, object] = {
+            name: getattr(self, name)
+            for name in self.__slots__
+            if name not in ("key", "host", "port")
+        }
+        kw.update(changes)
+        host = kw.pop("host", self.host)
+        port = kw.pop("port", self.port)
+        return Peer(host, port, **kw)  # type: ignore[arg-type]
+
+    @property
+    def url(self) -> str:
+        """``https://host:port`` for TLS peers, ``host:port`` otherwise (as --to takes it)."""
+        return f"https://{self.address}" if self.tls else self.address
 
     @property
     def address(self) -> str:

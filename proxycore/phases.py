@@ -60,6 +60,13 @@ class Proxy:
         :class:`proxycore.health.HealthChecker`); called once per engine. Not a phase."""
         return []
 
+    def select_certificate(self, server_name: str | None, client_addr: tuple[str, int]) -> Any:
+        """Pick the certificate for a TLS handshake (not a phase; runs inside the handshake,
+        so it must not block). Return the name of a configured certificate (a ``--tls-sni-cert``
+        NAME / ``TlsSettings.sni_certs`` key), None to apply the SNI rules (exact name,
+        wildcard, default), or False to refuse the handshake (``unrecognized_name``)."""
+        return None
+
     def new_ctx(self) -> Any:
         """A fresh per-request context object, passed to every phase as ``ctx``."""
         return None

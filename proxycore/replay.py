@@ -147,7 +147,7 @@ class ReplayEngine(Engine):
     """An engine whose ids, tokens and pool answers come from a recording."""
 
     def __init__(self, app: Proxy, conf: ServerConf, trace: Trace, logger: Any = None) -> None:
-        super().__init__(app, conf, logger)
+        super().__init__(app, conf, logger, tls=False)  # traces hold plaintext
         self._ids: deque[int] = deque()
         self._tokens: deque[int] = deque()
         self._pool_answers: deque[int] = deque()

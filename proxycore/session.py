@@ -54,6 +54,7 @@ from proxycore.upstream import ACTIVE, Upstream
 
 if TYPE_CHECKING:
     from proxycore.downstream import Downstream
+    from proxycore.tls import TlsInfo
 
 __all__ = ["Session"]
 
@@ -76,6 +77,8 @@ _MAX_DISCARD = 1 << 20
 _CONNECT_ERRORS = {
     "refused": ErrorType.CONNECT_REFUSED,
     "timeout": ErrorType.CONNECT_TIMEDOUT,
+    "tls": ErrorType.TLS_HANDSHAKE_FAILURE,
+    "cert": ErrorType.INVALID_CERT,
 }
 
 
@@ -243,6 +246,12 @@ class Session:
     @property
     def scheme(self) -> str:
         return self.down.scheme
+
+    @property
+    def tls(self) -> TlsInfo | None:
+        """The client connection's TLS parameters (SNI, ALPN, version, verified client
+        certificate), or None for plain HTTP."""
+        return self.down.tls
 
     @property
     def downstream_requests(self) -> int:

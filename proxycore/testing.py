@@ -45,7 +45,7 @@ class Harness:
     def __init__(
         self, app: Proxy, conf: ServerConf | None = None, *, now: float = 0.0, logger: Any = None
     ) -> None:
-        self.engine = Engine(app, conf, logger or NullLog())
+        self.engine = Engine(app, conf, logger or NullLog(), tls=False)  # scripted plaintext
         self.now = now
         self.log: list[Event | Action] = []
 
@@ -121,7 +121,7 @@ class Playbook:
         *,
         ignore: tuple[type[Action], ...] = (SetTimer,),
     ) -> None:
-        self.engine = Engine(app, conf, NullLog())
+        self.engine = Engine(app, conf, NullLog(), tls=False)  # scripted plaintext
         self.ignore = ignore
         self.steps: list[tuple[str, Event | Action]] = []
 

@@ -43,7 +43,7 @@ from proxycore.actions import (
     SetTimer,
     ShutdownWrite,
 )
-from proxycore.config import ServerConf
+from proxycore.config import ServerConf, TlsSettings
 from proxycore.errors import ErrorSource, ErrorType, ProxyError
 from proxycore.events import (
     Accepted,
@@ -62,6 +62,7 @@ from proxycore.events import (
 from proxycore.h1.parse import Limits
 from proxycore.http import Headers
 from proxycore.peer import Peer
+from proxycore.tls import TlsInfo
 
 if TYPE_CHECKING:
     from proxycore.engine import Engine
@@ -143,7 +144,7 @@ def decode_value(v: Any) -> Any:
 # Explicit field lists (compiled classes have no __slots__ attribute to read them from).
 _PEER_FIELDS = (
     "host", "port", "tls", "sni", "connect_timeout", "read_timeout", "write_timeout",
-    "idle_timeout",
+    "idle_timeout", "verify", "verify_hostname", "ca", "client_cert", "alpn",
 )  # fmt: skip
 _LIMIT_FIELDS = ("max_request_line", "max_header_bytes", "max_headers", "max_chunk_line")
 
@@ -154,14 +155,20 @@ def peer_to_json(p: Peer) -> dict[str, Any]:
 
 def peer_from_json(d: dict[str, Any]) -> Peer:
     host, port = d.pop("host"), d.pop("port")
-    return Peer(host, port, **d)
+    if d.get("alpn") is not None:
+        d["alpn"] = tuple(d["alpn"])
+    return Peer(host, port, **{k: v for k, v in d.items() if k in _PEER_FIELDS})
 
 
 def conf_to_json(conf: ServerConf) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in conf.__dataclass_fields__:
         v = getattr(conf, name)
-        out[name] = {s: getattr(v, s) for s in _LIMIT_FIELDS} if isinstance(v, Limits) else v
+        if isinstance(v, Limits):
+            v = {s: getattr(v, s) for s in _LIMIT_FIELDS}
+        elif isinstance(v, TlsSettings):
+            v = {s: getattr(v, s) for s in TlsSettings.__dataclass_fields__}
+        out[name] = v
     return out
 
 
@@ -169,6 +176,11 @@ def conf_from_json(d: dict[str, Any]) -> ServerConf:
     known = {k: v for k, v in d.items() if k in ServerConf.__dataclass_fields__}
     if isinstance(known.get("limits"), dict):
         known["limits"] = Limits(**known["limits"])
+    if isinstance(known.get("tls"), dict):
+        t = {k: v for k, v in known["tls"].items() if k in TlsSettings.__dataclass_fields__}
+        t["sni_certs"] = {k: tuple(v) for k, v in t.get("sni_certs", {}).items()}
+        t["alpn"] = tuple(t.get("alpn", ()))
+        known["tls"] = TlsSettings(**t)
     return ServerConf(**known)
 
 
@@ -184,6 +196,8 @@ def encode_event(ev: Event) -> tuple[int, bytes]:
     if t is Accepted:
         a: Any = ev
         payload: Any = [list(a.client), list(a.server), a.scheme]
+        if a.tls is not None:
+            payload.append(a.tls.to_json())
     elif t is Closed:
         c: Any = ev
         payload = c.error
@@ -205,7 +219,8 @@ def decode_event(kind: int, conn: int, now: float, payload: bytes) -> Event:
         return DataReceived(conn, payload, now)
     v: Any = json.loads(payload) if payload else None
     if kind == 1:
-        return Accepted(conn, now, (v[0][0], v[0][1]), (v[1][0], v[1][1]), v[2])
+        tls = TlsInfo.from_json(v[3]) if len(v) > 3 and v[3] is not None else None
+        return Accepted(conn, now, (v[0][0], v[0][1]), (v[1][0], v[1][1]), v[2], tls)
     if kind == 4:
         return Closed(conn, now, v)
     if kind == 6:

@@ -1,6 +1,8 @@
 """The core does no I/O: no module under proxycore/ (except the process entry points and the
 adapters, which live in adapters/) imports an I/O, clock, thread or randomness module, or calls
-open()/print()/input()."""
+open()/print()/input(). One reasoned exception: tls.py runs TLS on memory BIOs, so it may
+import ``ssl`` but use only the in-memory names listed in SSL_IN_MEMORY (no sockets, no
+certificate or CA files: contexts are built in tlsconfig.py, outside the core)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,14 @@ import pytest
 CORE = Path(__file__).resolve().parent.parent / "proxycore"
 # Not the core: process entry points (argv, reading/writing trace files) and the pytest helper
 # that loads a user's trace file. Everything else under proxycore/ is checked.
-EXEMPT = {"cli.py", "__main__.py", "replaycli.py", "testing.py"}
+# tlsconfig.py reads certificate files at start-up and on reload (called by the adapters).
+EXEMPT = {"cli.py", "__main__.py", "replaycli.py", "testing.py", "tlsconfig.py"}
+SSL_USERS = {"tls.py"}
+SSL_IN_MEMORY = {
+    "MemoryBIO", "SSLObject", "SSLContext", "SSLSession", "SSLError", "SSLWantReadError",
+    "SSLZeroReturnError", "SSLCertVerificationError", "ALERT_DESCRIPTION_UNRECOGNIZED_NAME",
+    "ALERT_DESCRIPTION_INTERNAL_ERROR",
+}  # fmt: skip
 BANNED_MODULES = {
     "socket",
     "selectors",
@@ -54,8 +63,18 @@ def _violations(path: Path) -> list[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module]
         for name in names:
-            if name.split(".")[0] in BANNED_MODULES:
+            top = name.split(".")[0]
+            if top == "ssl" and path.name in SSL_USERS and isinstance(node, ast.Import):
+                continue
+            if top in BANNED_MODULES:
                 found.append(f"{path.name}:{node.lineno} imports {name}")
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "ssl"
+            and node.attr not in SSL_IN_MEMORY
+        ):
+            found.append(f"{path.name}:{node.lineno} uses ssl.{node.attr}")
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Name)
@@ -96,3 +115,12 @@ def test_event_and_action_field_lists_match_their_slots() -> None:
             if isinstance(cls, type) and issubclass(cls, base):
                 slots = [s for c in reversed(cls.__mro__) for s in getattr(c, "__slots__", ())]
                 assert set(cls._fields_) == set(slots), cls
+
+
+def test_ssl_rule_catches_file_and_socket_use(tmp_path: Path) -> None:
+    bad = tmp_path / "tls.py"
+    bad.write_text("import ssl\nctx = ssl.create_default_context()\nssl.SSLSocket\n")
+    assert sorted(_violations(bad)) == [
+        "tls.py:2 uses ssl.create_default_context",
+        "tls.py:3 uses ssl.SSLSocket",
+    ]

@@ -29,9 +29,8 @@ from proxycore.actions import (
     SetTimer,
     ShutdownWrite,
 )
-from proxycore.adapters import attach_recorder, print_stats
+from proxycore.adapters import make_engine, print_stats, reload_tls
 from proxycore.config import ServerConf
-from proxycore.engine import Engine
 from proxycore.events import (
     Accepted,
     Closed,
@@ -123,8 +122,7 @@ class AsyncioServer:
     """Runs one Engine on one asyncio loop."""
 
     def __init__(self, app: Proxy, conf: ServerConf, loop: asyncio.AbstractEventLoop) -> None:
-        self.engine = Engine(app, conf, log)
-        attach_recorder(self.engine, conf, backend=type(loop).__module__.split(".")[0])
+        self.engine = make_engine(app, conf, log, backend=type(loop).__module__.split(".")[0])
         self.loop = loop
         self.transports: dict[int, Any] = {}
         self.connecting: dict[int, asyncio.Task[Any]] = {}
@@ -311,6 +309,7 @@ class AsyncioServer:
         try:
             self.loop.add_signal_handler(signal.SIGTERM, on_signal, True)
             self.loop.add_signal_handler(signal.SIGINT, on_signal, False)
+            self.loop.add_signal_handler(signal.SIGHUP, reload_tls, self.engine)
             self.loop.add_signal_handler(
                 signal.SIGUSR1,
                 lambda: print_stats(self.engine, tasks=len(asyncio.all_tasks(self.loop))),

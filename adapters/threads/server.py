@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from proxycore.adapters import print_stats
+from proxycore.adapters import print_stats, reload_tls
 from proxycore.adapters._sockets import Conn, SocketDriver
 from proxycore.config import ServerConf
 from proxycore.phases import Proxy
@@ -200,4 +200,5 @@ def serve(
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGUSR1, lambda *_: srv._post(lambda: print_stats(srv.engine)))
+        signal.signal(signal.SIGHUP, lambda *_: srv._post(lambda: reload_tls(srv.engine)))
     srv.serve_forever(addrs, grace)

@@ -49,7 +49,7 @@ from anyio.streams.stapled import MultiListener
 
 from proxycore import actions as A
 from proxycore import events as E
-from proxycore.adapters import attach_recorder, print_stats
+from proxycore.adapters import make_engine, print_stats, reload_tls
 from proxycore.config import ServerConf
 from proxycore.engine import Engine
 from proxycore.peer import Peer
@@ -370,9 +370,10 @@ class Adapter:
 async def _main(
     app: Any, addrs: list[tuple[str, int]], conf: ServerConf, grace: float, threads: int
 ) -> None:
-    engine = Engine(app, conf, log)
-    attach_recorder(engine, conf, backend="trio")
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+    engine = make_engine(app, conf, log, backend="trio")
+    with anyio.open_signal_receiver(
+        signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP
+    ) as signals:
         listeners = [
             await anyio.create_tcp_listener(local_host=h, local_port=p, reuse_port=conf.reuse_port)
             for h, p in addrs
@@ -405,6 +406,9 @@ async def _main(
                 print(f"proxycore ready backend=trio listen={h}:{p}", flush=True)
             with running:
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        reload_tls(engine)
+                        continue
                     if signum == signal.SIGUSR1:
                         ad.stats()
                         continue
