@@ -224,3 +224,27 @@ class PeerTimeoutApp(Base):
 
     def upstream_peer(self, session, ctx):
         return proxycore.Peer("127.0.0.1", self.port, connect_timeout=1, read_timeout=0.5)
+
+
+class TlsApp(Base):
+    """Copies what filters see of the client's TLS connection (``session.tls``) into upstream
+    request headers; ``select_certificate`` serves the ``other.test`` certificate for SNI
+    ``pick.test`` and refuses ``refuse.test``. Upstream from ORIGIN_PORT."""
+
+    def select_certificate(self, server_name, client_addr):
+        if server_name == "refuse.test":
+            return False
+        return "other.test" if server_name == "pick.test" else None
+
+    def upstream_request_filter(self, session, upstream_request, ctx):
+        t = session.tls
+        h = upstream_request.headers
+        if t is None:
+            h["X-TLS"] = "none"
+            return
+        h["X-TLS"] = "yes"
+        h["X-TLS-SNI"] = t.sni or "-"
+        h["X-TLS-Version"] = t.version or "-"
+        h["X-TLS-ALPN"] = t.alpn or "-"
+        h["X-TLS-Client"] = t.client_subject.get("commonName", "-")
+        h["X-TLS-Reused"] = str(t.session_reused)

@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 
 from proxycore._version import __version__
 from proxycore.builtin import parse_backend, parse_hash_key
-from proxycore.config import ServerConf
+from proxycore.config import ServerConf, TlsSettings
 from proxycore.health import HealthCheck
 from proxycore.lb import SELECTORS
 from proxycore.peer import Peer
 from proxycore.phases import Proxy
-from proxycore.runner import BACKENDS, parse_listen, resolve_backend, run
+from proxycore.runner import BACKENDS, assign_tls_ports, parse_listen, resolve_backend, run
 
 __all__ = ["main"]
 
@@ -71,6 +71,17 @@ _health_check = _checked(HealthCheck.parse)
 _hash_key = _checked(parse_hash_key)
 
 
+def _parse_sni_cert(text: str) -> tuple[str, tuple[str, str]]:
+    name, eq, files = text.partition("=")
+    cert, comma, key = files.partition(",")
+    if not eq or not name or not comma or not cert or not key:
+        raise ValueError(f"expected NAME=CERT,KEY, got {text!r}")
+    return name, (cert, key)
+
+
+_sni_cert = _checked(_parse_sni_cert)
+
+
 def _selector(text: str) -> str:
     if text not in SELECTORS:
         raise argparse.ArgumentTypeError(
@@ -85,7 +96,33 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         action="append",
         type=_listen,
         metavar="HOST:PORT",
-        help="address to listen on (repeatable; default 127.0.0.1:8080)",
+        help="address to listen on (repeatable; default 127.0.0.1:8080). With --tls-cert or "
+        "--tls-sni-cert every address speaks TLS unless written http://HOST:PORT",
+    )
+    p.add_argument("--tls-cert", metavar="PEM", help="TLS certificate (chain) for the listeners")
+    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    p.add_argument(
+        "--tls-sni-cert",
+        action="append",
+        default=[],
+        type=_sni_cert,
+        metavar="NAME=CERT,KEY",
+        help="certificate for a server name (exact or *.example.com); repeatable",
+    )
+    p.add_argument(
+        "--tls-client-ca", metavar="PEM", help="verify client certificates against this CA bundle"
+    )
+    p.add_argument(
+        "--tls-client-auth",
+        choices=["optional", "required"],
+        help="client certificates: optional or required (default required with --tls-client-ca)",
+    )
+    p.add_argument(
+        "--tls-handshake-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
+        help="time a client may take to complete the TLS handshake (default 10)",
     )
     p.add_argument(
         "--backend",
@@ -182,7 +219,39 @@ def _conf(args: argparse.Namespace) -> ServerConf:
             setattr(conf, attr, v)
     conf.add_forwarded_headers = not args.no_forwarded_headers
     conf.record_dir = args.record
+    if args.tls_cert or args.tls_key or args.tls_sni_cert:
+        conf.tls = TlsSettings(
+            cert=args.tls_cert,
+            key=args.tls_key,
+            sni_certs=dict(_parse_sni_cert(s) for s in args.tls_sni_cert),
+            client_ca=args.tls_client_ca,
+            client_auth=args.tls_client_auth or ("required" if args.tls_client_ca else "none"),
+            handshake_timeout=args.tls_handshake_timeout,
+        )
     return conf
+
+
+def _check_tls(args: argparse.Namespace, conf: ServerConf) -> str | None:
+    """Start-up TLS checks: every certificate and key must load (exists, readable, PEM, not
+    expired, matching its key); returns a message naming the bad file, or None."""
+    from proxycore.tlsconfig import ClientContextCache, TlsConfigError, load_server_tls
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        return "--tls-cert and --tls-key go together"
+    if (args.tls_client_ca or args.tls_client_auth) and conf.tls is None:
+        return "--tls-client-ca/--tls-client-auth need --tls-cert (or --tls-sni-cert)"
+    if args.tls_client_auth and not args.tls_client_ca:
+        return "--tls-client-auth needs --tls-client-ca"
+    try:
+        if conf.tls is not None:
+            load_server_tls(conf.tls)
+        for peer in getattr(args, "tls_peers", []):
+            ClientContextCache.build(peer)
+    except TlsConfigError as e:
+        return str(e)
+    except (OSError, ValueError) as e:
+        return f"upstream TLS: {e}"
+    return None
 
 
 def _check_backends(args: argparse.Namespace) -> str | None:
@@ -243,9 +312,31 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         type=_backend_spec,
-        metavar="HOST:PORT[,weight=N]",
-        help="upstream (repeat for several; balanced by --lb)",
+        metavar="[https://]HOST:PORT[,weight=N]",
+        help="upstream (repeat for several; balanced by --lb); https:// speaks TLS to it",
     )
+    rp.add_argument(
+        "--upstream-ca",
+        metavar="PEM",
+        help="verify https:// upstreams against this CA bundle (default: the system store)",
+    )
+    rp.add_argument(
+        "--upstream-sni",
+        metavar="NAME",
+        help="server name sent to and verified for https:// upstreams (default: their host)",
+    )
+    rp.add_argument(
+        "--upstream-insecure",
+        action="store_true",
+        help="do not verify https:// upstream certificates at all",
+    )
+    rp.add_argument(
+        "--upstream-no-verify-hostname",
+        action="store_true",
+        help="verify the upstream certificate chain but not the name in it",
+    )
+    rp.add_argument("--upstream-cert", metavar="PEM", help="client certificate for upstream mTLS")
+    rp.add_argument("--upstream-key", metavar="PEM", help="private key of --upstream-cert")
     rp.add_argument(
         "--backends-file",
         metavar="PATH",
@@ -357,6 +448,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem:
             print(f"proxycore reverse-proxy: error: {problem}", file=sys.stderr)
             return 2
+        if (args.upstream_cert is None) != (args.upstream_key is None):
+            print(
+                "proxycore reverse-proxy: error: --upstream-cert and --upstream-key go together",
+                file=sys.stderr,
+            )
+            return 2
+        upstream_tls: dict[str, object] = {}
+        if args.upstream_ca:
+            upstream_tls["ca"] = args.upstream_ca
+        if args.upstream_sni:
+            upstream_tls["sni"] = args.upstream_sni
+        if args.upstream_insecure:
+            upstream_tls["verify"] = False
+        if args.upstream_no_verify_hostname:
+            upstream_tls["verify_hostname"] = False
+        if args.upstream_cert:
+            upstream_tls["client_cert"] = (args.upstream_cert, args.upstream_key)
 
         app: Proxy = ReverseProxy(
             args.to,
@@ -368,12 +476,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             health_interval=args.health_interval,
             backends_file=args.backends_file,
             discovery_interval=args.discovery_interval,
+            upstream_tls=upstream_tls,
         )
+        args.tls_peers = [b.peer for b in app.lb.backends if b.peer.tls]  # type: ignore[attr-defined]
     else:
         try:
             app = _load_app(args.app)
         except (ImportError, ValueError) as e:
             print(f"proxycore: error: {e}", file=sys.stderr)
             return 2
+    problem = _check_tls(args, conf)
+    if problem is None:
+        try:
+            assign_tls_ports(listen, [parse_listen(a) for a in listen], conf)
+        except ValueError as e:
+            problem = str(e)
+    if problem:
+        print(f"proxycore {args.command}: error: {problem}", file=sys.stderr)
+        return 2
     run(app, listen, args.backend, conf, grace=args.grace, workers=args.workers)
     return 0

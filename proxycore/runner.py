@@ -13,7 +13,14 @@ from typing import Any
 from proxycore.config import ServerConf
 from proxycore.phases import Proxy
 
-__all__ = ["BACKENDS", "parse_listen", "resolve_backend", "run"]
+__all__ = [
+    "BACKENDS",
+    "assign_tls_ports",
+    "listen_scheme",
+    "parse_listen",
+    "resolve_backend",
+    "run",
+]
 
 # backend name -> (module, extra options)
 BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -37,9 +44,20 @@ def resolve_backend(name: str) -> tuple[str, dict[str, Any]]:
     )
 
 
+def listen_scheme(text: str) -> str | None:
+    """``"https"``/``"http"`` for a listen address written with that prefix, else None."""
+    for scheme in ("https", "http"):
+        if text.startswith(scheme + "://"):
+            return scheme
+    return None
+
+
 def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` → (host, port); raises ValueError naming the value."""
-    host, sep, port_s = text.rpartition(":")
+    """``HOST:PORT`` or ``[V6]:PORT``, optionally prefixed ``http://`` or ``https://`` →
+    (host, port); raises ValueError naming the value."""
+    scheme = listen_scheme(text)
+    addr = text[len(scheme) + 3 :] if scheme else text
+    host, sep, port_s = addr.rpartition(":")
     if not sep or not host or not port_s.isdigit() or not 0 <= int(port_s) < 65536:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
     if host.startswith("[") and host.endswith("]"):
@@ -67,6 +85,7 @@ def run(
     """
     addrs = [parse_listen(a) for a in listen]
     conf = conf or ServerConf()
+    assign_tls_ports(listen, addrs, conf)
     if record is not None:
         conf.record_dir = record
     module_name, extra = resolve_backend(backend)
@@ -84,3 +103,27 @@ def run(
         module.serve(app, addrs, cfg, **extra, **options)
 
     supervisor.supervise(workers, serve_one)
+
+
+def assign_tls_ports(
+    listen: Sequence[str], addrs: Sequence[tuple[str, int]], conf: ServerConf
+) -> None:
+    """With ``conf.tls`` set, every listen address speaks TLS unless written ``http://``;
+    ``https://`` without ``conf.tls`` is an error. TLS listeners are known by their port."""
+    tls_ports: list[int] = []
+    plain_ports: list[int] = []
+    for text, (_, port) in zip(listen, addrs, strict=True):
+        scheme = listen_scheme(text)
+        if scheme == "https" or (scheme is None and conf.tls is not None):
+            if conf.tls is None:
+                raise ValueError(f"listen address {text!r} needs a TLS certificate")
+            if port == 0:
+                raise ValueError(f"TLS listen address {text!r} needs an explicit port")
+            tls_ports.append(port)
+        else:
+            plain_ports.append(port)
+    clash = set(tls_ports) & set(plain_ports)
+    if clash:
+        raise ValueError(f"port {min(clash)} is used by both a TLS and a plain listener")
+    if conf.tls is not None:
+        conf.tls.ports = tls_ports

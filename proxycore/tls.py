@@ -443,7 +443,7 @@ class TlsLayer:
         if t is TimerFired and not st.client:
             self.engine.log.info("TLS handshake timeout on connection %d", conn)
             self._drop(conn)
-            return [Close(conn, True)]
+            return [Close(conn, False)]
         if t is EofReceived or t is Closed:
             self._drop(conn)
             if st.client:

@@ -304,7 +304,7 @@ def test_handshake_timeout_and_stalled_client(pki: dict[str, Any]) -> None:
     eng.feed(Accepted(1, 0.0, CLIENT, LISTEN))
     eng.feed(DataReceived(1, client.step()[:20], 0.1))  # half a ClientHello, then silence
     acts = eng.feed(TimerFired(1, 10.5))
-    assert acts == [Close(1, True)]
+    assert acts == [Close(1, False)]
     assert not eng.tls.conns  # type: ignore[union-attr]
     # EOF or a reset during the handshake: nothing reaches the engine.
     eng.feed(Accepted(2, 11.0, CLIENT, LISTEN))
