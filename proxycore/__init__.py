@@ -6,7 +6,7 @@ actions; it never touches sockets, clocks or threads.
 """
 
 from proxycore._version import __version__
-from proxycore.config import ServerConf
+from proxycore.config import ServerConf, TlsSettings
 from proxycore.engine import Engine
 from proxycore.errors import ErrorSource, ErrorType, HTTPParseError, ProxyError
 from proxycore.h1.parse import Limits
@@ -16,6 +16,7 @@ from proxycore.peer import Peer
 from proxycore.phases import Proxy, blocking, nonblocking
 from proxycore.runner import BACKENDS, run
 from proxycore.session import Session
+from proxycore.tls import TlsInfo
 
 __all__ = [
     "BACKENDS",
@@ -35,6 +36,8 @@ __all__ = [
     "RoundRobin",
     "ServerConf",
     "Session",
+    "TlsInfo",
+    "TlsSettings",
     "__version__",
     "blocking",
     "nonblocking",
