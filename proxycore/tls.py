@@ -372,6 +372,7 @@ class TlsLayer:
     def _read_plain(self, st: _Tls) -> tuple[bytes, bool]:
         """Decrypt what the incoming BIO holds: (plaintext, the peer sent close_notify)."""
         obj = st.obj
+        incoming = st.incoming
         chunks: list[bytes] = []
         eof = False
         try:
@@ -381,6 +382,8 @@ class TlsLayer:
                     eof = True
                     break
                 chunks.append(chunk)
+                if not incoming.pending and not obj.pending():
+                    break  # all consumed: spare the SSLWantReadError of one more read
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:

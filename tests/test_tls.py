@@ -494,3 +494,39 @@ def test_config_errors_name_the_file(pki: dict[str, Any], tmp_path: Path) -> Non
         )
     with pytest.raises(TlsConfigError, match="CA bundle"):
         load_server_tls(settings(pki, client_auth="required"))
+
+
+def test_verify_hostname_off_checks_only_the_chain(pki: dict[str, Any]) -> None:
+    ca = str(pki["dir"] / "ca.pem")
+    peer = Peer("127.0.0.1", 9443, tls=True, sni="wrong.test", ca=ca, verify_hostname=False)
+    eng, _ = make_engine(pki, App(peer))
+    client = TlsClient(pki)
+    handshake(eng, client)
+    upstream_exchange(eng, client, UpstreamTls(pki))
+    assert client.read_all() == RESPONSE
+
+
+def test_tls_session_records_plaintext_and_replays(pki: dict[str, Any]) -> None:
+    from proxycore.replay import load_trace, replay
+    from proxycore.trace import Recorder
+
+    pieces: dict[int, bytes] = {}
+    eng, app = make_engine(pki)
+    eng.recorder = Recorder(
+        eng, lambda conn, data: pieces.update({conn: pieces.get(conn, b"") + data})
+    )
+    client = TlsClient(pki)
+    handshake(eng, client)
+    acts = request(eng, client)
+    up = next(a for a in acts if isinstance(a, Connect)).conn
+    eng.feed(Connected(up, 0.3))
+    client.receive(eng.feed(DataReceived(up, RESPONSE, 0.4)), 1)
+    eng.feed(Closed(1, 0.5, None))
+    trace = load_trace(pieces[1], "tls.pctrace")
+    first = trace.groups[0].event
+    assert isinstance(first, Accepted) and first.scheme == "https"
+    assert first.tls is not None and first.tls.sni == "example.test"
+    data = [g.event for g in trace.groups if isinstance(g.event, DataReceived)]
+    assert data[0].data.startswith(b"GET /x HTTP/1.1")  # plaintext, not TLS records
+    result = replay(trace, App())
+    assert result, result.report()
