@@ -511,7 +511,7 @@ def test_tls_session_records_plaintext_and_replays(pki: dict[str, Any]) -> None:
     from proxycore.trace import Recorder
 
     pieces: dict[int, bytes] = {}
-    eng, app = make_engine(pki)
+    eng, _ = make_engine(pki)
     eng.recorder = Recorder(
         eng, lambda conn, data: pieces.update({conn: pieces.get(conn, b"") + data})
     )
