@@ -299,17 +299,37 @@ class TlsLayer:
             if t is Accepted:
                 server = self.server
                 if server is not None and ev.server[1] in server.ports:  # type: ignore[attr-defined]
-                    return self._accept(ev)  # type: ignore[arg-type]
+                    return self._guarded(ev, None)
             out = self.inner(ev)
             return self._outgoing(out) if self.conns else out
-        if st.state != HANDSHAKE:
-            t = type(ev)
-            if t is DataReceived:
-                return self._data(st, conn, ev.data, ev.now)  # type: ignore[attr-defined]
-            if t is Closed:
-                self._forget(conn)
-            return self._outgoing(self.inner(ev))
-        return self._handshake_event(st, ev)
+        return self._guarded(ev, st)
+
+    def _guarded(self, ev: Event, st: _Tls | None) -> list[Action]:
+        """TLS work for one event; a bug here costs that connection, never the worker."""
+        try:
+            if st is None:
+                return self._accept(ev)  # type: ignore[arg-type]
+            if st.state != HANDSHAKE:
+                t = type(ev)
+                if t is DataReceived:
+                    return self._data(st, ev.conn, ev.data, ev.now)  # type: ignore[attr-defined]
+                if t is Closed:
+                    self._forget(ev.conn)
+                return self._outgoing(self.inner(ev))
+            return self._handshake_event(st, ev)
+        except Exception:
+            conn = ev.conn
+            self.engine.log.exception("internal error in the TLS layer while handling %r", ev)
+            self._drop(conn)
+            e = self.engine
+            out: list[Action] = []
+            if type(ev) is not Closed and (conn in e.downstreams or conn in e.upstreams):
+                out = [
+                    a for a in self.inner(Closed(conn, ev.now, "TLS layer error")) if a.conn != conn
+                ]
+                out = self._outgoing(out)
+            out.append(Close(conn, True))
+            return out
 
     # ------------------------------------------------------------------ outgoing
 
@@ -327,7 +347,13 @@ class TlsLayer:
                 if result is None:
                     result = out[:i]
                 if st.state == OPEN:
-                    st.obj.write(a.data)  # type: ignore[attr-defined]
+                    try:
+                        st.obj.write(a.data)  # type: ignore[attr-defined]
+                    except ssl.SSLError as e:  # the session broke: nothing more can be sent
+                        self.engine.log.info("TLS write failed on %d: %s", a.conn, _reason(e))
+                        st.state = SHUT
+                        result.append(Close(a.conn, True))
+                        continue
                     data = st.outgoing.read()
                     if data:
                         result.append(Send(a.conn, data))

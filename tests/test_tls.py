@@ -530,3 +530,24 @@ def test_tls_session_records_plaintext_and_replays(pki: dict[str, Any]) -> None:
     assert data[0].data.startswith(b"GET /x HTTP/1.1")  # plaintext, not TLS records
     result = replay(trace, App())
     assert result, result.report()
+
+
+def test_a_bug_in_the_tls_layer_costs_one_connection(pki: dict[str, Any]) -> None:
+    eng, _ = make_engine(pki)
+    a, b = TlsClient(pki), TlsClient(pki)
+    handshake(eng, a, conn=1)
+    handshake(eng, b, conn=2)
+    layer = eng.tls
+    assert layer is not None
+    real = layer._data
+
+    def broken(st: Any, conn: int, data: bytes, now: float) -> list[Action]:
+        if conn == 1:
+            raise RuntimeError("boom")
+        return real(st, conn, data, now)
+
+    layer._data = broken  # type: ignore[method-assign]
+    acts = request(eng, a, conn=1)
+    assert acts[-1] == Close(1, True) and 1 not in eng.downstreams and 1 not in layer.conns
+    acts = request(eng, b, conn=2)
+    assert any(isinstance(x, Connect) for x in acts)
