@@ -45,10 +45,40 @@ class Pki:
         self.issue("client", "client-1")
         old = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
         self.issue("expired", "origin.test", not_after=old)
-        rogue = trustme.CA()  # a CA nobody trusts: "self-signed" from the proxy's view
+        rogue = trustme.CA()  # a CA nobody trusts
         c = rogue.issue_cert("origin.test", common_name="origin.test")
         c.cert_chain_pems[0].write_to_path(str(d / "rogue.pem"))
         c.private_key_pem.write_to_path(str(d / "rogue.key"))
+        self.self_signed("selfsigned", "origin.test")
+
+    def self_signed(self, name: str, host: str) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        (self.dir / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (self.dir / f"{name}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
 
     def issue(self, name: str, *hosts: str, **kw) -> None:
         c = self.ca.issue_cert(*hosts, common_name=hosts[0], **kw)
@@ -393,7 +423,10 @@ def test_upstream_tls(backend, pki, proxy, origins):
     ]  # fmt: skip
     expired = origins(TlsEchoOrigin, origin_context(pki, "expired"))
     rogue = origins(TlsEchoOrigin, origin_context(pki, "rogue"))
+    selfsigned = origins(TlsEchoOrigin, origin_context(pki, "selfsigned"))
     cases += [
+        (["--to", f"https://127.0.0.1:{selfsigned.port}", "--upstream-ca", pki["ca.pem"],
+          "--upstream-sni", "origin.test"], "self-signed certificate"),
         (["--to", f"https://127.0.0.1:{expired.port}", "--upstream-ca", pki["ca.pem"],
           "--upstream-sni", "origin.test"], "certificate has expired"),
         (["--to", f"https://127.0.0.1:{rogue.port}", "--upstream-ca", pki["ca.pem"],
