@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
 """proxycore benchmark harness.
 
-    python bench/run.py [--duration 10] [--only name,name] [--json out.json]
+    python bench/run.py [--duration 10] [--only name,name] [--scenarios rps,stream,idle,workers,tls]
+                        [--backends uvloop,...] [--tls-duration 5] [--json out.json]
 
 Starts an nginx origin (1 worker, CPU 1), then measures, one after another with
 identical settings, each target: direct-to-origin (the ceiling), nginx as a reverse
 proxy, haproxy, a plain aiohttp+uvloop proxy, and proxycore with each --backends
 backend. Proxies run pinned to CPU 0; the origin and wrk share CPU 1.
+
+Scenarios: rps (GET /small, wrk c50 + c1), stream (1 GiB GET), idle (RSS per idle
+keep-alive connection), workers (a proxycore --workers 2 row), tls (nginx and every
+proxycore backend terminating TLS with the same ECDSA P-256 certificate, generated once
+per run: keep-alive req/s over TLS, and new connections/s with resumed and with full
+handshakes).
 
 Everything listens on 127.0.0.1 only. Every process started here is stopped on exit,
 including on Ctrl-C / SIGTERM. See bench/README.md.
@@ -15,21 +22,26 @@ including on Ctrl-C / SIGTERM. See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import ctypes
+import http.client
 import json
 import os
 import platform
 import re
 import resource
+import shlex
 import shutil
 import signal
 import socket
+import ssl
 import string
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -185,6 +197,33 @@ def check_small(port: int) -> None:
         raise RuntimeError(
             f"GET {url} -> {status}, {len(body)} bytes {body[:80]!r}, expected 200/53"
         )
+
+
+def check_small_tls(port: int, cafile: str) -> dict[str, Any]:
+    """One real request over TLS, verifying the certificate against the run's CA (and
+    127.0.0.1 against its IP SAN): must be 200 with exactly the 53-byte body. Returns
+    what this (Python) client negotiated."""
+    url = f"https://{HOST}:{port}/small"
+    conn = http.client.HTTPSConnection(
+        HOST, port, timeout=5, context=ssl.create_default_context(cafile=cafile)
+    )
+    try:
+        conn.request("GET", "/small")
+        r = conn.getresponse()
+        status, body = r.status, r.read()
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        cipher = sock.cipher()
+        info = {"version": sock.version(), "cipher": cipher[0] if cipher else None}
+    except Exception as e:
+        raise RuntimeError(f"GET {url} failed: {type(e).__name__}: {e}") from e
+    finally:
+        conn.close()
+    if status != 200 or body != SMALL_BODY:
+        raise RuntimeError(
+            f"GET {url} -> {status}, {len(body)} bytes {body[:80]!r}, expected 200/53"
+        )
+    return info
 
 
 # --------------------------------------------------------------------------- CPU accounting
@@ -438,7 +477,17 @@ def parse_wrk(out: str) -> dict[str, Any]:
     }
 
 
-def run_wrk(port: int, conns: int, seconds: float, path: str = "/small") -> dict[str, Any]:
+def run_wrk(
+    port: int,
+    conns: int,
+    seconds: float,
+    path: str = "/small",
+    *,
+    tls: bool = False,
+    headers: tuple[str, ...] = (),
+    preload: str | None = None,
+) -> dict[str, Any]:
+    """wrk on the load cpu; tls -> https://, headers -> -H each, preload -> LD_PRELOAD."""
     secs = max(1, round(seconds))
     argv = [
         "taskset",
@@ -449,14 +498,282 @@ def run_wrk(port: int, conns: int, seconds: float, path: str = "/small") -> dict
         f"-c{conns}",
         f"-d{secs}s",
         "--latency",
-        f"http://{HOST}:{port}{path}",
+        *[arg for h in headers for arg in ("-H", h)],
+        f"{'https' if tls else 'http'}://{HOST}:{port}{path}",
     ]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 60)
+    env = dict(os.environ, LD_PRELOAD=preload) if preload else None
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 60, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"wrk exited {r.returncode}: {r.stderr.strip() or r.stdout.strip()}")
     res = parse_wrk(r.stdout)
-    res["cmd"] = " ".join(argv[3:])
+    res["cmd"] = (f"LD_PRELOAD={Path(preload).name} " if preload else "") + shlex.join(argv[3:])
     return res
+
+
+# --------------------------------------------------------------------------- TLS
+
+TLS_CERT_DESC = "ECDSA P-256 (secp256r1) leaf, ecdsa-with-SHA256, signed by a throwaway CA"
+
+
+def make_tls_files(workdir: Path) -> dict[str, Any]:
+    """One ECDSA P-256 server certificate (+ its CA) for the whole run, valid for
+    127.0.0.1 and localhost; every TLS target is given the same files."""
+    import trustme
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    d = workdir / "tls"
+    d.mkdir()
+    ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
+    leaf = ca.issue_cert("127.0.0.1", "localhost", key_type=trustme.KeyType.ECDSA)
+    cert, key, cafile = d / "server.crt", d / "server.key", d / "ca.crt"
+    cert.write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    cafile.write_bytes(ca.cert_pem.bytes())
+    c = x509.load_pem_x509_certificate(cert.read_bytes())
+    pub = c.public_key()
+    if not (isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.name == "secp256r1"):
+        raise RuntimeError(f"trustme made a {type(pub).__name__} key, expected ECDSA P-256")
+    san = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return {
+        "cert": str(cert),
+        "key": str(key),
+        "ca": str(cafile),
+        "description": TLS_CERT_DESC,
+        "san": [str(n.value) for n in san],
+        "generated_by": f"trustme {trustme.__version__}",
+    }
+
+
+# LD_PRELOAD shim for wrk: wrk keeps one SSL object per connection slot and calls
+# SSL_shutdown + SSL_clear before reconnecting, which keeps the session, so every
+# reconnect resumes it (TLS 1.3 PSK from a session ticket) instead of doing a full
+# handshake. The shim drops the session after SSL_clear -> full handshake every time.
+_NORESUME_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stddef.h>
+typedef struct ssl_st SSL;
+int SSL_clear(SSL *s) {
+    static int (*real_clear)(SSL *);
+    static int (*set_session)(SSL *, void *);
+    if (!real_clear) {
+        real_clear = (int (*)(SSL *))dlsym(RTLD_NEXT, "SSL_clear");
+        set_session = (int (*)(SSL *, void *))dlsym(RTLD_NEXT, "SSL_set_session");
+    }
+    int r = real_clear(s);
+    if (set_session)
+        set_session(s, NULL);
+    return r;
+}
+"""
+
+
+def build_noresume_shim(workdir: Path) -> tuple[str | None, str]:
+    """Compile the shim with cc; (path, "") or (None, why not)."""
+    cc = _find("cc") or _find("gcc")
+    if not cc:
+        return None, "no C compiler (cc) for the wrk no-resume shim: full handshakes not measured"
+    src, so = workdir / "wrk_noresume.c", workdir / "wrk_noresume.so"
+    src.write_text(_NORESUME_C)
+    r = subprocess.run(
+        [cc, "-O2", "-shared", "-fPIC", "-o", str(so), str(src), "-ldl"],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        return None, f"building the wrk no-resume shim failed: {r.stderr.strip()[-300:]}"
+    return str(so), ""
+
+
+_TLS_VERSIONS = {0x0304: "TLSv1.3", 0x0303: "TLSv1.2", 0x0302: "TLSv1.1", 0x0301: "TLSv1"}
+_TLS_CIPHERS = {
+    0x1301: "TLS_AES_128_GCM_SHA256",
+    0x1302: "TLS_AES_256_GCM_SHA384",
+    0x1303: "TLS_CHACHA20_POLY1305_SHA256",
+    0xC02B: "ECDHE-ECDSA-AES128-GCM-SHA256",
+    0xC02C: "ECDHE-ECDSA-AES256-GCM-SHA384",
+    0xCCA9: "ECDHE-ECDSA-CHACHA20-POLY1305",
+}
+_TLS_GROUPS = {0x001D: "x25519", 0x0017: "secp256r1", 0x0018: "secp384r1", 0x001E: "x448"}
+
+
+def classify_server_flight(data: bytes) -> dict[str, Any] | None:
+    """Classify a TLS handshake from the first bytes the *server* sent (its plaintext
+    part): None = need more bytes. TLS 1.3: resumed iff the ServerHello carries
+    pre_shared_key (41). TLS 1.2: full iff a Certificate (11) comes before the
+    ChangeCipherSpec record."""
+    hs, pos, ccs = b"", 0, False
+    while pos + 5 <= len(data):
+        ctype, length = data[pos], int.from_bytes(data[pos + 3 : pos + 5], "big")
+        if pos + 5 + length > len(data):
+            break
+        frag, pos = data[pos + 5 : pos + 5 + length], pos + 5 + length
+        if ctype == 22:
+            hs += frag
+        elif ctype == 21:
+            return {"kind": "alert"}
+        else:  # 20 ChangeCipherSpec, 23 encrypted: the plaintext handshake is over
+            ccs = True
+            break
+    info: dict[str, Any] = {}
+    i = 0
+    while i + 4 <= len(hs):
+        mtype, mlen = hs[i], int.from_bytes(hs[i + 1 : i + 4], "big")
+        if i + 4 + mlen > len(hs):
+            return None
+        body, i = hs[i + 4 : i + 4 + mlen], i + 4 + mlen
+        if mtype == 2:  # ServerHello
+            version = int.from_bytes(body[0:2], "big")
+            j = 34 + 1 + body[34]  # version, random, session id
+            cipher = int.from_bytes(body[j : j + 2], "big")
+            j += 3  # cipher suite, compression
+            exts: dict[int, bytes] = {}
+            end = j + 2 + int.from_bytes(body[j : j + 2], "big") if j + 2 <= len(body) else j
+            j += 2
+            while j + 4 <= end:
+                et, el = (
+                    int.from_bytes(body[j : j + 2], "big"),
+                    int.from_bytes(body[j + 2 : j + 4], "big"),
+                )
+                exts[et] = body[j + 4 : j + 4 + el]
+                j += 4 + el
+            if exts.get(43, b"")[:2] == b"\x03\x04":
+                version = 0x0304
+            info = {
+                "version": _TLS_VERSIONS.get(version, hex(version)),
+                "cipher": _TLS_CIPHERS.get(cipher, hex(cipher)),
+            }
+            if 51 in exts:
+                group = int.from_bytes(exts[51][:2], "big")
+                info["group"] = _TLS_GROUPS.get(group, hex(group))
+            if version == 0x0304:
+                return {**info, "kind": "resumed" if 41 in exts else "full"}
+        elif mtype == 11 and info:  # TLS 1.2 Certificate: a full handshake
+            return {**info, "kind": "full"}
+    if ccs and info:  # TLS 1.2 abbreviated handshake: no Certificate before CCS
+        return {**info, "kind": "resumed"}
+    return {"kind": "unknown"} if ccs else None
+
+
+class HandshakeProbe:
+    """A TCP relay on 127.0.0.1 (asyncio, in a thread of this harness) in front of one TLS
+    target. It counts the connections a client opens through it and classifies each
+    one's handshake (resumed / full, version, cipher, group) from the server's plaintext
+    ServerHello. Used with a short wrk run to check what wrk really does."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self.connections = 0
+        self.kinds: dict[str, int] = {}
+        self.params: dict[str, int] = {}
+        self.upstream_errors = 0
+
+    def __enter__(self) -> HandshakeProbe:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, HOST, 0, backlog=1024), self.loop
+        ).result(10)
+        self.port = int(self.server.sockets[0].getsockname()[1])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def shutdown() -> None:
+            self.server.close()
+            # wrk has exited, so every relayed connection ends within ~1 s (see _handle);
+            # loop, as a connection still in the accept queue may start a handler late.
+            deadline = time.monotonic() + 3
+            while tasks := [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+                _, pending = await asyncio.wait(
+                    tasks, timeout=max(0.1, deadline - time.monotonic())
+                )
+                if pending and time.monotonic() >= deadline:
+                    for t in pending:
+                        t.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    def _record(self, res: dict[str, Any]) -> None:
+        kind = res.get("kind", "unknown")
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        if "version" in res:
+            p = " ".join(str(res[k]) for k in ("version", "cipher", "group") if k in res)
+            self.params[p] = self.params.get(p, 0) + 1
+
+    async def _handle(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            ur, uw = await asyncio.open_connection(HOST, self.target)
+        except OSError:
+            self.upstream_errors += 1
+            cw.close()
+            return
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter, inspect: bool) -> None:
+            buf, done = b"", not inspect
+            try:
+                while data := await r.read(65536):
+                    if not done:
+                        buf += data
+                        res = classify_server_flight(buf)
+                        if res is not None or len(buf) > 65536:
+                            self._record(res or {"kind": "unknown"})
+                            done = True
+                    w.write(data)
+                    await w.drain()
+                if w.can_write_eof():
+                    w.write_eof()
+            except (OSError, RuntimeError):
+                pass
+            finally:
+                if not done:
+                    self._record({"kind": "unknown" if buf else "no-handshake"})
+
+        pipes = [
+            asyncio.ensure_future(pipe(cr, uw, False)),
+            asyncio.ensure_future(pipe(ur, cw, True)),
+        ]
+        try:
+            # When one side is done, give the other 1 s (e.g. wrk closed a connection it
+            # opened as it stopped and the server waits for a ClientHello): no stragglers.
+            _, pending = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+            if pending:
+                await asyncio.wait(pending, timeout=1)
+        except asyncio.CancelledError:
+            pass  # shutting down; returning normally keeps asyncio from logging it
+        finally:
+            for t in pipes:
+                t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*pipes, return_exceptions=True)
+            for w in (cw, uw):
+                w.close()
+
+    def result(self, requests: int) -> dict[str, Any]:
+        # "no-handshake": opened as wrk stopped, closed before the server said anything
+        n = sum(v for k, v in self.kinds.items() if k != "no-handshake")
+        resumed = self.kinds.get("resumed", 0)
+        share = resumed / n if n else None
+        if share is None:
+            kind = "none"
+        else:
+            kind = "resumed" if share >= 0.95 else "full" if share <= 0.05 else "mixed"
+        return {
+            "connections": self.connections,
+            "requests": requests,
+            "handshakes": dict(self.kinds),
+            "resumed_share": None if share is None else round(share, 4),
+            "kind": kind,
+            "negotiated": dict(self.params),
+            "upstream_errors": self.upstream_errors,
+        }
 
 
 # --------------------------------------------------------------------------- config files
@@ -547,6 +864,9 @@ class Ctx:
     haproxy_note: str
     origin_port: int = 0
     origin: Proc | None = None
+    tls: dict[str, Any] | None = None  # make_tls_files(): cert/key/ca paths (tls scenario)
+    noresume_so: str | None = None  # the wrk no-resume shim (full handshakes), if built
+    noresume_note: str = ""
 
     @property
     def nginx_conns(self) -> int:
@@ -559,10 +879,12 @@ class Target:
     # Starts the target; returns (port to load, process to meter or None for "direct").
     start: Callable[[Ctx], tuple[int, Proc | None]]
     description: str
-    # Which scenarios apply ("small", "stream", "idle"); the --scenarios flag narrows it.
+    # Which scenarios apply ("small", "stream", "idle", "tls"); --scenarios narrows it.
     scenarios: tuple[str, ...] = ("small", "stream", "idle")
     cpu: str = PROXY_CPU  # where the proxy runs (taskset -c)
     meta: dict[str, Any] = field(default_factory=dict)
+    # Starts the same target terminating TLS with ctx.tls (the "tls" scenario).
+    tls_start: Callable[[Ctx], tuple[int, Proc | None]] | None = None
 
 
 def start_origin(ctx: Ctx) -> None:
@@ -597,8 +919,17 @@ def t_direct(ctx: Ctx) -> tuple[int, Proc | None]:
     return ctx.origin_port, None
 
 
-def t_nginx(ctx: Ctx) -> tuple[int, Proc | None]:
+def t_nginx(ctx: Ctx, tls: bool = False) -> tuple[int, Proc | None]:
     port = free_port()
+    name = "nginx-proxy-tls" if tls else "nginx-proxy"
+    ssl_conf = ""
+    if tls:
+        assert ctx.tls is not None
+        ssl_conf = f"""
+            ssl_certificate {ctx.tls["cert"]};
+            ssl_certificate_key {ctx.tls["key"]};
+            ssl_protocols TLSv1.2 TLSv1.3;
+            ssl_session_cache shared:SSL:10m;"""
     server = f"""\
         upstream origin {{
             server {HOST}:{ctx.origin_port};
@@ -606,7 +937,7 @@ def t_nginx(ctx: Ctx) -> tuple[int, Proc | None]:
             keepalive_requests 1000000;
         }}
         server {{
-            listen {HOST}:{port} backlog=4096;
+            listen {HOST}:{port}{" ssl" if tls else ""} backlog=4096;{ssl_conf}
             location / {{
                 proxy_pass http://origin;
                 proxy_http_version 1.1;
@@ -616,8 +947,13 @@ def t_nginx(ctx: Ctx) -> tuple[int, Proc | None]:
             }}
         }}
     """
-    conf = nginx_conf(ctx.workdir, "nginx-proxy", server, conns=ctx.nginx_conns)
-    return port, start_nginx(ctx, "nginx-proxy", conf, PROXY_CPU, port)
+    conf = nginx_conf(ctx.workdir, name, server, conns=ctx.nginx_conns)
+    return port, start_nginx(ctx, name, conf, PROXY_CPU, port)
+
+
+def t_nginx_tls(ctx: Ctx) -> tuple[int, Proc | None]:
+    """The nginx target, same config plus listen ... ssl and the ssl_* lines above."""
+    return t_nginx(ctx, tls=True)
 
 
 def t_haproxy(ctx: Ctx) -> tuple[int, Proc | None]:
@@ -685,13 +1021,19 @@ PROXYCORE_PYTHON = [sys.executable]
 
 
 def t_proxycore(
-    backend: str, workers: int = 1, cpu: str = PROXY_CPU
+    backend: str, workers: int = 1, cpu: str = PROXY_CPU, tls: bool = False
 ) -> Callable[[Ctx], tuple[int, Proc | None]]:
-    name = f"proxycore-{backend}" + (f"-w{workers}" if workers > 1 else "")
+    name = (
+        f"proxycore-{backend}" + (f"-w{workers}" if workers > 1 else "") + ("-tls" if tls else "")
+    )
 
     def start(ctx: Ctx) -> tuple[int, Proc | None]:
         port = free_port()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        tls_args = []
+        if tls:
+            assert ctx.tls is not None
+            tls_args = ["--tls-cert", ctx.tls["cert"], "--tls-key", ctx.tls["key"]]
         p = Proc(
             name,
             [
@@ -701,6 +1043,7 @@ def t_proxycore(
                 "reverse-proxy",
                 "--listen",
                 f"{HOST}:{port}",
+                *tls_args,
                 "--to",
                 f"{HOST}:{ctx.origin_port}",
                 "--backend",
@@ -721,15 +1064,28 @@ def t_proxycore(
 
 
 def build_targets(backends: list[str], workers_row: bool = True) -> list[Target]:
+    with_tls = ("small", "stream", "idle", "tls")
     targets = [
         Target("direct", t_direct, "wrk -> origin (ceiling; no proxy)", ("small", "stream")),
-        Target("nginx", t_nginx, "nginx reverse proxy, 1 worker, upstream keepalive 64"),
+        Target(
+            "nginx",
+            t_nginx,
+            "nginx reverse proxy, 1 worker, upstream keepalive 64",
+            with_tls,
+            tls_start=t_nginx_tls,
+        ),
         Target("haproxy", t_haproxy, "haproxy, nbthread 1, http-reuse always"),
         Target("aiohttp", t_aiohttp, "plain aiohttp+uvloop proxy (bench/aiohttp_proxy.py)"),
     ]
     for b in backends:
         targets.append(
-            Target(f"proxycore-{b}", t_proxycore(b), f"python -m proxycore --backend {b}")
+            Target(
+                f"proxycore-{b}",
+                t_proxycore(b),
+                f"python -m proxycore --backend {b}",
+                with_tls,
+                tls_start=t_proxycore(b, tls=True),
+            )
         )
     if workers_row:  # listed right after the 1-worker uvloop row
         w2 = Target(
@@ -909,16 +1265,96 @@ def scenario_idle(ctx: Ctx, port: int, proc: Proc | None) -> dict[str, Any]:
     return res
 
 
+TLS_CLOSE = ("Connection: close",)  # wrk: every request on a new TCP + TLS connection
+
+
+def load_bound(cpu: dict[str, Any]) -> bool:
+    """The load cpu (wrk + origin) was saturated while the proxy was not: the number is
+    the load generator's limit (a lower bound for the proxy)."""
+    return bool(cpu.get(f"cpu{LOAD_CPU}_busy_pct", 0) >= 95 and cpu.get("proxy_pct", 100) < 95)
+
+
+def scenario_tls(ctx: Ctx, port: int, proc: Proc | None) -> dict[str, Any]:
+    """The target terminating TLS (ctx.tls): keep-alive req/s over TLS (wrk -c50), then new
+    connections/s with wrk -H "Connection: close" -- as wrk does it (it resumes the TLS
+    session on every reconnect) and, with the no-resume shim, with full handshakes. After
+    each handshake run a 1 s wrk -c4 through HandshakeProbe checks what really happened
+    (one connection per request? resumed or full?)."""
+    a = ctx.args
+    secs = a.tls_duration
+    pids = {"origin": ctx.origin.pid} if ctx.origin else {}
+    if proc is not None:
+        pids["proxy"] = proc.pid
+
+    def alive(what: str) -> None:
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{proc.name} died during {what}:\n{proc.log_tail()}")
+
+    run_wrk(port, 50, min(a.warmup, 1.0), tls=True)  # warm-up: upstream pool, caches
+    with CpuMeter(pids) as cpu:
+        ka = run_wrk(port, 50, secs, tls=True)
+    alive("the TLS keep-alive run")
+    ka["load_bound"] = load_bound(cpu.result)
+    res: dict[str, Any] = {"keepalive": ka, "cpu": cpu.result, "handshakes": {}}
+    modes: list[tuple[str, str | None]] = [("resumed", None)]
+    if ctx.noresume_so:
+        modes.append(("full", ctx.noresume_so))
+    else:
+        res["full_handshakes_note"] = ctx.noresume_note
+    errors = []
+    for kind, preload in modes:
+        try:
+            with CpuMeter(pids) as cpu:
+                h = run_wrk(port, 50, secs, tls=True, headers=TLS_CLOSE, preload=preload)
+            alive(f"the {kind}-handshake run")
+            h["cpu"] = cpu.result
+            h["load_bound"] = load_bound(cpu.result)
+            with HandshakeProbe(port) as probe:
+                pr = run_wrk(probe.port, 4, 1, tls=True, headers=TLS_CLOSE, preload=preload)
+            h["probe"] = probe.result(pr["requests"])
+            h["probe"]["cmd"] = pr["cmd"].replace(str(probe.port), "RELAY", 1)
+            h["probe"]["wrk_errors"] = pr["error_count"]
+            h["kind"] = h["probe"]["kind"]  # what the relay saw; "resumed"/"full" expected
+            p = h["probe"]
+            # each connection carries one request: connections ~= requests (+ <= 4 in flight)
+            h["conn_per_request"] = (
+                round(p["connections"] / p["requests"], 3) if p["requests"] else None
+            )
+            if h["kind"] != kind:
+                h["warning"] = (
+                    f"expected {kind} handshakes, the relay saw {p['handshakes']} "
+                    f"({p['connections']} connections for {p['requests']} requests)"
+                )
+        except Exception as e:
+            msg = f"{type(e).__name__}: {e}" if not isinstance(e, RuntimeError) else str(e)
+            h = {"error": msg}
+            errors.append(f"{kind} handshakes: {msg}")
+        res["handshakes"][kind] = h
+    windows = [res["cpu"]] + [h["cpu"] for h in res["handshakes"].values() if "cpu" in h]
+    res["bg_pct_max"] = max(w.get("bg_pct", 0) for w in windows)
+    if errors:
+        res["error"] = "; ".join(errors)
+    return res
+
+
 # Scenario registry: name -> fn(ctx, port, proc) -> metrics dict, stored as row[name].
 # Every scenario gets a freshly started target (so one scenario's heap growth can't hide
-# or inflate the next one's RSS). --scenarios maps rps->small, stream, idle; "workers"
-# adds the proxycore-uvloop-w2 row (which runs "small" only).
+# or inflate the next one's RSS). --scenarios maps rps->small, stream, idle, tls; "workers"
+# adds the proxycore-uvloop-w2 row (which runs "small" only). "tls" starts the target
+# with Target.tls_start (nginx and proxycore rows only).
 SCENARIOS: dict[str, Callable[[Ctx, int, Proc | None], dict[str, Any]]] = {
     "small": scenario_small,
     "stream": scenario_stream,
     "idle": scenario_idle,
+    "tls": scenario_tls,
 }
-SCENARIO_FLAGS = {"rps": "small", "stream": "stream", "idle": "idle", "workers": None}
+SCENARIO_FLAGS = {
+    "rps": "small",
+    "stream": "stream",
+    "idle": "idle",
+    "workers": None,
+    "tls": "tls",
+}
 
 
 # --------------------------------------------------------------------------- install
@@ -992,7 +1428,14 @@ def tool_versions(ctx: Ctx) -> dict[str, str]:
         "wrk": first_line(["wrk", "--version"]),
         "aiohttp": aiohttp.__version__,
         "uvloop": uvloop.__version__,
+        "openssl": first_line(["openssl", "version"]),  # the libssl wrk uses
+        "python_ssl": ssl.OPENSSL_VERSION,
     }
+    with contextlib.suppress(Exception):
+        nv = subprocess.run([ctx.nginx, "-V"], capture_output=True, text=True, timeout=10)
+        m = re.search(r"built with (OpenSSL [^\n]*)", nv.stderr + nv.stdout)
+        if m:
+            v["nginx_ssl"] = m.group(1).strip()
     if ctx.haproxy:
         v["haproxy"] = first_line([ctx.haproxy, "-v"])
     r = subprocess.run(
@@ -1010,7 +1453,7 @@ def _ok(r: dict[str, Any], scen: str) -> dict[str, Any] | None:
     res = r.get(scen)
     if not isinstance(res, dict):
         return None
-    key = {"small": "c50", "stream": "mb_s", "idle": "kib_per_conn"}[scen]
+    key = {"small": "c50", "stream": "mb_s", "idle": "kib_per_conn", "tls": "keepalive"}[scen]
     return res if res.get(key) is not None else None
 
 
@@ -1027,6 +1470,16 @@ def summarize(rows: list[dict[str, Any]]) -> None:
 
     def ratio(x: float, y: float | None) -> float | None:
         return round(x / y, 3) if y else None
+
+    def tls_ref(kind: str) -> float | None:
+        """nginx (TLS) req/s: keep-alive, or new conns/s with resumed / full handshakes."""
+        res = _ok(by["nginx"], "tls") if "nginx" in by else None
+        m = (res or {}).get("keepalive") if kind == "keepalive" else None
+        if res is not None and kind != "keepalive":
+            m = res["handshakes"].get(kind)
+        if not m or m.get("rps") is None or m["error_count"]:
+            return None
+        return float(m["rps"])
 
     direct = _ok(by["direct"], "small") if "direct" in by else None
     direct_c1 = direct["c1"]["p50_ms"] if direct else None
@@ -1053,6 +1506,23 @@ def summarize(rows: list[dict[str, Any]]) -> None:
             r["stream_peak_rss_mib"] = st.get("peak_rss_mib")
         if idle := _ok(r, "idle"):
             r["idle_kib_per_conn"] = idle["kib_per_conn"]
+        if tls := _ok(r, "tls"):
+            ka = tls["keepalive"]
+            r["tls_rps"] = ka["rps"]
+            r["tls_rps_load_bound"] = ka.get("load_bound", False)
+            r["tls_ratio_nginx"] = ratio(ka["rps"], tls_ref("keepalive"))
+            r["tls_p50_ms"] = ka["p50_ms"]
+            r["tls_p99_ms"] = ka["p99_ms"]
+            errors = ka["error_count"]
+            for kind, h in tls["handshakes"].items():
+                if h.get("rps") is not None:
+                    r[f"tls_hs_{kind}"] = h["rps"]
+                    r[f"tls_hs_{kind}_load_bound"] = h.get("load_bound", False)
+                    r[f"tls_hs_{kind}_ratio_nginx"] = ratio(h["rps"], tls_ref(kind))
+                    errors += h["error_count"]
+            r["tls_errors"] = errors
+            if errors:
+                r["flagged"] = True
         if r.get("scenario_errors"):
             r["flagged"] = True
 
@@ -1073,6 +1543,10 @@ def _added(ms: float | None, is_direct: bool) -> str:
 
 def _ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}%"
 
 
 def _mib(kib: float | None) -> str:
@@ -1202,12 +1676,120 @@ def print_table2(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
                 print(f"  {r['name']} {scen}: {res['error'].splitlines()[0]}")
 
 
+def print_table3(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """Table 3: TLS termination -- keep-alive req/s and new connections/s (handshakes)."""
+    tls_rows = [r for r in rows if "tls" in r or (r.get("skipped") and r["name"] == "nginx")]
+    if not tls_rows:
+        return
+    secs = getattr(args, "tls_duration", 5)
+    hdr = ["name (TLS)", "keep-alive req/s", "vs nginx", "p50", "p99", "proxy cpu",
+           "resumed hs/s", "vs nginx", "proxy cpu", "full hs/s", "vs nginx", "proxy cpu",
+           "bg cpu", "errors"]  # fmt: skip
+    bound = False
+    lines: list[list[str]] = []
+    failures: dict[int, str] = {}
+    notes: list[str] = []
+    negotiated: dict[str, list[str]] = {}
+    for r in tls_rows:
+        if (why := _failure(r, "tls")) or (t := _ok(r, "tls")) is None:
+            failures[len(lines)] = why or "FAILED"
+            lines.append([r["name"]])
+            continue
+        cells = []
+        for kind in ("resumed", "full"):
+            h = t["handshakes"].get(kind)
+            if not h or h.get("rps") is None:
+                cells += ["FAILED" if h else "-", "-", "-"]
+                continue
+            mark = "" if h.get("kind") == kind else "!"
+            if mark:
+                notes.append(f"  ! {r['name']} {kind}: {h.get('warning', '')}")
+            if h.get("load_bound"):
+                mark += "^"
+                bound = True
+            cells += [
+                f"{h['rps']:,.0f}{mark}",
+                _ratio(r.get(f"tls_hs_{kind}_ratio_nginx")),
+                _pct(h["cpu"].get("proxy_pct")),
+            ]
+            for p in h["probe"]["negotiated"]:
+                negotiated.setdefault(p, []).append(f"{r['name']}/{kind}")
+        errs = r.get("tls_errors", 0)
+        ka_mark = "^" if t["keepalive"].get("load_bound") else ""
+        bound = bound or bool(ka_mark)
+        lines.append(
+            [
+                r["name"],
+                f"{t['keepalive']['rps']:,.0f}{ka_mark}",
+                _ratio(r.get("tls_ratio_nginx")),
+                _lat(r.get("tls_p50_ms")),
+                _lat(r.get("tls_p99_ms")),
+                _pct(t["cpu"].get("proxy_pct")),
+                *cells,
+                f"{t.get('bg_pct_max', 0):.0f}%",
+                f"{errs} FLAG" if errs else "0",
+            ]
+        )
+    print()
+    print(
+        f"TLS termination, one {TLS_CERT_DESC} for every target; wrk -t1 -c50 -d{secs:g}s "
+        "https://127.0.0.1:PORT/small. keep-alive: 50 long-lived TLS connections. hs/s: "
+        'the same with -H "Connection: close" -- a new TCP + TLS connection per request '
+        "(req/s = connections/s; wrk's latency starts after the handshake, so none shown). "
+        "resumed: wrk as is, it resumes the TLS session on every reconnect (TLS 1.3 "
+        "PSK from a session ticket: ECDHE but no certificate, no signature). full: wrk with "
+        "an LD_PRELOAD shim that drops the session -> a full handshake (ECDHE + ECDSA "
+        "signature) per connection. Both checked per row through a relay (1 s, -c4) that "
+        "reads each ServerHello. proxy cpu = % of one core during that run; bg cpu = max "
+        "over the 3 runs."
+    )
+    _render(hdr, lines, failures)
+    if bound:
+        print(
+            f"^ cpu {LOAD_CPU} (wrk + origin) was saturated and the proxy was not: that "
+            "number is wrk's limit, a lower bound for the row (ratios against it are upper "
+            "bounds). wrk's side of a handshake costs more than the server's (ECDSA verify > "
+            "sign), so with one load core a fast server's handshake rate is wrk's."
+        )
+    for r in tls_rows:
+        t = r.get("tls")
+        if isinstance(t, dict):
+            if t.get("full_handshakes_note"):
+                notes.append(f"  {r['name']} full handshakes: {t['full_handshakes_note']}")
+            if t.get("error") and _ok(r, "tls") is not None:
+                notes.append(f"  {r['name']} tls: {t['error'].splitlines()[0]}")
+    probes = [
+        h["probe"]
+        for r in tls_rows
+        for h in (r.get("tls") or {}).get("handshakes", {}).values()
+        if isinstance(h, dict) and "probe" in h
+    ]
+    if probes:
+        conns, reqs = sum(p["connections"] for p in probes), sum(p["requests"] for p in probes)
+        print(
+            f"relay check: {conns:,} connections for {reqs:,} requests in "
+            f"{len(probes)} probe runs (one connection per request; the few extra were "
+            "still in flight when wrk stopped)."
+        )
+    for p, who in negotiated.items():
+        scope = (
+            "all rows" if len(who) == sum(len(w) for w in negotiated.values()) else ", ".join(who)
+        )
+        print(f"negotiated by wrk: {p} ({scope})")
+    for n in notes:
+        print(n)
+
+
 NOISY_BG_PCT = 10.0  # bg cpu above this during a measurement -> that number is noise
 
 
 def _bg(r: dict[str, Any] | None, scen: str) -> float:
     res = (r or {}).get(scen)
-    return float(res.get("cpu", {}).get("bg_pct", 0)) if isinstance(res, dict) else 0.0
+    if not isinstance(res, dict):
+        return 0.0
+    if "bg_pct_max" in res:  # tls: the worst of its three windows
+        return float(res["bg_pct_max"])
+    return float(res.get("cpu", {}).get("bg_pct", 0))
 
 
 def evaluate_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -1256,6 +1838,8 @@ def evaluate_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             rss = st.get("peak_rss_mib") if st else None
             add(f"{r['name']} 1GiB peak RSS", rss, "<=", 64, "MiB")
     add(f"{uv} idle RSS per conn", g(uv, "idle_kib_per_conn"), "<=", 16, "KiB")
+    add(f"{uv} TLS keep-alive req/s vs nginx (TLS)", g(uv, "tls_ratio_nginx"), ">=", 0.25,
+        "x", ((uv, "tls"), ("nginx", "tls")))  # fmt: skip
     return out
 
 
@@ -1310,19 +1894,31 @@ def _ensure_matplotlib() -> Any:
 
 
 def draw_chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Horizontal bars: req/s (c50), 1 GiB MB/s, idle KiB per connection."""
+    """Horizontal bars: req/s (c50), 1 GiB MB/s, idle KiB per connection, TLS req/s and
+    new connections/s."""
     plt = _ensure_matplotlib()
     panels = [
         ("req/s, GET /small, wrk -c50", "rps", "{:,.0f}", "small"),
         ("1 GiB stream, MB/s", "stream_mb_s", "{:,.0f}", "stream"),
         ("peak RSS streaming 1 GiB, MiB", "stream_peak_rss_mib", "{:.1f}", ""),
         ("RSS per idle keep-alive conn, KiB", "idle_kib_per_conn", "{:.1f}", ""),
+        ("TLS keep-alive req/s, wrk -c50 (ECDSA P-256)", "tls_rps", "{:,.0f}", "tls"),
+        ("TLS new conns/s, resumed handshakes", "tls_hs_resumed", "{:,.0f}", "tls"),
+        ("TLS new conns/s, full handshakes", "tls_hs_full", "{:,.0f}", "tls"),
     ]
     panels = [p for p in panels if any(r.get(p[1]) is not None for r in rows)]
     if not panels:
         return
-    names = [r["name"] for r in rows if any(r.get(p[1]) is not None for p in panels)]
     by = {r["name"]: r for r in rows}
+
+    def rows_with(ps: list[tuple[str, str, str, str]]) -> list[str]:
+        return [r["name"] for r in rows if any(r.get(p[1]) is not None for p in ps)]
+
+    # The TLS panels list only the rows that ran the tls scenario (nginx + proxycore);
+    # the others share one row list, as before.
+    tls_panels = [p for p in panels if p[3] == "tls"]
+    names_main = rows_with([p for p in panels if p[3] != "tls"])
+    names_tls = rows_with(tls_panels)
 
     def color(n: str) -> str:
         if n == "direct":
@@ -1332,35 +1928,45 @@ def draw_chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         return "#ff7f0e" if n == "aiohttp" else "#2ca02c"
 
     ncols = min(2, len(panels))
-    nrows = (len(panels) + ncols - 1) // ncols
+    main = [p for p in panels if p[3] != "tls"]
+    # grid rows: the main panels, then the TLS panels starting on a fresh row
+    layout = [main[i : i + ncols] for i in range(0, len(main), ncols)]
+    layout += [tls_panels[i : i + ncols] for i in range(0, len(tls_panels), ncols)]
+    heights = [0.36 * len(names_tls if row[0][3] == "tls" else names_main) + 1.0 for row in layout]
     fig, grid = plt.subplots(
-        nrows, ncols, figsize=(6.2 * ncols + 1, (0.36 * len(names) + 1.0) * nrows + 0.6),
-        squeeze=False,
+        len(layout), ncols, figsize=(6.2 * ncols + 1, sum(heights) + 0.6), squeeze=False,
+        gridspec_kw={"height_ratios": heights},
     )  # fmt: skip
-    axes = [ax for row in grid for ax in row]
-    for ax in axes[len(panels) :]:
-        ax.set_visible(False)
-    axes = axes[: len(panels)]
-    ys = list(range(len(names)))[::-1]
-    for ax, (label, key, f, noise_scen) in zip(axes, panels, strict=True):
+    placed = []
+    for row_axes, row_panels in zip(grid, layout, strict=True):
+        for i, ax in enumerate(row_axes):
+            if i < len(row_panels):
+                placed.append((ax, row_panels[i]))
+            else:
+                ax.set_visible(False)
+    for ax, (label, key, f, noise_scen) in placed:
+        names = names_tls if noise_scen == "tls" else names_main
+        ys = list(range(len(names)))[::-1]
         vals = [by[n].get(key) for n in names]
         # hatched + "(noisy)": measured while other processes used > NOISY_BG_PCT of a core
         noisy = [bool(noise_scen) and _bg(by[n], noise_scen) > NOISY_BG_PCT for n in names]
         bars = ax.barh(ys, [v or 0 for v in vals], color=[color(n) for n in names])
         top = max((v for v in vals if v), default=1)
-        for bar, y, v, nz in zip(bars, ys, vals, noisy, strict=True):
+        for bar, y, v, nz, n in zip(bars, ys, vals, noisy, names, strict=True):
             if nz:
                 bar.set_hatch("///")
             txt = "-" if v is None else f.format(v) + (" (noisy)" if nz else "")
+            if v is not None and by[n].get(f"{key}_load_bound"):
+                txt += " (wrk's limit)"
             ax.text((v or 0) + top * 0.01, y, txt, va="center", fontsize=8)
         ax.set_title(label, fontsize=10)
         ax.set_yticks(ys)
         ax.set_yticklabels(names, fontsize=8)
-        ax.set_xlim(0, top * 1.3)
+        ax.set_xlim(0, top * (1.5 if noise_scen == "tls" else 1.3))
         ax.tick_params(axis="x", labelsize=8)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (sum(heights) + 0.6)))  # room for the title
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -1389,9 +1995,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--scenarios",
-        default="rps,stream,idle,workers",
+        default="rps,stream,idle,workers,tls",
         help="comma list: rps (GET /small c50 + c1), stream (1 GiB GET: MB/s + peak RSS), "
-        "idle (RSS per idle keep-alive conn), workers (proxycore-uvloop-w2 row, rps only)",
+        "idle (RSS per idle keep-alive conn), workers (proxycore-uvloop-w2 row, rps only), "
+        "tls (nginx + proxycore terminating TLS: keep-alive req/s, new conns/s with resumed "
+        "and full handshakes)",
+    )
+    ap.add_argument(
+        "--tls-duration",
+        type=float,
+        default=5,
+        help="seconds per tls measurement (keep-alive, resumed, full handshakes) (5)",
     )
     ap.add_argument(
         "--idle-conns", type=int, default=10000, help="idle keep-alive connections (10000)"
@@ -1508,9 +2122,19 @@ def main(argv: list[str] | None = None) -> int:
         ok, msg = apt_install(["curl"])
         if not ok:
             sys.exit(f"bench: curl missing and could not be installed: {msg}")
+    if "tls" in scen_names:
+        try:
+            import trustme  # noqa: F401
+        except ImportError:
+            sys.exit("bench: the tls scenario needs trustme (pip install trustme)")
     workdir = Path(tempfile.mkdtemp(prefix="proxycore-bench-"))
     os.chmod(workdir, 0o755)  # nginx workers (user root, but be safe) read/write temp paths
     ctx = Ctx(args, workdir, nginx, haproxy, hnote)
+    if "tls" in scen_names:
+        ctx.tls = make_tls_files(workdir)
+        ctx.noresume_so, ctx.noresume_note = build_noresume_shim(workdir)
+        if ctx.noresume_note:
+            log(ctx.noresume_note)
     rows: list[dict[str, Any]] = []
     interrupted = False
     quiet_left = args.quiet_budget  # total waiting for a quiet box, so a busy box can't
@@ -1545,12 +2169,22 @@ def main(argv: list[str] | None = None) -> int:
                                 f"(bg {q['bg_pct']}%); measuring anyway"
                             )
                     log(f"{t.name}/{sname}: starting")
-                    port, proc = t.start(ctx)  # a fresh process for every scenario
-                    row["port"] = port
+                    tls = sname == "tls"
+                    start = t.tls_start if tls else t.start
+                    assert start is not None
+                    port, proc = start(ctx)  # a fresh process for every scenario
+                    row["tls_port" if tls else "port"] = port
                     if proc is not None:
-                        row["cmd"] = " ".join(proc.argv)
-                    check_small(port)
+                        row["tls_cmd" if tls else "cmd"] = " ".join(proc.argv)
+                    checked = None
+                    if tls:
+                        assert ctx.tls is not None
+                        checked = check_small_tls(port, ctx.tls["ca"])
+                    else:
+                        check_small(port)
                     res = row[sname] = SCENARIOS[sname](ctx, port, proc)
+                    if checked is not None:
+                        res["check"] = checked  # what a verifying Python client negotiated
                     if res.get("error"):
                         errs[sname] = res["error"]
                     log(f"{t.name}/{sname}: {_brief(sname, res)}")
@@ -1609,6 +2243,17 @@ def main(argv: list[str] | None = None) -> int:
             "versions": tool_versions(ctx),
             "body_bytes": len(SMALL_BODY),
             "big_bytes": BIG_BYTES,
+            "tls": None
+            if ctx.tls is None
+            else {
+                "certificate": ctx.tls["description"],
+                "san": ctx.tls["san"],
+                "generated_by": ctx.tls["generated_by"],
+                "duration_s": args.tls_duration,
+                "full_handshakes": "wrk + LD_PRELOAD shim dropping the session after SSL_clear"
+                if ctx.noresume_so
+                else ctx.noresume_note,
+            },
         },
         "scenarios": scen_names + (["workers"] if workers_row else []),
         "targets": targets_eval,
@@ -1641,11 +2286,12 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, started: str) -
     )
     print_table(rows)
     print_table2(rows, args)
+    print_table3(rows, args)
     noisy = sorted(
         {
             f"{r['name']}/{sc}"
             for r in rows
-            for sc in ("small", "stream")
+            for sc in ("small", "stream", "tls")
             if _bg(r, sc) > NOISY_BG_PCT
         }
     )
@@ -1692,6 +2338,19 @@ def _brief(sname: str, res: dict[str, Any]) -> str:
             f"{res['opened']} open in {res['setup_s']}s, RSS {_mib(res['rss_before_kib'])} -> "
             f"{_mib(res['rss_with_kib'])} MiB, {res['kib_per_conn']} KiB/conn"
         )
+    if sname == "tls":
+        ka = res["keepalive"]
+        out = f"keep-alive {ka['rps']:,.0f} req/s, p99 {_lat(ka['p99_ms'])}"
+        for kind, h in res["handshakes"].items():
+            if h.get("rps") is None:
+                out += f"; {kind} handshakes FAILED"
+                continue
+            p = h["probe"]
+            out += (
+                f"; {kind} {h['rps']:,.0f} conn/s (relay: {p['connections']} conns / "
+                f"{p['requests']} reqs, {p['handshakes']})"
+            )
+        return out
     return ""
 
 
