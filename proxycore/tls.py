@@ -56,7 +56,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ClientContexts", "ServerTls", "TlsInfo", "TlsLayer", "match_wildcard"]
 
-_READ = 262144
+_READ = 16384  # one TLS record of plaintext at most (RFC 8446 §5.1); larger sizes cost a big
+# allocation per read (SSLObject.read allocates its size, then shrinks)
 _PLAIN_HTTP_BODY = b"400 Bad Request: the plain HTTP request was sent to an HTTPS port\n"
 _PLAIN_HTTP_RESPONSE = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
