@@ -9,7 +9,13 @@ identity.
 
 from __future__ import annotations
 
-__all__ = ["Peer"]
+__all__ = ["PEER_OPTIONS", "Peer"]
+
+# The constructor's keyword options (explicit: compiled classes have no __slots__ to read).
+PEER_OPTIONS = (
+    "tls", "sni", "connect_timeout", "read_timeout", "write_timeout", "idle_timeout", "verify",
+    "verify_hostname", "ca", "client_cert", "alpn",
+)  # fmt: skip
 
 
 class Peer:
@@ -103,11 +109,7 @@ class Peer:
 
     def replace(self, **changes: object) -> Peer:
         """A copy with some options changed (``host=``, ``sni=``, ``ca=``, ...)."""
-        kw: dict[str, object] = {
-            name: getattr(self, name)
-            for name in self.__slots__
-            if name not in ("key", "host", "port")
-        }
+        kw: dict[str, object] = {name: getattr(self, name) for name in PEER_OPTIONS}
         kw.update(changes)
         host = kw.pop("host", self.host)
         port = kw.pop("port", self.port)

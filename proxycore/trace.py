@@ -61,7 +61,7 @@ from proxycore.events import (
 )
 from proxycore.h1.parse import Limits
 from proxycore.http import Headers
-from proxycore.peer import Peer
+from proxycore.peer import PEER_OPTIONS, Peer
 from proxycore.tls import TlsInfo
 
 if TYPE_CHECKING:
@@ -142,10 +142,7 @@ def decode_value(v: Any) -> Any:
 
 
 # Explicit field lists (compiled classes have no __slots__ attribute to read them from).
-_PEER_FIELDS = (
-    "host", "port", "tls", "sni", "connect_timeout", "read_timeout", "write_timeout",
-    "idle_timeout", "verify", "verify_hostname", "ca", "client_cert", "alpn",
-)  # fmt: skip
+_PEER_FIELDS = ("host", "port", *PEER_OPTIONS)
 _LIMIT_FIELDS = ("max_request_line", "max_header_bytes", "max_headers", "max_chunk_line")
 
 
