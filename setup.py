@@ -1,16 +1,22 @@
-"""Optional compiled build of the core (everything else is in pyproject.toml).
+"""The compiled build of the core (everything else is in pyproject.toml).
 
-    PROXYCORE_COMPILE=1 pip install .        # the core compiled with mypyc: ~2.4x faster core
-    pip install .                            # pure Python (the default; what CI tests)
+    pip install .                            # compiled with mypyc when a C compiler is found
+    PROXYCORE_COMPILE=0 pip install .        # pure Python
+    pip install -e .                         # editable: pure Python (edits take effect at once)
+    PROXYCORE_COMPILE=1 pip install -e .     # force compiling (fails without a compiler)
 
-The compiled build needs a C compiler and mypy (mypyc) at build time. It compiles only the pure
-core modules; the filter API base class (phases.py) stays interpreted so user classes can
-subclass it, and the adapters stay Python. See docs/performance.md for the numbers.
+The compiled build needs a C compiler and mypy (mypyc, a build requirement) at build time. It
+compiles only the pure core modules; the filter API base class (phases.py) stays interpreted so
+user classes can subclass it, and the adapters stay Python. Both builds pass the same tests
+(tests/test_compiled.py builds one and runs the unit tests and a conformance subset on it). See
+docs/performance.md for the numbers.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 
 from setuptools import setup
 
@@ -30,10 +36,34 @@ CORE = [
     "proxycore/config.py",
     "proxycore/trace.py",
     "proxycore/replay.py",
+    "proxycore/tls.py",
 ]
 
+
+def want_compiled() -> bool:
+    flag = os.environ.get("PROXYCORE_COMPILE", "")
+    if flag == "0":
+        return False
+    if flag:
+        return True
+    if "editable_wheel" in sys.argv or "develop" in sys.argv:
+        return False  # an editable checkout stays pure Python, so edits take effect at once
+    if not any(c in sys.argv for c in ("bdist_wheel", "build_ext", "build", "install")):
+        return False  # metadata-only invocations
+    compiler = os.environ.get("CC", "cc").split()[0]
+    if shutil.which(compiler) is None and shutil.which("gcc") is None:
+        print("proxycore: no C compiler found; installing the pure-Python core", file=sys.stderr)
+        return False
+    try:
+        import mypyc.build  # noqa: F401
+    except ImportError:
+        print("proxycore: mypyc not available; installing the pure-Python core", file=sys.stderr)
+        return False
+    return True
+
+
 ext_modules = []
-if os.environ.get("PROXYCORE_COMPILE", "") not in ("", "0"):
+if want_compiled():
     from mypyc.build import mypycify
 
     ext_modules = mypycify(CORE, opt_level="3")

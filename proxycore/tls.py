@@ -117,7 +117,7 @@ class TlsInfo:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        d = {s: getattr(self, s) for s in self.__slots__}
+        d = {s: getattr(self, s) for s in _INFO_FIELDS}
         if self.client_cert_der is not None:
             d["client_cert_der"] = self.client_cert_der.hex()
         return d
@@ -145,6 +145,12 @@ class TlsInfo:
         return isinstance(other, TlsInfo) and self.to_json() == other.to_json()
 
     __hash__ = None  # type: ignore[assignment]
+
+
+# Explicit (compiled classes have no __slots__ attribute to read).
+_INFO_FIELDS = (
+    "version", "cipher", "sni", "alpn", "session_reused", "client_cert", "client_cert_der",
+)  # fmt: skip
 
 
 def _tuplify(v: Any) -> Any:

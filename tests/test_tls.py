@@ -542,14 +542,14 @@ def test_a_bug_in_the_tls_layer_costs_one_connection(pki: dict[str, Any]) -> Non
     handshake(eng, b, conn=2)
     layer = eng.tls
     assert layer is not None
-    real = layer._data
+    real = layer.inner
 
-    def broken(st: Any, conn: int, data: bytes, now: float) -> list[Action]:
-        if conn == 1:
+    def broken(ev: Any) -> list[Action]:  # a bug below the layer, for connection 1 only
+        if ev.conn == 1 and isinstance(ev, DataReceived):
             raise RuntimeError("boom")
-        return real(st, conn, data, now)
+        return real(ev)
 
-    layer._data = broken  # type: ignore[method-assign]
+    layer.inner = broken
     acts = request(eng, a, conn=1)
     assert acts[-1] == Close(1, True) and 1 not in eng.downstreams and 1 not in layer.conns
     acts = request(eng, b, conn=2)
