@@ -147,8 +147,9 @@ class ReverseProxy(Proxy):
             until = ejected.get(b.address)
             return until is None or until <= now
 
-        key = self._request_key(session)
-        b = self.lb.select(key, exclude=ctx.tried, predicate=live)
+        key = self._request_key(session) if self._key[0] else b""
+        # The common case (nothing ejected, first try) takes the selector's fast path.
+        b = self.lb.select(key, exclude=ctx.tried, predicate=live if ejected else None)
         if b is None and ejected and not any(live(x) for x in self.lb.backends):
             # Every backend is ejected: route to all of them rather than fail everything
             # (Envoy's panic mode).

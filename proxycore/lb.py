@@ -90,6 +90,10 @@ class Backend:
 Accept = Callable[[Backend], bool]
 
 
+def _usable(b: Backend) -> bool:
+    return b.enabled and b.healthy
+
+
 class Selector:
     """Chooses among ``backends``; ``accept`` says which are eligible right now."""
 
@@ -355,6 +359,8 @@ class LoadBalancer:
         exclude: Iterable[Backend] = (),
         predicate: Callable[[Backend], bool] | None = None,
     ) -> Backend | None:
+        if predicate is None and not exclude:
+            return self.selector.pick(self.backends, _usable, key)
         excluded = {id(b) for b in exclude}
 
         def accept(b: Backend) -> bool:

@@ -32,6 +32,7 @@ class Peer:
     """
 
     __slots__ = (
+        "_address",
         "alpn",
         "ca",
         "client_cert",
@@ -69,6 +70,7 @@ class Peer:
             raise ValueError(f"invalid port {port!r}")
         self.host = host
         self.port = port
+        self._address = ""
         self.tls = tls
         self.sni = sni
         self.connect_timeout = connect_timeout
@@ -122,8 +124,12 @@ class Peer:
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        """``host:port`` (``[v6]:port``), computed once."""
+        a = self._address
+        if not a:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            a = self._address = f"{host}:{self.port}"
+        return a
 
     def __repr__(self) -> str:
         return f"Peer({self.address}{', tls' if self.tls else ''})"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from inspect import isawaitable
+from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
 from proxycore.actions import RunFilter
@@ -66,8 +67,11 @@ _NOT_IN_TRAILERS = HOP_BY_HOP | {
     "expect", "max-forwards", "cache-control", "authorization", "set-cookie", "cookie",
 }  # fmt: skip
 
-# Phase results that are certainly not awaitable (skips inspect.isawaitable on the hot path).
-_PLAIN_RESULTS = frozenset({bool, int, str, bytes, Peer, ProxyError, dict, list, tuple})
+# Types of phase results known not to be awaitable (skips inspect.isawaitable on the hot path):
+# seeded with the usual ones, then every type isawaitable said no to (a type is awaitable or
+# not for all its instances, except generators, which are never remembered).
+_PLAIN_RESULTS: set[type] = {bool, int, str, bytes, Peer, ProxyError, dict, list, tuple}
+_MAX_PLAIN_TYPES = 1024
 _KEEP_ALIVE = frozenset({"keep-alive"})
 _KEEP_ALIVE_LINE = b"\r\nConnection: keep-alive\r\n"
 
@@ -319,9 +323,12 @@ class Session:
         except Exception as exc:
             self._phase_raised(name, exc)
             return
-        if result is not None and type(result) not in _PLAIN_RESULTS and isawaitable(result):
-            self._defer(RunFilter(self.down.id, 0, lambda: result, "async"), cont, name)
-            return
+        if result is not None and type(result) not in _PLAIN_RESULTS:
+            if isawaitable(result):
+                self._defer(RunFilter(self.down.id, 0, lambda: result, "async"), cont, name)
+                return
+            if type(result) is not GeneratorType and len(_PLAIN_RESULTS) < _MAX_PLAIN_TYPES:
+                _PLAIN_RESULTS.add(type(result))
         try:
             cont(result)
         except Exception as exc:  # a continuation found the phase's result unusable
