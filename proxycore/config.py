@@ -54,7 +54,7 @@ class ServerConf:
     upstream_idle_timeout: float = 60.0
     linger_timeout: float = 5.0
     upstream_keepalive_pool_size: int = 128
-    upstream_keepalive_per_peer: int = 32
+    upstream_keepalive_per_peer: int = 128
     max_retries: int = 16
     retry_buffer_size: int = 65536
     max_request_body_size: int | None = None
