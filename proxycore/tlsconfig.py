@@ -107,8 +107,13 @@ def _server_context(settings: TlsSettings, cert: str | None, key: str | None) ->
             raise TlsConfigError(f"certificate {cert!r}: no key file given")
         check_certificate(cert)
         _read(key, "key")
+
+        def encrypted(*_: Any) -> str:
+            # Without this, OpenSSL would prompt for a pass phrase on the terminal.
+            raise TlsConfigError(f"key {key!r} is encrypted; give an unencrypted key file")
+
         try:
-            ctx.load_cert_chain(cert, key)
+            ctx.load_cert_chain(cert, key, password=encrypted)
         except ssl.SSLError as e:
             if "KEY_VALUES_MISMATCH" in str(e) or "key values mismatch" in str(e):
                 raise TlsConfigError(f"certificate {cert!r} and key {key!r} do not match") from None
@@ -185,7 +190,11 @@ class ClientContextCache:
             cert, key = peer.client_cert
             _read(cert, "upstream client certificate")
             _read(key, "upstream client key")
-            ctx.load_cert_chain(cert, key)
+
+            def encrypted(*_: Any) -> str:
+                raise TlsConfigError(f"upstream client key {key!r} is encrypted")
+
+            ctx.load_cert_chain(cert, key, password=encrypted)
         if peer.alpn:
             ctx.set_alpn_protocols(list(peer.alpn))
         return ctx

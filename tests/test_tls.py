@@ -554,3 +554,20 @@ def test_a_bug_in_the_tls_layer_costs_one_connection(pki: dict[str, Any]) -> Non
     assert acts[-1] == Close(1, True) and 1 not in eng.downstreams and 1 not in layer.conns
     acts = request(eng, b, conn=2)
     assert any(isinstance(x, Connect) for x in acts)
+
+
+def test_encrypted_key_is_a_clear_error_not_a_prompt(pki: dict[str, Any], tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    d = pki["dir"]
+    key = serialization.load_pem_private_key((d / "default.key").read_bytes(), None)
+    enc = tmp_path / "enc.key"
+    enc.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    with pytest.raises(TlsConfigError, match="is encrypted"):
+        load_server_tls(settings(pki, key=str(enc)))
