@@ -496,3 +496,38 @@ def test_bad_certificates_exit_2(pki, tmp_path):
         r = _start(*args)
         assert r.returncode == 2, (args, r.stderr.decode())
         assert message in r.stderr.decode(), (args, r.stderr.decode())
+
+
+def test_reload_reaches_every_worker(pki, tmp_path):
+    """With --workers 2 the supervisor forwards SIGHUP: both workers reload (one backend is
+    enough here: the forwarding is the supervisor's, the reload is the same code everywhere)."""
+    from conformance.proxy import start_proxy
+
+    echo = EchoOrigin()
+    cert, key = tmp_path / "live.pem", tmp_path / "live.key"
+    shutil.copy(pki["default.pem"], cert)
+    shutil.copy(pki["default.key"], key)
+    p = start_proxy(
+        "asyncio",
+        to=[echo.port],
+        extra=["--workers", "2", "--tls-cert", str(cert), "--tls-key", str(key)],
+    )
+    try:
+        nocheck = pki.client_context()
+        nocheck.check_hostname = False
+        deadline = time.monotonic() + 8
+        while p.stdout().count("proxycore ready") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        shutil.copy(pki["other.pem"], cert)
+        shutil.copy(pki["other.key"], key)
+        p.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 8
+        while p.stdout().count("proxycore tls reloaded") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p.stdout().count("proxycore tls reloaded") == 2, p.report()
+        # SO_REUSEPORT spreads new connections over both workers: all see the new certificate.
+        assert {peer_cn(nocheck, p.port, "x.test") for _ in range(12)} == {"other.test"}
+    finally:
+        p.stop()
+        p.close_files()
+        echo.stop()
