@@ -254,12 +254,11 @@ class _Tls:
 class _PendingAccept:
     """A downstream TLS connection between Accepted and the end of its handshake."""
 
-    __slots__ = ("client", "scheme", "server")
+    __slots__ = ("client", "server")
 
     def __init__(self, ev: Accepted) -> None:
         self.client = ev.client
         self.server = ev.server
-        self.scheme = ev.scheme
 
 
 class TlsLayer:
