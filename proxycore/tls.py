@@ -225,13 +225,13 @@ class _Tls:
 
     __slots__ = (
         "client",
+        "client_addr",
         "error",
         "incoming",
-        "info",
         "key",
         "obj",
         "outgoing",
-        "peer",
+        "server_addr",
         "sni",
         "state",
     )
@@ -242,23 +242,14 @@ class _Tls:
         self.obj = obj
         self.incoming = incoming
         self.outgoing = outgoing
-        self.client = client
+        self.client = client  # True: we are the client (an upstream connection)
         self.state = HANDSHAKE
-        self.info: TlsInfo | None = None
         self.sni: str | None = None
         self.error: str | None = None  # a client context that could not be built
-        self.peer: Peer | None = None
-        self.key: tuple[object, ...] = ()
-
-
-class _PendingAccept:
-    """A downstream TLS connection between Accepted and the end of its handshake."""
-
-    __slots__ = ("client", "server")
-
-    def __init__(self, ev: Accepted) -> None:
-        self.client = ev.client
-        self.server = ev.server
+        self.key: tuple[object, ...] = ()  # upstream: the pool key (session reuse)
+        # Downstream: the addresses of the Accepted held back until the handshake is done.
+        self.client_addr: tuple[str, int] = ("", 0)
+        self.server_addr: tuple[str, int] = ("", 0)
 
 
 class TlsLayer:
@@ -274,7 +265,6 @@ class TlsLayer:
         self.engine = engine
         self.inner = inner
         self.conns: dict[int, _Tls] = {}
-        self.pending: dict[int, _PendingAccept] = {}
         self.client = client
         self.sessions: dict[tuple[object, ...], ssl.SSLSession] = {}
         self.server: ServerTls | None = None
@@ -282,8 +272,7 @@ class TlsLayer:
         app = engine.app
         if type(app).select_certificate is not Proxy.select_certificate:
             self._select_hook = app.select_certificate
-        self._handshaking: _Tls | None = None
-        self._handshaking_client: tuple[str, int] = ("", 0)
+        self._handshaking: _Tls | None = None  # whose handshake OpenSSL is running (SNI)
         self.set_server(server)
 
     # ------------------------------------------------------------------ configuration
@@ -324,18 +313,35 @@ class TlsLayer:
                 return self._outgoing(self.inner(ev))
             return self._handshake_event(st, ev)
         except Exception:
-            conn = ev.conn
             self.engine.log.exception("internal error in the TLS layer while handling %r", ev)
-            self._drop(conn)
             e = self.engine
-            out: list[Action] = []
-            if type(ev) is not Closed and (conn in e.downstreams or conn in e.upstreams):
-                out = [
-                    a for a in self.inner(Closed(conn, ev.now, "TLS layer error")) if a.conn != conn
-                ]
-                out = self._outgoing(out)
+            known = type(ev) is not Closed and (ev.conn in e.downstreams or ev.conn in e.upstreams)
+            return self._fail(ev.conn, ev.now, "TLS layer error", [], tell_engine=known)
+
+    def _fail(
+        self, conn: int, now: float, why: str, first: list[Action], tell_engine: bool = True
+    ) -> list[Action]:
+        """End an established connection: forget its state, tell the engine it closed (nothing
+        it answers for that connection goes out, least of all in clear text), abort it."""
+        self.conns.pop(conn, None)
+        out = first
+        if tell_engine:
+            rest = [a for a in self.inner(Closed(conn, now, why)) if a.conn != conn]
+            out += self._outgoing(rest)
+        out.append(Close(conn, True))
+        return out
+
+    def _client_failed(
+        self, conn: int, now: float, kind: str, msg: str, first: list[Action], close: bool = True
+    ) -> list[Action]:
+        """An upstream connection failed before the engine saw Connected: ConnectFailed to the
+        engine (which never closes a connection it thinks was not made), Close to the adapter."""
+        self.conns.pop(conn, None)
+        out = first
+        if close:
             out.append(Close(conn, True))
-            return out
+        out += self._outgoing(self.inner(ConnectFailed(conn, now, kind, msg)))
+        return out
 
     # ------------------------------------------------------------------ outgoing
 
@@ -432,11 +438,7 @@ class TlsLayer:
         except ssl.SSLError as e:
             # A corrupt record or a fatal alert from the peer: the session is over.
             self.engine.log.info("TLS error on connection %d: %s", conn, _reason(e))
-            alert = self._flush_pre(st, conn)
-            self.conns.pop(conn, None)
-            rest = self.inner(Closed(conn, now, f"TLS error: {_reason(e)}"))
-            rest = [a for a in rest if a.conn != conn]  # nothing more goes out in clear text
-            return [*alert, *self._outgoing(rest), Close(conn, True)]
+            return self._fail(conn, now, f"TLS error: {_reason(e)}", self._flush_pre(st, conn))
         pre = self._flush_pre(st, conn)  # TLS 1.3 tickets, key updates, alerts
         out: list[Action] = []
         if plain:
@@ -460,8 +462,8 @@ class TlsLayer:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         obj = server.base.wrap_bio(incoming, outgoing, server_side=True)
         st = _Tls(obj, incoming, outgoing, client=False)
+        st.client_addr, st.server_addr = ev.client, ev.server
         self.conns[ev.conn] = st
-        self.pending[ev.conn] = _PendingAccept(ev)
         return [SetTimer(ev.conn, ev.now + server.handshake_timeout)]
 
     def _handshake_event(self, st: _Tls, ev: Event) -> list[Action]:
@@ -477,16 +479,16 @@ class TlsLayer:
             return self._handshake(st, conn, ev.now)
         if t is TimerFired and not st.client:
             self.engine.log.info("TLS handshake timeout on connection %d", conn)
-            self._drop(conn)
+            self.conns.pop(conn, None)
             return [Close(conn, False)]
         if t is EofReceived or t is Closed:
-            self._drop(conn)
             if st.client:
                 msg = "connection closed during the TLS handshake"
-                return self._outgoing(self.inner(ConnectFailed(conn, ev.now, "tls", msg)))
+                return self._client_failed(conn, ev.now, "tls", msg, [], close=t is EofReceived)
+            self.conns.pop(conn, None)
             return [Close(conn, True)] if t is EofReceived else []
         if t is ConnectFailed:
-            self._drop(conn)
+            self.conns.pop(conn, None)
             return self._outgoing(self.inner(ev))
         if st.client:
             return self._outgoing(self.inner(ev))
@@ -494,26 +496,14 @@ class TlsLayer:
 
     def _plain_http(self, conn: int) -> list[Action]:
         self.engine.log.info("plain HTTP request on a TLS port (connection %d)", conn)
-        self._drop(conn)
-        return [SetTimer(conn, None), Send(conn, _PLAIN_HTTP_RESPONSE), Close(conn, False)]
-
-    def _drop(self, conn: int) -> None:
         self.conns.pop(conn, None)
-        self.pending.pop(conn, None)
+        return [SetTimer(conn, None), Send(conn, _PLAIN_HTTP_RESPONSE), Close(conn, False)]
 
     def _handshake(self, st: _Tls, conn: int, now: float) -> list[Action]:
         if st.error is not None:
-            self._drop(conn)
-            msg = st.error
-            return [
-                Close(conn, True),
-                *self._outgoing(self.inner(ConnectFailed(conn, now, "tls", msg))),
-            ]
+            return self._client_failed(conn, now, "tls", st.error, [])
         obj = st.obj
         self._handshaking = st
-        pend = self.pending.get(conn)
-        if pend is not None:
-            self._handshaking_client = pend.client
         try:
             obj.do_handshake()
         except ssl.SSLWantReadError:
@@ -527,7 +517,6 @@ class TlsLayer:
         if st.client:
             out = self.inner(Connected(conn, now))
         else:
-            pend = self.pending.pop(conn)
             info = TlsInfo(
                 version=obj.version(),
                 cipher=(obj.cipher() or ("",))[0],
@@ -537,34 +526,21 @@ class TlsLayer:
                 client_cert=obj.getpeercert() or None,
                 client_cert_der=obj.getpeercert(True),
             )
-            st.info = info
             pre.insert(0, SetTimer(conn, None))
-            out = self.inner(Accepted(conn, now, pend.client, pend.server, "https", tls=info))
-        if st.incoming.pending:
-            more, _ = self._read_plain_safe(st)
-            if more:
-                out += self.inner(DataReceived(conn, more, now))
-        out = self._outgoing(out)
-        return pre + out
-
-    def _read_plain_safe(self, st: _Tls) -> tuple[bytes, bool]:
-        try:
-            return self._read_plain(st)
-        except ssl.SSLError:
-            return b"", True
+            out = self.inner(Accepted(conn, now, st.client_addr, st.server_addr, "https", info))
+        out = pre + self._outgoing(out)
+        if st.incoming.pending:  # data sent right behind the handshake (a request, a ticket)
+            out += self._data(st, conn, b"", now)
+        return out
 
     def _handshake_failed(self, st: _Tls, conn: int, now: float, e: BaseException) -> list[Action]:
         out = self._flush_pre(st, conn)  # the alert, if OpenSSL produced one
-        self._drop(conn)
         reason = _reason(e)
         if st.client:
             kind = "cert" if isinstance(e, ssl.SSLCertVerificationError) else "tls"
-            out.append(Close(conn, True))
-            out += self._outgoing(
-                self.inner(ConnectFailed(conn, now, kind, f"TLS handshake failed: {reason}"))
-            )
-            return out
-        client = self._handshaking_client
+            return self._client_failed(conn, now, kind, f"TLS handshake failed: {reason}", out)
+        self.conns.pop(conn, None)
+        client = st.client_addr
         self.engine.log.info("TLS handshake failed from %s:%s: %s", client[0], client[1], reason)
         out.append(SetTimer(conn, None))
         out.append(Close(conn, False))
@@ -580,7 +556,7 @@ class TlsLayer:
         hook = self._select_hook
         if hook is not None:
             try:
-                name = hook(server_name, self._handshaking_client)
+                name = hook(server_name, st.client_addr)
             except Exception:
                 self.engine.log.exception("select_certificate raised")
                 return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
@@ -626,7 +602,6 @@ class TlsLayer:
                 error = f"TLS client configuration: {e}"
         st = _Tls(obj, incoming, outgoing, client=True)
         st.error = error
-        st.peer = peer
         st.key = peer.key
         self.conns[conn] = st
 

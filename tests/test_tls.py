@@ -571,3 +571,18 @@ def test_encrypted_key_is_a_clear_error_not_a_prompt(pki: dict[str, Any], tmp_pa
     )
     with pytest.raises(TlsConfigError, match="is encrypted"):
         load_server_tls(settings(pki, key=str(enc)))
+
+
+def test_upstream_eof_during_handshake_closes_the_socket_and_502s(pki: dict[str, Any]) -> None:
+    peer = Peer("127.0.0.1", 9443, tls=True, sni="example.test", ca=str(pki["dir"] / "ca.pem"))
+    server = load_server_tls(settings(pki))
+    eng = Engine(App(peer), ServerConf(max_retries=0), NullLog(), server_tls=server,
+                 client_tls=ClientContextCache())  # fmt: skip
+    client = TlsClient(pki)
+    handshake(eng, client)
+    up = next(a for a in request(eng, client) if isinstance(a, Connect)).conn
+    hello = eng.feed(Connected(up, 0.3))
+    assert any(isinstance(a, Send) and a.conn == up for a in hello)  # the ClientHello
+    acts = client.receive(eng.feed(EofReceived(up, 0.4)), 1)
+    assert Close(up, True) in acts  # the adapter's socket is not left open
+    assert client.read_all().startswith(b"HTTP/1.1 502 ")
