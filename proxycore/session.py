@@ -572,12 +572,7 @@ class Session:
             self._up_length = meta.length if meta.body == BODY_LENGTH else None
             self._upstream_head_ready(raw)
             return
-        items = req.headers._items
-        if meta.hop or edited:
-            tokens = meta.connection_tokens
-            items = [it for it in items if it[0] not in HOP_BY_HOP and it[0] not in tokens]
-        else:
-            items = items.copy()
+        items = _end_to_end(req.headers._items, meta, edited)
         if e.conf.add_forwarded_headers:
             host = req.headers.get("host") if edited else meta.host
             if meta.forwarded or edited:
@@ -1056,12 +1051,7 @@ class Session:
                 self._keep_alive = True
                 self._response_head_ready(raw, resp)
                 return
-        items = resp.headers._items
-        if meta.hop or edited:
-            tokens = meta.connection_tokens
-            fields = [it for it in items if it[0] not in HOP_BY_HOP and it[0] not in tokens]
-        else:
-            fields = items.copy()
+        fields = _end_to_end(resp.headers._items, meta, edited)
         if mode == BODY_CHUNKED or mode == BODY_CLOSE:
             if drop_cl:
                 fields = [it for it in fields if it[0] != "content-length"]
@@ -1490,6 +1480,18 @@ class Session:
             if not self._req_done:
                 return
         down.request_done(self, self._keep_alive)
+
+
+def _end_to_end(
+    items: list[tuple[str, str, str]], meta: RequestMeta | ResponseMeta, edited: bool
+) -> list[tuple[str, str, str]]:
+    """A new list of the fields without hop-by-hop ones (RFC 9110 §7.6.1: the fixed set plus
+    those the Connection field names); a plain copy when the parser saw none and no filter
+    edited the headers."""
+    if meta.hop or edited:
+        tokens = meta.connection_tokens
+        return [it for it in items if it[0] not in HOP_BY_HOP and it[0] not in tokens]
+    return items.copy()
 
 
 def _append_forwarded(h: Headers, name: str, value: str) -> None:
