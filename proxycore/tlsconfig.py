@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from proxycore.config import TlsSettings
@@ -93,6 +94,16 @@ def check_certificate(path: str, now: datetime.datetime | None = None) -> None:
         )
 
 
+def _no_passphrase(what: str) -> Callable[[], str]:
+    """A password callback for load_cert_chain: without one, OpenSSL would prompt for the pass
+    phrase of an encrypted key on the terminal."""
+
+    def refuse() -> str:
+        raise TlsConfigError(f"{what} is encrypted; give an unencrypted key file")
+
+    return refuse
+
+
 def _server_context(settings: TlsSettings, cert: str | None, key: str | None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -107,25 +118,14 @@ def _server_context(settings: TlsSettings, cert: str | None, key: str | None) ->
             raise TlsConfigError(f"certificate {cert!r}: no key file given")
         check_certificate(cert)
         _read(key, "key")
-
-        def encrypted(*_: Any) -> str:
-            # Without this, OpenSSL would prompt for a pass phrase on the terminal.
-            raise TlsConfigError(f"key {key!r} is encrypted; give an unencrypted key file")
-
         try:
-            ctx.load_cert_chain(cert, key, password=encrypted)
+            ctx.load_cert_chain(cert, key, password=_no_passphrase(f"key {key!r}"))
         except ssl.SSLError as e:
             if "KEY_VALUES_MISMATCH" in str(e) or "key values mismatch" in str(e):
                 raise TlsConfigError(f"certificate {cert!r} and key {key!r} do not match") from None
             raise TlsConfigError(f"certificate {cert!r} / key {key!r}: {e}") from None
-    if settings.client_auth not in ("none", "optional", "required"):
-        raise TlsConfigError(
-            f"client_auth must be none, optional or required, not {settings.client_auth!r}"
-        )
     if settings.client_auth != "none":
-        if not settings.client_ca:
-            raise TlsConfigError("client certificate verification needs a CA bundle (client_ca)")
-        _read(settings.client_ca, "client CA")
+        assert settings.client_ca is not None  # checked by load_server_tls
         try:
             ctx.load_verify_locations(cafile=settings.client_ca)
         except ssl.SSLError as e:
@@ -141,6 +141,14 @@ def load_server_tls(settings: TlsSettings) -> ServerTls:
     TlsConfigError naming the first file that cannot be used."""
     if settings.cert is None and not settings.sni_certs:
         raise TlsConfigError("TLS needs a certificate (cert/key or at least one SNI certificate)")
+    if settings.client_auth not in ("none", "optional", "required"):
+        raise TlsConfigError(
+            f"client_auth must be none, optional or required, not {settings.client_auth!r}"
+        )
+    if settings.client_auth != "none":
+        if not settings.client_ca:
+            raise TlsConfigError("client certificate verification needs a CA bundle (client_ca)")
+        _read(settings.client_ca, "client CA")
     named: dict[str, ssl.SSLContext] = {}
     for name, (cert, key) in settings.sni_certs.items():
         if not name or name != name.strip() or "*" in name.lstrip("*."):
@@ -190,11 +198,7 @@ class ClientContextCache:
             cert, key = peer.client_cert
             _read(cert, "upstream client certificate")
             _read(key, "upstream client key")
-
-            def encrypted(*_: Any) -> str:
-                raise TlsConfigError(f"upstream client key {key!r} is encrypted")
-
-            ctx.load_cert_chain(cert, key, password=encrypted)
+            ctx.load_cert_chain(cert, key, password=_no_passphrase(f"upstream client key {key!r}"))
         if peer.alpn:
             ctx.set_alpn_protocols(list(peer.alpn))
         return ctx
