@@ -142,18 +142,23 @@ class ReverseProxy(Proxy):
     def upstream_peer(self, session: Session, ctx: Any) -> Peer | None:
         now = session.engine.now
         ejected = self._ejected_until
-
-        def live(b: Backend) -> bool:
-            until = ejected.get(b.address)
-            return until is None or until <= now
-
+        if ejected:  # forget ejections that have run out, so the fast path comes back
+            for address in [a for a, until in ejected.items() if until <= now]:
+                del ejected[address]
         key = self._request_key(session) if self._key[0] else b""
-        # The common case (nothing ejected, first try) takes the selector's fast path.
-        b = self.lb.select(key, exclude=ctx.tried, predicate=live if ejected else None)
-        if b is None and ejected and not any(live(x) for x in self.lb.backends):
-            # Every backend is ejected: route to all of them rather than fail everything
-            # (Envoy's panic mode).
+        if not ejected:  # the common case: the selector's fast path on a first try
             b = self.lb.select(key, exclude=ctx.tried)
+        else:
+
+            def live(b: Backend) -> bool:
+                until = ejected.get(b.address)
+                return until is None or until <= now
+
+            b = self.lb.select(key, exclude=ctx.tried, predicate=live)
+            if b is None and not any(live(x) for x in self.lb.backends):
+                # Every backend is ejected: route to all of them rather than fail everything
+                # (Envoy's panic mode).
+                b = self.lb.select(key, exclude=ctx.tried)
         if b is None:
             session.engine.log.warning(
                 "no healthy backend for %s %s (%d configured, %d ejected, %d tried)",
