@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxycore.actions import (
+    Action,
     Close,
     Connect,
     PauseReading,
@@ -113,6 +114,7 @@ class SocketDriver:
         self._queue: deque[Event] = deque()
         self._busy = False
         self._engine_feed = self.engine.feed
+        self._engine_data = self.engine.data
         self._dispatch: dict[type, Callable[[Any], None]] = {
             Send: self._send,
             Close: self._close,
@@ -130,13 +132,26 @@ class SocketDriver:
 
     def feed(self, ev: Event) -> None:
         """Feed ``ev`` and execute actions; events raised meanwhile are fed after, in order."""
-        q = self._queue
-        q.append(ev)
+        self._queue.append(ev)
+        if not self._busy:
+            self._run(None)
+
+    def feed_data(self, cid: int, data: bytes) -> None:
+        """``feed(DataReceived(...))`` through the engine's event-free entry point."""
         if self._busy:
-            return
+            self.feed(DataReceived(cid, data, self.now()))
+        else:
+            self._run(self._engine_data(cid, data, self.now()))
+
+    def _run(self, actions: list[Action] | None) -> None:
+        """Execute ``actions``, then feed the queued events (raised meanwhile) in order."""
         self._busy = True
         try:
             dispatch = self._dispatch
+            if actions is not None:
+                for a in actions:
+                    dispatch[type(a)](a)
+            q = self._queue
             while q:
                 for a in self._engine_feed(q.popleft()):
                     dispatch[type(a)](a)
@@ -154,7 +169,7 @@ class SocketDriver:
             self._lost(c, repr(e))
             return
         if data:
-            self.feed(DataReceived(c.cid, data, self.now()))
+            self.feed_data(c.cid, data)
         else:
             c.eof = True
             self._want_read(c, False)

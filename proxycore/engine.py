@@ -47,6 +47,7 @@ from proxycore.events import (
 from proxycore.peer import Peer
 from proxycore.phases import PHASES, Proxy
 from proxycore.pool import ConnectionPool
+from proxycore.session import Session
 from proxycore.tls import ClientContexts, ServerTls, TlsLayer
 from proxycore.upstream import CLOSED, IDLE, Upstream
 
@@ -159,9 +160,7 @@ class Engine:
         self._next_token = 1
         self._dirty: list[Downstream | Upstream] = []
         self._recorder: Recorder | None = None
-        self.tls: TlsLayer | None = (
-            TlsLayer(self, self._feed, server_tls, client_tls) if tls else None
-        )
+        self.tls: TlsLayer | None = TlsLayer(self, server_tls, client_tls) if tls else None
         self._bind_feed()
         self._pool_timer = _PoolTimer()
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
@@ -235,8 +234,6 @@ class Engine:
         (one call less per event). Where instances cannot take attributes (the core compiled
         with mypyc), ``feed`` stays the method, which checks for a recorder."""
         tls = self.tls
-        if tls is not None:
-            tls.inner = self._feed if self._recorder is None else self._recorded_feed
         try:
             if tls is not None:
                 self.feed = tls.feed  # type: ignore[method-assign,assignment]
@@ -247,20 +244,48 @@ class Engine:
         except (AttributeError, TypeError):
             pass
 
+    def data(self, conn: int, data: bytes, now: float) -> list[Action]:
+        """``feed(DataReceived(conn, data, now))``, the adapters' most frequent call, without
+        the event object when neither a recorder nor a TLS connection needs one."""
+        tls = self.tls
+        if self._recorder is not None or (tls is not None and tls.conns):
+            return self.feed(DataReceived(conn, data, now))
+        self.now = now
+        if not self._services_started and self.services:
+            self._start_services()
+        try:
+            self._on_data_for(conn, data)
+        except Exception:
+            self._internal_error(conn, f"{len(data)} bytes received")
+        return self._flush()
+
     def _feed(self, event: Event) -> list[Action]:
         self.now = event.now
         if not self._services_started and self.services:
             self._start_services()
+        if isinstance(event, DataReceived):  # the common case: a direct call
+            try:
+                self._on_data_for(event.conn, event.data)
+            except Exception:
+                self._internal_error(event.conn, repr(event))
+            return self._flush()
         handler = self._handlers.get(type(event))
         if handler is None:
             raise TypeError(f"not an event: {event!r}")
         try:
             handler(event)
         except Exception:
-            # A bug must cost one connection, never the worker: log it and drop what the
-            # event concerned (its downstream connection and that connection's upstream).
-            self.log.exception("internal error while handling %r", event)
-            self._contain(event.conn)
+            self._internal_error(event.conn, repr(event))
+        return self._flush()
+
+    def _internal_error(self, conn: int, what: str) -> None:
+        """A bug must cost one connection, never the worker: log it and drop what the event
+        concerned (its downstream connection and that connection's upstream)."""
+        self.log.exception("internal error while handling %s (connection %d)", what, conn)
+        self._contain(conn)
+
+    def _flush(self) -> list[Action]:
+        """The actions of one event, with every connection's queued bytes as one Send each."""
         out = self.out
         dirty = self._dirty
         if dirty:
@@ -434,19 +459,24 @@ class Engine:
         down.start()
 
     def _on_data(self, ev: DataReceived) -> None:
-        down = self.downstreams.get(ev.conn)
+        self._on_data_for(ev.conn, ev.data)
+
+    def _on_data_for(self, conn: int, data: bytes) -> None:
+        down = self.downstreams.get(conn)
         if down is not None:
-            down.on_data(ev.data)
+            down.on_data(data)
             return
-        up = self.upstreams.get(ev.conn)
+        up = self.upstreams.get(conn)
         if up is None:
             return
         s = up.session
         if s is None:
             # RFC 9112 §9.3: nothing may arrive on an idle connection; drop it.
             self.close_upstream(up)
-            return
-        s.on_upstream_data(ev.data)
+        elif isinstance(s, Session):  # (a typed call; health probes are the other kind)
+            s.on_upstream_data(data)
+        else:
+            s.on_upstream_data(data)
 
     def _on_eof(self, ev: EofReceived) -> None:
         down = self.downstreams.get(ev.conn)

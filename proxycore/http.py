@@ -5,13 +5,32 @@ Theory of operation: a head is parsed once from the wire into a :class:`RequestH
 case-insensitive lookup. Filters edit these objects in place; the writer serializes them again.
 Names and values are ``str`` decoded as ISO-8859-1 (RFC 9110 §5.5: field values are octets;
 latin-1 maps each octet to one code point, so the round trip is lossless).
+
+Received headers are lazy: the parser validates the whole header block and reads the few fields
+that decide framing itself, and hands :class:`Headers` the block's text; the list of fields is
+built the first time anything looks at it. A proxied request whose filters never read its
+headers (the head goes upstream verbatim) builds no per-field objects at all.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 
 __all__ = ["Headers", "RequestHeader", "ResponseHeader", "reason_phrase"]
+
+# RFC 9110 §5.6.2 token; §5.5 field-value: VCHAR / obs-text / SP / HTAB (no CTLs, no DEL).
+TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
+FIELD_VALUE_CHARS = r"\t\x20-\x7e\x80-\xff"
+# One field line (RFC 9112 §5): name, colon, optional whitespace, value, CRLF. MULTILINE ``^``
+# anchors each match at a line start.
+FIELD_LINE_RE = re.compile(rf"^([{TCHAR}]+):[ \t]*([{FIELD_VALUE_CHARS}]*)\r\n", re.MULTILINE)
+
+
+def field_items(block: str) -> list[tuple[str, str, str]]:
+    """(lower-case name, name, value) for each field line of a header block already validated
+    by the parser (trailing whitespace is not part of a value, RFC 9112 §5.1)."""
+    return [(n.lower(), n, v.rstrip(" \t")) for n, v in FIELD_LINE_RE.findall(block)]
 
 
 class Headers:
@@ -21,17 +40,39 @@ class Headers:
     ``del headers["x"]`` removes all of them; :meth:`get_all` returns every value in order.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_block", "_list")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         # Each item is (lowercase name, name as received, value).
-        self._items: list[tuple[str, str, str]] = [(n.lower(), n, v) for n, v in items]
+        self._list: list[tuple[str, str, str]] | None = [(n.lower(), n, v) for n, v in items]
+        self._block = ""
 
     @classmethod
     def _from_parsed(cls, items: list[tuple[str, str, str]]) -> Headers:
         h = cls()
-        h._items = items
+        h._list = items
         return h
+
+    @classmethod
+    def _from_block(cls, block: str) -> Headers:
+        """Headers of a validated header block, parsed into fields on first use."""
+        h = cls()
+        h._list = None
+        h._block = block
+        return h
+
+    @property
+    def _items(self) -> list[tuple[str, str, str]]:
+        items = self._list
+        if items is None:
+            items = self._list = field_items(self._block)
+            self._block = ""
+        return items
+
+    @_items.setter
+    def _items(self, items: list[tuple[str, str, str]]) -> None:
+        self._list = items
+        self._block = ""
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of ``name``, or ``default``."""

@@ -3,6 +3,8 @@ random splits."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -33,6 +35,39 @@ def test_request_head_fields_and_framing() -> None:
     assert (req.method, req.path, req.version) == ("POST", "/p", "HTTP/1.1")
     assert req.headers["x-a"] == "v"  # OWS trimmed (RFC 9110 §5.5)
     assert meta.body == BODY_LENGTH and meta.length == 12 and meta.keep_alive
+
+
+def test_framing_fields_are_found_in_any_case_and_place() -> None:
+    req, meta = parse_request_head(
+        b"POST /p HTTP/1.1\r\nX-Forwarded-FOR: 1.2.3.4\r\nhOsT: h:1\r\nTE: trailers\r\n"
+        b"cOnTeNt-LeNgTh:\t7 \r\nUPGRADE: websocket\r\nconnection: Upgrade, TE\r\n\r\n"
+    )
+    assert meta.length == 7 and meta.body == BODY_LENGTH and meta.host == "h:1"
+    assert meta.upgrade == "websocket" and meta.hop and meta.forwarded
+    assert meta.connection_tokens == {"upgrade", "te"}
+    # the full field list is built on first use, names and values as received
+    assert req.headers.items()[0] == ("X-Forwarded-FOR", "1.2.3.4")
+    assert req.headers["content-length"] == "7" and len(req.headers) == 6
+    with pytest.raises(HTTPParseError, match="Content-Length"):
+        parse_request_head(
+            b"POST / HTTP/1.1\r\nHost: h\r\ncontent-length: 1\r\nCONTENT-LENGTH: 1\r\n\r\n"
+        )
+    _, rmeta = parse_response_head(
+        b"HTTP/1.1 200 OK\r\nKeep-Alive: 5\r\nCONTENT-length: 3\r\n\r\n", "GET"
+    )
+    assert rmeta.length == 3 and rmeta.hop_other
+
+
+def test_whitespace_heavy_header_block_is_judged_in_linear_time() -> None:
+    # The whitespace after a colon could be matched as part of the value as well; a validator
+    # that backtracks through those splits is exponential in the number of lines.
+    lines = b"A:" + b" " * 40 + b"b\r\n"
+    t = time.perf_counter()
+    with pytest.raises(HTTPParseError):
+        parse_request_head(b"GET / HTTP/1.1\r\nHost: h\r\n" + lines * 90 + b"x y: z\r\n\r\n")
+    with pytest.raises(HTTPParseError):
+        parse_response_head(b"HTTP/1.1 200 OK\r\n" + lines * 90 + b"x\x01: z\r\n\r\n", "GET")
+    assert time.perf_counter() - t < 1.0  # (microseconds when linear; hours when not)
 
 
 def test_http10_defaults_to_close() -> None:

@@ -542,7 +542,7 @@ def test_a_bug_in_the_tls_layer_costs_one_connection(pki: dict[str, Any]) -> Non
     handshake(eng, b, conn=2)
     layer = eng.tls
     assert layer is not None
-    real = layer.inner
+    real = eng._recorded_feed
 
     def broken(ev: Any) -> list[Action]:  # a bug below the layer, for connection 1 only
         if ev.conn == 1 and isinstance(ev, DataReceived):

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from proxycore.actions import (
+    Action,
     Close,
     Connect,
     PauseReading,
@@ -36,7 +37,6 @@ from proxycore.events import (
     Closed,
     Connected,
     ConnectFailed,
-    DataReceived,
     Drain,
     EofReceived,
     Event,
@@ -73,7 +73,7 @@ class _Downstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         srv = self.srv
-        srv.feed(DataReceived(self.cid, data, srv.loop.time()))
+        srv.run(srv.engine_data(self.cid, data, srv.loop.time()))
 
     def eof_received(self) -> bool:
         srv = self.srv
@@ -130,13 +130,17 @@ class AsyncioServer:
         self.tasks: set[asyncio.Future[Any]] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self._engine_feed = self.engine.feed
+        self.engine_data = self.engine.data
         self.live = 0  # transports whose connection_lost has not run yet (still flushing)
         self._stopped = asyncio.Event()
 
     # ------------------------------------------------------------------ core I/O
 
     def feed(self, event: Event) -> None:
-        actions = self._engine_feed(event)
+        self.run(self._engine_feed(event))
+
+    def run(self, actions: list[Action]) -> None:
+        """Execute the engine's actions, in order."""
         transports = self.transports
         for a in actions:
             t = type(a)

@@ -115,10 +115,23 @@ class Adapter:
 
     def feed(self, event: E.Event) -> None:
         self.queue.append(event)
+        if not self.busy:
+            self.run(None)
+
+    def feed_data(self, cid: int, data: bytes) -> None:
+        """``feed(DataReceived(...))`` through the engine's event-free entry point."""
         if self.busy:
-            return
+            self.feed(E.DataReceived(cid, data, _now()))
+        else:
+            self.run(self.engine.data(cid, data, _now()))
+
+    def run(self, actions: list[A.Action] | None) -> None:
+        """Execute ``actions``, then feed the queued events (raised meanwhile) in order."""
         self.busy = True
         try:
+            if actions is not None:
+                for action in actions:
+                    self.execute(action)
             while self.queue:
                 ev = self.queue.popleft()
                 for action in self.engine.feed(ev):
@@ -318,7 +331,7 @@ class Adapter:
                         continue
                     data = await c.stream.receive(READ_SIZE)
                     if not c.dead:
-                        self.feed(E.DataReceived(c.cid, data, _now()))
+                        self.feed_data(c.cid, data)
         except anyio.EndOfStream:
             if not c.dead:
                 self.feed(E.EofReceived(c.cid, _now()))

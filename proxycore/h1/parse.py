@@ -3,10 +3,13 @@
 Theory of operation: the session keeps received bytes in a buffer and calls
 :func:`find_head_end` until the blank line that ends a head is present, enforcing the size
 limits while it waits (414 for a long request line, 431 for a large header section). The whole
-head is then decoded once as latin-1 and checked with two compiled regular expressions: one
-validates the entire header block (so one bad byte anywhere rejects it), one extracts the
-fields. Everything that decides message framing (Content-Length, Transfer-Encoding, Connection,
-Host, Expect, Upgrade) is collected in the same single pass over the fields.
+head is then decoded once as latin-1 and checked with compiled regular expressions: one
+validates the entire header block in one pass (so one bad byte anywhere rejects it), one finds,
+in the lower-cased block, just the fields that decide framing and connection handling
+(Content-Length, Transfer-Encoding, Connection, Host, Expect, Upgrade, the other hop-by-hop
+fields, X-Forwarded-*). The full list of fields is built only if something asks for it
+(:class:`proxycore.http.Headers` is lazy), so a head that is forwarded untouched costs no
+per-field objects.
 
 We are deliberately stricter than RFC 9112's "MAY" allowances where leniency enables request
 smuggling: no obs-fold (§5.2), no bare LF or bare CR (§2.2), no whitespace before the colon
@@ -18,9 +21,17 @@ equal values (§6.3 permits rejecting). A rejected request raises :class:`HTTPPa
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from proxycore.errors import HTTPParseError
-from proxycore.http import Headers, RequestHeader, ResponseHeader
+from proxycore.http import (
+    FIELD_LINE_RE,
+    FIELD_VALUE_CHARS,
+    TCHAR,
+    Headers,
+    RequestHeader,
+    ResponseHeader,
+)
 
 __all__ = [
     "BODY_CHUNKED",
@@ -66,15 +77,38 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
-# RFC 9110 §5.6.2 token; §5.5 field-value: VCHAR / obs-text / SP / HTAB (no CTLs, no DEL).
-_TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
-_FIELD_VALUE_CHARS = r"\t\x20-\x7e\x80-\xff"
-# One pass per header block. Each match is one whole line — anchored at a line start (MULTILINE
-# ``^``), the value running to the line's CRLF (trailing OWS is stripped afterwards). If the
+_TCHAR = TCHAR
+_FIELD_VALUE_CHARS = FIELD_VALUE_CHARS
+# One pass per header block. Each match of FIELD_LINE_RE is one whole line — anchored at a line
+# start, the value running to the line's CRLF (trailing OWS is stripped afterwards). If the
 # block holds exactly as many CR and LF characters as there are matches, every line ended in
 # CRLF and every line matched: one bad byte anywhere (NUL, bare CR or LF, a space before the
 # colon, obs-fold) makes its line fail and the counts disagree, and the block is rejected.
-_FIELD_LINE_RE = re.compile(rf"^([{_TCHAR}]+):[ \t]*([{_FIELD_VALUE_CHARS}]*)\r\n", re.MULTILINE)
+_FIELD_LINE_RE = FIELD_LINE_RE
+# The same rule for the whole block at once, without extracting anything: a sequence of field
+# lines, each ending in CRLF. Since a value cannot contain CR or LF, a bare CR or LF anywhere,
+# obs-fold, whitespace before a colon or a CTL in a value makes the full match fail. The
+# quantifiers are possessive: the whitespace after the colon could belong to the value too, and
+# backtracking through those splits line by line is exponential in the number of lines.
+_FIELD_BLOCK_RE = re.compile(rf"(?:[{_TCHAR}]++:[ \t]*+[{_FIELD_VALUE_CHARS}]*+\r\n)*+")
+# The fields the parsers act on (framing, connection handling, forwarding), and the first
+# letters of their names: a field line starting with another letter is skipped unexamined.
+_FRAMING_NAMES: Final = frozenset(
+    {
+        "content-length",
+        "transfer-encoding",
+        "host",
+        "connection",
+        "expect",
+        "upgrade",
+        "keep-alive",
+        "te",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+_FRAMING_INITIALS: Final = frozenset("cehkptuxCEHKPTUX")
 _REQUEST_LINE_RE = re.compile(rf"([{_TCHAR}]+) ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
 _STATUS_LINE_RE = re.compile(rf"HTTP/([0-9])\.([0-9]) ([0-9]{{3}})(?: ([{_FIELD_VALUE_CHARS}]*))?")
 _CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,18}")
@@ -219,6 +253,28 @@ def _parse_fields(block: str, limits: Limits) -> list[tuple[str, str, str]]:
     return [(name.lower(), name, value.rstrip(" \t")) for name, value in fields]
 
 
+def _framing_fields(block: str, limits: Limits) -> list[tuple[str, str]]:
+    """Validate a header block (RFC 9112 §5, RFC 9110 §5.5) and return, in order, the
+    (lower-case name, value) of the fields that decide framing and connection handling
+    (and X-Forwarded-*)."""
+    if _FIELD_BLOCK_RE.fullmatch(block) is None:
+        raise HTTPParseError("invalid header field (RFC 9112 §5, RFC 9110 §5.5)")
+    if block.count("\n") > limits.max_headers:
+        raise HTTPParseError("too many header fields", 431)
+    out: list[tuple[str, str]] = []
+    pos = 0
+    end = len(block)
+    while pos < end:  # one field line per turn; validated, so CR only ends lines
+        eol = block.find("\r", pos)
+        if block[pos] in _FRAMING_INITIALS:
+            colon = block.find(":", pos)  # (a token holds no colon)
+            name = block[pos:colon].lower()
+            if name in _FRAMING_NAMES or name.startswith("x-forwarded-"):
+                out.append((name, block[colon + 1 : eol].strip(" \t")))
+        pos = eol + 2
+    return out
+
+
 def parse_request_head(
     head: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[RequestHeader, RequestMeta]:
@@ -232,7 +288,8 @@ def parse_request_head(
     if major != "1":
         raise HTTPParseError("HTTP version not supported", 505)
     http10 = minor == "0"
-    items = _parse_fields(text[line_end + 2 : -2], limits)
+    block = text[line_end + 2 : -2]
+    framing = _framing_fields(block, limits)
 
     meta = RequestMeta()
     meta.head_size = len(text)
@@ -242,7 +299,7 @@ def parse_request_head(
     hosts = 0
     host_value = ""
     connection: list[str] = []
-    for lname, _, value in items:
+    for lname, value in framing:
         if lname == "content-length":
             if content_length is not None:
                 raise HTTPParseError("duplicate Content-Length (RFC 9112 §6.3)")
@@ -265,6 +322,7 @@ def parse_request_head(
             meta.hop = True
         elif lname.startswith("x-forwarded-"):
             meta.forwarded = True
+    headers = Headers._from_block(block)
     if connection or te is not None or meta.upgrade is not None:
         meta.hop = True
     meta.has_host = hosts > 0
@@ -301,8 +359,8 @@ def parse_request_head(
             rest = am.group(3)
             path = rest if rest.startswith("/") else "/" + rest
             # RFC 9112 §3.2.2: ignore the received Host and use the target's authority.
-            items = [it for it in items if it[0] != "host"]
-            items.append(("host", "Host", authority))
+            headers.remove("host")
+            headers.add("Host", authority)
             meta.has_host = True
             host_value = authority
             hosts = 1
@@ -334,9 +392,7 @@ def parse_request_head(
         meta.connection_tokens = frozenset(connection)
     meta.keep_alive = _persistent(connection, http10)
     version = "HTTP/1.0" if http10 else "HTTP/1.1"
-    req = RequestHeader(
-        method, path, Headers._from_parsed(items), version, scheme=scheme, authority=authority
-    )
+    req = RequestHeader(method, path, headers, version, scheme=scheme, authority=authority)
     return req, meta
 
 
@@ -358,8 +414,9 @@ def parse_response_head(
     status = int(status_s)
     if status < 100:
         raise HTTPParseError("invalid status code", 502)
+    block = text[line_end + 2 : -2]
     try:
-        items = _parse_fields(text[line_end + 2 : -2], limits)
+        framing = _framing_fields(block, limits)
     except HTTPParseError as e:
         raise HTTPParseError(f"invalid response header: {e}", 502) from None
 
@@ -369,7 +426,7 @@ def parse_response_head(
     content_length: str | None = None
     te: str | None = None
     connection: list[str] = []
-    for lname, _, value in items:
+    for lname, value in framing:
         if lname == "content-length":
             if content_length is not None and content_length != value:
                 raise HTTPParseError("conflicting Content-Length in response", 502)
@@ -417,7 +474,7 @@ def parse_response_head(
         meta.body = BODY_CLOSE
         meta.keep_alive = False
     version = "HTTP/1.0" if http10 else "HTTP/1.1"
-    resp = ResponseHeader(status, Headers._from_parsed(items), reason or "", version)
+    resp = ResponseHeader(status, Headers._from_block(block), reason or "", version)
     return resp, meta
 
 
