@@ -24,10 +24,10 @@ from proxycore.errors import HTTPParseError
 from proxycore.h1.parse import find_head_end, parse_request_head
 from proxycore.h1.write import serialize_response_head
 from proxycore.http import reason_phrase
+from proxycore.session import Session
 
 if TYPE_CHECKING:
     from proxycore.engine import Engine
-    from proxycore.session import Session
     from proxycore.tls import TlsInfo
 
 __all__ = ["Downstream"]
@@ -305,8 +305,6 @@ class Downstream:
         self.timers.pop("header", None)
         self.timers.pop("idle", None)
         self.state = ACTIVE
-        from proxycore.session import Session
-
         s = Session(self, req, meta)
         self.current = s
         s.start()

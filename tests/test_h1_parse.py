@@ -245,3 +245,31 @@ def test_crlf_split_across_reads_is_not_bare_lf() -> None:
         # resume the search the way the downstream connection does (3 bytes of overlap)
         assert find_head_end(head[:cut], 0, LIMITS, True) == -1
         assert find_head_end(head, max(0, cut - 3), LIMITS, True) == -1
+
+
+# The request-line and status-line fast paths must decide exactly like the regular expressions
+# they shortcut (RFC 9112 §3, §4).
+_METHOD = st.sampled_from(["GET", "POST", "CONNECT", "get", "G@T", "", "GET "])
+_SEP = st.sampled_from([" ", "  ", "\t", ""])
+_TARGET = st.text(alphabet=" \t\x00\x7f\xe9/a?*%:#", max_size=6)
+_VERSION = st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.x", "HTTP/1.", "HTTP/1.10"])
+
+
+@given(_METHOD, _SEP, _TARGET, _SEP, _VERSION)
+@settings(max_examples=500, deadline=None)
+def test_request_line_fast_path_matches_the_grammar(
+    method: str, sep1: str, target: str, sep2: str, version: str
+) -> None:
+    from proxycore.h1.parse import _REQUEST_LINE_RE, _request_line
+
+    line = method + sep1 + target + sep2 + version
+    m = _REQUEST_LINE_RE.fullmatch(line)
+    assert _request_line(line + "\r\n", len(line)) == (m.groups() if m else None)
+
+
+def test_common_status_lines_match_the_grammar() -> None:
+    from proxycore.h1.parse import _COMMON_STATUS_LINES, _STATUS_LINE_RE
+
+    for line, (http10, status, reason) in _COMMON_STATUS_LINES.items():
+        m = _STATUS_LINE_RE.fullmatch(line)
+        assert m is not None and m.groups() == ("1", "0" if http10 else "1", str(status), reason)

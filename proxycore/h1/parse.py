@@ -109,9 +109,35 @@ _FRAMING_NAMES: Final = frozenset(
     }
 )
 _FRAMING_INITIALS: Final = frozenset("cehkptuxCEHKPTUX")
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"})
+_DIGITS: Final = frozenset("0123456789")
+# Status lines most origins send, looked up whole (the regular expression handles the rest):
+# line -> (HTTP/1.0?, status, reason).
+_COMMON_STATUS_LINES: Final[dict[str, tuple[bool, int, str]]] = {
+    f"HTTP/1.{minor} {code} {reason}": (minor == 0, code, reason)
+    for minor in (0, 1)
+    for code, reason in (
+        (200, "OK"),
+        (201, "Created"),
+        (204, "No Content"),
+        (206, "Partial Content"),
+        (301, "Moved Permanently"),
+        (302, "Found"),
+        (304, "Not Modified"),
+        (307, "Temporary Redirect"),
+        (308, "Permanent Redirect"),
+        (400, "Bad Request"),
+        (401, "Unauthorized"),
+        (403, "Forbidden"),
+        (404, "Not Found"),
+        (500, "Internal Server Error"),
+        (502, "Bad Gateway"),
+        (503, "Service Unavailable"),
+        (504, "Gateway Timeout"),
+    )
+}
 _REQUEST_LINE_RE = re.compile(rf"([{_TCHAR}]+) ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
 _STATUS_LINE_RE = re.compile(rf"HTTP/([0-9])\.([0-9]) ([0-9]{{3}})(?: ([{_FIELD_VALUE_CHARS}]*))?")
-_CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,18}")
 # RFC 3986 authority: reg-name / IPv4 / IP-literal, optional port.
 _HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 _ABSOLUTE_RE = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)(.*)")
@@ -200,7 +226,7 @@ def find_head_end(buf: bytes | bytearray, start: int, limits: Limits, request: b
         end = idx + 4
         if end > limits.max_header_bytes + limits.max_request_line:
             raise HTTPParseError("header section too large", 431)
-        if request:
+        if request and (end > limits.max_request_line or end > limits.max_header_bytes):
             line_end = buf.find(b"\r\n", 0, end)
             if line_end > limits.max_request_line:
                 raise HTTPParseError("request line too long", 414)
@@ -240,6 +266,9 @@ def _persistent(connection: list[str], http10: bool) -> bool:
 
 
 def _split_tokens(value: str) -> list[str]:
+    if "," not in value:  # one token (the usual "keep-alive", "close", "chunked")
+        t = value.strip(" \t").lower()
+        return [t] if t else []
     return [t.strip(" \t").lower() for t in value.split(",") if t.strip(" \t")]
 
 
@@ -275,16 +304,49 @@ def _framing_fields(block: str, limits: Limits) -> list[tuple[str, str]]:
     return out
 
 
+def _is_length(value: str) -> bool:
+    """RFC 9110 §8.6: Content-Length = 1*DIGIT (ASCII digits; at most 18 of them here)."""
+    return 0 < len(value) <= 18 and value.isdigit() and value.isascii()
+
+
+def _request_line(text: str, line_end: int) -> tuple[str, str, str, str] | None:
+    """(method, target, major, minor) of ``method SP request-target SP HTTP-version``
+    (RFC 9112 §3), or None if malformed. A common method with HTTP/1.x is checked without the
+    regular expression; anything else goes through it."""
+    sp = text.find(" ", 0, line_end)
+    if (
+        sp > 0
+        and line_end - sp > 10
+        and text[line_end - 9] == " "
+        and text.startswith("HTTP/1.", line_end - 8)
+    ):
+        method = text[:sp]
+        target = text[sp + 1 : line_end - 9]
+        minor = text[line_end - 1]
+        if (
+            method in _METHODS
+            and minor in _DIGITS
+            and " " not in target
+            and target.isascii()
+            and target.isprintable()  # with the two above: every character in 0x21-0x7e
+        ):
+            return method, target, "1", minor
+    m = _REQUEST_LINE_RE.fullmatch(text, 0, line_end)
+    if m is None:
+        return None
+    return m.group(1), m.group(2), m.group(3), m.group(4)
+
+
 def parse_request_head(
     head: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[RequestHeader, RequestMeta]:
     """Parse a complete request head (ending in CRLFCRLF, leading CRLFs already skipped)."""
     text = bytes(head).decode("latin-1")
     line_end = text.find("\r\n")
-    m = _REQUEST_LINE_RE.fullmatch(text, 0, line_end)
-    if m is None:
+    parts = _request_line(text, line_end)
+    if parts is None:
         raise HTTPParseError("malformed request line (RFC 9112 §3)")
-    method, target, major, minor = m.groups()
+    method, target, major, minor = parts
     if major != "1":
         raise HTTPParseError("HTTP version not supported", 505)
     http10 = minor == "0"
@@ -382,7 +444,7 @@ def parse_request_head(
             raise HTTPParseError("chunked must be applied exactly once, last (RFC 9112 §6.1)")
         meta.body = BODY_CHUNKED
     elif content_length is not None:
-        if _CONTENT_LENGTH_RE.fullmatch(content_length) is None:
+        if not _is_length(content_length):
             raise HTTPParseError("invalid Content-Length (RFC 9110 §8.6)")
         meta.length = int(content_length)
         if meta.length:
@@ -404,16 +466,21 @@ def parse_response_head(
     """Parse a complete upstream response head; raises HTTPParseError (status 502) if invalid."""
     text = bytes(head).decode("latin-1")
     line_end = text.find("\r\n")
-    m = _STATUS_LINE_RE.fullmatch(text, 0, line_end)
-    if m is None:
-        raise HTTPParseError("malformed status line", 502)
-    major, minor, status_s, reason = m.groups()
-    if major != "1":
-        raise HTTPParseError("unsupported HTTP version in response", 502)
-    http10 = minor == "0"
-    status = int(status_s)
-    if status < 100:
-        raise HTTPParseError("invalid status code", 502)
+    common = _COMMON_STATUS_LINES.get(text[:line_end])
+    if common is not None:
+        http10, status, reason = common
+    else:
+        m = _STATUS_LINE_RE.fullmatch(text, 0, line_end)
+        if m is None:
+            raise HTTPParseError("malformed status line", 502)
+        major, minor, status_s, reason_s = m.groups()
+        if major != "1":
+            raise HTTPParseError("unsupported HTTP version in response", 502)
+        http10 = minor == "0"
+        status = int(status_s)
+        reason = reason_s or ""
+        if status < 100:
+            raise HTTPParseError("invalid status code", 502)
     block = text[line_end + 2 : -2]
     try:
         framing = _framing_fields(block, limits)
@@ -451,7 +518,7 @@ def parse_response_head(
     # RFC 9112 §6.3: HEAD, 1xx, 204 and 304 responses never have a body.
     if request_method == "HEAD" or status < 200 or status == 204 or status == 304:
         meta.body = BODY_NONE
-        if content_length is not None and _CONTENT_LENGTH_RE.fullmatch(content_length) is None:
+        if content_length is not None and not _is_length(content_length):
             raise HTTPParseError("invalid Content-Length in response", 502)
     elif te is not None:
         if content_length is not None:
@@ -466,7 +533,7 @@ def parse_response_head(
             meta.body = BODY_CLOSE
             meta.keep_alive = False
     elif content_length is not None:
-        if _CONTENT_LENGTH_RE.fullmatch(content_length) is None:
+        if not _is_length(content_length):
             raise HTTPParseError("invalid Content-Length in response", 502)
         meta.length = int(content_length)
         meta.body = BODY_LENGTH if meta.length else BODY_NONE
@@ -474,7 +541,7 @@ def parse_response_head(
         meta.body = BODY_CLOSE
         meta.keep_alive = False
     version = "HTTP/1.0" if http10 else "HTTP/1.1"
-    resp = ResponseHeader(status, Headers._from_block(block), reason or "", version)
+    resp = ResponseHeader(status, Headers._from_block(block), reason, version)
     return resp, meta
 
 
