@@ -3,6 +3,7 @@
     python bench/core_micro.py                 # time 50,000 proxied keep-alive requests
     python bench/core_micro.py prof 20000      # cProfile, top functions by self time
     python bench/core_micro.py record 50000    # the same with session recording on
+    python bench/core_micro.py time-rp         # with the built-in ReverseProxy app (any mode: -rp)
     # instructions/request, independent of machine load (difference of two runs):
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 1000
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 3000
@@ -41,7 +42,12 @@ class App(proxycore.Proxy):
 def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else "time"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 50000
-    e = proxycore.Engine(App(), None, NullLog())
+    app: proxycore.Proxy = App()
+    if mode.endswith("rp"):  # the built-in ReverseProxy (what `proxycore reverse-proxy` runs)
+        from proxycore.builtin import ReverseProxy
+
+        app = ReverseProxy(["127.0.0.1:9000"])
+    e = proxycore.Engine(app, None, NullLog())
     if mode.startswith("record"):
         from proxycore.trace import Recorder
 
@@ -58,7 +64,7 @@ def main() -> None:
             feed(DataReceived(1, REQ, 1.0))
             feed(DataReceived(up, RESP, 1.0))
 
-    if mode == "prof":
+    if mode.startswith("prof"):
         pr = cProfile.Profile()
         pr.enable()
         loop(n)

@@ -639,6 +639,27 @@ class SilentOrigin(Origin):
         return False
 
 
+class WatchOrigin(Origin):
+    """Reads the request, never answers, and records in ``closes`` how the proxy then closed
+    the connection: "reset" (a TCP RST) or "fin" (an orderly close)."""
+
+    name = "watch"
+
+    def __init__(self, name=None):
+        self.closes: list[str] = []
+        super().__init__(name)
+
+    def respond(self, sock: socket.socket, req: Request) -> bool:
+        sock.settimeout(10)
+        try:
+            how = "fin" if not sock.recv(1) else "data"
+        except ConnectionResetError:
+            how = "reset"
+        with self.lock:
+            self.closes.append(how)
+        return False
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 with nothing listening (bound then released)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -13,6 +13,7 @@ from conformance.origins import (
     ResetOrigin,
     SilentOrigin,
     SlowOrigin,
+    WatchOrigin,
     free_port,
 )
 
@@ -96,6 +97,18 @@ def test_read_timeout_504(origins, proxy):
     assert took < 3, f"504 took {took:.2f}s with --read-timeout 0.5"
     r = get(p.port, "/never2", timeout=5)
     assert r.status == 504
+
+
+def test_abandoned_upstream_is_reset(origins, proxy):
+    # The adapter contract: Close(abort=True) is a TCP reset on every backend (SO_LINGER 0),
+    # so an origin sees that the proxy gave up rather than an orderly end of the request.
+    o = origins(WatchOrigin)
+    p = proxy(to=[o.port], extra=["--read-timeout", "0.3"])
+    assert get(p.port, "/never", timeout=5).status == 504
+    deadline = time.monotonic() + 5
+    while not o.closes and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert o.closes == ["reset"], o.closes
 
 
 def test_read_timeout_mid_body_truncates(origins, proxy):

@@ -11,9 +11,11 @@ makes no protocol decision.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,6 +55,15 @@ from proxycore.phases import Proxy
 __all__ = ["AsyncioServer", "serve"]
 
 log = logging.getLogger("proxycore")
+
+
+def _reset(transport: Any) -> None:
+    """Close at once, discarding unsent data, with a TCP reset (the contract's abort)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 class _Downstream(asyncio.Protocol):
@@ -183,7 +194,7 @@ class AsyncioServer:
         self.cancel_timer(a.conn)
         if tr is not None:
             if a.abort:
-                tr.abort()
+                _reset(tr)
             else:
                 tr.close()
 
@@ -296,7 +307,7 @@ class AsyncioServer:
         while (not self.engine.idle or self.live) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         for tr in list(self.transports.values()):
-            tr.abort()
+            _reset(tr)
         if self.engine.recorder is not None:
             self.engine.recorder.flush_all()
 
