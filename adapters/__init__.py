@@ -12,9 +12,49 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["attach_recorder", "make_engine", "print_stats", "reload_tls"]
+__all__ = ["BusyPoll", "attach_recorder", "make_engine", "print_stats", "reload_tls"]
 
 log = logging.getLogger("proxycore")
+
+
+class BusyPoll:
+    """``--busy-poll S`` (``ServerConf.busy_poll``): after each read, the adapter keeps its event
+    loop polling with a zero timeout for ``window`` seconds instead of sleeping in the poller.
+
+    Waking a sleeping process costs an inter-processor interrupt, and on a virtual machine an
+    idle vCPU is descheduled, so a request that crosses the proxy twice waits for four such
+    wake-ups. Polling through the short gaps (the origin's answer, the client's next request)
+    removes the proxy's two. HAProxy's ``busy-polling`` does the same, unbounded; here it stops
+    ``window`` seconds after the last read, so an idle proxy still sleeps. Every adapter uses
+    this one object: ``touch(now)`` on each read returns True when the adapter must start its
+    spinner (a callback, watcher or task that yields to the loop), and the spinner calls
+    ``keep_spinning(now)`` each turn and stops when it returns False.
+    """
+
+    __slots__ = ("spinning", "until", "window")
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.until = 0.0
+        self.spinning = False
+
+    @classmethod
+    def from_conf(cls, conf: Any) -> BusyPoll | None:
+        window = getattr(conf, "busy_poll", 0.0)
+        return cls(window) if window > 0 else None
+
+    def touch(self, now: float) -> bool:
+        self.until = now + self.window
+        if self.spinning:
+            return False
+        self.spinning = True
+        return True
+
+    def keep_spinning(self, now: float) -> bool:
+        if now < self.until:
+            return True
+        self.spinning = False
+        return False
 
 
 def make_engine(app: Any, conf: Any, logger: Any, backend: str = "", **options: Any) -> Any:

@@ -35,7 +35,7 @@ from proxycore.actions import (
     SetTimer,
     ShutdownWrite,
 )
-from proxycore.adapters import make_engine
+from proxycore.adapters import BusyPoll, make_engine
 from proxycore.config import ServerConf
 from proxycore.events import (
     Accepted,
@@ -113,6 +113,7 @@ class SocketDriver:
         self.flushing: set[Conn] = set()  # closed by the core, still writing their last bytes
         self._queue: deque[Event] = deque()
         self._busy = False
+        self.busy = BusyPoll.from_conf(conf)
         self._engine_feed = self.engine.feed
         self._engine_data = self.engine.data
         self._dispatch: dict[type, Callable[[Any], None]] = {
@@ -169,6 +170,9 @@ class SocketDriver:
             self._lost(c, repr(e))
             return
         if data:
+            busy = self.busy
+            if busy is not None and busy.touch(self.now()):
+                self.start_spinning()
             self.feed_data(c.cid, data)
         else:
             c.eof = True
@@ -489,6 +493,11 @@ class SocketDriver:
 
     def watch(self, c: Conn) -> None:
         """Make the reactor's interest in ``c.fd`` match ``c.reading`` / ``c.writing``."""
+        raise NotImplementedError
+
+    def start_spinning(self) -> None:
+        """--busy-poll: keep the reactor polling with a zero timeout until
+        ``self.busy.keep_spinning(now)`` says stop (see :class:`proxycore.adapters.BusyPoll`)."""
         raise NotImplementedError
 
     def forget(self, c: Conn) -> None:

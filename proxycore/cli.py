@@ -33,6 +33,16 @@ def _seconds(text: str) -> float:
     return v
 
 
+def _busy_poll(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"expected 0 (off) to 1 seconds, got {text!r}")
+    return v
+
+
 def _workers(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 256:
         raise argparse.ArgumentTypeError(
@@ -172,6 +182,13 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         help="idle upstream connections kept (default 128; 0 disables pooling)",
     )
     p.add_argument(
+        "--busy-poll",
+        type=_busy_poll,
+        metavar="S",
+        help="after I/O, keep polling for S seconds instead of sleeping (cuts wake-up latency, "
+        "mostly on VMs, at the cost of CPU; e.g. 0.001; default 0 = off)",
+    )
+    p.add_argument(
         "--no-forwarded-headers",
         action="store_true",
         help="do not append X-Forwarded-For/-Proto/-Host",
@@ -213,6 +230,7 @@ def _conf(args: argparse.Namespace) -> ServerConf:
         ("keepalive_timeout", "keepalive_timeout"),
         ("upstream_idle_timeout", "upstream_idle_timeout"),
         ("pool_size", "upstream_keepalive_pool_size"),
+        ("busy_poll", "busy_poll"),
     ]:
         v = getattr(args, opt)
         if v is not None:

@@ -32,7 +32,7 @@ from proxycore.actions import (
     SetTimer,
     ShutdownWrite,
 )
-from proxycore.adapters import make_engine, print_stats, reload_tls
+from proxycore.adapters import BusyPoll, make_engine, print_stats, reload_tls
 from proxycore.config import ServerConf
 from proxycore.events import (
     Accepted,
@@ -84,7 +84,11 @@ class _Downstream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         srv = self.srv
-        srv.run(srv.engine_data(self.cid, data, srv.loop.time()))
+        now = srv.loop.time()
+        busy = srv.busy
+        if busy is not None and busy.touch(now):
+            srv.loop.call_soon(srv.spin)
+        srv.run(srv.engine_data(self.cid, data, now))
 
     def eof_received(self) -> bool:
         srv = self.srv
@@ -143,6 +147,7 @@ class AsyncioServer:
         self._engine_feed = self.engine.feed
         self.engine_data = self.engine.data
         self.live = 0  # transports whose connection_lost has not run yet (still flushing)
+        self.busy = BusyPoll.from_conf(conf)
         self._stopped = asyncio.Event()
 
     # ------------------------------------------------------------------ core I/O
@@ -184,6 +189,12 @@ class AsyncioServer:
                 self._service_io(a)
             else:  # pragma: no cover - contract violation
                 raise TypeError(f"unknown action {a!r}")
+
+    def spin(self) -> None:
+        """--busy-poll: a pending callback makes the loop poll with a zero timeout."""
+        busy = self.busy
+        if busy is not None and busy.keep_spinning(self.loop.time()):
+            self.loop.call_soon(self.spin)
 
     def _close(self, a: Close) -> None:
         task = self.connecting.pop(a.conn, None)

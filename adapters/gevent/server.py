@@ -40,6 +40,7 @@ class GeventServer(SocketDriver):
         super().__init__(app, conf, blocking_phases)
         self.loop = gevent.get_hub().loop
         self._listen_watchers: dict[int, Any] = {}
+        self._idle: Any = None  # the --busy-poll watcher
 
     def now(self) -> float:
         return time.monotonic()
@@ -59,6 +60,19 @@ class GeventServer(SocketDriver):
                     watcher.start(cb, c)
             elif watcher is not None and watcher.active:
                 watcher.stop()
+
+    def start_spinning(self) -> None:
+        # An active idle watcher makes the hub's loop poll with a zero timeout.
+        w = self._idle
+        if w is None:
+            w = self._idle = self.loop.idle()
+        if not w.active:
+            w.start(self._spin)
+
+    def _spin(self) -> None:
+        busy = self.busy
+        if (busy is None or not busy.keep_spinning(time.monotonic())) and self._idle is not None:
+            self._idle.stop()
 
     def forget(self, c: Conn) -> None:
         if c.watch is not None:

@@ -128,11 +128,17 @@ class ThreadsServer(SocketDriver):
         self.pool.submit(work)
 
     # the loop
+    def start_spinning(self) -> None:
+        pass  # run_once polls with a zero timeout while self.busy says so
+
     def run_once(self, max_wait: float | None) -> None:
         heap = self.heap
         while heap and heap[0][2].cancelled:
             heapq.heappop(heap)
         timeout = max_wait
+        busy = self.busy
+        if busy is not None and busy.spinning and busy.keep_spinning(time.monotonic()):
+            timeout = 0.0
         if heap:
             t = max(0.0, heap[0][0] - time.monotonic())
             timeout = t if timeout is None else min(t, timeout)

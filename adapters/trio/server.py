@@ -44,12 +44,13 @@ from typing import Any, cast
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from anyio.abc import SocketAttribute
 from anyio.streams.stapled import MultiListener
 
 from proxycore import actions as A
 from proxycore import events as E
-from proxycore.adapters import make_engine, print_stats, reload_tls
+from proxycore.adapters import BusyPoll, make_engine, print_stats, reload_tls
 from proxycore.config import ServerConf
 from proxycore.engine import Engine
 from proxycore.peer import Peer
@@ -106,6 +107,7 @@ class Adapter:
         self.flushing: set[Conn] = set()  # closed by the core, still flushing output
         self.queue: deque[E.Event] = deque()
         self.busy = False
+        self.poll = BusyPoll.from_conf(engine.conf)  # --busy-poll
         self.deadlines: dict[int, float] = {}
         self.heap: list[tuple[float, int]] = []
         self.timer_wake = anyio.Event()
@@ -118,8 +120,17 @@ class Adapter:
         if not self.busy:
             self.run(None)
 
+    async def spin(self) -> None:
+        """--busy-poll: a task that keeps yielding makes trio poll with a zero timeout."""
+        poll = self.poll
+        while poll is not None and poll.keep_spinning(_now()):
+            await anyio.lowlevel.checkpoint()
+
     def feed_data(self, cid: int, data: bytes) -> None:
         """``feed(DataReceived(...))`` through the engine's event-free entry point."""
+        poll = self.poll
+        if poll is not None and poll.touch(_now()):
+            self.tg.start_soon(self.spin)
         if self.busy:
             self.feed(E.DataReceived(cid, data, _now()))
         else:

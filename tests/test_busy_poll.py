@@ -1,0 +1,34 @@
+"""The --busy-poll window shared by every adapter (proxycore.adapters.BusyPoll), and its flag."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxycore.adapters import BusyPoll
+from proxycore.cli import main
+from proxycore.config import ServerConf
+
+
+def test_off_unless_configured() -> None:
+    assert BusyPoll.from_conf(ServerConf()) is None
+    conf = ServerConf()
+    conf.busy_poll = 0.001
+    bp = BusyPoll.from_conf(conf)
+    assert bp is not None and bp.window == 0.001
+
+
+def test_one_spinner_per_window_extended_by_each_read() -> None:
+    bp = BusyPoll(0.5)
+    assert bp.touch(10.0)  # the first read starts the spinner
+    assert not bp.touch(10.2)  # later reads extend the window of the running one
+    assert bp.keep_spinning(10.6)  # 10.2 + 0.5 not reached yet
+    assert not bp.keep_spinning(10.7)  # window over: the spinner stops ...
+    assert not bp.spinning
+    assert bp.touch(11.0)  # ... and the next read starts a new one
+
+
+@pytest.mark.parametrize("bad", ["-1", "2", "x"])
+def test_flag_range_is_checked(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["reverse-proxy", "--to", "127.0.0.1:1", "--busy-poll", bad])
+    assert e.value.code == 2 and "--busy-poll" in capsys.readouterr().err
