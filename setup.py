@@ -6,8 +6,9 @@
     PROXYCORE_COMPILE=1 pip install -e .     # force compiling (fails without a compiler)
 
 The compiled build needs a C compiler and mypy (mypyc, a build requirement) at build time. It
-compiles only the pure core modules; the filter API base class (phases.py) stays interpreted so
-user classes can subclass it, and the adapters stay Python. Both builds pass the same tests
+compiles the pure core modules and the built-in ReverseProxy with its selectors (open to
+interpreted subclasses); the filter API base class (phases.py) stays interpreted so user
+classes can subclass it, and the adapters stay Python. Both builds pass the same tests
 (tests/test_compiled.py builds one and runs the unit tests and a conformance subset on it). See
 docs/performance.md for the numbers.
 """
@@ -37,6 +38,10 @@ CORE = [
     "proxycore/trace.py",
     "proxycore/replay.py",
     "proxycore/tls.py",
+    # The built-in reverse proxy's phases and the selectors (classes open to interpreted
+    # subclasses; their phase markers are kept by name, see phases._COMPILED_MARKS).
+    "proxycore/builtin.py",
+    "proxycore/lb.py",
 ]
 
 

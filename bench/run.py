@@ -1020,11 +1020,21 @@ def t_aiohttp(ctx: Ctx) -> tuple[int, Proc | None]:
 PROXYCORE_PYTHON = [sys.executable]
 
 
+BUSY_POLL = "0.001"  # the proxycore-uvloop-bp row: --busy-poll 1 ms
+
+
 def t_proxycore(
-    backend: str, workers: int = 1, cpu: str = PROXY_CPU, tls: bool = False
+    backend: str,
+    workers: int = 1,
+    cpu: str = PROXY_CPU,
+    tls: bool = False,
+    busy_poll: str | None = None,
 ) -> Callable[[Ctx], tuple[int, Proc | None]]:
     name = (
-        f"proxycore-{backend}" + (f"-w{workers}" if workers > 1 else "") + ("-tls" if tls else "")
+        f"proxycore-{backend}"
+        + (f"-w{workers}" if workers > 1 else "")
+        + ("-bp" if busy_poll else "")
+        + ("-tls" if tls else "")
     )
 
     def start(ctx: Ctx) -> tuple[int, Proc | None]:
@@ -1049,6 +1059,7 @@ def t_proxycore(
                 "--backend",
                 backend,
                 *(["--workers", str(workers)] if workers > 1 else []),
+                *(["--busy-poll", busy_poll] if busy_poll else []),
             ],
             cpu,
             ctx.workdir,
@@ -1099,6 +1110,15 @@ def build_targets(backends: list[str], workers_row: bool = True) -> list[Target]
         names = [t.name for t in targets]
         at = names.index("proxycore-uvloop") + 1 if "proxycore-uvloop" in names else len(names)
         targets.insert(at, w2)
+    if "uvloop" in backends:  # the same 1-worker uvloop proxy with --busy-poll (rps only)
+        bp = Target(
+            "proxycore-uvloop-bp",
+            t_proxycore("uvloop", busy_poll=BUSY_POLL),
+            f"python -m proxycore --backend uvloop --busy-poll {BUSY_POLL}",
+            ("small",),
+        )
+        names = [t.name for t in targets]
+        targets.insert(names.index("proxycore-uvloop") + 1, bp)
     return targets
 
 
@@ -1829,6 +1849,13 @@ def evaluate_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     added = g(uv, "added_p50_ms")
     add(f"{uv} added p50 @c1", None if added is None else added * 1000, "<=", 50, "us",
         ((uv, "small"), ("direct", "small")))  # fmt: skip
+    bp = "proxycore-uvloop-bp"  # the same targets with --busy-poll (not the default)
+    if bp in by:
+        add(f"{bp} req/s vs aiohttp", g(bp, "ratio_aiohttp"), ">=", 5.0, "x",
+            ((bp, "small"), ("aiohttp", "small")))  # fmt: skip
+        added = g(bp, "added_p50_ms")
+        add(f"{bp} added p50 @c1", None if added is None else added * 1000, "<=", 50, "us",
+            ((bp, "small"), ("direct", "small")))  # fmt: skip
     for r in rows:
         if r["name"].startswith("proxycore-") and "-w" not in r["name"] and "stream" in r:
             st = _ok(r, "stream")
@@ -1986,7 +2013,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only",
         default="",
         help="comma list of targets: direct,nginx,haproxy,aiohttp,proxycore-<backend>,"
-        "proxycore-uvloop-w2 ('proxycore' selects all proxycore rows)",
+        "proxycore-uvloop-w2,proxycore-uvloop-bp ('proxycore' selects all proxycore rows)",
     )
     ap.add_argument(
         "--backends",

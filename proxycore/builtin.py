@@ -16,6 +16,8 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from proxycore.discovery import DnsDiscovery, FileDiscovery
 from proxycore.errors import ProxyError
 from proxycore.health import HealthCheck, HealthChecker
@@ -47,6 +49,7 @@ class _Ctx:
         self.backend: Backend | None = None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ReverseProxy(Proxy):
     """Forward every request to one of ``backends`` chosen by ``lb``."""
 

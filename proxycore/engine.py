@@ -45,7 +45,7 @@ from proxycore.events import (
     WriteResumed,
 )
 from proxycore.peer import Peer
-from proxycore.phases import PHASES, Proxy
+from proxycore.phases import PHASES, Proxy, is_marked
 from proxycore.pool import ConnectionPool
 from proxycore.session import Session
 from proxycore.tls import ClientContexts, ServerTls, TlsLayer
@@ -89,14 +89,15 @@ class PhaseTable:
         cls = type(app)
         for name in PHASES:
             fn = getattr(app, name)
-            overridden = getattr(cls, name, None) is not getattr(Proxy, name)
+            defined = getattr(cls, name, None)
+            overridden = defined is not getattr(Proxy, name)
             setattr(self, name, fn if overridden else None)
             if not overridden:
                 continue
             if iscoroutinefunction(fn):
                 self.is_async.add(name)
-            elif getattr(fn, "__proxycore_blocking__", False) or (
-                blocking_phases == "all" and not getattr(fn, "__proxycore_nonblocking__", False)
+            elif is_marked(defined, "blocking") or (
+                blocking_phases == "all" and not is_marked(defined, "nonblocking")
             ):
                 self.blocking.add(name)
         if self.upstream_peer is None:

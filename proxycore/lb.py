@@ -24,6 +24,8 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
+from mypy_extensions import mypyc_attr
+
 from proxycore.peer import Peer
 
 __all__ = [
@@ -48,6 +50,7 @@ class RandomSource(Protocol):
     def random(self) -> float: ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class XorShift:
     """A tiny deterministic generator (xorshift64*), so the core needs no ``random`` module."""
 
@@ -63,6 +66,7 @@ class XorShift:
         return ((x * 0x2545F4914F6CDD1D) & 0xFFFFFFFFFFFFFFFF) / 2.0**64
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Backend:
     """An upstream with a weight and free-form metadata, plus health and load state."""
 
@@ -94,6 +98,7 @@ def _usable(b: Backend) -> bool:
     return b.enabled and b.healthy
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Selector:
     """Chooses among ``backends``; ``accept`` says which are eligible right now."""
 
@@ -106,6 +111,7 @@ class Selector:
         """Called when the backend set changes (precomputed tables are rebuilt here)."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RoundRobin(Selector):
     name = "round_robin"
 
@@ -122,6 +128,7 @@ class RoundRobin(Selector):
         return None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class WeightedRoundRobin(Selector):
     """nginx's smooth weighted round robin: weights 5,1,1 give a a b a c a a (not a a a a a b c)."""
 
@@ -142,6 +149,7 @@ class WeightedRoundRobin(Selector):
         return best
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RandomSelector(Selector):
     """Weighted random choice among eligible backends."""
 
@@ -170,6 +178,7 @@ def fnv1a64(data: bytes) -> int:
     return h
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class FnvHash(Selector):
     """Key → FNV-1a 64 → an index into the weight-expanded list; an ineligible backend is
     skipped by probing the next slots (so one failure moves only its own keys)."""
@@ -194,6 +203,7 @@ class FnvHash(Selector):
         return None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Consistent(Selector):
     """Ketama consistent hashing, point for point what nginx's ``hash $key consistent`` does
     (ngx_http_upstream_hash_module.c): for each server, ``160 * weight`` points whose hashes
@@ -255,6 +265,7 @@ def _ketama_base(server: str) -> int:
     return zlib.crc32(host.encode() + b"\x00" + port.encode())
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class LeastConn(Selector):
     """Fewest requests in flight relative to weight; ties broken round robin."""
 
@@ -274,6 +285,7 @@ class LeastConn(Selector):
         return best
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class PowerOfTwo(Selector):
     """Two random eligible backends; the one with fewer requests in flight (per weight) wins."""
 
@@ -321,6 +333,7 @@ def parse_backend(text: str, **tls_options: object) -> tuple[Peer, int]:
     return peer, weight
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class LoadBalancer:
     """Chooses a backend per request, skipping disabled/unhealthy ones and any the caller
     excludes. ``select(key)``: ``key`` matters for ``hash`` and ``consistent``."""

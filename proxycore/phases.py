@@ -25,21 +25,45 @@ __all__ = ["PHASES", "Proxy", "blocking", "nonblocking"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# Marks on methods of compiled classes (mypyc), whose method objects take no attributes:
+# (defining module, qualified name) -> "blocking" / "nonblocking".
+_COMPILED_MARKS: dict[tuple[str, str], str] = {}
+
+
+def _mark(fn: F, kind: str) -> F:
+    try:
+        setattr(fn, f"__proxycore_{kind}__", True)
+    except AttributeError:  # a compiled method (mypyc): remember it by name instead
+        owner = getattr(fn, "__objclass__", None)
+        module = owner.__module__ if owner is not None else getattr(fn, "__module__", "")
+        _COMPILED_MARKS[(str(module), fn.__qualname__)] = kind
+    return fn
+
+
+def is_marked(fn: Any, kind: str) -> bool:
+    """Whether ``fn`` (a function or method, bound or not) carries the ``kind`` mark."""
+    if getattr(fn, f"__proxycore_{kind}__", False):
+        return True
+    if not _COMPILED_MARKS:
+        return False
+    owner = getattr(fn, "__objclass__", None)
+    module = owner.__module__ if owner is not None else getattr(fn, "__module__", "")
+    return _COMPILED_MARKS.get((str(module), getattr(fn, "__qualname__", ""))) == kind
+
+
 def blocking(fn: F) -> F:
     """Mark a plain-function phase as one that may block (database call, file read...).
 
     The adapter runs it off the I/O loop (thread pool on asyncio and threads, a greenlet on
     gevent) and feeds the result back; other connections keep being served meanwhile.
     """
-    fn.__proxycore_blocking__ = True  # type: ignore[attr-defined]
-    return fn
+    return _mark(fn, "blocking")
 
 
 def nonblocking(fn: F) -> F:
     """Mark a phase as never blocking, so it runs inline in the core even on adapters that
     run every phase off the I/O loop (gevent and threads, ``blocking_phases="all"``)."""
-    fn.__proxycore_nonblocking__ = True  # type: ignore[attr-defined]
-    return fn
+    return _mark(fn, "nonblocking")
 
 
 class Proxy:

@@ -136,3 +136,17 @@ def test_connect_id_helper_still_works() -> None:  # keeps helpers imported for 
     h = Harness(ReverseProxy(["127.0.0.1:9001"]))
     down, _ = h.accept()
     assert connect_id(h.data(down, request())) > 0
+
+
+def test_phase_marks_work_on_methods_that_take_no_attributes() -> None:
+    # Methods of mypyc-compiled classes (the compiled ReverseProxy) reject attributes, so the
+    # blocking/nonblocking marks are kept by (module, qualified name) for them.
+    from proxycore import phases
+
+    try:
+        assert phases.nonblocking(str.upper) is str.upper  # a C method: no attributes
+        assert phases.is_marked(str.upper, "nonblocking")
+        assert not phases.is_marked(str.upper, "blocking")
+        assert not phases.is_marked(str.lower, "nonblocking")
+    finally:
+        phases._COMPILED_MARKS.pop(("builtins", "str.upper"), None)
