@@ -103,9 +103,11 @@ class Conn:
 class SocketDriver:
     """Executes the engine's actions on non-blocking sockets; subclasses provide the reactor."""
 
-    def __init__(self, app: Proxy, conf: ServerConf, blocking_phases: str) -> None:
+    def __init__(
+        self, app: Proxy, conf: ServerConf, blocking_phases: str, backend: str = ""
+    ) -> None:
         self.engine = make_engine(
-            app, conf, log, backend=type(self).__name__, blocking_phases=blocking_phases
+            app, conf, log, backend=backend or type(self).__name__, blocking_phases=blocking_phases
         )
         self.conns: dict[int, Conn] = {}
         self.timers: dict[int, Any] = {}
