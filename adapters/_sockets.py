@@ -172,10 +172,25 @@ class SocketDriver:
             self._lost(c, repr(e))
             return
         if data:
+            now = self.now()
             busy = self.busy
-            if busy is not None and busy.touch(self.now()):
+            if busy is not None and busy.touch(now):
                 self.start_spinning()
-            self.feed_data(c.cid, data)
+            if self._busy:
+                self.feed(DataReceived(c.cid, data, now))
+                return
+            # feed_data + _run, inline: this runs twice per proxied request.
+            self._busy = True
+            try:
+                dispatch = self._dispatch
+                for a in self._engine_data(c.cid, data, now):
+                    dispatch[type(a)](a)
+                q = self._queue
+                while q:
+                    for a in self._engine_feed(q.popleft()):
+                        dispatch[type(a)](a)
+            finally:
+                self._busy = False
         else:
             c.eof = True
             self._want_read(c, False)
