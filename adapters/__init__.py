@@ -25,18 +25,25 @@ class BusyPoll:
     idle vCPU is descheduled, so a request that crosses the proxy twice waits for four such
     wake-ups. Polling through the short gaps (the origin's answer, the client's next request)
     removes the proxy's two. HAProxy's ``busy-polling`` does the same, unbounded; here it stops
-    ``window`` seconds after the last read, so an idle proxy still sleeps. Every adapter uses
-    this one object: ``touch(now)`` on each read returns True when the adapter must start its
-    spinner (a callback, watcher or task that yields to the loop), and the spinner calls
-    ``keep_spinning(now)`` each turn and stops when it returns False.
+    ``window`` seconds after the last read, so an idle proxy still sleeps. And it steps aside
+    under load: when more than one read arrived between two turns of the spinner, the loop is
+    not going to sleep anyway, and zero-timeout polls would only split its event batches, so
+    spinning pauses for ``BACKOFF`` seconds. Every adapter uses this one object: ``touch(now)``
+    on each read returns True when the adapter must start its spinner (a callback, watcher or
+    task that yields to the loop), and the spinner calls ``keep_spinning(now)`` each turn and
+    stops when it returns False.
     """
 
-    __slots__ = ("spinning", "until", "window")
+    __slots__ = ("quiet_until", "reads", "spinning", "until", "window")
+
+    BACKOFF = 0.01
 
     def __init__(self, window: float) -> None:
         self.window = window
         self.until = 0.0
         self.spinning = False
+        self.reads = 0  # reads since the spinner's last turn
+        self.quiet_until = 0.0  # no spinning before this (the loop was busy)
 
     @classmethod
     def from_conf(cls, conf: Any) -> BusyPoll | None:
@@ -45,13 +52,19 @@ class BusyPoll:
 
     def touch(self, now: float) -> bool:
         self.until = now + self.window
-        if self.spinning:
+        self.reads += 1
+        if self.spinning or now < self.quiet_until:
             return False
         self.spinning = True
+        self.reads = 0
         return True
 
     def keep_spinning(self, now: float) -> bool:
-        if now < self.until:
+        busy = self.reads > 1
+        self.reads = 0
+        if busy:
+            self.quiet_until = now + self.BACKOFF
+        elif now < self.until:
             return True
         self.spinning = False
         return False

@@ -27,6 +27,17 @@ def test_one_spinner_per_window_extended_by_each_read() -> None:
     assert bp.touch(11.0)  # ... and the next read starts a new one
 
 
+def test_steps_aside_while_the_loop_is_busy() -> None:
+    bp = BusyPoll(0.5)
+    assert bp.touch(10.0)
+    bp.touch(10.0001)  # more reads before the spinner's first turn: the loop has work anyway
+    bp.touch(10.00015)
+    assert not bp.keep_spinning(10.0002)
+    assert not bp.touch(10.0003)  # paused for BACKOFF ...
+    assert bp.touch(10.0002 + BusyPoll.BACKOFF)  # ... then spinning is allowed again
+    assert bp.keep_spinning(10.02)  # one read per turn (a quiet loop): keep polling
+
+
 @pytest.mark.parametrize("bad", ["-1", "2", "x"])
 def test_flag_range_is_checked(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
