@@ -47,8 +47,7 @@ class BusyPoll:
 
     @classmethod
     def from_conf(cls, conf: Any) -> BusyPoll | None:
-        window = getattr(conf, "busy_poll", 0.0)
-        return cls(window) if window > 0 else None
+        return cls(conf.busy_poll) if conf.busy_poll > 0 else None
 
     def touch(self, now: float) -> bool:
         self.until = now + self.window

@@ -140,13 +140,6 @@ class SocketDriver:
         if not self._busy:
             self._run(None)
 
-    def feed_data(self, cid: int, data: bytes) -> None:
-        """``feed(DataReceived(...))`` through the engine's event-free entry point."""
-        if self._busy:
-            self.feed(DataReceived(cid, data, self.now()))
-        else:
-            self._run(self._engine_data(cid, data, self.now()))
-
     def _run(self, actions: list[Action] | None) -> None:
         """Execute ``actions``, then feed the queued events (raised meanwhile) in order."""
         self._busy = True
@@ -179,19 +172,8 @@ class SocketDriver:
                 self.start_spinning()
             if self._busy:
                 self.feed(DataReceived(c.cid, data, now))
-                return
-            # feed_data + _run, inline: this runs twice per proxied request.
-            self._busy = True
-            try:
-                dispatch = self._dispatch
-                for a in self._engine_data(c.cid, data, now):
-                    dispatch[type(a)](a)
-                q = self._queue
-                while q:
-                    for a in self._engine_feed(q.popleft()):
-                        dispatch[type(a)](a)
-            finally:
-                self._busy = False
+            else:  # the engine's event-free entry point
+                self._run(self._engine_data(c.cid, data, now))
         else:
             c.eof = True
             self._want_read(c, False)

@@ -23,24 +23,22 @@ from proxycore.runner import BACKENDS, assign_tls_ports, parse_listen, resolve_b
 __all__ = ["main"]
 
 
-def _seconds(text: str) -> float:
+def _number_of_seconds(text: str, ok: Callable[[float], bool], expected: str) -> float:
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return v
+
+
+def _seconds(text: str) -> float:
+    return _number_of_seconds(text, lambda v: v > 0, "a positive number of seconds")
 
 
 def _busy_poll(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"expected 0 (off) to 1 seconds, got {text!r}")
-    return v
+    return _number_of_seconds(text, lambda v: 0 <= v <= 1, "0 (off) to 1 seconds")
 
 
 def _workers(text: str) -> int:

@@ -165,7 +165,6 @@ class Engine:
         self._bind_feed()
         self._pool_timer = _PoolTimer()
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
-            DataReceived: self._on_data,
             EofReceived: self._on_eof,
             Closed: self._on_closed,
             Connected: self._on_connected,
@@ -251,25 +250,12 @@ class Engine:
         tls = self.tls
         if self._recorder is not None or (tls is not None and tls.conns):
             return self.feed(DataReceived(conn, data, now))
-        self.now = now
-        if not self._services_started and self.services:
-            self._start_services()
-        try:
-            self._on_data_for(conn, data)
-        except Exception:
-            self._internal_error(conn, f"{len(data)} bytes received")
-        return self._flush()
+        return self._received(conn, data, now)
 
     def _feed(self, event: Event) -> list[Action]:
-        self.now = event.now
-        if not self._services_started and self.services:
-            self._start_services()
         if isinstance(event, DataReceived):  # the common case: a direct call
-            try:
-                self._on_data_for(event.conn, event.data)
-            except Exception:
-                self._internal_error(event.conn, repr(event))
-            return self._flush()
+            return self._received(event.conn, event.data, event.now)
+        self._tick(event.now)
         handler = self._handlers.get(type(event))
         if handler is None:
             raise TypeError(f"not an event: {event!r}")
@@ -278,6 +264,19 @@ class Engine:
         except Exception:
             self._internal_error(event.conn, repr(event))
         return self._flush()
+
+    def _received(self, conn: int, data: bytes, now: float) -> list[Action]:
+        self._tick(now)
+        try:
+            self._on_data(conn, data)
+        except Exception:
+            self._internal_error(conn, f"{len(data)} bytes received")
+        return self._flush()
+
+    def _tick(self, now: float) -> None:
+        self.now = now
+        if not self._services_started and self.services:
+            self._start_services()
 
     def _internal_error(self, conn: int, what: str) -> None:
         """A bug must cost one connection, never the worker: log it and drop what the event
@@ -459,10 +458,7 @@ class Engine:
             return
         down.start()
 
-    def _on_data(self, ev: DataReceived) -> None:
-        self._on_data_for(ev.conn, ev.data)
-
-    def _on_data_for(self, conn: int, data: bytes) -> None:
+    def _on_data(self, conn: int, data: bytes) -> None:
         down = self.downstreams.get(conn)
         if down is not None:
             down.on_data(data)

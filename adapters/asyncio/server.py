@@ -132,8 +132,7 @@ class AsyncioServer(SocketDriver):
         # An ``async def`` phase runs on this loop, as a task.
         self._track(asyncio.ensure_future(call(), loop=self.loop), done)
 
-    def run_in_thread(self, fn: Callable[[], Any], done: Callable[..., None]) -> None:
-        self._track(self.loop.run_in_executor(None, fn), done)
+    run_in_thread = run_blocking  # both: the loop's default executor
 
     def resolve(self, host: str, port: int, done: Callable[[Any], None]) -> None:
         async def lookup() -> Any:

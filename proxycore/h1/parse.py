@@ -25,12 +25,12 @@ from typing import Final
 
 from proxycore.errors import HTTPParseError
 from proxycore.http import (
-    FIELD_LINE_RE,
     FIELD_VALUE_CHARS,
     TCHAR,
     Headers,
     RequestHeader,
     ResponseHeader,
+    field_items,
 )
 
 __all__ = [
@@ -77,20 +77,12 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
-_TCHAR = TCHAR
-_FIELD_VALUE_CHARS = FIELD_VALUE_CHARS
-# One pass per header block. Each match of FIELD_LINE_RE is one whole line — anchored at a line
-# start, the value running to the line's CRLF (trailing OWS is stripped afterwards). If the
-# block holds exactly as many CR and LF characters as there are matches, every line ended in
-# CRLF and every line matched: one bad byte anywhere (NUL, bare CR or LF, a space before the
-# colon, obs-fold) makes its line fail and the counts disagree, and the block is rejected.
-_FIELD_LINE_RE = FIELD_LINE_RE
-# The same rule for the whole block at once, without extracting anything: a sequence of field
-# lines, each ending in CRLF. Since a value cannot contain CR or LF, a bare CR or LF anywhere,
+# One pass per header block, without extracting anything: a sequence of field lines (RFC 9112
+# §5), each ending in CRLF. Since a value cannot contain CR or LF, a bare CR or LF anywhere,
 # obs-fold, whitespace before a colon or a CTL in a value makes the full match fail. The
 # quantifiers are possessive: the whitespace after the colon could belong to the value too, and
 # backtracking through those splits line by line is exponential in the number of lines.
-_FIELD_BLOCK_RE = re.compile(rf"(?:[{_TCHAR}]++:[ \t]*+[{_FIELD_VALUE_CHARS}]*+\r\n)*+")
+_FIELD_BLOCK_RE = re.compile(rf"(?:[{TCHAR}]++:[ \t]*+[{FIELD_VALUE_CHARS}]*+\r\n)*+")
 # The fields the parsers act on (framing, connection handling, forwarding), and the first
 # letters of their names: a field line starting with another letter is skipped unexamined.
 _FRAMING_NAMES: Final = frozenset(
@@ -136,14 +128,14 @@ _COMMON_STATUS_LINES: Final[dict[str, tuple[bool, int, str]]] = {
         (504, "Gateway Timeout"),
     )
 }
-_REQUEST_LINE_RE = re.compile(rf"([{_TCHAR}]+) ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
-_STATUS_LINE_RE = re.compile(rf"HTTP/([0-9])\.([0-9]) ([0-9]{{3}})(?: ([{_FIELD_VALUE_CHARS}]*))?")
+_REQUEST_LINE_RE = re.compile(rf"([{TCHAR}]+) ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
+_STATUS_LINE_RE = re.compile(rf"HTTP/([0-9])\.([0-9]) ([0-9]{{3}})(?: ([{FIELD_VALUE_CHARS}]*))?")
 # RFC 3986 authority: reg-name / IPv4 / IP-literal, optional port.
 _HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 _ABSOLUTE_RE = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)(.*)")
 # RFC 9112 §7.1.1 chunk-size [ chunk-ext ]; chunk-ext values are tokens or quoted-strings.
 _QUOTED = r'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t\x20-\x7e\x80-\xff])*"'
-_CHUNK_EXT = rf"(?:;[ \t]*[{_TCHAR}]+(?:[ \t]*=[ \t]*(?:[{_TCHAR}]+|{_QUOTED}))?[ \t]*)"
+_CHUNK_EXT = rf"(?:;[ \t]*[{TCHAR}]+(?:[ \t]*=[ \t]*(?:[{TCHAR}]+|{_QUOTED}))?[ \t]*)"
 _CHUNK_LINE_RE = re.compile(rf"([0-9A-Fa-f]{{1,16}})[ \t]*{_CHUNK_EXT}*")
 
 
@@ -272,24 +264,24 @@ def _split_tokens(value: str) -> list[str]:
     return [t.strip(" \t").lower() for t in value.split(",") if t.strip(" \t")]
 
 
-def _parse_fields(block: str, limits: Limits) -> list[tuple[str, str, str]]:
-    fields = _FIELD_LINE_RE.findall(block)
-    n = len(fields)
-    if block.count("\n") != n or block.count("\r") != n:
+def _check_block(block: str, limits: Limits) -> None:
+    """Validate a header block (RFC 9112 §5, RFC 9110 §5.5) and its number of fields."""
+    if _FIELD_BLOCK_RE.fullmatch(block) is None:
         raise HTTPParseError("invalid header field (RFC 9112 §5, RFC 9110 §5.5)")
-    if n > limits.max_headers:
+    if block.count("\n") > limits.max_headers:
         raise HTTPParseError("too many header fields", 431)
-    return [(name.lower(), name, value.rstrip(" \t")) for name, value in fields]
+
+
+def _parse_fields(block: str, limits: Limits) -> list[tuple[str, str, str]]:
+    _check_block(block, limits)
+    return field_items(block)
 
 
 def _framing_fields(block: str, limits: Limits) -> list[tuple[str, str]]:
     """Validate a header block (RFC 9112 §5, RFC 9110 §5.5) and return, in order, the
     (lower-case name, value) of the fields that decide framing and connection handling
     (and X-Forwarded-*)."""
-    if _FIELD_BLOCK_RE.fullmatch(block) is None:
-        raise HTTPParseError("invalid header field (RFC 9112 §5, RFC 9110 §5.5)")
-    if block.count("\n") > limits.max_headers:
-        raise HTTPParseError("too many header fields", 431)
+    _check_block(block, limits)
     out: list[tuple[str, str]] = []
     pos = 0
     end = len(block)
