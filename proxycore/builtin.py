@@ -109,7 +109,7 @@ class ReverseProxy(Proxy):
                 )
             )
         if self.health_check is not None:
-            out.append(HealthChecker(self.lb, self.health_check))
+            out.append(HealthChecker(self.lb, self.health_check, on_change=self._health_changed))
         return out
 
     def trace_init(self) -> dict[str, Any]:
@@ -176,6 +176,14 @@ class ReverseProxy(Proxy):
         ctx.tried.append(b)
         b.inflight += 1
         return b.peer
+
+    def _health_changed(self, b: Backend, healthy: bool) -> None:
+        """An active check found the backend healthy again: lift a passive ejection too, so it
+        rejoins now rather than when the ejection runs out (Envoy's default,
+        ``successful_active_health_check_uneject_host``)."""
+        if healthy:
+            self._ejected_until.pop(b.address, None)
+            self._failures.pop(b.address, None)
 
     def _done_with(self, session: Session, ctx: Any, failed: bool) -> None:
         b = ctx.backend

@@ -82,6 +82,25 @@ def test_passive_health_ejects_after_consecutive_failures_then_readmits() -> Non
     assert 9001 in {one(h, request())[0] for _ in range(4)}
 
 
+def test_active_health_check_recovery_lifts_a_passive_ejection() -> None:
+    # Under load, passive ejection (5 failures in a few ms) can beat the health check to a dead
+    # backend; when the check then sees it healthy again, it must rejoin at once, not after
+    # --eject-for.
+    app = ReverseProxy(
+        ["127.0.0.1:9001", "127.0.0.1:9002"],
+        eject_after=1,
+        eject_for=30.0,
+        health_check="http:/healthz",
+    )
+    checker = app.services()[0]
+    b = app.lb.backends[0]
+    app._ejected_until[b.address] = 1e9
+    checker.result(b, False, "refused")
+    assert b.address in app._ejected_until
+    checker.result(b, True, "status 200")
+    assert b.healthy and b.address not in app._ejected_until
+
+
 def _port_is(h: Harness, port: int) -> bool:
     app: ReverseProxy = h.engine.app  # type: ignore[assignment]
     nxt = app.lb.selector._next  # type: ignore[attr-defined]
