@@ -7,8 +7,9 @@
 
 The compiled build needs a C compiler and mypy (mypyc, a build requirement) at build time. It
 compiles the pure core modules and the built-in ReverseProxy with its selectors (open to
-interpreted subclasses); the filter API base class (phases.py) stays interpreted so user
-classes can subclass it, and the adapters stay Python. Both builds pass the same tests
+interpreted subclasses), and builds the C head scanner (proxycore/h1/_hscan.c); the filter
+API base class (phases.py) stays interpreted so user classes can subclass it, and the
+adapters stay Python. Both builds pass the same tests
 (tests/test_compiled.py builds one and runs the unit tests and a conformance subset on it). See
 docs/performance.md for the numbers.
 """
@@ -19,7 +20,7 @@ import os
 import shutil
 import sys
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 CORE = [
     "proxycore/h1/parse.py",
@@ -72,5 +73,9 @@ if want_compiled():
     from mypyc.build import mypycify
 
     ext_modules = mypycify(CORE, opt_level="3")
+    # The HTTP/1.1 head scanner in C (parse.py falls back to its Python reference without it).
+    ext_modules.append(
+        Extension("proxycore.h1._hscan", ["proxycore/h1/_hscan.c"], extra_compile_args=["-O2"])
+    )
 
 setup(ext_modules=ext_modules)

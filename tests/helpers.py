@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
 from typing import Any
 
 import proxycore
@@ -41,3 +45,21 @@ def setup_request(h: Harness, request: bytes) -> tuple[int, int, list[Action]]:
 
 def sends(actions: list[Action]) -> list[Send]:
     return [a for a in actions if isinstance(a, Send)]
+
+
+HSCAN_SOURCE = Path(__file__).resolve().parent.parent / "proxycore" / "h1" / "_hscan.c"
+
+
+def compile_hscan(out_dir: Path) -> Path | None:
+    """Build the C head scanner into ``out_dir`` as setup.py would (None: no C compiler)."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        return None
+    out = out_dir / ("_hscan" + sysconfig.get_config_var("EXT_SUFFIX"))
+    build = subprocess.run(
+        [cc, "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-Wno-unused-parameter",
+         f"-I{sysconfig.get_paths()['include']}", str(HSCAN_SOURCE), "-o", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    return out

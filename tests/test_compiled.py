@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import compile_hscan
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Conformance files run against the compiled build: the ones that exercise the most core code
@@ -59,8 +61,11 @@ def test_the_compiled_core_passes_unit_tests_and_conformance(tmp_path: Path) -> 
     (tmp_path / "proxycore" / "adapters").symlink_to("../adapters")  # as package-dir maps it
     build = _run(["-m", "mypyc", *_core_modules()], tmp_path, 600)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    assert compile_hscan(tmp_path / "proxycore" / "h1") is not None  # setup.py's C extension
     where = _run(["-c", "import proxycore.session as s; print(s.__file__)"], tmp_path, 60)
     assert where.stdout.strip().endswith(".so"), where.stdout + where.stderr
+    scan = _run(["-c", "import proxycore.h1.parse as p; print(p._HSCAN.__file__)"], tmp_path, 60)
+    assert scan.stdout.strip().endswith(".so"), scan.stdout + scan.stderr
     unit = _run(
         ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests",
          "--deselect", "tests/test_lint.py", "--deselect", "tests/test_core_purity.py",

@@ -9,7 +9,10 @@ in the lower-cased block, just the fields that decide framing and connection han
 (Content-Length, Transfer-Encoding, Connection, Host, Expect, Upgrade, the other hop-by-hop
 fields, X-Forwarded-*). The full list of fields is built only if something asks for it
 (:class:`proxycore.http.Headers` is lazy), so a head that is forwarded untouched costs no
-per-field objects.
+per-field objects. In the compiled build the request line and the header block are scanned by
+a small C extension (``_hscan.c``) that decides exactly like the Python references here
+(``_request_line_py``, ``_scan_fields_py``); the semantics (duplicates, Host, framing) stay in
+this module either way.
 
 We are deliberately stricter than RFC 9112's "MAY" allowances where leniency enables request
 smuggling: no obs-fold (§5.2), no bare LF or bare CR (§2.2), no whitespace before the colon
@@ -21,7 +24,8 @@ equal values (§6.3 permits rejecting). A rejected request raises :class:`HTTPPa
 from __future__ import annotations
 
 import re
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 from proxycore.errors import HTTPParseError
 from proxycore.http import (
@@ -277,11 +281,12 @@ def _parse_fields(block: str, limits: Limits) -> list[tuple[str, str, str]]:
     return field_items(block)
 
 
-def _framing_fields(block: str, limits: Limits) -> list[tuple[str, str]]:
-    """Validate a header block (RFC 9112 §5, RFC 9110 §5.5) and return, in order, the
-    (lower-case name, value) of the fields that decide framing and connection handling
-    (and X-Forwarded-*)."""
-    _check_block(block, limits)
+def _scan_fields_py(block: str) -> list[tuple[str, str]] | None:
+    """None unless ``block`` is a valid header block (RFC 9112 §5, RFC 9110 §5.5); else, in
+    order, the (lower-case name, value) of the fields that decide framing and connection
+    handling (and X-Forwarded-*). The reference for ``_hscan.scan_fields``."""
+    if _FIELD_BLOCK_RE.fullmatch(block) is None:
+        return None
     out: list[tuple[str, str]] = []
     pos = 0
     end = len(block)
@@ -296,15 +301,26 @@ def _framing_fields(block: str, limits: Limits) -> list[tuple[str, str]]:
     return out
 
 
+def _framing_fields(block: str, limits: Limits) -> list[tuple[str, str]]:
+    """Validate a header block and its number of fields; return its framing fields."""
+    out = _SCAN_FIELDS(block)
+    if out is None:
+        raise HTTPParseError("invalid header field (RFC 9112 §5, RFC 9110 §5.5)")
+    if block.count("\n") > limits.max_headers:
+        raise HTTPParseError("too many header fields", 431)
+    return out
+
+
 def _is_length(value: str) -> bool:
     """RFC 9110 §8.6: Content-Length = 1*DIGIT (ASCII digits; at most 18 of them here)."""
     return 0 < len(value) <= 18 and value.isdigit() and value.isascii()
 
 
-def _request_line(text: str, line_end: int) -> tuple[str, str, str, str] | None:
+def _request_line_py(text: str, line_end: int) -> tuple[str, str, str, str] | None:
     """(method, target, major, minor) of ``method SP request-target SP HTTP-version``
     (RFC 9112 §3), or None if malformed. A common method with HTTP/1.x is checked without the
-    regular expression; anything else goes through it."""
+    regular expression; anything else goes through it. The reference for
+    ``_hscan.request_line``."""
     sp = text.find(" ", 0, line_end)
     if (
         sp > 0
@@ -329,13 +345,33 @@ def _request_line(text: str, line_end: int) -> tuple[str, str, str, str] | None:
     return m.group(1), m.group(2), m.group(3), m.group(4)
 
 
+def _load_scanner() -> Any:
+    """The C head scanner (built by ``pip install .`` with a C compiler), or None."""
+    try:
+        from proxycore.h1 import _hscan
+    except ImportError:
+        return None
+    return _hscan
+
+
+_HSCAN: Final = _load_scanner()
+# The scanner's two functions where it is built, the Python references otherwise (they decide
+# identically: tests/test_h1_scan.py).
+_REQUEST_LINE: Final[Callable[[str, int], tuple[str, str, str, str] | None]] = (
+    _request_line_py if _HSCAN is None else _HSCAN.request_line
+)
+_SCAN_FIELDS: Final[Callable[[str], list[tuple[str, str]] | None]] = (
+    _scan_fields_py if _HSCAN is None else _HSCAN.scan_fields
+)
+
+
 def parse_request_head(
     head: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[RequestHeader, RequestMeta]:
     """Parse a complete request head (ending in CRLFCRLF, leading CRLFs already skipped)."""
     text = bytes(head).decode("latin-1")
     line_end = text.find("\r\n")
-    parts = _request_line(text, line_end)
+    parts = _REQUEST_LINE(text, line_end)
     if parts is None:
         raise HTTPParseError("malformed request line (RFC 9112 §3)")
     method, target, major, minor = parts

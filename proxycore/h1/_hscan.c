@@ -1,0 +1,288 @@
+/* proxycore.h1._hscan -- the HTTP/1.1 head scanner in C (the compiled build's fast path).
+
+Theory of operation: two pure functions over text that proxycore/h1/parse.py has already
+decoded as latin-1 (so one character is one byte). They make exactly the decisions of the
+Python reference functions next to them in parse.py -- _request_line_py and _scan_fields_py --
+and nothing more: no protocol semantics (duplicate Content-Length, Host rules, body framing)
+live here; parse.py applies those to what these return. tests/test_h1_scan.py compiles this
+file and checks it against the reference on generated inputs.
+
+  request_line(text, line_end) -> (method, target, major, minor) | None
+      `method SP request-target SP HTTP/d.d` over text[:line_end] (RFC 9112 §3; method is a
+      token, RFC 9110 §9.1; the target is 1*(%x21-7E): any other form check is parse.py's).
+
+  scan_fields(block) -> [(lower-case name, value), ...] | None
+      None unless block is a sequence of `token ":" field-value CRLF` lines (RFC 9112 §5,
+      RFC 9110 §5.5: no whitespace before the colon, no CTL other than HTAB in a value, no
+      bare CR or LF, no obs-fold). Otherwise the fields that decide framing and connection
+      handling, in order, with the value's surrounding SP/HTAB removed: Content-Length,
+      Transfer-Encoding, Host, Connection, Expect, Upgrade, Keep-Alive, TE, Proxy-Connection,
+      Proxy-Authenticate, Proxy-Authorization and X-Forwarded-*.
+
+No I/O, no global state beyond constant tables and interned name strings built at import. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+static unsigned char is_tchar[256];   /* RFC 9110 §5.6.2 tchar */
+static unsigned char is_vchar[256];   /* HTAB, SP, VCHAR, obs-text: a field value's characters */
+static unsigned char lower[256];
+
+struct name {
+    const char *text; /* lower case */
+    Py_ssize_t len;
+    PyObject *str;    /* interned */
+};
+
+static struct name names[] = {
+    {"content-length", 14, NULL},
+    {"transfer-encoding", 17, NULL},
+    {"host", 4, NULL},
+    {"connection", 10, NULL},
+    {"expect", 6, NULL},
+    {"upgrade", 7, NULL},
+    {"keep-alive", 10, NULL},
+    {"te", 2, NULL},
+    {"proxy-connection", 16, NULL},
+    {"proxy-authenticate", 18, NULL},
+    {"proxy-authorization", 19, NULL},
+};
+#define N_NAMES ((int)(sizeof(names) / sizeof(names[0])))
+#define XF "x-forwarded-"
+#define XF_LEN 12
+
+static PyObject *methods[8]; /* interned common methods, returned instead of fresh strings */
+static const char *method_text[8] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"};
+
+static int
+same_lower(const Py_UCS1 *p, const char *lc, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (lower[p[i]] != (unsigned char)lc[i])
+            return 0;
+    }
+    return 1;
+}
+
+static const Py_UCS1 *
+latin1(PyObject *s, Py_ssize_t *n)
+{
+    if (!PyUnicode_Check(s)) {
+        PyErr_SetString(PyExc_TypeError, "str expected");
+        return NULL;
+    }
+    if (PyUnicode_READY(s) < 0)
+        return NULL;
+    if (PyUnicode_KIND(s) != PyUnicode_1BYTE_KIND) {
+        /* parse.py always passes latin-1-decoded text; anything else is a caller bug */
+        PyErr_SetString(PyExc_TypeError, "latin-1 text expected");
+        return NULL;
+    }
+    *n = PyUnicode_GET_LENGTH(s);
+    return PyUnicode_1BYTE_DATA(s);
+}
+
+static PyObject *
+substr(const Py_UCS1 *p, Py_ssize_t n)
+{
+    return PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, p, n);
+}
+
+static PyObject *
+request_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t n, end;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "request_line(text, line_end)");
+        return NULL;
+    }
+    const Py_UCS1 *s = latin1(args[0], &n);
+    if (s == NULL)
+        return NULL;
+    end = PyLong_AsSsize_t(args[1]);
+    if (end == -1 && PyErr_Occurred())
+        return NULL;
+    if (end < 0 || end > n)
+        Py_RETURN_NONE;
+    Py_ssize_t i = 0;
+    while (i < end && is_tchar[s[i]])
+        i++;
+    Py_ssize_t method_len = i;
+    if (method_len == 0 || i >= end || s[i] != ' ')
+        Py_RETURN_NONE;
+    Py_ssize_t target_start = ++i;
+    while (i < end && s[i] >= 0x21 && s[i] <= 0x7e)
+        i++;
+    Py_ssize_t target_len = i - target_start;
+    /* then exactly " HTTP/" DIGIT "." DIGIT up to line_end */
+    if (target_len == 0 || end - i != 9 || memcmp(s + i, " HTTP/", 6) != 0 || s[i + 6] < '0' ||
+        s[i + 6] > '9' || s[i + 7] != '.' || s[i + 8] < '0' || s[i + 8] > '9')
+        Py_RETURN_NONE;
+
+    PyObject *method = NULL;
+    for (int k = 0; k < 8; k++) {
+        if ((Py_ssize_t)strlen(method_text[k]) == method_len &&
+            memcmp(s, method_text[k], method_len) == 0) {
+            method = Py_NewRef(methods[k]);
+            break;
+        }
+    }
+    if (method == NULL && (method = substr(s, method_len)) == NULL)
+        return NULL;
+    PyObject *target = substr(s + target_start, target_len);
+    PyObject *major = PyUnicode_FromOrdinal(s[i + 6]);
+    PyObject *minor = PyUnicode_FromOrdinal(s[i + 8]);
+    if (target == NULL || major == NULL || minor == NULL) {
+        Py_DECREF(method);
+        Py_XDECREF(target);
+        Py_XDECREF(major);
+        Py_XDECREF(minor);
+        return NULL;
+    }
+    PyObject *t = PyTuple_New(4);
+    if (t == NULL) {
+        Py_DECREF(method);
+        Py_DECREF(target);
+        Py_DECREF(major);
+        Py_DECREF(minor);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, method);
+    PyTuple_SET_ITEM(t, 1, target);
+    PyTuple_SET_ITEM(t, 2, major);
+    PyTuple_SET_ITEM(t, 3, minor);
+    return t;
+}
+
+/* The interned lower-case name of a framing field, a new lower-case X-Forwarded-* name, or
+   NULL (without an exception) when the field is not one of them. *err is set on failure. */
+static PyObject *
+framing_name(const Py_UCS1 *p, Py_ssize_t n, int *err)
+{
+    for (int k = 0; k < N_NAMES; k++) {
+        if (names[k].len == n && same_lower(p, names[k].text, n))
+            return Py_NewRef(names[k].str);
+    }
+    if (n >= XF_LEN && same_lower(p, XF, XF_LEN)) {
+        PyObject *s = PyUnicode_New(n, 127); /* a token is ASCII */
+        if (s == NULL) {
+            *err = 1;
+            return NULL;
+        }
+        Py_UCS1 *d = PyUnicode_1BYTE_DATA(s);
+        for (Py_ssize_t i = 0; i < n; i++)
+            d[i] = lower[p[i]];
+        return s;
+    }
+    return NULL;
+}
+
+static PyObject *
+scan_fields(PyObject *module, PyObject *block)
+{
+    Py_ssize_t n;
+    const Py_UCS1 *s = latin1(block, &n);
+    if (s == NULL)
+        return NULL;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t pos = 0;
+    while (pos < n) {
+        Py_ssize_t start = pos;
+        while (pos < n && is_tchar[s[pos]])
+            pos++;
+        if (pos == start || pos >= n || s[pos] != ':')
+            goto invalid;
+        Py_ssize_t colon = pos++;
+        while (pos < n && is_vchar[s[pos]])
+            pos++;
+        if (pos + 1 >= n || s[pos] != '\r' || s[pos + 1] != '\n')
+            goto invalid;
+        Py_ssize_t eol = pos;
+        pos += 2;
+        switch (s[start]) { /* the initials of the framing names */
+        case 'c': case 'C': case 'e': case 'E': case 'h': case 'H': case 'k': case 'K':
+        case 'p': case 'P': case 't': case 'T': case 'u': case 'U': case 'x': case 'X':
+            break;
+        default:
+            continue;
+        }
+        int err = 0;
+        PyObject *name = framing_name(s + start, colon - start, &err);
+        if (name == NULL) {
+            if (err)
+                goto error;
+            continue;
+        }
+        Py_ssize_t vs = colon + 1, ve = eol;
+        while (vs < ve && (s[vs] == ' ' || s[vs] == '\t'))
+            vs++;
+        while (ve > vs && (s[ve - 1] == ' ' || s[ve - 1] == '\t'))
+            ve--;
+        PyObject *value = substr(s + vs, ve - vs);
+        if (value == NULL) {
+            Py_DECREF(name);
+            goto error;
+        }
+        PyObject *pair = PyTuple_New(2);
+        if (pair == NULL) {
+            Py_DECREF(name);
+            Py_DECREF(value);
+            goto error;
+        }
+        PyTuple_SET_ITEM(pair, 0, name);
+        PyTuple_SET_ITEM(pair, 1, value);
+        int rc = PyList_Append(out, pair);
+        Py_DECREF(pair);
+        if (rc < 0)
+            goto error;
+    }
+    return out;
+invalid:
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(out);
+    return NULL;
+}
+
+static PyMethodDef hscan_methods[] = {
+    {"request_line", (PyCFunction)(void (*)(void))request_line, METH_FASTCALL,
+     "request_line(text, line_end) -> (method, target, major, minor) | None"},
+    {"scan_fields", (PyCFunction)scan_fields, METH_O,
+     "scan_fields(block) -> [(lower-case name, value), ...] of the framing fields | None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef hscan_module = {
+    PyModuleDef_HEAD_INIT, "_hscan", "HTTP/1.1 head scanner (see _hscan.c).", -1, hscan_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__hscan(void)
+{
+    const char *tchar_extra = "!#$%&'*+-.^_`|~";
+    for (int c = 0; c < 256; c++) {
+        is_tchar[c] = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                      (c != 0 && strchr(tchar_extra, c) != NULL);
+        is_vchar[c] = c == '\t' || (c >= 0x20 && c <= 0x7e) || c >= 0x80;
+        lower[c] = (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : (unsigned char)c;
+    }
+    for (int k = 0; k < N_NAMES; k++) {
+        if (names[k].str == NULL) {
+            names[k].str = PyUnicode_InternFromString(names[k].text);
+            if (names[k].str == NULL)
+                return NULL;
+        }
+    }
+    for (int k = 0; k < 8; k++) {
+        if (methods[k] == NULL) {
+            methods[k] = PyUnicode_InternFromString(method_text[k]);
+            if (methods[k] == NULL)
+                return NULL;
+        }
+    }
+    return PyModule_Create(&hscan_module);
+}

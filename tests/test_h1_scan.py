@@ -1,0 +1,147 @@
+"""The C head scanner (proxycore/h1/_hscan.c) decides exactly like its Python references in
+parse.py (_request_line_py, _scan_fields_py), which the rest of the suite pins to the RFC
+grammar and to h11. The editable checkout runs pure Python, so this compiles the C file itself
+(one gcc call, ~1 s) and feeds both the same generated inputs: valid blocks, blocks with one
+byte changed anywhere, and request lines built from the pieces that matter."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from types import ModuleType
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from proxycore.h1.parse import _request_line_py, _scan_fields_py
+from tests.helpers import HSCAN_SOURCE as SOURCE
+from tests.helpers import compile_hscan
+
+
+@pytest.fixture(scope="module")
+def hscan(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
+    out = compile_hscan(tmp_path_factory.mktemp("hscan"))
+    if out is None:
+        pytest.skip("no C compiler")
+    spec = importlib.util.spec_from_file_location("_hscan", out)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# Names that matter (every framing name in odd cases, X-Forwarded-*, near misses) and others.
+_NAMES = st.sampled_from(
+    [
+        "Host", "HOST", "content-length", "Content-Length", "CONTENT-LENGTH", "Content-Lengt",
+        "Content-Length2", "Transfer-Encoding", "tRANSFER-eNCODING", "Connection", "Expect",
+        "Upgrade", "Keep-Alive", "TE", "te", "T", "Proxy-Connection", "Proxy-Authenticate",
+        "Proxy-Authorization", "Proxy-Authorizations", "X-Forwarded-For", "x-forwarded-proto",
+        "X-Forwarded-", "X-Forwarded", "X-Forwarded-Host", "Accept", "User-Agent", "Cookie",
+        "x", "!#$%&'*+-.^_`|~", "Ho st", "Host\t", "", "Content-Length ", "H\xe9st",
+    ]
+)  # fmt: skip
+_VALUES = st.text(alphabet=st.sampled_from(" \t\x00\x01\x7f\x80\xff\r\n:,abcXYZ019-"), max_size=12)
+
+
+@st.composite
+def _blocks(draw: st.DrawFn) -> str:
+    lines = draw(st.lists(st.tuples(_NAMES, _VALUES), max_size=6))
+    block = "".join(f"{n}:{v}\r\n" for n, v in lines)
+    if block and draw(st.booleans()):  # one character replaced or inserted anywhere
+        i = draw(st.integers(0, len(block) - 1))
+        c = draw(st.sampled_from(" \t\r\n:\x00\x7f\x80\xffAa-"))
+        block = block[:i] + c + block[i + (1 if draw(st.booleans()) else 0) :]
+    return block
+
+
+@given(_blocks())
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_scan_fields_agrees_with_the_reference(hscan: ModuleType, block: str) -> None:
+    assert hscan.scan_fields(block) == _scan_fields_py(block)
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0xFF), max_size=60))
+@settings(max_examples=2000, deadline=None)
+def test_scan_fields_agrees_on_arbitrary_latin1(hscan: ModuleType, block: str) -> None:
+    assert hscan.scan_fields(block) == _scan_fields_py(block)
+
+
+def test_scan_fields_known_cases(hscan: ModuleType) -> None:
+    cases = [
+        "",
+        "Host: a\r\n",
+        "Host:a\r\n",
+        "Host: a \t\r\n",
+        "Host:\r\n",
+        "Host: a\r\n b\r\n",  # obs-fold
+        "Host : a\r\n",
+        "Host: a\n",
+        "Host: a\r",
+        "Host: a",
+        ":a\r\n",
+        "Host: a\rb\r\n",
+        "Host: caf\xe9\r\n",
+        "X-Forwarded-For: 1, 2\r\nX-FORWARDED-PROTO: http\r\nTE: trailers\r\n",
+        "Content-Length: 5\r\ncontent-length: 6\r\n",
+    ]
+    for block in cases:
+        assert hscan.scan_fields(block) == _scan_fields_py(block), block
+    out = hscan.scan_fields("X-Forwarded-For: 1\r\nConnection: close\r\n")
+    assert out == [("x-forwarded-for", "1"), ("connection", "close")]
+
+
+_METHOD = st.sampled_from(["GET", "HEAD", "POST", "DELETE", "OPTIONS", "PATCH", "PURGE", "M-SEARCH",
+                           "G(T", "", "get", "GET\t", "\xe9"])  # fmt: skip
+_SEP = st.sampled_from([" ", "  ", "\t", ""])
+_TARGET = st.sampled_from(["/", "/a?b=c", "*", "http://a/b", "a b", "/\x7f", "/\xe9", "", "/%20",
+                           "HTTP/1.1"])  # fmt: skip
+_VERSION = st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.x", "HTTP/1.", "HTTP/1.10",
+                            "http/1.1", "HTTP/11", "HTTP/1.1 "])  # fmt: skip
+
+
+@given(_METHOD, _SEP, _TARGET, _SEP, _VERSION, st.sampled_from(["\r\n", "\r\nHost: a\r\n\r\n"]))
+@settings(max_examples=3000, deadline=None)
+def test_request_line_agrees_with_the_reference(
+    hscan: ModuleType, method: str, sep1: str, target: str, sep2: str, version: str, rest: str
+) -> None:
+    line = method + sep1 + target + sep2 + version
+    text = line + rest
+    assert hscan.request_line(text, len(line)) == _request_line_py(text, len(line))
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0xFF), max_size=40), st.integers(-2, 45))
+@settings(max_examples=2000, deadline=None)
+def test_request_line_agrees_on_arbitrary_latin1(hscan: ModuleType, text: str, end: int) -> None:
+    ref = _request_line_py(text, end) if 0 <= end <= len(text) else None
+    assert hscan.request_line(text, end) == ref
+
+
+def test_only_latin1_text_is_accepted(hscan: ModuleType) -> None:
+    with pytest.raises(TypeError):
+        hscan.scan_fields("Host: \u20ac\r\n")
+    with pytest.raises(TypeError):
+        hscan.scan_fields(b"Host: a\r\n")
+
+
+def test_the_scanner_does_no_io() -> None:
+    """Core purity for the one C file: it includes only Python.h and string.h and calls no
+    libc I/O, clock or randomness function."""
+    src = SOURCE.read_text()
+    assert set(re.findall(r"#include\s*[<\"]([^>\"]+)", src)) == {"Python.h", "string.h"}
+    banned = (
+        r"\b(f?open|read|write|send|recv|socket|printf|fprintf|time|clock_gettime|rand|getenv)\s*\("
+    )
+    assert re.search(banned, re.sub(r"/\*.*?\*/", "", src, flags=re.S)) is None
+
+
+def test_the_parser_uses_the_scanner_where_it_is_built() -> None:
+    from proxycore.h1 import parse
+
+    built = importlib.util.find_spec("proxycore.h1._hscan") is not None
+    assert (parse._HSCAN is not None) == built
+    if not built:
+        assert parse._SCAN_FIELDS is _scan_fields_py and parse._REQUEST_LINE is _request_line_py
+    assert sys.modules["proxycore.h1.parse"] is parse
