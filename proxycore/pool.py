@@ -17,7 +17,6 @@ its own timer (owner id 0).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -58,9 +57,10 @@ class ConnectionPool:
     def __init__(self, max_idle: int = 128, max_idle_per_key: int = 128) -> None:
         self.max_idle = max_idle
         self.max_idle_per_key = max_idle_per_key
-        self._by_key: dict[tuple[object, ...], OrderedDict[int, Upstream]] = {}
+        # Plain dicts keep insertion order: the last item is the most recently released.
+        self._by_key: dict[tuple[object, ...], dict[int, Upstream]] = {}
         # Global idle order: oldest first. Value = idle deadline.
-        self._lru: OrderedDict[int, tuple[Upstream, float]] = OrderedDict()
+        self._lru: dict[int, tuple[Upstream, float]] = {}
         self.stats = PoolStats()
 
     def __len__(self) -> int:
@@ -71,7 +71,7 @@ class ConnectionPool:
         bucket = self._by_key.get(key)
         if not bucket:
             return None
-        conn_id, conn = bucket.popitem(last=True)
+        conn_id, conn = bucket.popitem()  # the most recently used
         if not bucket:
             del self._by_key[key]
         del self._lru[conn_id]
@@ -85,13 +85,17 @@ class ConnectionPool:
         if self.max_idle <= 0:
             return [conn]
         while len(self._lru) >= self.max_idle:
-            old_id, (old, _) = self._lru.popitem(last=False)
+            old_id = next(iter(self._lru))
+            old = self._lru.pop(old_id)[0]
             self._remove_from_bucket(old_id, old)
             self.stats.evicted += 1
             evicted.append(old)
-        bucket = self._by_key.setdefault(conn.key, OrderedDict())
+        bucket = self._by_key.get(conn.key)
+        if bucket is None:
+            bucket = self._by_key[conn.key] = {}
         while len(bucket) >= self.max_idle_per_key:
-            old_id, old = bucket.popitem(last=False)  # this key's least recently used
+            old_id = next(iter(bucket))  # this key's least recently used
+            old = bucket.pop(old_id)
             del self._lru[old_id]
             self.stats.evicted += 1
             evicted.append(old)

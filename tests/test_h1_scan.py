@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxycore.h1.parse import _request_line_py, _scan_fields_py
+from proxycore.h1.parse import _head_end_py, _request_line_py, _scan_fields_py, _valid_host_py
 from tests.helpers import HSCAN_SOURCE as SOURCE
 from tests.helpers import compile_hscan
 
@@ -119,6 +119,43 @@ def test_request_line_agrees_on_arbitrary_latin1(hscan: ModuleType, text: str, e
     assert hscan.request_line(text, end) == ref
 
 
+@given(
+    st.binary(max_size=40).map(lambda b: b.replace(b"\x00", b"\r\n")),
+    st.integers(0, 45),
+    st.sampled_from([bytes, bytearray]),
+)
+@settings(max_examples=2000, deadline=None)
+def test_head_end_agrees_with_the_reference(
+    hscan: ModuleType, data: bytes, start: int, kind: type
+) -> None:
+    buf = kind(data)
+    assert hscan.head_end(buf, start) == _head_end_py(buf, start)
+    assert hscan.head_end(buf + b"\r\n\r\n", start) == _head_end_py(buf + b"\r\n\r\n", start)
+
+
+def test_head_end_refuses_a_negative_start(hscan: ModuleType) -> None:
+    with pytest.raises(ValueError):
+        hscan.head_end(b"a\r\n\r\n", -1)
+
+
+_HOSTS = st.text(alphabet=st.sampled_from("[]:.09afAFgz-_~!$&'()*+,;=%@ /\x00\xe9"), max_size=12)
+
+
+@given(_HOSTS)
+@settings(max_examples=3000, deadline=None)
+def test_valid_host_agrees_with_the_reference(hscan: ModuleType, text: str) -> None:
+    assert hscan.valid_host(text) is _valid_host_py(text)
+
+
+def test_valid_host_known_cases(hscan: ModuleType) -> None:
+    good = ["a", "", "a.example:8080", "127.0.0.1:", "[::1]", "[::1]:80", "%41:1", "a:"]
+    bad = ["[", "[]", "[::1", "[::1]x", "a b", "a:b", "a:1:2", "[g]", "a@b", "\xe9"]
+    for text in good:
+        assert hscan.valid_host(text) is True is _valid_host_py(text), text
+    for text in bad:
+        assert hscan.valid_host(text) is False is _valid_host_py(text), text
+
+
 def test_only_latin1_text_is_accepted(hscan: ModuleType) -> None:
     with pytest.raises(TypeError):
         hscan.scan_fields("Host: \u20ac\r\n")
@@ -144,4 +181,5 @@ def test_the_parser_uses_the_scanner_where_it_is_built() -> None:
     assert (parse._HSCAN is not None) == built
     if not built:
         assert parse._SCAN_FIELDS is _scan_fields_py and parse._REQUEST_LINE is _request_line_py
+        assert parse._HEAD_END is _head_end_py and parse._VALID_HOST is _valid_host_py
     assert sys.modules["proxycore.h1.parse"] is parse

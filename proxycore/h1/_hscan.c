@@ -1,9 +1,9 @@
 /* proxycore.h1._hscan -- the HTTP/1.1 head scanner in C (the compiled build's fast path).
 
-Theory of operation: two pure functions over text that proxycore/h1/parse.py has already
+Theory of operation: pure functions over text that proxycore/h1/parse.py has already
 decoded as latin-1 (so one character is one byte). They make exactly the decisions of the
-Python reference functions next to them in parse.py -- _request_line_py and _scan_fields_py --
-and nothing more: no protocol semantics (duplicate Content-Length, Host rules, body framing)
+Python reference functions next to them in parse.py -- _request_line_py, _scan_fields_py,
+_head_end_py and _valid_host_py -- and nothing more: no protocol semantics (duplicate Content-Length, Host rules, body framing)
 live here; parse.py applies those to what these return. tests/test_h1_scan.py compiles this
 file and checks it against the reference on generated inputs.
 
@@ -19,6 +19,13 @@ file and checks it against the reference on generated inputs.
       Transfer-Encoding, Host, Connection, Expect, Upgrade, Keep-Alive, TE, Proxy-Connection,
       Proxy-Authenticate, Proxy-Authorization and X-Forwarded-*.
 
+  head_end(buf, start) -> offset just past the first CRLFCRLF at or after start, or -1
+      (buf is any bytes-like object; the limits that apply while waiting are parse.py's).
+
+  valid_host(text) -> bool
+      A Host value or authority: IP-literal or reg-name, then an optional ":" port (RFC 9112
+      §3.2, RFC 3986 §3.2.2), exactly as parse.py's _HOST_RE.
+
 No I/O, no global state beyond constant tables and interned name strings built at import. */
 
 #define PY_SSIZE_T_CLEAN
@@ -28,6 +35,7 @@ No I/O, no global state beyond constant tables and interned name strings built a
 static unsigned char is_tchar[256];   /* RFC 9110 §5.6.2 tchar */
 static unsigned char is_vchar[256];   /* HTAB, SP, VCHAR, obs-text: a field value's characters */
 static unsigned char lower[256];
+static unsigned char is_regname[256]; /* parse.py's _HOST_RE reg-name characters */
 
 struct name {
     const char *text; /* lower case */
@@ -248,7 +256,76 @@ error:
     return NULL;
 }
 
+static PyObject *
+head_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "head_end(buf, start)");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    if (start < 0) {
+        PyErr_SetString(PyExc_ValueError, "start must be >= 0");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Py_ssize_t found = -1;
+    if (start < view.len) {
+        const char *base = (const char *)view.buf;
+        const char *hit = memmem(base + start, (size_t)(view.len - start), "\r\n\r\n", 4);
+        if (hit != NULL)
+            found = (hit - base) + 4;
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(found);
+}
+
+static int
+is_hex_or(Py_UCS1 c, char also1, char also2)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') ||
+           c == (Py_UCS1)also1 || c == (Py_UCS1)also2;
+}
+
+static PyObject *
+valid_host(PyObject *module, PyObject *text)
+{
+    Py_ssize_t n, i = 0;
+    const Py_UCS1 *s = latin1(text, &n);
+    if (s == NULL)
+        return NULL;
+    if (n > 0 && s[0] == '[') { /* IP-literal */
+        i = 1;
+        while (i < n && is_hex_or(s[i], ':', '.'))
+            i++;
+        if (i == 1 || i >= n || s[i] != ']')
+            Py_RETURN_FALSE;
+        i++;
+    }
+    else { /* reg-name / IPv4address: unreserved / pct-encoded / sub-delims, loosely */
+        while (i < n && is_regname[s[i]])
+            i++;
+    }
+    if (i < n) { /* [ ":" port ] */
+        if (s[i] != ':')
+            Py_RETURN_FALSE;
+        for (i++; i < n; i++) {
+            if (s[i] < '0' || s[i] > '9')
+                Py_RETURN_FALSE;
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef hscan_methods[] = {
+    {"head_end", (PyCFunction)(void (*)(void))head_end, METH_FASTCALL,
+     "head_end(buf, start) -> offset just past the first CRLFCRLF at or after start, or -1"},
+    {"valid_host", (PyCFunction)valid_host, METH_O,
+     "valid_host(text) -> whether text is a Host value / authority (parse.py's _HOST_RE)"},
     {"request_line", (PyCFunction)(void (*)(void))request_line, METH_FASTCALL,
      "request_line(text, line_end) -> (method, target, major, minor) | None"},
     {"scan_fields", (PyCFunction)scan_fields, METH_O,
@@ -269,6 +346,8 @@ PyInit__hscan(void)
                       (c != 0 && strchr(tchar_extra, c) != NULL);
         is_vchar[c] = c == '\t' || (c >= 0x20 && c <= 0x7e) || c >= 0x80;
         lower[c] = (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : (unsigned char)c;
+        is_regname[c] = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                        (c != 0 && strchr("-._~!$&'()*+,;=%", c) != NULL);
     }
     for (int k = 0; k < N_NAMES; k++) {
         if (names[k].str == NULL) {

@@ -217,9 +217,8 @@ def find_head_end(buf: bytes | bytearray, start: int, limits: Limits, request: b
     ``start`` is where to resume searching (bytes before it were already searched).
     Raises :class:`HTTPParseError` (414/431/400) when a limit is exceeded while waiting.
     """
-    idx = buf.find(b"\r\n\r\n", start)
-    if idx >= 0:
-        end = idx + 4
+    end = _HEAD_END(buf, start)
+    if end >= 0:
         if end > limits.max_header_bytes + limits.max_request_line:
             raise HTTPParseError("header section too large", 431)
         if request and (end > limits.max_request_line or end > limits.max_header_bytes):
@@ -345,6 +344,18 @@ def _request_line_py(text: str, line_end: int) -> tuple[str, str, str, str] | No
     return m.group(1), m.group(2), m.group(3), m.group(4)
 
 
+def _head_end_py(buf: bytes | bytearray, start: int) -> int:
+    """The offset just past the first CRLFCRLF at or after ``start``, or -1. The reference for
+    ``_hscan.head_end``."""
+    idx = buf.find(b"\r\n\r\n", start)
+    return idx + 4 if idx >= 0 else -1
+
+
+def _valid_host_py(text: str) -> bool:
+    """A Host value or authority (RFC 9112 §3.2). The reference for ``_hscan.valid_host``."""
+    return _HOST_RE.fullmatch(text) is not None
+
+
 def _load_scanner() -> Any:
     """The C head scanner (built by ``pip install .`` with a C compiler), or None."""
     try:
@@ -363,6 +374,10 @@ _REQUEST_LINE: Final[Callable[[str, int], tuple[str, str, str, str] | None]] = (
 _SCAN_FIELDS: Final[Callable[[str], list[tuple[str, str]] | None]] = (
     _scan_fields_py if _HSCAN is None else _HSCAN.scan_fields
 )
+_HEAD_END: Final[Callable[[bytes | bytearray, int], int]] = (
+    _head_end_py if _HSCAN is None else _HSCAN.head_end
+)
+_VALID_HOST: Final[Callable[[str], bool]] = _valid_host_py if _HSCAN is None else _HSCAN.valid_host
 
 
 def parse_request_head(
@@ -422,7 +437,7 @@ def parse_request_head(
         raise HTTPParseError("duplicate Host (RFC 9112 §3.2)")
     if hosts == 0 and not http10:
         raise HTTPParseError("missing Host (RFC 9112 §3.2)")
-    if hosts and _HOST_RE.fullmatch(host_value) is None:
+    if hosts and not _VALID_HOST(host_value):
         raise HTTPParseError("invalid Host (RFC 9112 §3.2)")
 
     # Request target forms, RFC 9112 §3.2. A fragment is never part of a request-target.
@@ -435,7 +450,7 @@ def parse_request_head(
             if method != "OPTIONS":
                 raise HTTPParseError("asterisk-form is only for OPTIONS (RFC 9112 §3.2.4)")
         elif method == "CONNECT":
-            if _HOST_RE.fullmatch(target) is None:
+            if not _VALID_HOST(target):
                 raise HTTPParseError("invalid authority-form target (RFC 9112 §3.2.3)")
             authority = target
         else:
@@ -444,7 +459,7 @@ def parse_request_head(
                 raise HTTPParseError("invalid request target (RFC 9112 §3.2)")
             scheme = am.group(1).lower()
             authority = am.group(2)
-            if "@" in authority or _HOST_RE.fullmatch(authority) is None:
+            if "@" in authority or not _VALID_HOST(authority):
                 raise HTTPParseError("invalid authority in absolute-form target")
             rest = am.group(3)
             path = rest if rest.startswith("/") else "/" + rest
