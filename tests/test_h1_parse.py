@@ -270,6 +270,6 @@ def test_request_line_fast_path_matches_the_grammar(
 def test_common_status_lines_match_the_grammar() -> None:
     from proxycore.h1.parse import _COMMON_STATUS_LINES, _STATUS_LINE_RE
 
-    for line, (http10, status, reason) in _COMMON_STATUS_LINES.items():
+    for line, (major, minor, status, reason) in _COMMON_STATUS_LINES.items():
         m = _STATUS_LINE_RE.fullmatch(line)
-        assert m is not None and m.groups() == ("1", "0" if http10 else "1", str(status), reason)
+        assert m is not None and m.groups() == (major, minor, str(status), reason)

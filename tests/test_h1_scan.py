@@ -15,7 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxycore.h1.parse import _head_end_py, _request_line_py, _scan_fields_py, _valid_host_py
+from proxycore.h1.parse import (
+    _head_end_py,
+    _request_line_py,
+    _scan_fields_py,
+    _status_line_py,
+    _valid_host_py,
+)
 from tests.helpers import HSCAN_SOURCE as SOURCE
 from tests.helpers import compile_hscan
 
@@ -119,6 +125,29 @@ def test_request_line_agrees_on_arbitrary_latin1(hscan: ModuleType, text: str, e
     assert hscan.request_line(text, end) == ref
 
 
+_STATUS = st.tuples(
+    st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.x", "HTTP/11", "http/1.1", ""]),
+    st.sampled_from([" ", "  ", "\t", ""]),
+    st.sampled_from(["200", "404", "099", "2000", "20", "2x0", ""]),
+    st.sampled_from(["", " ", " OK", " Not Found", " OK ", "\tOK", " O\x00K", " caf\xe9", " \x7f"]),
+).map("".join)
+
+
+@given(_STATUS, st.sampled_from(["\r\n", "\r\nServer: x\r\n\r\n"]))
+@settings(max_examples=3000, deadline=None)
+def test_status_line_agrees_with_the_reference(hscan: ModuleType, line: str, rest: str) -> None:
+    text = line + rest
+    assert hscan.status_line(text, len(line)) == _status_line_py(text, len(line))
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0xFF), max_size=30), st.integers(-2, 35))
+@settings(max_examples=2000, deadline=None)
+def test_status_line_agrees_on_arbitrary_latin1(hscan: ModuleType, text: str, end: int) -> None:
+    text = "HTTP/1.1 200" + text
+    ref = _status_line_py(text, end) if 0 <= end <= len(text) else None
+    assert hscan.status_line(text, end) == ref
+
+
 @given(
     st.binary(max_size=40).map(lambda b: b.replace(b"\x00", b"\r\n")),
     st.integers(0, 45),
@@ -182,4 +211,5 @@ def test_the_parser_uses_the_scanner_where_it_is_built() -> None:
     if not built:
         assert parse._SCAN_FIELDS is _scan_fields_py and parse._REQUEST_LINE is _request_line_py
         assert parse._HEAD_END is _head_end_py and parse._VALID_HOST is _valid_host_py
+        assert parse._STATUS_LINE is _status_line_py
     assert sys.modules["proxycore.h1.parse"] is parse

@@ -2,8 +2,8 @@
 
 Theory of operation: pure functions over text that proxycore/h1/parse.py has already
 decoded as latin-1 (so one character is one byte). They make exactly the decisions of the
-Python reference functions next to them in parse.py -- _request_line_py, _scan_fields_py,
-_head_end_py and _valid_host_py -- and nothing more: no protocol semantics (duplicate Content-Length, Host rules, body framing)
+Python reference functions next to them in parse.py -- _request_line_py, _status_line_py,
+_scan_fields_py, _head_end_py and _valid_host_py -- and nothing more: no protocol semantics (duplicate Content-Length, Host rules, body framing)
 live here; parse.py applies those to what these return. tests/test_h1_scan.py compiles this
 file and checks it against the reference on generated inputs.
 
@@ -18,6 +18,10 @@ file and checks it against the reference on generated inputs.
       handling, in order, with the value's surrounding SP/HTAB removed: Content-Length,
       Transfer-Encoding, Host, Connection, Expect, Upgrade, Keep-Alive, TE, Proxy-Connection,
       Proxy-Authenticate, Proxy-Authorization and X-Forwarded-*.
+
+  status_line(text, line_end) -> (major, minor, status, reason) | None
+      `HTTP-version SP status-code [ SP reason-phrase ]` over text[:line_end] (RFC 9112 §4;
+      the reason is empty when absent; version and range checks are parse.py's).
 
   head_end(buf, start) -> offset just past the first CRLFCRLF at or after start, or -1
       (buf is any bytes-like object; the limits that apply while waiting are parse.py's).
@@ -97,6 +101,25 @@ substr(const Py_UCS1 *p, Py_ssize_t n)
     return PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, p, n);
 }
 
+/* A 4-tuple that steals the four references (NULL if any is NULL: an exception is set). */
+static PyObject *
+tuple4(PyObject *a, PyObject *b, PyObject *c, PyObject *d)
+{
+    PyObject *t = NULL;
+    if (a != NULL && b != NULL && c != NULL && d != NULL && (t = PyTuple_New(4)) != NULL) {
+        PyTuple_SET_ITEM(t, 0, a);
+        PyTuple_SET_ITEM(t, 1, b);
+        PyTuple_SET_ITEM(t, 2, c);
+        PyTuple_SET_ITEM(t, 3, d);
+        return t;
+    }
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    Py_XDECREF(c);
+    Py_XDECREF(d);
+    return NULL;
+}
+
 static PyObject *
 request_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -138,29 +161,8 @@ request_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (method == NULL && (method = substr(s, method_len)) == NULL)
         return NULL;
-    PyObject *target = substr(s + target_start, target_len);
-    PyObject *major = PyUnicode_FromOrdinal(s[i + 6]);
-    PyObject *minor = PyUnicode_FromOrdinal(s[i + 8]);
-    if (target == NULL || major == NULL || minor == NULL) {
-        Py_DECREF(method);
-        Py_XDECREF(target);
-        Py_XDECREF(major);
-        Py_XDECREF(minor);
-        return NULL;
-    }
-    PyObject *t = PyTuple_New(4);
-    if (t == NULL) {
-        Py_DECREF(method);
-        Py_DECREF(target);
-        Py_DECREF(major);
-        Py_DECREF(minor);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(t, 0, method);
-    PyTuple_SET_ITEM(t, 1, target);
-    PyTuple_SET_ITEM(t, 2, major);
-    PyTuple_SET_ITEM(t, 3, minor);
-    return t;
+    return tuple4(method, substr(s + target_start, target_len), PyUnicode_FromOrdinal(s[i + 6]),
+                  PyUnicode_FromOrdinal(s[i + 8]));
 }
 
 /* The interned lower-case name of a framing field, a new lower-case X-Forwarded-* name, or
@@ -256,6 +258,55 @@ error:
     return NULL;
 }
 
+static PyObject *reason_ok; /* interned "OK", the reason almost every response carries */
+
+static PyObject *
+status_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t n, end;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "status_line(text, line_end)");
+        return NULL;
+    }
+    const Py_UCS1 *s = latin1(args[0], &n);
+    if (s == NULL)
+        return NULL;
+    end = PyLong_AsSsize_t(args[1]);
+    if (end == -1 && PyErr_Occurred())
+        return NULL;
+    if (end < 12 || end > n)
+        Py_RETURN_NONE;
+    /* "HTTP/" DIGIT "." DIGIT SP 3DIGIT [ SP reason-phrase ] */
+    if (memcmp(s, "HTTP/", 5) != 0 || s[5] < '0' || s[5] > '9' || s[6] != '.' || s[7] < '0' ||
+        s[7] > '9' || s[8] != ' ')
+        Py_RETURN_NONE;
+    for (int k = 9; k < 12; k++) {
+        if (s[k] < '0' || s[k] > '9')
+            Py_RETURN_NONE;
+    }
+    PyObject *reason;
+    if (end == 12) {
+        reason = PyUnicode_New(0, 0);
+    }
+    else {
+        if (s[12] != ' ')
+            Py_RETURN_NONE;
+        for (Py_ssize_t i = 13; i < end; i++) {
+            if (!is_vchar[s[i]])
+                Py_RETURN_NONE;
+        }
+        if (end == 15 && s[13] == 'O' && s[14] == 'K')
+            reason = Py_NewRef(reason_ok);
+        else
+            reason = substr(s + 13, end - 13);
+    }
+    if (reason == NULL)
+        return NULL;
+    long status = (s[9] - '0') * 100 + (s[10] - '0') * 10 + (s[11] - '0');
+    return tuple4(PyUnicode_FromOrdinal(s[5]), PyUnicode_FromOrdinal(s[7]),
+                  PyLong_FromLong(status), reason);
+}
+
 static PyObject *
 head_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -322,6 +373,8 @@ valid_host(PyObject *module, PyObject *text)
 }
 
 static PyMethodDef hscan_methods[] = {
+    {"status_line", (PyCFunction)(void (*)(void))status_line, METH_FASTCALL,
+     "status_line(text, line_end) -> (major, minor, status, reason) | None"},
     {"head_end", (PyCFunction)(void (*)(void))head_end, METH_FASTCALL,
      "head_end(buf, start) -> offset just past the first CRLFCRLF at or after start, or -1"},
     {"valid_host", (PyCFunction)valid_host, METH_O,
@@ -356,6 +409,8 @@ PyInit__hscan(void)
                 return NULL;
         }
     }
+    if (reason_ok == NULL && (reason_ok = PyUnicode_InternFromString("OK")) == NULL)
+        return NULL;
     for (int k = 0; k < 8; k++) {
         if (methods[k] == NULL) {
             methods[k] = PyUnicode_InternFromString(method_text[k]);

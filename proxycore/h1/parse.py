@@ -108,9 +108,9 @@ _FRAMING_INITIALS: Final = frozenset("cehkptuxCEHKPTUX")
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"})
 _DIGITS: Final = frozenset("0123456789")
 # Status lines most origins send, looked up whole (the regular expression handles the rest):
-# line -> (HTTP/1.0?, status, reason).
-_COMMON_STATUS_LINES: Final[dict[str, tuple[bool, int, str]]] = {
-    f"HTTP/1.{minor} {code} {reason}": (minor == 0, code, reason)
+# line -> (major, minor, status, reason).
+_COMMON_STATUS_LINES: Final[dict[str, tuple[str, str, int, str]]] = {
+    f"HTTP/1.{minor} {code} {reason}": ("1", str(minor), code, reason)
     for minor in (0, 1)
     for code, reason in (
         (200, "OK"),
@@ -344,6 +344,20 @@ def _request_line_py(text: str, line_end: int) -> tuple[str, str, str, str] | No
     return m.group(1), m.group(2), m.group(3), m.group(4)
 
 
+def _status_line_py(text: str, line_end: int) -> tuple[str, str, int, str] | None:
+    """(major, minor, status, reason) of ``HTTP-version SP status-code [SP reason-phrase]``
+    (RFC 9112 §4) over text[:line_end], or None if malformed; the reason is "" when absent.
+    Common status lines are looked up whole. The reference for ``_hscan.status_line``."""
+    common = _COMMON_STATUS_LINES.get(text[:line_end])
+    if common is not None:
+        return common
+    m = _STATUS_LINE_RE.fullmatch(text, 0, line_end)
+    if m is None:
+        return None
+    major, minor, status_s, reason_s = m.groups()
+    return major, minor, int(status_s), reason_s or ""
+
+
 def _head_end_py(buf: bytes | bytearray, start: int) -> int:
     """The offset just past the first CRLFCRLF at or after ``start``, or -1. The reference for
     ``_hscan.head_end``."""
@@ -373,6 +387,9 @@ _REQUEST_LINE: Final[Callable[[str, int], tuple[str, str, str, str] | None]] = (
 )
 _SCAN_FIELDS: Final[Callable[[str], list[tuple[str, str]] | None]] = (
     _scan_fields_py if _HSCAN is None else _HSCAN.scan_fields
+)
+_STATUS_LINE: Final[Callable[[str, int], tuple[str, str, int, str] | None]] = (
+    _status_line_py if _HSCAN is None else _HSCAN.status_line
 )
 _HEAD_END: Final[Callable[[bytes | bytearray, int], int]] = (
     _head_end_py if _HSCAN is None else _HSCAN.head_end
@@ -509,21 +526,15 @@ def parse_response_head(
     """Parse a complete upstream response head; raises HTTPParseError (status 502) if invalid."""
     text = bytes(head).decode("latin-1")
     line_end = text.find("\r\n")
-    common = _COMMON_STATUS_LINES.get(text[:line_end])
-    if common is not None:
-        http10, status, reason = common
-    else:
-        m = _STATUS_LINE_RE.fullmatch(text, 0, line_end)
-        if m is None:
-            raise HTTPParseError("malformed status line", 502)
-        major, minor, status_s, reason_s = m.groups()
-        if major != "1":
-            raise HTTPParseError("unsupported HTTP version in response", 502)
-        http10 = minor == "0"
-        status = int(status_s)
-        reason = reason_s or ""
-        if status < 100:
-            raise HTTPParseError("invalid status code", 502)
+    parts = _STATUS_LINE(text, line_end)
+    if parts is None:
+        raise HTTPParseError("malformed status line", 502)
+    major, minor, status, reason = parts
+    if major != "1":
+        raise HTTPParseError("unsupported HTTP version in response", 502)
+    http10 = minor == "0"
+    if status < 100:
+        raise HTTPParseError("invalid status code", 502)
     block = text[line_end + 2 : -2]
     try:
         framing = _framing_fields(block, limits)
