@@ -42,21 +42,24 @@ class Headers:
 
     __slots__ = ("_block", "_list")
 
-    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+    def __init__(self, items: Iterable[tuple[str, str]] | None = None) -> None:
         # Each item is (lowercase name, name as received, value).
-        self._list: list[tuple[str, str, str]] | None = [(n.lower(), n, v) for n, v in items]
+        self._list: list[tuple[str, str, str]] | None = (
+            [] if items is None else [(n.lower(), n, v) for n, v in items]
+        )
         self._block = ""
 
-    @classmethod
-    def _from_parsed(cls, items: list[tuple[str, str, str]]) -> Headers:
-        h = cls()
+    # Static, not class methods: in the compiled core ``Headers()`` is then a direct call.
+    @staticmethod
+    def _from_parsed(items: list[tuple[str, str, str]]) -> Headers:
+        h = Headers()
         h._list = items
         return h
 
-    @classmethod
-    def _from_block(cls, block: str) -> Headers:
+    @staticmethod
+    def _from_block(block: str) -> Headers:
         """Headers of a validated header block, parsed into fields on first use."""
-        h = cls()
+        h = Headers()
         h._list = None
         h._block = block
         return h

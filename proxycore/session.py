@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from inspect import isawaitable
 from types import GeneratorType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from proxycore.actions import RunFilter
 from proxycore.errors import ErrorSource, ErrorType, HTTPParseError, ProxyError
@@ -72,6 +72,44 @@ _NOT_IN_TRAILERS = HOP_BY_HOP | {
 # not for all its instances, except generators, which are never remembered).
 _PLAIN_RESULTS: set[type] = {bool, int, str, bytes, Peer, ProxyError, dict, list, tuple}
 _MAX_PLAIN_TYPES = 1024
+
+# The phases a session calls, by continuation code (Session._call / _resume).
+_PHASE_NAMES: Final = (
+    "new_ctx",
+    "upstream_peer",
+    "logging",
+    "early_request_filter",
+    "request_filter",
+    "proxy_upstream_filter",
+    "fail_to_connect",
+    "connected_to_upstream",
+    "upstream_request_filter",
+    "upstream_response_filter",
+    "response_filter",
+    "response_trailer_filter",
+    "error_while_proxy",
+    "fail_to_proxy",
+    "request_body_filter",
+    "response_body_filter",
+    "upstream_response_body_filter",
+)
+_K_NEW_CTX: Final = 0
+_K_UPSTREAM_PEER: Final = 1
+_K_LOGGING: Final = 2
+_K_EARLY_REQUEST_FILTER: Final = 3
+_K_REQUEST_FILTER: Final = 4
+_K_PROXY_UPSTREAM_FILTER: Final = 5
+_K_FAIL_TO_CONNECT: Final = 6
+_K_CONNECTED_TO_UPSTREAM: Final = 7
+_K_UPSTREAM_REQUEST_FILTER: Final = 8
+_K_UPSTREAM_RESPONSE_FILTER: Final = 9
+_K_RESPONSE_FILTER: Final = 10
+_K_RESPONSE_TRAILER_FILTER: Final = 11
+_K_ERROR_WHILE_PROXY: Final = 12
+_K_FAIL_TO_PROXY: Final = 13
+_K_REQUEST_BODY_FILTER: Final = 14  # the body filters run through a _BodyPipe
+_K_RESPONSE_BODY_FILTER: Final = 15
+_K_UPSTREAM_RESPONSE_BODY_FILTER: Final = 16
 _KEEP_ALIVE = frozenset({"keep-alive"})
 _KEEP_ALIVE_LINE = b"\r\nConnection: keep-alive\r\n"
 
@@ -90,19 +128,19 @@ class _BodyPipe:
     """Runs one body filter over a stream of pieces, one at a time, allowing the filter to be
     deferred (async/blocking): while a piece is in flight, the producer stops pumping."""
 
-    __slots__ = ("_cur", "_fn", "_name", "_running", "_session", "_sink", "busy", "on_idle")
+    __slots__ = ("_cur", "_fn", "_k", "_running", "_session", "_sink", "busy", "on_idle")
 
     def __init__(
         self,
         session: Session,
         fn: Callable[..., Any],
-        name: str,
+        k: int,
         sink: Callable[[bytes, bool], None],
         on_idle: Callable[[], None],
     ) -> None:
         self._session = session
         self._fn = fn
-        self._name = name
+        self._k = k
         self._sink = sink
         self.on_idle = on_idle
         self.busy = False
@@ -114,7 +152,7 @@ class _BodyPipe:
         self._cur = (piece, eos)
         self.busy = True
         self._running = True
-        s._call(self._fn, (s, piece, eos, s.ctx), self._done, self._name)
+        s._call(self._fn, (s, piece, eos, s.ctx), self._k, self)
         self._running = False
 
     def _done(self, result: Any) -> None:
@@ -122,7 +160,8 @@ class _BodyPipe:
         self.busy = False
         if result is not None:
             if not isinstance(result, (bytes, bytearray, memoryview)):
-                raise TypeError(f"{self._name} must return bytes or None, not {type(result)}")
+                name = _PHASE_NAMES[self._k]
+                raise TypeError(f"{name} must return bytes or None, not {type(result)}")
             piece = bytes(result)
         self._sink(piece, eos)
         if not self._running and not self._session._finished:
@@ -140,12 +179,14 @@ class Session:
 
     __slots__ = (
         "_cont",
-        "_cont_name",
+        "_cont_pipe",
         "_down_length",
         "_down_mode",
         "_finished",
         "_forwarding",
         "_fresh_only",
+        "_held_request",
+        "_held_trailers",
         "_keep_alive",
         "_last_client_read",
         "_local",
@@ -205,8 +246,10 @@ class Session:
         self.request_body_bytes = 0
         self.response_body_bytes = 0
         self._pending = 0
-        self._cont: Callable[[Any], None] | None = None
-        self._cont_name = ""
+        self._cont = -1  # the deferred phase's continuation (_resume), -1: none
+        self._held_request: RequestHeader | None = None  # for upstream_request_filter's sequel
+        self._held_trailers: Headers | None = None  # for response_trailer_filter's sequel
+        self._cont_pipe: _BodyPipe | None = None  # the deferred body filter's pipe
         self._finished = False
         self._fresh_only = False
         self._local = False
@@ -311,52 +354,97 @@ class Session:
     # ------------------------------------------------------------------ phase calls
 
     def _call(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], cont: Callable[[Any], None], name: str
+        self, fn: Callable[..., Any], args: tuple[Any, ...], k: int, pipe: _BodyPipe | None = None
     ) -> None:
-        """Run a phase; continue with ``cont(result)`` now or when the adapter reports back."""
+        """Run phase ``_PHASE_NAMES[k]`` (a body filter: for ``pipe``); carry on with
+        ``_resume(k, result, pipe)`` now or when the adapter reports back."""
         e = self.engine
-        if name in e.phases.blocking:
-            self._defer(RunFilter(self.down.id, 0, lambda: fn(*args), "blocking"), cont, name)
+        if _PHASE_NAMES[k] in e.phases.blocking:
+            self._defer(RunFilter(self.down.id, 0, lambda: fn(*args), "blocking"), k, pipe)
             return
         try:
             result = fn(*args)
         except Exception as exc:
-            self._phase_raised(name, exc)
+            self._phase_raised(_PHASE_NAMES[k], exc)
             return
         if result is not None and type(result) not in _PLAIN_RESULTS:
             if isawaitable(result):
-                self._defer(RunFilter(self.down.id, 0, lambda: result, "async"), cont, name)
+                self._defer(RunFilter(self.down.id, 0, lambda: result, "async"), k, pipe)
                 return
             if type(result) is not GeneratorType and len(_PLAIN_RESULTS) < _MAX_PLAIN_TYPES:
                 _PLAIN_RESULTS.add(type(result))
         try:
-            cont(result)
+            self._resume(k, result, pipe)
         except Exception as exc:  # a continuation found the phase's result unusable
-            self._phase_raised(name, exc)
+            self._phase_raised(_PHASE_NAMES[k], exc)
 
-    def _defer(self, action: RunFilter, cont: Callable[[Any], None], name: str) -> None:
+    def _resume(self, k: int, result: Any, pipe: _BodyPipe | None) -> None:
+        """The continuation of phase ``k`` (direct calls: in the compiled core a stored bound
+        method would be a generic call and an allocation per phase)."""
+        if k == _K_NEW_CTX:
+            self._after_new_ctx(result)
+        elif k == _K_UPSTREAM_PEER:
+            self._after_peer(result)
+        elif k == _K_LOGGING:
+            self._after_logging(result)
+        elif k == _K_EARLY_REQUEST_FILTER:
+            self._run_request_filter(result)
+        elif k == _K_REQUEST_FILTER:
+            self._after_request_filter(result)
+        elif k == _K_PROXY_UPSTREAM_FILTER:
+            self._after_proxy_upstream_filter(result)
+        elif k == _K_FAIL_TO_CONNECT:
+            self._after_fail_to_connect(result)
+        elif k == _K_CONNECTED_TO_UPSTREAM:
+            self._build_upstream_request(result)
+        elif k == _K_UPSTREAM_REQUEST_FILTER:
+            up_req = self._held_request
+            assert up_req is not None
+            self._held_request = None
+            self._send_upstream_head(up_req, True)
+        elif k == _K_UPSTREAM_RESPONSE_FILTER:
+            self._run_response_filter(result)
+        elif k == _K_RESPONSE_FILTER:
+            self._write_response_head(result)
+        elif k == _K_RESPONSE_TRAILER_FILTER:
+            trailers = self._held_trailers
+            assert trailers is not None
+            self._held_trailers = None
+            self._send_trailers(trailers)
+        elif k == _K_ERROR_WHILE_PROXY:
+            self._after_error_while_proxy(result)
+        elif k == _K_FAIL_TO_PROXY:
+            self._after_fail_to_proxy(result)
+        elif k >= _K_REQUEST_BODY_FILTER:
+            assert pipe is not None
+            pipe._done(result)
+        else:
+            raise AssertionError(f"unknown continuation {k}")
+
+    def _defer(self, action: RunFilter, k: int, pipe: _BodyPipe | None) -> None:
         e = self.engine
         token = e.new_token()
         action.token = token
         self._pending = token
-        self._cont = cont
-        self._cont_name = name
+        self._cont = k
+        self._cont_pipe = pipe
         e.emit(action)
 
     def on_filter_done(self, token: int, result: Any, error: BaseException | None) -> None:
-        if token != self._pending or self._cont is None:
+        if token != self._pending or self._cont < 0:
             return  # stale (request already finished or aborted)
-        cont, name = self._cont, self._cont_name
+        k, pipe = self._cont, self._cont_pipe
         self._pending = 0
-        self._cont = None
+        self._cont = -1
+        self._cont_pipe = None
         if error is not None:
             if isinstance(error, Exception):
-                self._phase_raised(name, error)
+                self._phase_raised(_PHASE_NAMES[k], error)
             return
         try:
-            cont(result)
+            self._resume(k, result, pipe)
         except Exception as exc:
-            self._phase_raised(name, exc)
+            self._phase_raised(_PHASE_NAMES[k], exc)
 
     def _phase_raised(self, name: str, exc: Exception) -> None:
         e = self.engine
@@ -394,7 +482,7 @@ class Session:
     def start(self) -> None:
         ph = self.engine.phases
         if ph.new_ctx is not None:
-            self._call(ph.new_ctx, (), self._after_new_ctx, "new_ctx")
+            self._call(ph.new_ctx, (), _K_NEW_CTX)
         else:
             self._after_new_ctx(None)
 
@@ -405,8 +493,7 @@ class Session:
             self._call(
                 ph.early_request_filter,
                 (self, ctx),
-                self._run_request_filter,
-                "early_request_filter",
+                _K_EARLY_REQUEST_FILTER,
             )
         else:
             self._run_request_filter(None)
@@ -414,9 +501,7 @@ class Session:
     def _run_request_filter(self, _: Any) -> None:
         ph = self.engine.phases
         if ph.request_filter is not None:
-            self._call(
-                ph.request_filter, (self, self.ctx), self._after_request_filter, "request_filter"
-            )
+            self._call(ph.request_filter, (self, self.ctx), _K_REQUEST_FILTER)
         else:
             self._after_request_filter(False)
 
@@ -434,8 +519,7 @@ class Session:
             self._call(
                 ph.proxy_upstream_filter,
                 (self, self.ctx),
-                self._after_proxy_upstream_filter,
-                "proxy_upstream_filter",
+                _K_PROXY_UPSTREAM_FILTER,
             )
         else:
             self._choose_peer()
@@ -457,7 +541,7 @@ class Session:
 
     def _choose_peer(self) -> None:
         ph = self.engine.phases
-        self._call(ph.upstream_peer, (self, self.ctx), self._after_peer, "upstream_peer")
+        self._call(ph.upstream_peer, (self, self.ctx), _K_UPSTREAM_PEER)
 
     def _after_peer(self, peer: Any) -> None:
         if not isinstance(peer, Peer):
@@ -511,8 +595,7 @@ class Session:
             self._call(
                 ph.fail_to_connect,
                 (self, peer, self.ctx, err),
-                self._after_fail_to_connect,
-                "fail_to_connect",
+                _K_FAIL_TO_CONNECT,
             )
         else:
             self._after_fail_to_connect(err)
@@ -537,8 +620,7 @@ class Session:
             self._call(
                 ph.connected_to_upstream,
                 (self, reused, up.peer, self.ctx),
-                self._build_upstream_request,
-                "connected_to_upstream",
+                _K_CONNECTED_TO_UPSTREAM,
             )
         else:
             self._build_upstream_request(None)
@@ -599,11 +681,11 @@ class Session:
             authority=req.authority,
         )
         if ph.upstream_request_filter is not None:
+            self._held_request = up_req
             self._call(
                 ph.upstream_request_filter,
                 (self, up_req, self.ctx),
-                lambda _r: self._send_upstream_head(up_req, True),
-                "upstream_request_filter",
+                _K_UPSTREAM_REQUEST_FILTER,
             )
         else:
             self._send_upstream_head(up_req, False)
@@ -655,7 +737,7 @@ class Session:
             self._req_pipe = _BodyPipe(
                 self,
                 ph.request_body_filter,
-                "request_body_filter",
+                _K_REQUEST_BODY_FILTER,
                 self._req_sink,
                 self._pump_request_body,
             )
@@ -977,8 +1059,7 @@ class Session:
             self._call(
                 ph.upstream_response_filter,
                 (self, resp, self.ctx),
-                self._run_response_filter,
-                "upstream_response_filter",
+                _K_UPSTREAM_RESPONSE_FILTER,
             )
         else:
             self._run_response_filter(None)
@@ -991,8 +1072,7 @@ class Session:
             self._call(
                 ph.response_filter,
                 (self, self._resp, self.ctx),
-                self._write_response_head,
-                "response_filter",
+                _K_RESPONSE_FILTER,
             )
         else:
             self._write_response_head(None)
@@ -1078,13 +1158,13 @@ class Session:
         ur, rr = ph.upstream_response_body_filter, ph.response_body_filter
         if rr is not None:
             self._resp_pipes = _BodyPipe(
-                self, rr, "response_body_filter", self._write_down_piece, self._pump_response_body
+                self, rr, _K_RESPONSE_BODY_FILTER, self._write_down_piece, self._pump_response_body
             )
         if ur is not None:
             final = self._resp_pipes
             sink = final.push if final is not None else self._write_down_piece
             self._resp_pipes = _BodyPipe(
-                self, ur, "upstream_response_body_filter", sink, self._pump_response_body
+                self, ur, _K_UPSTREAM_RESPONSE_BODY_FILTER, sink, self._pump_response_body
             )
             if final is not None:
                 # the second pipe's idle callback must also resume pumping
@@ -1188,11 +1268,11 @@ class Session:
             trailers = dec.trailers if dec is not None and dec.trailers else Headers()
             ph = self.engine.phases
             if ph.response_trailer_filter is not None and len(trailers):
+                self._held_trailers = trailers
                 self._call(
                     ph.response_trailer_filter,
                     (self, trailers, self.ctx),
-                    lambda _r: self._send_trailers(trailers),
-                    "response_trailer_filter",
+                    _K_RESPONSE_TRAILER_FILTER,
                 )
                 return
             self._send_trailers(trailers)
@@ -1357,8 +1437,7 @@ class Session:
             self._call(
                 ph.error_while_proxy,
                 (self, peer, self.ctx, err, self.down.requests > 0),
-                self._after_error_while_proxy,
-                "error_while_proxy",
+                _K_ERROR_WHILE_PROXY,
             )
         else:
             self._after_error_while_proxy(err)
@@ -1414,9 +1493,7 @@ class Session:
         if not self._req_done:
             self._keep_alive = False
         ph = self.engine.phases
-        self._call(
-            ph.fail_to_proxy_fn, (self, err, self.ctx), self._after_fail_to_proxy, "fail_to_proxy"
-        )
+        self._call(ph.fail_to_proxy_fn, (self, err, self.ctx), _K_FAIL_TO_PROXY)
 
     def _after_fail_to_proxy(self, status: Any) -> None:
         err = self.error
@@ -1452,7 +1529,10 @@ class Session:
         if err is not None and self.error is None:
             self.error = err
         self._pending = 0
-        self._cont = None
+        self._cont = -1
+        self._cont_pipe = None
+        self._held_request = None
+        self._held_trailers = None
         timers = self.down.timers
         for name in ("connect", "read", "write", "send", "body"):
             timers.pop(name, None)
@@ -1462,7 +1542,7 @@ class Session:
             self.upstream = None
         ph = self.engine.phases
         if ph.logging is not None:
-            self._call(ph.logging, (self, self.error, self.ctx), self._after_logging, "logging")
+            self._call(ph.logging, (self, self.error, self.ctx), _K_LOGGING)
         else:
             self._after_logging(None)
 
