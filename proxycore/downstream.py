@@ -17,7 +17,7 @@ Session arms (``connect``, ``read``, ``write``, ``send``, ``body``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxycore.actions import PauseReading, ResumeReading, SetTimer, ShutdownWrite
 from proxycore.errors import HTTPParseError
@@ -32,12 +32,12 @@ if TYPE_CHECKING:
 
 __all__ = ["Downstream"]
 
-_INF = float("inf")
+_INF: Final = float("inf")
 
-WAIT = 0  # waiting for (the rest of) a request head
-ACTIVE = 1  # a request is in progress
-LINGER = 2  # write side shut down; discarding input until EOF/timeout
-CLOSED = 3
+WAIT: Final = 0  # waiting for (the rest of) a request head
+ACTIVE: Final = 1  # a request is in progress
+LINGER: Final = 2  # write side shut down; discarding input until EOF/timeout
+CLOSED: Final = 3
 
 
 class Downstream:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from inspect import iscoroutinefunction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from proxycore.actions import Action, Close, Connect, PauseReading, ResumeReading, Send, SetTimer
 from proxycore.config import ServerConf
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Engine", "NullLog", "PhaseTable"]
 
-_INF = float("inf")
+_INF: Final = float("inf")
 
 
 class PhaseTable:

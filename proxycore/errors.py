@@ -10,6 +10,7 @@ follows Pingora's defaults, plus 504 for upstream timeouts (Pingora issue #980).
 from __future__ import annotations
 
 import enum
+from typing import Final
 
 __all__ = ["ErrorSource", "ErrorType", "HTTPParseError", "ProxyError"]
 
@@ -43,7 +44,7 @@ class ErrorType(enum.Enum):
     INVALID_CERT = "InvalidCert"
 
 
-_STATUS_BY_TYPE = {
+_STATUS_BY_TYPE: Final = {
     ErrorType.CONNECT_REFUSED: 502,
     ErrorType.CONNECT_TIMEDOUT: 504,
     ErrorType.CONNECT_ERROR: 502,

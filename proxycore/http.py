@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from typing import Final
 
 __all__ = ["Headers", "RequestHeader", "ResponseHeader", "reason_phrase"]
 
@@ -24,7 +25,9 @@ TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
 FIELD_VALUE_CHARS = r"\t\x20-\x7e\x80-\xff"
 # One field line (RFC 9112 §5): name, colon, optional whitespace, value, CRLF. MULTILINE ``^``
 # anchors each match at a line start.
-FIELD_LINE_RE = re.compile(rf"^([{TCHAR}]+):[ \t]*([{FIELD_VALUE_CHARS}]*)\r\n", re.MULTILINE)
+FIELD_LINE_RE: Final = re.compile(
+    rf"^([{TCHAR}]+):[ \t]*([{FIELD_VALUE_CHARS}]*)\r\n", re.MULTILINE
+)
 
 
 def field_items(block: str) -> list[tuple[str, str, str]]:
@@ -215,7 +218,7 @@ class ResponseHeader:
         return f"ResponseHeader({self.status} {self.reason}, {self.headers!r})"
 
 
-_REASONS = {
+_REASONS: Final = {
     100: "Continue",
     101: "Switching Protocols",
     103: "Early Hints",

@@ -62,7 +62,7 @@ __all__ = ["Session"]
 # RFC 9110 §6.5.1: fields a trailer section must not carry (framing, routing, content format,
 # and the hop-by-hop ones); they are dropped rather than forwarded, so a trailer can never
 # re-frame a message for the next hop.
-_NOT_IN_TRAILERS = HOP_BY_HOP | {
+_NOT_IN_TRAILERS: Final = HOP_BY_HOP | {
     "content-length", "host", "trailer", "content-encoding", "content-type", "content-range",
     "expect", "max-forwards", "cache-control", "authorization", "set-cookie", "cookie",
 }  # fmt: skip
@@ -70,8 +70,8 @@ _NOT_IN_TRAILERS = HOP_BY_HOP | {
 # Types of phase results known not to be awaitable (skips inspect.isawaitable on the hot path):
 # seeded with the usual ones, then every type isawaitable said no to (a type is awaitable or
 # not for all its instances, except generators, which are never remembered).
-_PLAIN_RESULTS: set[type] = {bool, int, str, bytes, Peer, ProxyError, dict, list, tuple}
-_MAX_PLAIN_TYPES = 1024
+_PLAIN_RESULTS: Final[set[type]] = {bool, int, str, bytes, Peer, ProxyError, dict, list, tuple}
+_MAX_PLAIN_TYPES: Final = 1024
 
 # The phases a session calls, by continuation code (Session._call / _resume).
 _PHASE_NAMES: Final = (
@@ -110,13 +110,13 @@ _K_FAIL_TO_PROXY: Final = 13
 _K_REQUEST_BODY_FILTER: Final = 14  # the body filters run through a _BodyPipe
 _K_RESPONSE_BODY_FILTER: Final = 15
 _K_UPSTREAM_RESPONSE_BODY_FILTER: Final = 16
-_KEEP_ALIVE = frozenset({"keep-alive"})
-_KEEP_ALIVE_LINE = b"\r\nConnection: keep-alive\r\n"
+_KEEP_ALIVE: Final = frozenset({"keep-alive"})
+_KEEP_ALIVE_LINE: Final = b"\r\nConnection: keep-alive\r\n"
 
 # Past this many unread request-body bytes after an early response, close instead of skipping.
-_MAX_DISCARD = 1 << 20
+_MAX_DISCARD: Final = 1 << 20
 
-_CONNECT_ERRORS = {
+_CONNECT_ERRORS: Final = {
     "refused": ErrorType.CONNECT_REFUSED,
     "timeout": ErrorType.CONNECT_TIMEDOUT,
     "tls": ErrorType.TLS_HANDSHAKE_FAILURE,

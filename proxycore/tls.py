@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from proxycore.actions import Action, Close, Send, SetTimer, ShutdownWrite
 from proxycore.events import (
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ClientContexts", "ServerTls", "TlsInfo", "TlsLayer", "match_wildcard"]
 
-_READ = 16384  # one TLS record of plaintext at most (RFC 8446 §5.1); larger sizes cost a big
+_READ: Final = 16384  # one TLS record of plaintext at most (RFC 8446 §5.1); larger sizes cost a big
 # allocation per read (SSLObject.read allocates its size, then shrinks)
 _PLAIN_HTTP_BODY = b"400 Bad Request: the plain HTTP request was sent to an HTTPS port\n"
 _PLAIN_HTTP_RESPONSE = (
@@ -64,9 +64,9 @@ _PLAIN_HTTP_RESPONSE = (
     b"Content-Length: " + str(len(_PLAIN_HTTP_BODY)).encode() + b"\r\n\r\n" + _PLAIN_HTTP_BODY
 )
 
-HANDSHAKE = 0
-OPEN = 1
-SHUT = 2  # close_notify sent; input is no longer decrypted
+HANDSHAKE: Final = 0
+OPEN: Final = 1
+SHUT: Final = 2  # close_notify sent; input is no longer decrypted
 
 
 class TlsInfo:

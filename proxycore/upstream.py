@@ -8,17 +8,17 @@ and any byte or EOF that arrives makes the pool drop it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from proxycore.peer import Peer
 
 __all__ = ["Upstream"]
 
-CONNECTING = 0
-ACTIVE = 1
-IDLE = 2
-CLOSED = 3
+CONNECTING: Final = 0
+ACTIVE: Final = 1
+IDLE: Final = 2
+CLOSED: Final = 3
 
 
 class Upstream:

@@ -51,10 +51,10 @@ __all__ = [
     "parse_response_head",
 ]
 
-BODY_NONE = 0
-BODY_LENGTH = 1
-BODY_CHUNKED = 2
-BODY_CLOSE = 3  # read until the connection closes (responses only, RFC 9112 §6.3 rule 8)
+BODY_NONE: Final = 0
+BODY_LENGTH: Final = 1
+BODY_CHUNKED: Final = 2
+BODY_CLOSE: Final = 3  # read until the connection closes (responses only, RFC 9112 §6.3 rule 8)
 
 
 class Limits:
@@ -79,14 +79,14 @@ class Limits:
         self.max_chunk_line = max_chunk_line
 
 
-DEFAULT_LIMITS = Limits()
+DEFAULT_LIMITS: Final = Limits()
 
 # One pass per header block, without extracting anything: a sequence of field lines (RFC 9112
 # §5), each ending in CRLF. Since a value cannot contain CR or LF, a bare CR or LF anywhere,
 # obs-fold, whitespace before a colon or a CTL in a value makes the full match fail. The
 # quantifiers are possessive: the whitespace after the colon could belong to the value too, and
 # backtracking through those splits line by line is exponential in the number of lines.
-_FIELD_BLOCK_RE = re.compile(rf"(?:[{TCHAR}]++:[ \t]*+[{FIELD_VALUE_CHARS}]*+\r\n)*+")
+_FIELD_BLOCK_RE: Final = re.compile(rf"(?:[{TCHAR}]++:[ \t]*+[{FIELD_VALUE_CHARS}]*+\r\n)*+")
 # The fields the parsers act on (framing, connection handling, forwarding), and the first
 # letters of their names: a field line starting with another letter is skipped unexamined.
 _FRAMING_NAMES: Final = frozenset(
@@ -132,15 +132,17 @@ _COMMON_STATUS_LINES: Final[dict[str, tuple[str, str, int, str]]] = {
         (504, "Gateway Timeout"),
     )
 }
-_REQUEST_LINE_RE = re.compile(rf"([{TCHAR}]+) ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
-_STATUS_LINE_RE = re.compile(rf"HTTP/([0-9])\.([0-9]) ([0-9]{{3}})(?: ([{FIELD_VALUE_CHARS}]*))?")
+_REQUEST_LINE_RE: Final = re.compile(rf"([{TCHAR}]+) ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
+_STATUS_LINE_RE: Final = re.compile(
+    rf"HTTP/([0-9])\.([0-9]) ([0-9]{{3}})(?: ([{FIELD_VALUE_CHARS}]*))?"
+)
 # RFC 3986 authority: reg-name / IPv4 / IP-literal, optional port.
-_HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
-_ABSOLUTE_RE = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)(.*)")
+_HOST_RE: Final = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+_ABSOLUTE_RE: Final = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)(.*)")
 # RFC 9112 §7.1.1 chunk-size [ chunk-ext ]; chunk-ext values are tokens or quoted-strings.
 _QUOTED = r'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t\x20-\x7e\x80-\xff])*"'
 _CHUNK_EXT = rf"(?:;[ \t]*[{TCHAR}]+(?:[ \t]*=[ \t]*(?:[{TCHAR}]+|{_QUOTED}))?[ \t]*)"
-_CHUNK_LINE_RE = re.compile(rf"([0-9A-Fa-f]{{1,16}})[ \t]*{_CHUNK_EXT}*")
+_CHUNK_LINE_RE: Final = re.compile(rf"([0-9A-Fa-f]{{1,16}})[ \t]*{_CHUNK_EXT}*")
 
 
 class RequestMeta:
@@ -206,7 +208,7 @@ class ResponseMeta:
 
 
 # Hop-by-hop fields not otherwise examined by the parsers (RFC 9110 §7.6.1).
-_OTHER_HOP = frozenset(
+_OTHER_HOP: Final = frozenset(
     {"keep-alive", "te", "proxy-connection", "proxy-authenticate", "proxy-authorization"}
 )
 

@@ -9,6 +9,7 @@ a response (RFC 9110 §5.5 forbids CR, LF and NUL in field values).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 
 __all__ = [
     "HOP_BY_HOP",
@@ -21,7 +22,7 @@ __all__ = [
 ]
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones every proxy strips.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         "connection",
         "keep-alive",
