@@ -109,7 +109,7 @@ class Downstream:
 
     def start(self) -> None:
         e = self.engine
-        e.arm(self, "header", e.now + e.conf.header_timeout)
+        e.arm_down(self, "header", e.now + e.conf.header_timeout)
 
     def close(self, abort: bool = False) -> None:
         """Forget this connection and ask the adapter to close it."""
@@ -152,7 +152,7 @@ class Downstream:
         if self.read_paused:
             self.read_paused = False
             e.emit(ResumeReading(self.id))
-        e.arm(self, "linger", e.now + e.conf.linger_timeout)
+        e.arm_down(self, "linger", e.now + e.conf.linger_timeout)
 
     def reject(self, err: HTTPParseError) -> None:
         """Answer a malformed request with err.status, then close (nothing went upstream)."""
@@ -207,7 +207,7 @@ class Downstream:
         self.try_start()
         if self.current is None and self.state == WAIT and buf and "header" not in timers:
             e = self.engine
-            e.arm(self, "header", e.now + e.conf.header_timeout)  # a head has begun
+            e.arm_down(self, "header", e.now + e.conf.header_timeout)  # a head has begun
 
     def on_eof(self) -> None:
         self.peer_eof = True
@@ -325,11 +325,11 @@ class Downstream:
             return
         self.state = WAIT
         if self.buf:
-            e.arm(self, "header", e.now + e.conf.header_timeout)
+            e.arm_down(self, "header", e.now + e.conf.header_timeout)
             if not self._starting:
                 self.try_start()
         else:
-            e.arm(self, "idle", e.now + e.conf.keepalive_timeout)
+            e.arm_down(self, "idle", e.now + e.conf.keepalive_timeout)
             self.update_read_pause()
 
     def update_read_pause(self) -> None:

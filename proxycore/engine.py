@@ -358,6 +358,14 @@ class Engine:
             owner.scheduled = deadline
             self.out.append(SetTimer(owner.id, deadline))
 
+    def arm_down(self, down: Downstream, name: str, deadline: float) -> None:
+        """:meth:`arm` for a downstream connection (typed: a direct attribute access in the
+        compiled core; sessions and connections arm several timers per request)."""
+        down.timers[name] = deadline
+        if deadline < down.scheduled:
+            down.scheduled = deadline
+            self.out.append(SetTimer(down.id, deadline))
+
     def _rearm(self, owner: Any, deadline: float | None) -> None:
         if deadline is None:
             if owner.scheduled != _INF:

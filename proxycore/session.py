@@ -570,7 +570,7 @@ class Session:
         timeout = (
             peer.connect_timeout if peer.connect_timeout is not None else e.conf.connect_timeout
         )
-        e.arm(self.down, "connect", e.now + timeout)
+        e.arm_down(self.down, "connect", e.now + timeout)
         self.upstream = up
 
     def on_upstream_connected(self, up: Upstream) -> None:
@@ -731,7 +731,7 @@ class Session:
             return
         self._forwarding = True
         self._last_client_read = e.now
-        e.arm(self.down, "body", e.now + e.conf.client_body_timeout)
+        e.arm_down(self.down, "body", e.now + e.conf.client_body_timeout)
         ph = e.phases
         if ph.request_body_filter is not None and self._req_pipe is None:
             self._req_pipe = _BodyPipe(
@@ -843,7 +843,9 @@ class Session:
         e = self.engine
         up.last_read = e.now
         timeout = up.peer.read_timeout
-        e.arm(self.down, "read", e.now + (timeout if timeout is not None else e.conf.read_timeout))
+        e.arm_down(
+            self.down, "read", e.now + (timeout if timeout is not None else e.conf.read_timeout)
+        )
 
     def _end_upstream_body(self) -> None:
         up = self.upstream
@@ -944,7 +946,7 @@ class Session:
         if paused:
             up = self.upstream
             timeout = up.peer.write_timeout if up is not None else None
-            e.arm(
+            e.arm_down(
                 self.down,
                 "write",
                 e.now + (timeout if timeout is not None else e.conf.write_timeout),
@@ -1324,7 +1326,7 @@ class Session:
     def on_downstream_write_paused(self, paused: bool) -> None:
         e = self.engine
         if paused:
-            e.arm(self.down, "send", e.now + e.conf.send_timeout)
+            e.arm_down(self.down, "send", e.now + e.conf.send_timeout)
         else:
             self.down.timers.pop("send", None)
         self._update_upstream_pause()
@@ -1381,13 +1383,13 @@ class Session:
             t = up.peer.read_timeout
             timeout = t if t is not None else e.conf.read_timeout
             if up.read_paused:
-                e.arm(self.down, "read", now + timeout)
+                e.arm_down(self.down, "read", now + timeout)
             elif now >= up.last_read + timeout:
                 self._upstream_error(
                     ErrorType.READ_TIMEDOUT, f"no data from {up.peer.address} for {timeout:g}s"
                 )
             else:
-                e.arm(self.down, "read", up.last_read + timeout)
+                e.arm_down(self.down, "read", up.last_read + timeout)
         elif name == "write":
             if self.upstream is not None and self.upstream.write_paused:
                 self._upstream_error(ErrorType.WRITE_TIMEDOUT, "upstream stopped reading")
@@ -1407,7 +1409,7 @@ class Session:
             if now >= self._last_client_read + timeout:
                 self._bad_request_body(HTTPParseError("client body timeout", 408))
             else:
-                e.arm(self.down, "body", self._last_client_read + timeout)
+                e.arm_down(self.down, "body", self._last_client_read + timeout)
 
     def _upstream_error(self, etype: ErrorType, message: str) -> None:
         up = self.upstream

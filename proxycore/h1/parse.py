@@ -145,6 +145,11 @@ _CHUNK_EXT = rf"(?:;[ \t]*[{TCHAR}]+(?:[ \t]*=[ \t]*(?:[{TCHAR}]+|{_QUOTED}))?[ 
 _CHUNK_LINE_RE: Final = re.compile(rf"([0-9A-Fa-f]{{1,16}})[ \t]*{_CHUNK_EXT}*")
 
 
+_NO_TOKENS: Final[frozenset[str]] = frozenset()
+_KEEP_ALIVE_TOKEN: Final = frozenset({"keep-alive"})
+_CLOSE_TOKEN: Final = frozenset({"close"})
+
+
 class RequestMeta:
     """What the parser learned about a request's framing and connection handling."""
 
@@ -170,7 +175,7 @@ class RequestMeta:
         self.keep_alive = True
         self.expect_continue = False
         self.upgrade: str | None = None
-        self.connection_tokens: frozenset[str] = frozenset()
+        self.connection_tokens: frozenset[str] = _NO_TOKENS
         self.head_size = 0
         self.hop = False  # a hop-by-hop field is present (must be stripped when forwarding)
         self.forwarded = False  # an X-Forwarded-* field is present
@@ -201,7 +206,7 @@ class ResponseMeta:
         self.body = BODY_NONE
         self.length = 0
         self.keep_alive = True
-        self.connection_tokens: frozenset[str] = frozenset()
+        self.connection_tokens: frozenset[str] = _NO_TOKENS
         self.head_size = 0
         self.hop = False
         self.content_length: str | None = None
@@ -260,6 +265,16 @@ def _persistent(connection: list[str], http10: bool) -> bool:
     if "close" in connection:
         return False
     return not http10 or "keep-alive" in connection
+
+
+def _token_set(tokens: list[str]) -> frozenset[str]:
+    """The Connection options as a set; the usual single ones are shared constants."""
+    if len(tokens) == 1:
+        if tokens[0] == "keep-alive":
+            return _KEEP_ALIVE_TOKEN
+        if tokens[0] == "close":
+            return _CLOSE_TOKEN
+    return frozenset(tokens)
 
 
 def _split_tokens(value: str) -> list[str]:
@@ -403,7 +418,7 @@ def parse_request_head(
     head: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[RequestHeader, RequestMeta]:
     """Parse a complete request head (ending in CRLFCRLF, leading CRLFs already skipped)."""
-    text = bytes(head).decode("latin-1")
+    text = head.decode("latin-1") if isinstance(head, bytes) else bytes(head).decode("latin-1")
     line_end = text.find("\r\n")
     parts = _REQUEST_LINE(text, line_end)
     if parts is None:
@@ -513,7 +528,7 @@ def parse_request_head(
             meta.body = BODY_LENGTH
 
     if connection:
-        meta.connection_tokens = frozenset(connection)
+        meta.connection_tokens = _token_set(connection)
     meta.keep_alive = _persistent(connection, http10)
     version = "HTTP/1.0" if http10 else "HTTP/1.1"
     req = RequestHeader(method, path, headers, version, scheme=scheme, authority=authority)
@@ -526,7 +541,7 @@ def parse_response_head(
     limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[ResponseHeader, ResponseMeta]:
     """Parse a complete upstream response head; raises HTTPParseError (status 502) if invalid."""
-    text = bytes(head).decode("latin-1")
+    text = head.decode("latin-1") if isinstance(head, bytes) else bytes(head).decode("latin-1")
     line_end = text.find("\r\n")
     parts = _STATUS_LINE(text, line_end)
     if parts is None:
@@ -568,7 +583,7 @@ def parse_response_head(
     meta.content_length = content_length
 
     if connection:
-        meta.connection_tokens = frozenset(connection)
+        meta.connection_tokens = _token_set(connection)
     meta.keep_alive = _persistent(connection, http10)
 
     # RFC 9112 §6.3: HEAD, 1xx, 204 and 304 responses never have a body.
