@@ -193,7 +193,8 @@ class ReverseProxy(Proxy):
         b.inflight -= 1
         key = b.address
         if not failed:
-            self._failures.pop(key, None)
+            if key in self._failures:  # (cheaper than pop(): a direct call when compiled)
+                del self._failures[key]
             return
         n = self._failures.get(key, 0) + 1
         self._failures[key] = n

@@ -444,8 +444,10 @@ class Engine:
         if up.read_paused:
             up.read_paused = False
             self.out.append(ResumeReading(up.id))
-        for old in self.pool.release(up, self.now + timeout):
-            self.close_upstream(old)
+        evicted = self.pool.release(up, self.now + timeout)
+        if evicted is not None:
+            for old in evicted:
+                self.close_upstream(old)
         if up.state == IDLE and self.now + timeout < self._pool_timer.scheduled:
             self._rearm(self._pool_timer, self.now + timeout)
 

@@ -72,19 +72,22 @@ class ConnectionPool:
         if not bucket:
             return None
         conn_id, conn = bucket.popitem()  # the most recently used
-        if not bucket:
-            del self._by_key[key]
+        # An emptied bucket stays for the next release to this key (no dict per request);
+        # release() sweeps empty ones when there are many keys.
         del self._lru[conn_id]
         self.stats.reused += 1
         return conn
 
-    def release(self, conn: Upstream, deadline: float) -> list[Upstream]:
+    def release(self, conn: Upstream, deadline: float) -> list[Upstream] | None:
         """Put ``conn`` in the pool until ``deadline``; returns connections evicted to make room
-        (the caller closes them). A pool with ``max_idle == 0`` evicts ``conn`` itself."""
-        evicted: list[Upstream] = []
+        (the caller closes them), or None. A pool with ``max_idle == 0`` evicts ``conn``
+        itself."""
         if self.max_idle <= 0:
             return [conn]
+        evicted: list[Upstream] | None = None
         while len(self._lru) >= self.max_idle:
+            if evicted is None:
+                evicted = []
             old_id = next(iter(self._lru))
             old = self._lru.pop(old_id)[0]
             self._remove_from_bucket(old_id, old)
@@ -92,8 +95,12 @@ class ConnectionPool:
             evicted.append(old)
         bucket = self._by_key.get(conn.key)
         if bucket is None:
+            if len(self._by_key) >= 2 * self.max_idle + 64:
+                self._by_key = {k: b for k, b in self._by_key.items() if b}
             bucket = self._by_key[conn.key] = {}
         while len(bucket) >= self.max_idle_per_key:
+            if evicted is None:
+                evicted = []
             old_id = next(iter(bucket))  # this key's least recently used
             old = bucket.pop(old_id)
             del self._lru[old_id]

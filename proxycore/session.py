@@ -111,6 +111,7 @@ _K_REQUEST_BODY_FILTER: Final = 14  # the body filters run through a _BodyPipe
 _K_RESPONSE_BODY_FILTER: Final = 15
 _K_UPSTREAM_RESPONSE_BODY_FILTER: Final = 16
 _KEEP_ALIVE: Final = frozenset({"keep-alive"})
+_REQUEST_TIMERS: Final = ("connect", "read", "write", "send", "body")
 _KEEP_ALIVE_LINE: Final = b"\r\nConnection: keep-alive\r\n"
 
 # Past this many unread request-body bytes after an early response, close instead of skipping.
@@ -1536,8 +1537,10 @@ class Session:
         self._held_request = None
         self._held_trailers = None
         timers = self.down.timers
-        for name in ("connect", "read", "write", "send", "body"):
-            timers.pop(name, None)
+        if timers:
+            for name in _REQUEST_TIMERS:
+                if name in timers:
+                    del timers[name]
         up = self.upstream
         if up is not None:
             self.engine.close_upstream(up, abort=True)

@@ -766,3 +766,21 @@ def test_reused_only_retry_goes_to_a_fresh_connection_once() -> None:
     assert fresh not in (u1, u2)
     acts = h.connect_failed(fresh)  # a fresh connection failing is not retried again
     assert sent(acts, d1).startswith(b"HTTP/1.1 502")
+
+
+def test_pool_keeps_emptied_buckets_only_within_a_bound() -> None:
+    """acquire() leaves a key's emptied bucket for the next release (no dict per request);
+    release() sweeps the empty ones once there are many keys, so churning through many
+    peers does not grow the pool's index without limit."""
+    from proxycore.pool import ConnectionPool
+    from proxycore.upstream import Upstream
+
+    pool = ConnectionPool(max_idle=4)
+    for i in range(1000):
+        up = Upstream(i + 1, proxycore.Peer("127.0.0.1", 10000 + i), 0.0)
+        assert pool.release(up, 60.0) is None
+        assert pool.acquire(up.peer.key) is up
+    assert len(pool) == 0 and len(pool._by_key) <= 2 * 4 + 64
+    up = Upstream(5000, proxycore.Peer("127.0.0.1", 9), 0.0)
+    pool.release(up, 60.0)
+    assert pool.acquire(up.peer.key) is up and pool.acquire(up.peer.key) is None
