@@ -360,7 +360,8 @@ class Session:
         """Run phase ``_PHASE_NAMES[k]`` (a body filter: for ``pipe``); carry on with
         ``_resume(k, result, pipe)`` now or when the adapter reports back."""
         e = self.engine
-        if _PHASE_NAMES[k] in e.phases.blocking:
+        blocking = e.phases.blocking
+        if blocking and _PHASE_NAMES[k] in blocking:
             self._defer(RunFilter(self.down.id, 0, lambda: fn(*args), "blocking"), k, pipe)
             return
         try:
@@ -1191,8 +1192,12 @@ class Session:
             body = meta.body
             if body == BODY_LENGTH:
                 n = min(self._resp_remaining, len(buf))
-                piece = bytes(buf[:n])
-                del buf[:n]
+                if n == len(buf):  # the usual case: take it all (one copy, no slice)
+                    piece = bytes(buf)
+                    buf.clear()
+                else:
+                    piece = bytes(buf[:n])
+                    del buf[:n]
                 self._resp_remaining -= n
                 self._resp_piece(piece, self._resp_remaining == 0)
                 if self._resp_done and buf:
