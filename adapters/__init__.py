@@ -28,13 +28,14 @@ class BusyPoll:
     ``window`` seconds after the last read, so an idle proxy still sleeps. And it steps aside
     under load: when more than one read arrived between two turns of the spinner, the loop is
     not going to sleep anyway, and zero-timeout polls would only split its event batches, so
-    spinning pauses for ``BACKOFF`` seconds. Every adapter uses this one object: ``touch(now)``
-    on each read returns True when the adapter must start its spinner (a callback, watcher or
-    task that yields to the loop), and the spinner calls ``keep_spinning(now)`` each turn and
-    stops when it returns False.
+    the spinner pauses for ``BACKOFF`` seconds and then carries on while the window lasts.
+    Every adapter uses this one object: ``touch(now)`` on each read returns True when the
+    adapter must start its spinner (a callback, watcher or task that yields to the loop), and
+    the spinner calls ``keep_spinning(now)`` each turn: 0.0 means poll again at once, a
+    positive delay means come back after that long (the loop is busy), None means stop.
     """
 
-    __slots__ = ("quiet_until", "reads", "spinning", "until", "window")
+    __slots__ = ("reads", "spinning", "until", "window")
 
     BACKOFF = 0.01
 
@@ -43,7 +44,6 @@ class BusyPoll:
         self.until = 0.0
         self.spinning = False
         self.reads = 0  # reads since the spinner's last turn
-        self.quiet_until = 0.0  # no spinning before this (the loop was busy)
 
     @classmethod
     def from_conf(cls, conf: Any) -> BusyPoll | None:
@@ -52,21 +52,19 @@ class BusyPoll:
     def touch(self, now: float) -> bool:
         self.until = now + self.window
         self.reads += 1
-        if self.spinning or now < self.quiet_until:
+        if self.spinning:
             return False
         self.spinning = True
         self.reads = 0
         return True
 
-    def keep_spinning(self, now: float) -> bool:
+    def keep_spinning(self, now: float) -> float | None:
         busy = self.reads > 1
         self.reads = 0
-        if busy:
-            self.quiet_until = now + self.BACKOFF
-        elif now < self.until:
-            return True
-        self.spinning = False
-        return False
+        if now >= self.until:
+            self.spinning = False
+            return None
+        return self.BACKOFF if busy else 0.0
 
 
 def make_engine(app: Any, conf: Any, logger: Any, backend: str = "", **options: Any) -> Any:

@@ -496,8 +496,9 @@ class SocketDriver:
         raise NotImplementedError
 
     def start_spinning(self) -> None:
-        """--busy-poll: keep the reactor polling with a zero timeout until
-        ``self.busy.keep_spinning(now)`` says stop (see :class:`proxycore.adapters.BusyPoll`)."""
+        """--busy-poll: keep the reactor polling with a zero timeout, pausing when
+        ``self.busy.keep_spinning(now)`` returns a delay and stopping when it returns None (see
+        :class:`proxycore.adapters.BusyPoll`)."""
         raise NotImplementedError
 
     def forget(self, c: Conn) -> None:

@@ -21,21 +21,25 @@ def test_one_spinner_per_window_extended_by_each_read() -> None:
     bp = BusyPoll(0.5)
     assert bp.touch(10.0)  # the first read starts the spinner
     assert not bp.touch(10.2)  # later reads extend the window of the running one
-    assert bp.keep_spinning(10.6)  # 10.2 + 0.5 not reached yet
-    assert not bp.keep_spinning(10.7)  # window over: the spinner stops ...
+    assert bp.keep_spinning(10.6) == 0.0  # 10.2 + 0.5 not reached yet: poll again at once
+    assert bp.keep_spinning(10.7) is None  # window over: the spinner stops ...
     assert not bp.spinning
     assert bp.touch(11.0)  # ... and the next read starts a new one
 
 
-def test_steps_aside_while_the_loop_is_busy() -> None:
+def test_steps_aside_while_the_loop_is_busy_then_carries_on() -> None:
     bp = BusyPoll(0.5)
     assert bp.touch(10.0)
     bp.touch(10.0001)  # more reads before the spinner's first turn: the loop has work anyway
     bp.touch(10.00015)
-    assert not bp.keep_spinning(10.0002)
-    assert not bp.touch(10.0003)  # paused for BACKOFF ...
-    assert bp.touch(10.0002 + BusyPoll.BACKOFF)  # ... then spinning is allowed again
-    assert bp.keep_spinning(10.02)  # one read per turn (a quiet loop): keep polling
+    assert bp.keep_spinning(10.0002) == BusyPoll.BACKOFF  # pause instead of polling at once
+    assert bp.spinning and not bp.touch(10.0003)  # still one spinner (paused): no second one
+    # After the pause the window still holds, with or without another read: poll again. (The
+    # old rule stopped the spinner here and waited for a read after the pause; with none, the
+    # rest of the window was slept through.)
+    assert bp.keep_spinning(10.0003 + BusyPoll.BACKOFF) == 0.0
+    assert bp.keep_spinning(10.4) == 0.0
+    assert bp.keep_spinning(10.5004) is None and not bp.spinning
 
 
 @pytest.mark.parametrize("bad", ["-1", "2", "x"])

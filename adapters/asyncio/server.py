@@ -97,8 +97,11 @@ class AsyncioServer(SocketDriver):
     def _spin(self) -> None:
         # --busy-poll: a pending callback makes the loop poll with a zero timeout.
         busy = self.busy
-        if busy is not None and busy.keep_spinning(self.loop.time()):
+        delay = None if busy is None else busy.keep_spinning(self.loop.time())
+        if delay == 0.0:
             self.loop.call_soon(self._spin)
+        elif delay is not None:  # the loop is busy: step aside, then carry on
+            self.loop.call_later(delay, self._spin)
 
     def call_at(self, deadline: float, fn: Callable[[int], None], arg: int) -> Any:
         return self.loop.call_at(deadline, fn, arg)

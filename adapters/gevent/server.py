@@ -42,6 +42,7 @@ class GeventServer(SocketDriver):
         self.loop = gevent.get_hub().loop
         self._listen_watchers: dict[int, Any] = {}
         self._idle: Any = None  # the --busy-poll watcher
+        self._pause: Any = None  # its back-off timer
 
     def now(self) -> float:
         return time.monotonic()
@@ -72,8 +73,20 @@ class GeventServer(SocketDriver):
 
     def _spin(self) -> None:
         busy = self.busy
-        if (busy is None or not busy.keep_spinning(time.monotonic())) and self._idle is not None:
-            self._idle.stop()
+        delay = None if busy is None else busy.keep_spinning(time.monotonic())
+        if delay == 0.0 or self._idle is None:
+            return
+        self._idle.stop()
+        if delay is not None:  # the loop is busy: step aside, then carry on
+            self._pause = t = self.loop.timer(delay)
+            t.start(self._resume_spinning)
+
+    def _resume_spinning(self) -> None:
+        if self._pause is not None:
+            self._pause.close()
+            self._pause = None
+        if self._idle is not None:
+            self._idle.start(self._spin)
 
     def forget(self, c: Conn) -> None:
         if c.watch is not None:

@@ -138,8 +138,10 @@ class ThreadsServer(SocketDriver):
             heapq.heappop(heap)
         timeout = max_wait
         busy = self.busy
-        if busy is not None and busy.spinning and busy.keep_spinning(time.monotonic()):
-            timeout = 0.0
+        if busy is not None and busy.spinning:
+            delay = busy.keep_spinning(time.monotonic())
+            if delay is not None:  # 0: poll; else the loop is busy: sleep at most that long
+                timeout = delay if timeout is None else min(delay, timeout)
         if heap:
             t = max(0.0, heap[0][0] - time.monotonic())
             timeout = t if timeout is None else min(t, timeout)

@@ -123,8 +123,14 @@ class Adapter:
     async def spin(self) -> None:
         """--busy-poll: a task that keeps yielding makes trio poll with a zero timeout."""
         poll = self.poll
-        while poll is not None and poll.keep_spinning(_now()):
-            await anyio.lowlevel.checkpoint()
+        while poll is not None:
+            delay = poll.keep_spinning(_now())
+            if delay is None:
+                return
+            if delay:  # the loop is busy: step aside, then carry on
+                await anyio.sleep(delay)
+            else:
+                await anyio.lowlevel.checkpoint()
 
     def feed_data(self, cid: int, data: bytes) -> None:
         """``feed(DataReceived(...))`` through the engine's event-free entry point."""

@@ -84,8 +84,10 @@ latin1(PyObject *s, Py_ssize_t *n)
         PyErr_SetString(PyExc_TypeError, "str expected");
         return NULL;
     }
+#if PY_VERSION_HEX < 0x030C0000 /* a no-op, deprecated, from 3.12 on */
     if (PyUnicode_READY(s) < 0)
         return NULL;
+#endif
     if (PyUnicode_KIND(s) != PyUnicode_1BYTE_KIND) {
         /* parse.py always passes latin-1-decoded text; anything else is a caller bug */
         PyErr_SetString(PyExc_TypeError, "latin-1 text expected");
@@ -99,6 +101,25 @@ static PyObject *
 substr(const Py_UCS1 *p, Py_ssize_t n)
 {
     return PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, p, n);
+}
+
+/* The (text, line_end) arguments: text's characters and length, and *end = line_end; NULL
+   with an exception set when they are not a latin-1 str and an int. */
+static const Py_UCS1 *
+line_args(PyObject *const *args, Py_ssize_t nargs, const char *usage, Py_ssize_t *n,
+          Py_ssize_t *end)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return NULL;
+    }
+    const Py_UCS1 *s = latin1(args[0], n);
+    if (s == NULL)
+        return NULL;
+    *end = PyLong_AsSsize_t(args[1]);
+    if (*end == -1 && PyErr_Occurred())
+        return NULL;
+    return s;
 }
 
 /* A 4-tuple that steals the four references (NULL if any is NULL: an exception is set). */
@@ -124,15 +145,8 @@ static PyObject *
 request_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t n, end;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "request_line(text, line_end)");
-        return NULL;
-    }
-    const Py_UCS1 *s = latin1(args[0], &n);
+    const Py_UCS1 *s = line_args(args, nargs, "request_line(text, line_end)", &n, &end);
     if (s == NULL)
-        return NULL;
-    end = PyLong_AsSsize_t(args[1]);
-    if (end == -1 && PyErr_Occurred())
         return NULL;
     if (end < 0 || end > n)
         Py_RETURN_NONE;
@@ -264,15 +278,8 @@ static PyObject *
 status_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t n, end;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "status_line(text, line_end)");
-        return NULL;
-    }
-    const Py_UCS1 *s = latin1(args[0], &n);
+    const Py_UCS1 *s = line_args(args, nargs, "status_line(text, line_end)", &n, &end);
     if (s == NULL)
-        return NULL;
-    end = PyLong_AsSsize_t(args[1]);
-    if (end == -1 && PyErr_Occurred())
         return NULL;
     if (end < 12 || end > n)
         Py_RETURN_NONE;
