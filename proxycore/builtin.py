@@ -49,6 +49,29 @@ class _Ctx:
         self.backend: Backend | None = None
 
 
+# ``ctx`` is whatever new_ctx returned (a subclass may return its own object with ``tried``
+# and ``backend``); for the usual _Ctx these are direct attribute accesses when compiled.
+def _tried(ctx: Any) -> list[Backend]:
+    if isinstance(ctx, _Ctx):
+        return ctx.tried
+    tried: list[Backend] = ctx.tried
+    return tried
+
+
+def _backend(ctx: Any) -> Backend | None:
+    if isinstance(ctx, _Ctx):
+        return ctx.backend
+    b: Backend | None = ctx.backend
+    return b
+
+
+def _set_backend(ctx: Any, b: Backend | None) -> None:
+    if isinstance(ctx, _Ctx):
+        ctx.backend = b
+    else:
+        ctx.backend = b
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class ReverseProxy(Proxy):
     """Forward every request to one of ``backends`` chosen by ``lb``."""
@@ -149,19 +172,20 @@ class ReverseProxy(Proxy):
             for address in [a for a, until in ejected.items() if until <= now]:
                 del ejected[address]
         key = self._request_key(session) if self._key[0] else b""
+        tried = _tried(ctx)
         if not ejected:  # the common case: the selector's fast path on a first try
-            b = self.lb.select(key, exclude=ctx.tried)
+            b = self.lb.select(key, exclude=tried)
         else:
 
             def live(b: Backend) -> bool:
                 until = ejected.get(b.address)
                 return until is None or until <= now
 
-            b = self.lb.select(key, exclude=ctx.tried, predicate=live)
+            b = self.lb.select(key, exclude=tried, predicate=live)
             if b is None and not any(live(x) for x in self.lb.backends):
                 # Every backend is ejected: route to all of them rather than fail everything
                 # (Envoy's panic mode).
-                b = self.lb.select(key, exclude=ctx.tried)
+                b = self.lb.select(key, exclude=tried)
         if b is None:
             session.engine.log.warning(
                 "no healthy backend for %s %s (%d configured, %d ejected, %d tried)",
@@ -169,11 +193,11 @@ class ReverseProxy(Proxy):
                 session.req_header.path,
                 len(self.lb.backends),
                 sum(1 for t in ejected.values() if t > now),
-                len(ctx.tried),
+                len(tried),
             )
             return None
-        ctx.backend = b
-        ctx.tried.append(b)
+        _set_backend(ctx, b)
+        tried.append(b)
         b.inflight += 1
         return b.peer
 
@@ -186,10 +210,10 @@ class ReverseProxy(Proxy):
             self._failures.pop(b.address, None)
 
     def _done_with(self, session: Session, ctx: Any, failed: bool) -> None:
-        b = ctx.backend
+        b = _backend(ctx)
         if b is None:
             return
-        ctx.backend = None
+        _set_backend(ctx, None)
         b.inflight -= 1
         key = b.address
         if not failed:
@@ -211,12 +235,12 @@ class ReverseProxy(Proxy):
     ) -> ProxyError:
         self._done_with(session, ctx, failed=True)
         # Nothing reached the failed backend, so any method can go to another one.
-        error.retry = len(ctx.tried) < len(self.lb.backends)
+        error.retry = len(_tried(ctx)) < len(self.lb.backends)
         return error
 
     @nonblocking
     def logging(self, session: Session, error: ProxyError | None, ctx: Any) -> None:
-        if ctx is None or ctx.backend is None:
+        if ctx is None or _backend(ctx) is None:
             return
         upstream_failed = error is not None and error.source.value == "upstream"
         self._done_with(session, ctx, failed=upstream_failed or session.response_status >= 500)

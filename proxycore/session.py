@@ -1126,11 +1126,8 @@ class Session:
             raw = meta.raw
             if meta.hop:
                 one = meta.connection_fields == 1 and meta.connection_tokens == _KEEP_ALIVE
-                i = raw.find(_KEEP_ALIVE_LINE) if one else -1
-                if i >= 0:
-                    raw = raw[:i] + raw[i + len(_KEEP_ALIVE_LINE) - 2 :]
-                else:
-                    raw = b""
+                cut = raw.replace(_KEEP_ALIVE_LINE, b"\r\n", 1) if one else raw
+                raw = cut if len(cut) < len(raw) else b""
             if raw:
                 self._keep_alive = True
                 self._response_head_ready(raw, resp)
