@@ -7,8 +7,13 @@ byte changed anywhere, and request lines built from the pieces that matter."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import shutil
+import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -213,3 +218,60 @@ def test_the_parser_uses_the_scanner_where_it_is_built() -> None:
         assert parse._HEAD_END is _head_end_py and parse._VALID_HOST is _valid_host_py
         assert parse._STATUS_LINE is _status_line_py
     assert sys.modules["proxycore.h1.parse"] is parse
+
+
+_ASAN_FUZZ = r"""
+import random, sys
+sys.path.insert(0, sys.argv[1])
+import _hscan
+from proxycore.h1.parse import (
+    _head_end_py, _request_line_py, _scan_fields_py, _status_line_py, _valid_host_py,
+)
+rng = random.Random(int(sys.argv[2]))
+alpha = list(b" \t\r\n:,;=-_/.[]%0123456789ABCabcHTTPGETXxForwardedHostContent-Length\x00\x7f\x80\xff")
+for i in range(int(sys.argv[3])):
+    b = bytes(rng.choice(alpha) for _ in range(rng.randint(0, rng.choice((8, 40, 200)))))
+    t = b.decode("latin-1")
+    e = rng.randint(-3, len(t) + 3)
+    inside = 0 <= e <= len(t)
+    assert _hscan.scan_fields(t) == _scan_fields_py(t), t
+    assert _hscan.request_line(t, e) == (_request_line_py(t, e) if inside else None), (t, e)
+    assert _hscan.status_line(t, e) == (_status_line_py(t, e) if inside else None), (t, e)
+    s = rng.randint(0, len(b) + 2)
+    assert _hscan.head_end(b, s) == _head_end_py(b, s) == _hscan.head_end(bytearray(b), s)
+    assert _hscan.valid_host(t) is _valid_host_py(t), t
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_the_scanner_under_address_and_undefined_behaviour_sanitizers(tmp_path: Path) -> None:
+    """Memory safety of the C code that reads untrusted bytes: built with ASan + UBSan, fed
+    300,000 random heads-like inputs (and compared with the references on each). ~1 min; runs
+    with ``scripts/test -m slow``."""
+    cc = shutil.which("gcc")
+    if cc is None:
+        pytest.skip("needs gcc")
+    libs = [
+        subprocess.run([cc, f"-print-file-name={n}"], capture_output=True, text=True).stdout.strip()
+        for n in ("libasan.so", "libubsan.so")
+    ]
+    if not all(Path(lib).is_file() for lib in libs):
+        pytest.skip("gcc's sanitizer runtimes are not installed")
+    out = tmp_path / ("_hscan" + sysconfig.get_config_var("EXT_SUFFIX"))
+    build = subprocess.run(
+        [cc, "-shared", "-fPIC", "-O1", "-g", "-fsanitize=address,undefined",
+         "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
+         f"-I{sysconfig.get_paths()['include']}", str(SOURCE), "-o", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    # PYTHONMALLOC=malloc: objects come from malloc, so ASan sees their bounds (not pymalloc)
+    env = dict(
+        os.environ, ASAN_OPTIONS="detect_leaks=0", LD_PRELOAD=" ".join(libs), PYTHONMALLOC="malloc"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", _ASAN_FUZZ, str(tmp_path), "1", "300000"],
+        capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
