@@ -9,10 +9,11 @@ in the lower-cased block, just the fields that decide framing and connection han
 (Content-Length, Transfer-Encoding, Connection, Host, Expect, Upgrade, the other hop-by-hop
 fields, X-Forwarded-*). The full list of fields is built only if something asks for it
 (:class:`proxycore.http.Headers` is lazy), so a head that is forwarded untouched costs no
-per-field objects. In the compiled build the request line and the header block are scanned by
-a small C extension (``_hscan.c``) that decides exactly like the Python references here
-(``_request_line_py``, ``_scan_fields_py``); the semantics (duplicates, Host, framing) stay in
-this module either way.
+per-field objects. In the compiled build the request and status lines, the header block, the
+end of the head and the Host grammar are scanned by a small C extension (``_hscan.c``) that
+decides exactly like the Python references here (``_request_line_py``, ``_status_line_py``,
+``_scan_fields_py``, ``_head_end_py``, ``_valid_host_py``); the semantics (duplicates, Host,
+framing) stay in this module either way.
 
 We are deliberately stricter than RFC 9112's "MAY" allowances where leniency enables request
 smuggling: no obs-fold (§5.2), no bare LF or bare CR (§2.2), no whitespace before the colon
@@ -397,7 +398,7 @@ def _load_scanner() -> Any:
 
 
 _HSCAN: Final = _load_scanner()
-# The scanner's two functions where it is built, the Python references otherwise (they decide
+# The scanner's functions where it is built, the Python references otherwise (they decide
 # identically: tests/test_h1_scan.py).
 _REQUEST_LINE: Final[Callable[[str, int], tuple[str, str, str, str] | None]] = (
     _request_line_py if _HSCAN is None else _HSCAN.request_line
