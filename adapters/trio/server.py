@@ -134,13 +134,14 @@ class Adapter:
 
     def feed_data(self, cid: int, data: bytes) -> None:
         """``feed(DataReceived(...))`` through the engine's event-free entry point."""
+        now = _now()
         poll = self.poll
-        if poll is not None and poll.touch(_now()):
+        if poll is not None and poll.touch(now):
             self.tg.start_soon(self.spin)
         if self.busy:
-            self.feed(E.DataReceived(cid, data, _now()))
+            self.feed(E.DataReceived(cid, data, now))
         else:
-            self.run(self.engine.data(cid, data, _now()))
+            self.run(self.engine.data(cid, data, now))
 
     def run(self, actions: list[A.Action] | None) -> None:
         """Execute ``actions``, then feed the queued events (raised meanwhile) in order."""

@@ -285,16 +285,9 @@ def _split_tokens(value: str) -> list[str]:
     return [t.strip(" \t").lower() for t in value.split(",") if t.strip(" \t")]
 
 
-def _check_block(block: str, limits: Limits) -> None:
-    """Validate a header block (RFC 9112 §5, RFC 9110 §5.5) and its number of fields."""
-    if _FIELD_BLOCK_RE.fullmatch(block) is None:
-        raise HTTPParseError("invalid header field (RFC 9112 §5, RFC 9110 §5.5)")
-    if block.count("\n") > limits.max_headers:
-        raise HTTPParseError("too many header fields", 431)
-
-
 def _parse_fields(block: str, limits: Limits) -> list[tuple[str, str, str]]:
-    _check_block(block, limits)
+    """Every field of a header block (chunked trailers), validated like a head's block."""
+    _framing_fields(block, limits)
     return field_items(block)
 
 
@@ -419,7 +412,8 @@ def parse_request_head(
     head: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[RequestHeader, RequestMeta]:
     """Parse a complete request head (ending in CRLFCRLF, leading CRLFs already skipped)."""
-    text = head.decode("latin-1") if isinstance(head, bytes) else bytes(head).decode("latin-1")
+    raw = head if type(head) is bytes else bytes(head)
+    text = raw.decode("latin-1")
     line_end = text.find("\r\n")
     parts = _REQUEST_LINE(text, line_end)
     if parts is None:
@@ -433,7 +427,7 @@ def parse_request_head(
 
     meta = RequestMeta()
     meta.head_size = len(text)
-    meta.raw = head if type(head) is bytes else bytes(head)
+    meta.raw = raw
     content_length: str | None = None
     te: str | None = None
     hosts = 0
@@ -542,7 +536,8 @@ def parse_response_head(
     limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[ResponseHeader, ResponseMeta]:
     """Parse a complete upstream response head; raises HTTPParseError (status 502) if invalid."""
-    text = head.decode("latin-1") if isinstance(head, bytes) else bytes(head).decode("latin-1")
+    raw = head if type(head) is bytes else bytes(head)
+    text = raw.decode("latin-1")
     line_end = text.find("\r\n")
     parts = _STATUS_LINE(text, line_end)
     if parts is None:
@@ -561,7 +556,7 @@ def parse_response_head(
 
     meta = ResponseMeta()
     meta.head_size = len(text)
-    meta.raw = head if type(head) is bytes else bytes(head)
+    meta.raw = raw
     content_length: str | None = None
     te: str | None = None
     connection: list[str] = []
