@@ -18,29 +18,43 @@ log = logging.getLogger("proxycore")
 
 
 class BusyPoll:
-    """``--busy-poll S`` (``ServerConf.busy_poll``): after each read, the adapter keeps its event
-    loop polling with a zero timeout for ``window`` seconds instead of sleeping in the poller.
+    """``--busy-poll S`` (``ServerConf.busy_poll``, default 0.0002; 0 turns it off): after a
+    read, the adapter keeps its event loop polling with a zero timeout for an adaptive window
+    of at most ``S`` seconds instead of sleeping in the poller.
 
     Waking a sleeping process costs an inter-processor interrupt, and on a virtual machine an
     idle vCPU is descheduled, so a request that crosses the proxy twice waits for four such
     wake-ups. Polling through the short gaps (the origin's answer, the client's next request)
-    removes the proxy's two. HAProxy's ``busy-polling`` does the same, unbounded; here it stops
-    ``window`` seconds after the last read, so an idle proxy still sleeps. And it steps aside
-    under load: when more than one read arrived between two turns of the spinner, the loop is
-    not going to sleep anyway, and zero-timeout polls would only split its event batches, so
-    the spinner pauses for ``BACKOFF`` seconds and then carries on while the window lasts.
-    Every adapter uses this one object: ``touch(now)`` on each read returns True when the
-    adapter must start its spinner (a callback, watcher or task that yields to the loop), and
-    the spinner calls ``keep_spinning(now)`` each turn: 0.0 means poll again at once, a
-    positive delay means come back after that long (the loop is busy), None means stop.
+    removes the proxy's two. The window adapts like the kernel's halt-polling (cpuidle-haltpoll,
+    KVM's ``halt_poll_ns``): each read measures the gap since the previous one; a gap longer
+    than the window but within ``S`` doubles the window (from ``S/4``; polling would have
+    caught it), a gap longer than ``S`` halves it (to 0 below ``S/4``; no window would have
+    caught it), a gap within the window leaves it. So a proxy answering back-to-back requests
+    polls through every gap, one with sparse traffic spends at most a small window per request,
+    and an idle one sleeps. And it steps aside under load: when more than one read arrived
+    between two turns of the spinner, the loop is not going to sleep anyway, and zero-timeout
+    polls would only split its event batches, so the spinner pauses for ``BACKOFF`` seconds
+    and then carries on while the window lasts.
+
+    Every adapter uses this one object, and keeps the per-read cost to a counter: on each read
+    it adds 1 to ``reads`` and, only if ``spinning`` is False (the loop slept, or nothing was
+    polling), calls ``wake(now)``, which adapts the window and returns True when the adapter
+    must start its spinner (a callback, watcher or task that yields to the loop). The spinner
+    calls ``keep_spinning(now)`` each turn, which extends the window when reads arrived since
+    the last turn: 0.0 means poll again at once, a positive delay means come back after that
+    long (the loop is busy), None means stop. ``now`` must be a fine clock (uvloop's
+    ``loop.time()`` ticks in milliseconds).
     """
 
-    __slots__ = ("reads", "spinning", "until", "window")
+    __slots__ = ("grow_from", "last", "limit", "reads", "spinning", "until", "window")
 
     BACKOFF = 0.01
 
-    def __init__(self, window: float) -> None:
-        self.window = window
+    def __init__(self, limit: float) -> None:
+        self.limit = limit  # the configured S: the window never exceeds it
+        self.grow_from = limit / 4  # the first non-zero window; smaller ones shrink to 0
+        self.window = 0.0  # current window, adapted by wake()
+        self.last = float("-inf")  # when a read was last seen
         self.until = 0.0
         self.spinning = False
         self.reads = 0  # reads since the spinner's last turn
@@ -49,22 +63,39 @@ class BusyPoll:
     def from_conf(cls, conf: Any) -> BusyPoll | None:
         return cls(conf.busy_poll) if conf.busy_poll > 0 else None
 
-    def touch(self, now: float) -> bool:
-        self.until = now + self.window
-        self.reads += 1
-        if self.spinning:
+    def wake(self, now: float) -> bool:
+        """A read arrived while no spinner was running: adapt the window to the gap since the
+        last read, open it, and say whether to start the spinner."""
+        gap = now - self.last
+        self.last = now
+        window = self.window
+        if gap > window:  # the read came after the window (or with none): adapt it
+            if gap <= self.limit:  # a wider window would have polled through this gap
+                window = max(window * 2, self.grow_from)
+                if window > self.limit:
+                    window = self.limit
+            else:  # no window would have: poll less
+                window /= 2
+                if window < self.grow_from:
+                    window = 0.0
+            self.window = window
+        self.until = now + window
+        self.reads = 0
+        if window == 0.0:
             return False
         self.spinning = True
-        self.reads = 0
         return True
 
     def keep_spinning(self, now: float) -> float | None:
-        busy = self.reads > 1
-        self.reads = 0
-        if now >= self.until:
+        reads = self.reads
+        if reads:  # reads since the last turn: within the window, which they extend
+            self.reads = 0
+            self.last = now
+            self.until = now + self.window
+        elif now >= self.until:
             self.spinning = False
             return None
-        return self.BACKOFF if busy else 0.0
+        return self.BACKOFF if reads > 1 else 0.0
 
 
 def make_engine(app: Any, conf: Any, logger: Any, backend: str = "", **options: Any) -> Any:

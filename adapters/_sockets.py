@@ -19,6 +19,7 @@ import errno
 import ipaddress
 import logging
 import struct
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -57,6 +58,7 @@ from proxycore.events import (
 )
 from proxycore.phases import Proxy
 
+_monotonic = time.monotonic
 log = logging.getLogger("proxycore")
 
 HIGH_WATER = 65536
@@ -168,8 +170,10 @@ class SocketDriver:
         if data:
             now = self.now()
             busy = self.busy
-            if busy is not None and busy.touch(now):
-                self.start_spinning()
+            if busy is not None:  # --busy-poll (a fine clock: uvloop's ticks in milliseconds)
+                busy.reads += 1
+                if not busy.spinning and busy.wake(_monotonic()):
+                    self.start_spinning()
             if self._busy:
                 self.feed(DataReceived(c.cid, data, now))
             else:  # the engine's event-free entry point

@@ -1020,7 +1020,7 @@ def t_aiohttp(ctx: Ctx) -> tuple[int, Proc | None]:
 PROXYCORE_PYTHON = [sys.executable]
 
 
-BUSY_POLL = "0.001"  # the proxycore-uvloop-bp row: --busy-poll 1 ms
+BUSY_POLL_OFF = "0"  # the proxycore-uvloop-bp0 row: --busy-poll 0 (the default polls adaptively)
 
 
 def t_proxycore(
@@ -1033,7 +1033,7 @@ def t_proxycore(
     name = (
         f"proxycore-{backend}"
         + (f"-w{workers}" if workers > 1 else "")
-        + ("-bp" if busy_poll else "")
+        + (f"-bp{busy_poll}" if busy_poll is not None else "")
         + ("-tls" if tls else "")
     )
 
@@ -1059,7 +1059,7 @@ def t_proxycore(
                 "--backend",
                 backend,
                 *(["--workers", str(workers)] if workers > 1 else []),
-                *(["--busy-poll", busy_poll] if busy_poll else []),
+                *(["--busy-poll", busy_poll] if busy_poll is not None else []),
             ],
             cpu,
             ctx.workdir,
@@ -1110,11 +1110,11 @@ def build_targets(backends: list[str], workers_row: bool = True) -> list[Target]
         names = [t.name for t in targets]
         at = names.index("proxycore-uvloop") + 1 if "proxycore-uvloop" in names else len(names)
         targets.insert(at, w2)
-    if "uvloop" in backends:  # the same 1-worker uvloop proxy with --busy-poll (rps only)
+    if "uvloop" in backends:  # the same 1-worker uvloop proxy without busy polling (rps only)
         bp = Target(
-            "proxycore-uvloop-bp",
-            t_proxycore("uvloop", busy_poll=BUSY_POLL),
-            f"python -m proxycore --backend uvloop --busy-poll {BUSY_POLL}",
+            f"proxycore-uvloop-bp{BUSY_POLL_OFF}",
+            t_proxycore("uvloop", busy_poll=BUSY_POLL_OFF),
+            f"python -m proxycore --backend uvloop --busy-poll {BUSY_POLL_OFF} (no busy polling)",
             ("small",),
         )
         names = [t.name for t in targets]
@@ -1849,7 +1849,7 @@ def evaluate_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     added = g(uv, "added_p50_ms")
     add(f"{uv} added p50 @c1", None if added is None else added * 1000, "<=", 50, "us",
         ((uv, "small"), ("direct", "small")))  # fmt: skip
-    bp = "proxycore-uvloop-bp"  # the same targets with --busy-poll (not the default)
+    bp = f"proxycore-uvloop-bp{BUSY_POLL_OFF}"  # the same targets without busy polling
     if bp in by:
         add(f"{bp} req/s vs aiohttp", g(bp, "ratio_aiohttp"), ">=", 5.0, "x",
             ((bp, "small"), ("aiohttp", "small")))  # fmt: skip
@@ -2064,7 +2064,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only",
         default="",
         help="comma list of targets: direct,nginx,haproxy,aiohttp,proxycore-<backend>,"
-        "proxycore-uvloop-w2,proxycore-uvloop-bp ('proxycore' selects all proxycore rows)",
+        "proxycore-uvloop-w2,proxycore-uvloop-bp0 ('proxycore' selects all proxycore rows)",
     )
     ap.add_argument(
         "--backends",

@@ -64,6 +64,7 @@ class ServerConf:
     record_dir: str | None = None  # write one session trace per client connection here
     reuse_port: bool = False  # bind listeners with SO_REUSEPORT (set when running workers)
     tls: TlsSettings | None = None  # TLS termination (see TlsSettings)
-    # Adapters only: after I/O, keep the event loop polling (zero timeout) for this many seconds
-    # instead of sleeping (HAProxy's busy-polling, bounded). 0 = off.
-    busy_poll: float = 0.0
+    # Adapters only: after a read, keep the event loop polling (zero timeout) for an adaptive
+    # window of at most this many seconds instead of sleeping (proxycore.adapters.BusyPoll).
+    # 0 = off.
+    busy_poll: float = 0.0002

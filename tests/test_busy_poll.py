@@ -1,4 +1,4 @@
-"""The --busy-poll window shared by every adapter (proxycore.adapters.BusyPoll), and its flag."""
+"""The adaptive --busy-poll window shared by every adapter (proxycore.adapters.BusyPoll)."""
 
 from __future__ import annotations
 
@@ -8,38 +8,118 @@ from proxycore.adapters import BusyPoll
 from proxycore.cli import main
 from proxycore.config import ServerConf
 
+S = 0.0002  # the default limit
 
-def test_off_unless_configured() -> None:
-    assert BusyPoll.from_conf(ServerConf()) is None
+
+def test_on_by_default_and_off_with_zero() -> None:
+    bp = BusyPoll.from_conf(ServerConf())
+    assert bp is not None and bp.limit == S and bp.grow_from == S / 4
     conf = ServerConf()
-    conf.busy_poll = 0.001
-    bp = BusyPoll.from_conf(conf)
-    assert bp is not None and bp.window == 0.001
+    conf.busy_poll = 0.0
+    assert BusyPoll.from_conf(conf) is None
 
 
-def test_one_spinner_per_window_extended_by_each_read() -> None:
-    bp = BusyPoll(0.5)
-    assert bp.touch(10.0)  # the first read starts the spinner
-    assert not bp.touch(10.2)  # later reads extend the window of the running one
-    assert bp.keep_spinning(10.6) == 0.0  # 10.2 + 0.5 not reached yet: poll again at once
-    assert bp.keep_spinning(10.7) is None  # window over: the spinner stops ...
-    assert not bp.spinning
-    assert bp.touch(11.0)  # ... and the next read starts a new one
+def _read(bp: BusyPoll, now: float) -> bool:
+    """What the adapters do on a read; True when a spinner must be started."""
+    bp.reads += 1
+    return not bp.spinning and bp.wake(now)
+
+
+def test_first_read_after_silence_does_not_spin() -> None:
+    bp = BusyPoll(S)
+    assert not _read(bp, 100.0)  # no previous read: the gap is unbounded
+    assert bp.window == 0.0 and not bp.spinning
+
+
+def test_window_grows_on_gaps_it_missed_and_is_capped() -> None:
+    bp = BusyPoll(S)
+    _read(bp, 1.0)
+    t = 1.0
+    seen = []
+    for _ in range(5):  # each gap is within S but longer than the window: no spinner caught it
+        t += 0.00019
+        bp.spinning = False  # the previous spinner (if any) has run out
+        _read(bp, t)
+        seen.append(bp.window)
+    assert seen == pytest.approx([S / 4, S / 2, S, S, S])
+    assert bp.spinning and bp.until == pytest.approx(t + S)
+
+
+def test_window_shrinks_on_gaps_no_window_would_catch() -> None:
+    bp = BusyPoll(S)
+    bp.window, bp.last = S, 1.0
+    assert _read(bp, 1.01)  # a 10 ms gap: halve the window
+    assert bp.window == S / 2
+    bp.spinning = False
+    _read(bp, 1.02)
+    assert bp.window == S / 4
+    bp.spinning = False
+    assert not _read(bp, 1.03)  # below S/4: off until a short gap grows it again
+    assert bp.window == 0.0
+
+
+def test_a_gap_within_the_window_leaves_it() -> None:
+    bp = BusyPoll(S)
+    bp.window, bp.last = S / 2, 1.0
+    assert _read(bp, 1.0 + S / 4)
+    assert bp.window == S / 2
+
+
+def test_the_spinner_extends_the_window_on_reads_and_stops_after_it() -> None:
+    bp = BusyPoll(S)
+    bp.window, bp.last = S, 1.0
+    assert _read(bp, 1.0001)
+    assert bp.keep_spinning(1.0002) == 0.0
+    assert not _read(bp, 1.00025)  # caught by the running spinner: no second one
+    assert bp.keep_spinning(1.00026) == 0.0  # the read extended the window to 1.00046
+    assert bp.keep_spinning(1.00040) == 0.0
+    assert bp.keep_spinning(1.00047) is None and not bp.spinning
 
 
 def test_steps_aside_while_the_loop_is_busy_then_carries_on() -> None:
     bp = BusyPoll(0.5)
-    assert bp.touch(10.0)
-    bp.touch(10.0001)  # more reads before the spinner's first turn: the loop has work anyway
-    bp.touch(10.00015)
+    bp.window, bp.last = 0.5, 10.0
+    assert _read(bp, 10.0)
+    _read(bp, 10.0001)  # more reads before the spinner's first turn: the loop has work anyway
+    _read(bp, 10.00015)
     assert bp.keep_spinning(10.0002) == BusyPoll.BACKOFF  # pause instead of polling at once
-    assert bp.spinning and not bp.touch(10.0003)  # still one spinner (paused): no second one
-    # After the pause the window still holds, with or without another read: poll again. (The
-    # old rule stopped the spinner here and waited for a read after the pause; with none, the
-    # rest of the window was slept through.)
+    assert bp.spinning and not _read(bp, 10.0003)  # still one spinner (paused): no second one
+    # After the pause the window still holds, with or without another read: poll again.
     assert bp.keep_spinning(10.0003 + BusyPoll.BACKOFF) == 0.0
     assert bp.keep_spinning(10.4) == 0.0
-    assert bp.keep_spinning(10.5004) is None and not bp.spinning
+    assert bp.keep_spinning(10.5104) is None and not bp.spinning
+
+
+def _simulate(bp: BusyPoll, gaps: list[float]) -> tuple[int, float]:
+    """Feed reads at the given gaps, the spinner turning at each read and stopping when its
+    window runs out; returns (reads that found the loop asleep, seconds spent spinning)."""
+    t, woken, spun, since = 0.0, 0, 0.0, None
+    for gap in gaps:
+        t += gap
+        if bp.spinning and t >= bp.until:  # the window ran out before this read
+            assert bp.keep_spinning(bp.until) is None
+            spun += bp.until - since
+        if bp.spinning:
+            bp.reads += 1
+            assert bp.keep_spinning(t) == 0.0
+        else:
+            woken += 1
+            bp.reads += 1
+            if bp.wake(t):
+                since = t
+    return woken, spun
+
+
+def test_back_to_back_traffic_never_finds_the_loop_asleep() -> None:
+    # c1 request/response: the origin answers in 40 us, the client sends the next in 30 us
+    woken, _ = _simulate(BusyPoll(S), [1.0] + [40e-6, 30e-6] * 1000)
+    assert woken <= 3  # only while the window grows
+
+
+def test_sparse_traffic_spends_at_most_a_quarter_window_per_request() -> None:
+    # one request every ~1 ms: origin answers in 40 us, the client waits 1 ms before the next
+    _, spun = _simulate(BusyPoll(S), [1.0] + [40e-6, 1e-3] * 1000)
+    assert spun / 1000 <= S / 4 + 1e-9
 
 
 @pytest.mark.parametrize("bad", ["-1", "2", "x"])

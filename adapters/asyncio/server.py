@@ -21,6 +21,7 @@ import asyncio
 import logging
 import signal
 import socket
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -97,7 +98,7 @@ class AsyncioServer(SocketDriver):
     def _spin(self) -> None:
         # --busy-poll: a pending callback makes the loop poll with a zero timeout.
         busy = self.busy
-        delay = None if busy is None else busy.keep_spinning(self.loop.time())
+        delay = None if busy is None else busy.keep_spinning(time.monotonic())
         if delay == 0.0:
             self.loop.call_soon(self._spin)
         elif delay is not None:  # the loop is busy: step aside, then carry on

@@ -136,8 +136,10 @@ class Adapter:
         """``feed(DataReceived(...))`` through the engine's event-free entry point."""
         now = _now()
         poll = self.poll
-        if poll is not None and poll.touch(now):
-            self.tg.start_soon(self.spin)
+        if poll is not None:
+            poll.reads += 1
+            if not poll.spinning and poll.wake(now):
+                self.tg.start_soon(self.spin)
         if self.busy:
             self.feed(E.DataReceived(cid, data, now))
         else:
