@@ -183,9 +183,9 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         "--busy-poll",
         type=_busy_poll,
         metavar="S",
-        help="after I/O, keep polling for S seconds instead of sleeping (cuts wake-up latency, "
-        "mostly on VMs, at the cost of CPU; e.g. 0.001; default 0 = off)",
-    )
+        help="busy polling: after a read, keep polling instead of sleeping for an adaptive window "
+        "of at most S seconds (cuts wake-up latency, mostly on VMs; costs CPU on back-to-back "
+        "traffic; default 0.0002; 0 = off)",)
     p.add_argument(
         "--no-forwarded-headers",
         action="store_true",
