@@ -34,7 +34,9 @@ class BusyPoll:
     and an idle one sleeps. And it steps aside under load: when more than one read arrived
     between two turns of the spinner, the loop is not going to sleep anyway, and zero-timeout
     polls would only split its event batches, so the spinner pauses for ``BACKOFF`` seconds
-    and then carries on while the window lasts.
+    and then carries on while the window lasts (the first turn after a pause polls without
+    judging: the reads that queued up during the pause would always look busy, and a single
+    connection's back-to-back traffic after a burst would never be polled for again).
 
     Every adapter uses this one object, and keeps the per-read cost to a counter: on each read
     it adds 1 to ``reads`` and, only if ``spinning`` is False (the loop slept, or nothing was
@@ -46,7 +48,7 @@ class BusyPoll:
     ``loop.time()`` ticks in milliseconds).
     """
 
-    __slots__ = ("grow_from", "last", "limit", "reads", "spinning", "until", "window")
+    __slots__ = ("grow_from", "last", "limit", "paused", "reads", "spinning", "until", "window")
 
     BACKOFF = 0.01
 
@@ -57,6 +59,7 @@ class BusyPoll:
         self.last = float("-inf")  # when a read was last seen
         self.until = 0.0
         self.spinning = False
+        self.paused = False  # the spinner's last turn asked for a BACKOFF pause
         self.reads = 0  # reads since the spinner's last turn
 
     @classmethod
@@ -94,8 +97,15 @@ class BusyPoll:
             self.until = now + self.window
         elif now >= self.until:
             self.spinning = False
+            self.paused = False
             return None
-        return self.BACKOFF if reads > 1 else 0.0
+        if self.paused:  # reads counted over a pause say nothing: poll, and judge next turn
+            self.paused = False
+            return 0.0
+        if reads > 1:  # more than one read between two polls: the loop is busy anyway
+            self.paused = True
+            return self.BACKOFF
+        return 0.0
 
 
 def make_engine(app: Any, conf: Any, logger: Any, backend: str = "", **options: Any) -> Any:

@@ -90,6 +90,29 @@ def test_steps_aside_while_the_loop_is_busy_then_carries_on() -> None:
     assert bp.keep_spinning(10.5104) is None and not bp.spinning
 
 
+def test_after_a_burst_one_connections_traffic_is_polled_again() -> None:
+    # The bug this pins: 50 connections' burst ends while the spinner is paused, and one
+    # client carries on back-to-back (a read every ~50 us). Judged by the reads counted over
+    # the 10 ms pause (~200), the spinner paused again and again and never polled for it.
+    bp = BusyPoll(S)
+    bp.window, bp.last = S, 1.0
+    assert _read(bp, 1.0)
+    for i in range(5):
+        _read(bp, 1.0 + i * 1e-6)
+    assert bp.keep_spinning(1.00001) == BusyPoll.BACKOFF  # the burst: step aside
+    t = 1.00001
+    while t < 1.00001 + BusyPoll.BACKOFF:  # during the pause: one client, a read every 50 us
+        t += 50e-6
+        _read(bp, t)
+    assert bp.reads > 100
+    assert bp.keep_spinning(t) == 0.0  # after the pause: poll, don't judge the queued reads
+    _read(bp, t + 50e-6)
+    assert bp.keep_spinning(t + 60e-6) == 0.0  # one read between two polls: keep polling
+    for i in range(3):  # and if the loop really is busy, the next turn says so
+        _read(bp, t + 61e-6 + i * 1e-6)
+    assert bp.keep_spinning(t + 70e-6) == BusyPoll.BACKOFF
+
+
 def _simulate(bp: BusyPoll, gaps: list[float]) -> tuple[int, float]:
     """Feed reads at the given gaps, the spinner turning at each read and stopping when its
     window runs out; returns (reads that found the loop asleep, seconds spent spinning)."""
