@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["BusyPoll", "attach_recorder", "make_engine", "print_stats", "reload_tls"]
@@ -29,9 +30,13 @@ class BusyPoll:
     KVM's ``halt_poll_ns``): each read measures the gap since the previous one; a gap longer
     than the window but within ``S`` doubles the window (from ``S/4``; polling would have
     caught it), a gap longer than ``S`` halves it (to 0 below ``S/4``; no window would have
-    caught it), a gap within the window leaves it. So a proxy answering back-to-back requests
-    polls through every gap, one with sparse traffic spends at most a small window per request,
-    and an idle one sleeps. And it steps aside under load: when more than one read arrived
+    caught it), a gap within the window leaves it. One gap the window cannot predict: with
+    think time between requests, the gaps alternate (the origin's short answer, the client's
+    long pause) and the window collapses. So, given ``pending`` (the engine's count of upstream
+    exchanges in progress), the spinner also polls on while an exchange is open, up to ``S``
+    after the last read: the origin's answer is due. A proxy answering back-to-back requests
+    polls through every gap, one with sparse traffic polls while its origins answer, and an
+    idle one sleeps. And it steps aside under load: when more than one read arrived
     between two turns of the spinner, the loop is not going to sleep anyway, and zero-timeout
     polls would only split its event batches, so the spinner pauses for ``BACKOFF`` seconds
     and then carries on while the window lasts (the first turn after a pause polls without
@@ -48,12 +53,25 @@ class BusyPoll:
     ``loop.time()`` ticks in milliseconds).
     """
 
-    __slots__ = ("grow_from", "last", "limit", "paused", "reads", "spinning", "until", "window")
+    __slots__ = (
+        "grow_from",
+        "last",
+        "limit",
+        "paused",
+        "pending",
+        "reads",
+        "spinning",
+        "until",
+        "window",
+    )
 
     BACKOFF = 0.01
 
-    def __init__(self, limit: float) -> None:
+    def __init__(self, limit: float, pending: Callable[[], int] | None = None) -> None:
         self.limit = limit  # the configured S: the window never exceeds it
+        # How many upstream exchanges are open (Engine.upstreams_in_use): while one is, the
+        # spinner polls on up to S after the last read even if the window has shrunk.
+        self.pending = pending
         self.grow_from = limit / 4  # the first non-zero window; smaller ones shrink to 0
         self.window = 0.0  # current window, adapted by wake()
         self.last = float("-inf")  # when a read was last seen
@@ -63,8 +81,8 @@ class BusyPoll:
         self.reads = 0  # reads since the spinner's last turn
 
     @classmethod
-    def from_conf(cls, conf: Any) -> BusyPoll | None:
-        return cls(conf.busy_poll) if conf.busy_poll > 0 else None
+    def from_conf(cls, conf: Any, pending: Callable[[], int] | None = None) -> BusyPoll | None:
+        return cls(conf.busy_poll, pending) if conf.busy_poll > 0 else None
 
     def wake(self, now: float) -> bool:
         """A read arrived while no spinner was running: adapt the window to the gap since the
@@ -84,9 +102,9 @@ class BusyPoll:
             self.window = window
         self.until = now + window
         self.reads = 0
-        if window == 0.0:
+        if window == 0.0 and self.pending is None:
             return False
-        self.spinning = True
+        self.spinning = True  # (with a window of 0, the first turn asks pending())
         return True
 
     def keep_spinning(self, now: float) -> float | None:
@@ -96,9 +114,11 @@ class BusyPoll:
             self.last = now
             self.until = now + self.window
         elif now >= self.until:
-            self.spinning = False
-            self.paused = False
-            return None
+            pending = self.pending
+            if pending is None or now >= self.last + self.limit or not pending():
+                self.spinning = False
+                self.paused = False
+                return None
         if self.paused:  # reads counted over a pause say nothing: poll, and judge next turn
             self.paused = False
             return 0.0

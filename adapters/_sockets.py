@@ -118,7 +118,7 @@ class SocketDriver:
         self.flushing: set[Conn] = set()  # closed by the core, still writing their last bytes
         self._queue: deque[Event] = deque()
         self._busy = False
-        self.busy = BusyPoll.from_conf(conf)
+        self.busy = BusyPoll.from_conf(conf, self.engine.upstreams_in_use)
         self._engine_feed = self.engine.feed
         self._engine_data = self.engine.data
         self._dispatch: dict[type, Callable[[Any], None]] = {

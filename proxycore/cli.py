@@ -185,7 +185,8 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="busy polling: after a read, keep polling instead of sleeping for an adaptive window "
         "of at most S seconds (cuts wake-up latency, mostly on VMs; costs CPU on back-to-back "
-        "traffic; default 0.0002; 0 = off)",)
+        "traffic; default 0.0002; 0 = off)",
+    )
     p.add_argument(
         "--no-forwarded-headers",
         action="store_true",

@@ -325,6 +325,12 @@ class Engine:
         out.update(self.pool.stats.as_dict())
         return out
 
+    def upstreams_in_use(self) -> int:
+        """Upstream connections not idle in the pool: connecting, carrying a request, awaiting
+        or streaming an answer, or tunnelling. O(1); adapters' busy polling asks it whether an
+        origin's answer may be due."""
+        return len(self.upstreams) - len(self.pool)
+
     @property
     def idle(self) -> bool:
         """True when no downstream connection is open (used to finish a graceful drain)."""

@@ -150,3 +150,58 @@ def test_flag_range_is_checked(bad: str, capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit) as e:
         main(["reverse-proxy", "--to", "127.0.0.1:1", "--busy-poll", bad])
     assert e.value.code == 2 and "--busy-poll" in capsys.readouterr().err
+
+
+def test_polls_while_an_upstream_exchange_is_open_even_with_no_window() -> None:
+    # Think time between requests: the window has collapsed to 0, but the request just read
+    # was forwarded, so the origin's answer is due: poll for it, up to S after that read.
+    open_exchanges = [0]
+    bp = BusyPoll(S, pending=lambda: open_exchanges[0])
+    bp.last = 1.0
+    assert _read(bp, 1.01)  # a 10 ms gap: window 0, but the spinner starts to ask pending()
+    assert bp.window == 0.0
+    open_exchanges[0] = 1  # the engine forwarded the request
+    assert bp.keep_spinning(1.01001) == 0.0
+    assert bp.keep_spinning(1.01005) == 0.0
+    assert not _read(bp, 1.01014)  # the answer, caught while polling
+    open_exchanges[0] = 0  # answered and forwarded: the connection is back in the pool
+    assert bp.keep_spinning(1.01015) == 0.0  # (the turn that sees the read)
+    assert bp.keep_spinning(1.01016) is None and not bp.spinning  # nothing due: sleep
+
+
+def test_pending_polling_is_bounded_by_the_limit_after_the_last_read() -> None:
+    bp = BusyPoll(S, pending=lambda: 1)  # e.g. a slow origin, or a tunnel
+    bp.last = 1.0
+    assert _read(bp, 2.0)
+    assert bp.keep_spinning(2.0 + S / 2) == 0.0
+    assert bp.keep_spinning(2.0 + S) is None  # S after the last read: give up, sleep
+
+
+def test_without_pending_a_collapsed_window_starts_no_spinner() -> None:
+    bp = BusyPoll(S)
+    bp.last = 1.0
+    assert not _read(bp, 2.0) and not bp.spinning
+
+
+def test_sparse_traffic_with_pending_polls_only_while_the_origin_answers() -> None:
+    # one request every ~1 ms, the origin answers in 40 us: poll for the answer every time,
+    # never through the client's pause.
+    state = {"open": 0}
+    bp = BusyPoll(S, pending=lambda: state["open"])
+    t, caught, spun = 1.0, 0, 0.0
+    for _ in range(200):
+        t += 1e-3  # the next request, after the client's pause
+        if bp.spinning:
+            assert bp.keep_spinning(t) is None  # nothing due: the spinner had stopped
+        assert _read(bp, t)  # the loop was asleep: start (window 0, but it will ask pending)
+        state["open"] = 1
+        start = t
+        assert bp.keep_spinning(t + 1e-6) == 0.0  # the answer is due: poll
+        t += 40e-6
+        bp.reads += 1  # the answer arrives while polling
+        caught += 1
+        assert bp.keep_spinning(t) == 0.0
+        state["open"] = 0  # forwarded; connection back in the pool
+        assert bp.keep_spinning(t + 1e-6) is None
+        spun += t + 1e-6 - start
+    assert caught == 200 and spun / 200 < 50e-6

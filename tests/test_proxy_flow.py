@@ -62,6 +62,23 @@ def test_pool_reuses_connection_for_next_request() -> None:
     assert h.engine.pool.stats.reused == 2 and h.engine.pool.stats.opened == 1
 
 
+def test_upstreams_in_use_counts_open_exchanges_not_pooled_connections() -> None:
+    # What the adapters' busy polling asks to know whether an origin's answer may be due.
+    h = Harness(Simple())
+    e = h.engine
+    assert e.upstreams_in_use() == 0
+    down, up, _ = setup_request(h, GET)
+    assert e.upstreams_in_use() == 1  # request forwarded: the answer is due
+    h.data(up, OK[:20])
+    assert e.upstreams_in_use() == 1  # answer still streaming
+    h.data(up, OK[20:])
+    assert e.upstreams_in_use() == 0 and len(e.pool) == 1  # answered: back in the pool
+    h.data(down, GET)
+    assert e.upstreams_in_use() == 1  # reused from the pool for the next request
+    h.data(up, OK)
+    assert e.upstreams_in_use() == 0
+
+
 def test_pipelined_requests_answered_in_order() -> None:
     h = Harness(Simple())
     down, _ = h.accept()

@@ -107,7 +107,7 @@ class Adapter:
         self.flushing: set[Conn] = set()  # closed by the core, still flushing output
         self.queue: deque[E.Event] = deque()
         self.busy = False
-        self.poll = BusyPoll.from_conf(engine.conf)  # --busy-poll
+        self.poll = BusyPoll.from_conf(engine.conf, engine.upstreams_in_use)  # --busy-poll
         self.deadlines: dict[int, float] = {}
         self.heap: list[tuple[float, int]] = []
         self.timer_wake = anyio.Event()
