@@ -42,7 +42,7 @@ class GeventServer(SocketDriver):
         self.loop = gevent.get_hub().loop
         self._listen_watchers: dict[int, Any] = {}
         self._idle: Any = None  # the --busy-poll watcher
-        self._pause: Any = None  # its back-off timer
+        self._spin_pause: Any = None  # its back-off timer
 
     def now(self) -> float:
         return time.monotonic()
@@ -78,13 +78,13 @@ class GeventServer(SocketDriver):
             return
         self._idle.stop()
         if delay is not None:  # the loop is busy: step aside, then carry on
-            self._pause = t = self.loop.timer(delay)
+            self._spin_pause = t = self.loop.timer(delay)
             t.start(self._resume_spinning)
 
     def _resume_spinning(self) -> None:
-        if self._pause is not None:
-            self._pause.close()
-            self._pause = None
+        if self._spin_pause is not None:
+            self._spin_pause.close()
+            self._spin_pause = None
         if self._idle is not None:
             self._idle.start(self._spin)
 
