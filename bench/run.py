@@ -486,8 +486,10 @@ def run_wrk(
     tls: bool = False,
     headers: tuple[str, ...] = (),
     preload: str | None = None,
+    script: str | None = None,
 ) -> dict[str, Any]:
-    """wrk on the load cpu; tls -> https://, headers -> -H each, preload -> LD_PRELOAD."""
+    """wrk on the load cpu; tls -> https://, headers -> -H each, preload -> LD_PRELOAD,
+    script -> -s (a wrk Lua script)."""
     secs = max(1, round(seconds))
     argv = [
         "taskset",
@@ -499,6 +501,7 @@ def run_wrk(
         f"-d{secs}s",
         "--latency",
         *[arg for h in headers for arg in ("-H", h)],
+        *(["-s", script] if script else []),
         f"{'https' if tls else 'http'}://{HOST}:{port}{path}",
     ]
     env = dict(os.environ, LD_PRELOAD=preload) if preload else None
