@@ -61,7 +61,6 @@ class BusyPoll:
         "pending",
         "reads",
         "spinning",
-        "until",
         "window",
     )
 
@@ -74,8 +73,7 @@ class BusyPoll:
         self.pending = pending
         self.grow_from = limit / 4  # the first non-zero window; smaller ones shrink to 0
         self.window = 0.0  # current window, adapted by wake()
-        self.last = float("-inf")  # when a read was last seen
-        self.until = 0.0
+        self.last = float("-inf")  # when a read was last seen: the window runs from here
         self.spinning = False
         self.paused = False  # the spinner's last turn asked for a BACKOFF pause
         self.reads = 0  # reads since the spinner's last turn
@@ -100,20 +98,23 @@ class BusyPoll:
                 if window < self.grow_from:
                     window = 0.0
             self.window = window
-        self.until = now + window
         self.reads = 0
         if window == 0.0 and self.pending is None:
             return False
         self.spinning = True  # (with a window of 0, the first turn asks pending())
         return True
 
+    @property
+    def until(self) -> float:
+        """When the current window closes."""
+        return self.last + self.window
+
     def keep_spinning(self, now: float) -> float | None:
         reads = self.reads
         if reads:  # reads since the last turn: within the window, which they extend
             self.reads = 0
             self.last = now
-            self.until = now + self.window
-        elif now >= self.until:
+        elif now >= self.last + self.window:
             pending = self.pending
             if pending is None or now >= self.last + self.limit or not pending():
                 self.spinning = False
