@@ -61,6 +61,10 @@ def backend(request):
     return request.param
 
 
+def pytest_report_header(config):
+    return _proxy.describe_core()
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     rep = yield

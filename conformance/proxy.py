@@ -3,12 +3,23 @@
 stdout/stderr go to temporary files (never pipes: a chatty proxy must not block on a full
 pipe). Readiness = the listening port accepts a TCP connection (polled, at most
 READY_TIMEOUT seconds); if the process exits first, the error carries its stderr.
+
+Which proxycore runs: with ``PROXYCORE_PYTHON`` set to an interpreter that has proxycore
+installed (``scripts/test`` sets it to a venv with the default, compiled install: what users
+run), proxy processes run that interpreter from a scratch directory whose ``PYTHONPATH`` holds
+only this repository's ``conformance``, ``examples`` and ``tests`` packages (for ``run`` apps),
+so ``import proxycore`` finds the installed package, never the source tree. Without it they run
+this interpreter on the source tree (``PYTHONPATH`` = the repository), as a developer's edits
+are. Every test that starts a proxycore process goes through :func:`python_cmd` /
+:func:`process_env` / :data:`PROCESS_CWD`.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -36,6 +47,57 @@ DEFAULT_TIMEOUTS = [
 
 LIVE: list[ProxyProcess] = []  # every proxy not yet stopped (for failure reports)
 
+INSTALLED_PYTHON = os.environ.get("PROXYCORE_PYTHON") or None
+
+
+def _scratch_path() -> Path:
+    """A directory holding only links to the repository's test-side packages."""
+    d = Path(tempfile.mkdtemp(prefix="proxycore-conformance-"))
+    for name in ("conformance", "examples", "tests"):
+        (d / name).symlink_to(ROOT / name)
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
+PROCESS_CWD: Path = _scratch_path() if INSTALLED_PYTHON else ROOT
+
+
+def python_cmd() -> list[str]:
+    """The interpreter that runs proxycore processes (see the module docstring)."""
+    return [INSTALLED_PYTHON or sys.executable]
+
+
+def process_env(extra: dict | None = None) -> dict[str, str]:
+    """The environment of a proxycore process: PYTHONPATH as the module docstring says."""
+    env = dict(os.environ)
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([str(PROCESS_CWD), *rest])
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update({k: str(v) for k, v in (extra or {}).items()})
+    return env
+
+
+def describe_core() -> str:
+    """One line for the test report header: which proxycore the proxy processes run."""
+    code = (
+        "import proxycore, proxycore.session as s, proxycore.h1.parse as p;"
+        "print(proxycore.__file__);"
+        "print('compiled' if s.__file__.endswith('.so') else 'pure Python',"
+        " '+ C head scanner' if p._HSCAN is not None else '')"
+    )
+    r = subprocess.run(
+        [*python_cmd(), "-c", code],
+        cwd=PROCESS_CWD,
+        env=process_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if r.returncode != 0:
+        return f"proxycore under test: cannot import ({r.stderr.strip().splitlines()[-1:]})"
+    where, kind = r.stdout.strip().splitlines()
+    return f"proxycore under test: {kind.strip()} ({where})"
+
 
 class ProxyDied(AssertionError):
     pass
@@ -49,16 +111,10 @@ class ProxyProcess:
         self.env = env or {}
         self._out = tempfile.TemporaryFile()
         self._err = tempfile.TemporaryFile()
-        full_env = dict(os.environ)
-        full_env["PYTHONPATH"] = os.pathsep.join(
-            [str(ROOT)] + [p for p in full_env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        )
-        full_env["PYTHONUNBUFFERED"] = "1"
-        full_env.update({k: str(v) for k, v in self.env.items()})
         self.proc = subprocess.Popen(
             argv,
-            cwd=ROOT,
-            env=full_env,
+            cwd=PROCESS_CWD,
+            env=process_env(self.env),
             stdin=subprocess.DEVNULL,
             stdout=self._out,
             stderr=self._err,
@@ -185,7 +241,7 @@ def start_proxy(
     last_err: Exception | None = None
     for _ in range(3):
         port = free_port()
-        argv = [sys.executable, "-m", "proxycore", mode]
+        argv = [*python_cmd(), "-m", "proxycore", mode]
         if mode == "run":
             assert app, "run needs app"
             argv.append(app)
