@@ -1,4 +1,5 @@
-"""Start and stop a proxycore process (``python -m proxycore ...``) for one backend.
+"""Start and stop a proxycore process (``python -m proxycore ...``, or a script such as an
+example: :func:`start_script`) for one backend.
 
 stdout/stderr go to temporary files (never pipes: a chatty proxy must not block on a full
 pipe). Readiness = the listening port accepts a TCP connection (polled, at most
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from conformance.origins import HOST, free_port
@@ -238,18 +240,41 @@ def start_proxy(
 ) -> ProxyProcess:
     """Start a proxy and wait until it accepts. ``to``: upstream ports (reverse-proxy);
     ``app``: ``module:Class`` (run). Retries on a port race (at most 3 attempts)."""
+
+    def argv(port: int) -> list[str]:
+        out = [*python_cmd(), "-m", "proxycore", mode]
+        if mode == "run":
+            assert app, "run needs app"
+            out.append(app)
+        out += ["--listen", f"{HOST}:{port}"]
+        for p in to or []:
+            out += ["--to", f"{HOST}:{p}"]
+        return [*out, "--backend", backend, *DEFAULT_TIMEOUTS, *(extra or [])]
+
+    return _start(argv, backend, env)
+
+
+def start_script(
+    backend: str, script: str, args: list[str] | None = None, env: dict | None = None
+) -> ProxyProcess:
+    """Start ``python SCRIPT --listen 127.0.0.1:PORT ARGS... --backend BACKEND`` (a program
+    of its own that serves a proxy, such as an example; ``script`` is relative to the
+    repository) and wait until it accepts, retrying on a port race like :func:`start_proxy`."""
+
+    def argv(port: int) -> list[str]:
+        listen = ["--listen", f"{HOST}:{port}"]
+        return [*python_cmd(), str(ROOT / script), *listen, *(args or []), "--backend", backend]
+
+    return _start(argv, backend, env)
+
+
+def _start(argv: Callable[[int], list[str]], backend: str, env: dict | None) -> ProxyProcess:
+    """Run ``argv(free_port)`` until it accepts on that port (at most 3 attempts: another
+    process may take the port between free_port and the proxy's bind)."""
     last_err: Exception | None = None
     for _ in range(3):
         port = free_port()
-        argv = [*python_cmd(), "-m", "proxycore", mode]
-        if mode == "run":
-            assert app, "run needs app"
-            argv.append(app)
-        argv += ["--listen", f"{HOST}:{port}"]
-        for p in to or []:
-            argv += ["--to", f"{HOST}:{p}"]
-        argv += ["--backend", backend, *DEFAULT_TIMEOUTS, *(extra or [])]
-        proc = ProxyProcess(argv, port, backend, env)
+        proc = ProxyProcess(argv(port), port, backend, env)
         try:
             proc.wait_ready()
             return proc
