@@ -104,7 +104,8 @@ def test_a_locally_compiled_core_passes_unit_tests_and_conformance(tmp_path: Pat
         pytest.skip("no C compiler")
     for name in ("proxycore", "tests", "conformance", "adapters", "bench", "examples"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("*.so"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    for name in ("pyproject.toml", "README.md", "setup.py"):
+        shutil.copy(ROOT / name, tmp_path)
     (tmp_path / "proxycore" / "adapters").symlink_to("../adapters")  # as package-dir maps it
     build = _run(["-m", "mypyc", *_core_modules()], tmp_path, 600)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
