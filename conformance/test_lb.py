@@ -58,7 +58,7 @@ def test_dead_backend_is_failed_over_then_ejected(backend, origins, proxy):
     err = p.stderr()
     assert f"backend 127.0.0.1:{dead} ejected" in err
     # once ejected it is not tried again: at most one refused connect was logged
-    assert err.count(f"connect to 127.0.0.1:{dead}") == 1, err
+    assert err.count(f"upstream 127.0.0.1:{dead} refused the connection") == 1, err
 
 
 def test_active_health_check_origin_killed_then_back(backend, origins, proxy):
