@@ -2,8 +2,8 @@
 
 Theory of operation: connections are plain non-blocking OS sockets (``_socket.socket``, so a
 monkey-patched ``socket`` module changes nothing). The subclass supplies a reactor — readiness
-callbacks (an asyncio loop's add_reader/add_writer, a selector on a thread or in a trio task, or
-libev watchers on gevent's hub), timers, and a way to run blocking calls off the I/O loop — through the hook
+callbacks (an asyncio loop's add_reader/add_writer, a selector on a thread, or libev watchers on
+gevent's hub), timers, and a way to run blocking calls off the I/O loop — through the hook
 methods at the bottom of :class:`SocketDriver`.
 Everything else lives here once: reads feed DataReceived/EofReceived/Closed, Send tries an
 immediate ``send`` and buffers the rest with WritePaused/WriteResumed around a 64 KiB high-water
