@@ -1,4 +1,4 @@
-"""A readiness-based socket driver shared by the asyncio/uvloop, gevent and threads adapters.
+"""A readiness-based socket driver shared by every adapter (asyncio/uvloop, gevent, threads, trio).
 
 Theory of operation: connections are plain non-blocking OS sockets (``_socket.socket``, so a
 monkey-patched ``socket`` module changes nothing). The subclass supplies a reactor — readiness
