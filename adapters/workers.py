@@ -54,6 +54,7 @@ def supervise(n: int, serve_one: Callable[[int], None]) -> int:
                 log.exception("worker %d crashed", index)
                 code = 1
             finally:
+                logging.shutdown()  # flush handlers (the access log's queued lines)
                 sys.stdout.flush()
                 sys.stderr.flush()
             os._exit(code)
