@@ -147,11 +147,12 @@ def test_dns_name_backends_are_resolved_by_the_adapter(backend, origins, proxy):
 
 def test_name_that_does_not_resolve_exits_2(backend):
     import subprocess
-    import sys
+
+    from conformance.proxy import PROCESS_CWD, process_env, python_cmd
 
     r = subprocess.run(
         [
-            sys.executable,
+            *python_cmd(),
             "-m",
             "proxycore",
             "reverse-proxy",
@@ -165,6 +166,8 @@ def test_name_that_does_not_resolve_exits_2(backend):
         capture_output=True,
         text=True,
         timeout=30,
+        cwd=PROCESS_CWD,
+        env=process_env(),
     )
     assert r.returncode == 2
     assert "'no-such-name.invalid' does not resolve" in r.stderr
