@@ -136,6 +136,7 @@ def supervise(n: int, serve_one: Callable[[int], None]) -> int:
                     os.close(fd)
                 code = _worker_main(index, serve_one, wfd)
             finally:
+                logging.shutdown()  # flush handlers (the access log's queued lines)
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)

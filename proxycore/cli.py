@@ -106,6 +106,15 @@ _health_check = _checked(HealthCheck.parse)
 _hash_key = _checked(parse_hash_key)
 
 
+def _access_log(text: str) -> str:
+    from proxycore.adapters.access import check_access_log
+
+    problem = check_access_log(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def _parse_sni_cert(text: str) -> tuple[str, tuple[str, str]]:
     name, eq, files = text.partition("=")
     cert, comma, key = files.partition(",")
@@ -250,6 +259,20 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         help="record one session trace per client connection into DIR (see proxycore replay)",
     )
     p.add_argument(
+        "--access-log",
+        type=_access_log,
+        metavar="PATH",
+        help="write one line per request to PATH (appended; - for standard output) through "
+        "the proxycore.access logger (default: no access log)",
+    )
+    p.add_argument(
+        "--access-log-format",
+        choices=["combined", "json"],
+        default="combined",
+        help="nginx's combined format plus request and upstream times, or one JSON object per "
+        "line (default combined)",
+    )
+    p.add_argument(
         "--grace",
         type=_seconds,
         default=5.0,
@@ -284,6 +307,7 @@ def _conf(args: argparse.Namespace) -> ServerConf:
             setattr(conf, attr, v)
     conf.add_forwarded_headers = not args.no_forwarded_headers
     conf.record_dir = args.record
+    conf.access_log, conf.access_log_format = args.access_log, args.access_log_format
     if args.tls_cert or args.tls_key or args.tls_sni_cert:
         conf.tls = TlsSettings(
             cert=args.tls_cert,
