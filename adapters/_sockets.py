@@ -94,13 +94,10 @@ def _show(host: str, port: int) -> str:
 
 
 def _bind_reason(e: OSError, port: int) -> str:
-    if isinstance(e, _socket.gaierror):  # the resolver's own words ("name or service not known")
-        text = e.strerror or str(e)
-        return text[:1].lower() + text[1:]
-    reason = _BIND_ERRORS.get(e.errno or 0)
+    # The resolver's own words for a gaierror ("name or service not known"), else ours.
+    reason = None if isinstance(e, _socket.gaierror) else _BIND_ERRORS.get(e.errno or 0)
     if reason is None:
-        text = e.strerror or str(e)
-        reason = text[:1].lower() + text[1:]
+        reason = os_error_reason(e)
     if e.errno == errno.EACCES and 0 < port < 1024:
         reason += " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
     return reason
