@@ -24,7 +24,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,7 +31,13 @@ import pytest
 
 from conformance.client import get
 from conformance.origins import HOST, free_port
-from conformance.proxy import ROOT, start_proxy, wait_workers_serving
+from conformance.proxy import (
+    PROCESS_CWD,
+    process_env,
+    python_cmd,
+    start_proxy,
+    wait_workers_serving,
+)
 
 EXTRA_PACKAGES = ("uvloop", "gevent", "trio")
 BLOCKER = '''\
@@ -69,13 +74,7 @@ print("run returned", flush=True)
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    )
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
+    return process_env(extra)
 
 
 def _run_all(argvs: list[list[str]], env: dict[str, str] | None = None, timeout: float = 30):
@@ -83,7 +82,7 @@ def _run_all(argvs: list[list[str]], env: dict[str, str] | None = None, timeout:
     procs = [
         subprocess.Popen(
             argv,
-            cwd=ROOT,
+            cwd=PROCESS_CWD,
             env=env or _env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -132,13 +131,13 @@ def busy_port():
 
 def _modes(backend: str, listen: str) -> list[list[str]]:
     """The same --listen for reverse-proxy, run and demo."""
-    py = [sys.executable, "-m", "proxycore"]
+    py = [*python_cmd(), "-m", "proxycore"]
     common = ["--listen", listen, "--backend", backend]
     return [
         [*py, "reverse-proxy", "--to", f"{HOST}:9", *common],
         [*py, "run", "conformance.apps:HeaderApp", *common],
         [*py, "demo", *common],
-        [sys.executable, "-c", SCRIPT, listen, backend],
+        [*python_cmd(), "-c", SCRIPT, listen, backend],
     ]
 
 
@@ -197,7 +196,7 @@ def test_second_listen_address_failing_exits_2(backend, busy_port):
     """All or nothing: the first address binds, the second cannot; nothing keeps serving."""
     good = f"{HOST}:{free_port()}"
     bad = f"{HOST}:{busy_port}"
-    argv = [sys.executable, "-m", "proxycore", "reverse-proxy", "--to", f"{HOST}:9"]
+    argv = [*python_cmd(), "-m", "proxycore", "reverse-proxy", "--to", f"{HOST}:9"]
     argv += ["--listen", good, "--listen", bad, "--backend", backend]
     (result,) = _run_all([argv])
     _check_one_line(result, f"cannot listen on {bad}: address already in use", argv=argv)
@@ -218,7 +217,7 @@ def _proxycore_processes(marker: str) -> list[int]:
 
 def test_workers_failing_at_startup_stop_the_supervisor(backend, busy_port):
     listen = f"{HOST}:{busy_port}"
-    argv = [sys.executable, "-m", "proxycore", "reverse-proxy", "--to", f"{HOST}:9"]
+    argv = [*python_cmd(), "-m", "proxycore", "reverse-proxy", "--to", f"{HOST}:9"]
     argv += ["--listen", listen, "--backend", backend, "--workers", "2"]
     t0 = time.monotonic()
     (result,) = _run_all([argv], timeout=20)
@@ -284,14 +283,14 @@ def test_backend_without_its_package_names_the_extra(backend, blocker, echo):
             p.stop()
             p.close_files()
         return
-    py = [sys.executable, "-m", "proxycore"]
+    py = [*python_cmd(), "-m", "proxycore"]
     listen = f"{HOST}:{free_port()}"
     argvs = [
         [*py, "reverse-proxy", "--to", f"{HOST}:9", "--listen", listen, "--backend", backend],
         [*py, "demo", "--listen", listen, "--backend", backend],
         [*py, "run", "conformance.apps:HeaderApp", "--listen", listen, "--backend", backend,
          "--workers", "2"],
-        [sys.executable, "-c", SCRIPT, listen, backend],
+        [*python_cmd(), "-c", SCRIPT, listen, backend],
     ]  # fmt: skip
     env["ORIGIN_PORT"] = "9"
     for argv, result in zip(argvs, _run_all(argvs, env=env), strict=True):
@@ -302,7 +301,7 @@ def test_backend_without_its_package_names_the_extra(backend, blocker, echo):
 def test_hash_selector_without_hash_key_exits_2(backend):
     argvs = []
     for lb in ("hash", "consistent"):
-        argv = [sys.executable, "-m", "proxycore", "reverse-proxy", "--to", f"{HOST}:9"]
+        argv = [*python_cmd(), "-m", "proxycore", "reverse-proxy", "--to", f"{HOST}:9"]
         argv += ["--to", f"{HOST}:10", "--lb", lb, "--backend", backend]
         argvs.append([*argv, "--listen", f"{HOST}:{free_port()}"])
     for argv, result in zip(argvs, _run_all(argvs), strict=True):
@@ -311,12 +310,12 @@ def test_hash_selector_without_hash_key_exits_2(backend):
 
 def test_demo_banner_comes_once_listening(backend):
     """``--listen 127.0.0.1:0``: the banner names the port the kernel picked, and it answers."""
-    argv = [sys.executable, "-m", "proxycore", "demo", "--listen", f"{HOST}:0"]
+    argv = [*python_cmd(), "-m", "proxycore", "demo", "--listen", f"{HOST}:0"]
     argv += ["--backend", backend]
     out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"demo-{os.getpid()}-{backend}.out"
     with open(out_path, "w+") as out:
         proc = subprocess.Popen(
-            argv, cwd=ROOT, env=_env(), stdin=subprocess.DEVNULL, stdout=out,
+            argv, cwd=PROCESS_CWD, env=_env(), stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
