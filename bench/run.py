@@ -1026,21 +1026,47 @@ PROXYCORE_PYTHON = [sys.executable]
 BUSY_POLL_OFF = "0"  # the proxycore-uvloop-bp0 row: --busy-poll 0 (the default polls adaptively)
 
 
+_HELP_CACHE: dict[str, str] = {}
+
+
+def proxycore_supports(flag: str) -> bool:
+    """Whether the proxycore under test (PROXYCORE_PYTHON) knows a reverse-proxy flag, from its
+    --help (cached per interpreter)."""
+    py = PROXYCORE_PYTHON[0]
+    if py not in _HELP_CACHE:
+        r = subprocess.run(
+            [py, "-m", "proxycore", "reverse-proxy", "--help"],
+            capture_output=True, text=True, timeout=30,
+            cwd=ROOT if py == sys.executable else tempfile.gettempdir(),
+        )  # fmt: skip
+        _HELP_CACHE[py] = r.stdout
+    return re.search(rf"(^|\s){re.escape(flag)}\b", _HELP_CACHE[py], re.M) is not None
+
+
 def t_proxycore(
     backend: str,
     workers: int = 1,
     cpu: str = PROXY_CPU,
     tls: bool = False,
     busy_poll: str | None = None,
+    access_log: bool = False,
 ) -> Callable[[Ctx], tuple[int, Proc | None]]:
     name = (
         f"proxycore-{backend}"
         + (f"-w{workers}" if workers > 1 else "")
         + (f"-bp{busy_poll}" if busy_poll is not None else "")
+        + ("-accesslog" if access_log else "")
         + ("-tls" if tls else "")
     )
 
     def start(ctx: Ctx) -> tuple[int, Proc | None]:
+        log_args: list[str] = []
+        if access_log:
+            if not proxycore_supports("--access-log"):
+                raise SkipTarget(
+                    f"{PROXYCORE_PYTHON[0]} -m proxycore reverse-proxy has no --access-log flag"
+                )
+            log_args = ["--access-log", str(ctx.workdir / f"{name}.access.log")]
         port = free_port()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         tls_args = []
@@ -1063,6 +1089,7 @@ def t_proxycore(
                 backend,
                 *(["--workers", str(workers)] if workers > 1 else []),
                 *(["--busy-poll", busy_poll] if busy_poll is not None else []),
+                *log_args,
             ],
             cpu,
             ctx.workdir,
@@ -1122,6 +1149,15 @@ def build_targets(backends: list[str], workers_row: bool = True) -> list[Target]
         )
         names = [t.name for t in targets]
         targets.insert(names.index("proxycore-uvloop") + 1, bp)
+    if "uvloop" in backends:  # the 1-worker uvloop proxy writing an access log (rps only)
+        al = Target(
+            "proxycore-uvloop-accesslog",
+            t_proxycore("uvloop", access_log=True),
+            "python -m proxycore --backend uvloop --access-log FILE (format combined)",
+            ("small",),
+        )
+        names = [t.name for t in targets]
+        targets.insert(names.index("proxycore-uvloop") + 1, al)
     return targets
 
 
@@ -1867,7 +1903,19 @@ def evaluate_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 ((r["name"], "stream"), ("nginx", "stream")))  # fmt: skip
             rss = st.get("peak_rss_mib") if st else None
             add(f"{r['name']} 1GiB peak RSS", rss, "<=", 64, "MiB")
+    al = "proxycore-uvloop-accesslog"  # access log on: costs < 10 % of req/s
+    al_rps, uv_rps = g(al, "rps"), g(uv, "rps")
+    if al in by:
+        add(f"{al} req/s vs {uv}", round(al_rps / uv_rps, 3) if al_rps and uv_rps else None,
+            ">=", 0.9, "x", ((al, "small"), (uv, "small")))  # fmt: skip
+    tr, aio = "proxycore-trio", "proxycore-asyncio"
+    tr_rps, aio_rps = g(tr, "rps"), g(aio, "rps")
+    if tr in by:
+        add(f"{tr} req/s vs {aio}", round(tr_rps / aio_rps, 3) if tr_rps and aio_rps else None,
+            ">=", 0.8, "x", ((tr, "small"), (aio, "small")))  # fmt: skip
     add(f"{uv} idle RSS per conn", g(uv, "idle_kib_per_conn"), "<=", 16, "KiB")
+    if tr in by:
+        add(f"{tr} idle RSS per conn", g(tr, "idle_kib_per_conn"), "<=", 4, "KiB")
     add(f"{uv} TLS keep-alive req/s vs nginx (TLS)", g(uv, "tls_ratio_nginx"), ">=", 0.25,
         "x", ((uv, "tls"), ("nginx", "tls")))  # fmt: skip
     return out
@@ -2067,7 +2115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only",
         default="",
         help="comma list of targets: direct,nginx,haproxy,aiohttp,proxycore-<backend>,"
-        "proxycore-uvloop-w2,proxycore-uvloop-bp0 ('proxycore' selects all proxycore rows)",
+        "proxycore-uvloop-w2,proxycore-uvloop-bp0,proxycore-uvloop-accesslog ('proxycore' "
+        "selects all proxycore rows)",
     )
     ap.add_argument(
         "--backends",

@@ -18,9 +18,9 @@ def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed ([test] extra)")
 def test_ruff_lint_and_format() -> None:
-    r = _run("ruff", "check", "proxycore", "adapters", "tests", "conformance")
+    r = _run("ruff", "check", "proxycore", "adapters", "tests", "conformance", "bench")
     assert r.returncode == 0, r.stdout + r.stderr
-    r = _run("ruff", "format", "--check", "proxycore", "adapters", "tests", "conformance")
+    r = _run("ruff", "format", "--check", "proxycore", "adapters", "tests", "conformance", "bench")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
