@@ -9,6 +9,10 @@ Everything else lives here once: reads feed DataReceived/EofReceived/Closed, Sen
 immediate ``send`` and buffers the rest with WritePaused/WriteResumed around a 64 KiB high-water
 mark, connects are non-blocking with their result fed back, Close flushes (or aborts with RST),
 and events produced while executing actions are queued and fed afterwards (never re-entrantly).
+A failed send on an upstream socket only breaks its write side (WriteFailed): the socket stays
+open and is still read, because an origin that answered early and closed has its answer waiting
+in the receive buffer (closing would throw it away). Errors reach the core in words
+(:func:`proxycore.errors.socket_error_words`), never as exception reprs.
 It makes no protocol decision; see docs/adapters.md.
 """
 
@@ -18,6 +22,7 @@ import _socket
 import errno
 import ipaddress
 import logging
+import os
 import struct
 import time
 from collections import deque
@@ -39,6 +44,7 @@ from proxycore.actions import (
 )
 from proxycore.adapters import BusyPoll, make_engine
 from proxycore.config import ServerConf
+from proxycore.errors import os_error_reason, socket_error_words
 from proxycore.events import (
     Accepted,
     Closed,
@@ -53,6 +59,7 @@ from proxycore.events import (
     Resolved,
     Started,
     TimerFired,
+    WriteFailed,
     WritePaused,
     WriteResumed,
 )
@@ -81,7 +88,9 @@ class Conn:
         "reading",
         "shut_wr",
         "sock",
+        "upstream",
         "watch",
+        "write_failed",
         "write_paused",
         "writing",
     )
@@ -99,6 +108,8 @@ class Conn:
         self.closing = False
         self.shut_wr = False
         self.connecting = sock is None
+        self.upstream = sock is None  # made by a Connect action (clients come accepted)
+        self.write_failed = False
         self.eof = False
         self.watch: Any = None  # reactor-specific registration
 
@@ -165,7 +176,7 @@ class SocketDriver:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
-            self._lost(c, repr(e))
+            self._lost(c, socket_error_words(e))
             return
         if data:
             now = self.now()
@@ -188,7 +199,7 @@ class SocketDriver:
             err = c.sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
             self._want_write(c, False)
             if err:
-                self._fail_connect(c, errno.errorcode.get(err, str(err)), err)
+                self._fail_connect(c, err)
                 return
             c.connecting = False
             self._want_read(c, True)
@@ -203,7 +214,7 @@ class SocketDriver:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:  # EMFILE and friends: log, keep serving
-                log.warning("accept failed: %r", e)
+                log.warning("accept failed: %s", os_error_reason(e))
                 return
             sock = _socket.socket(lsock.family, _socket.SOCK_STREAM, 0, fd)
             sock.setblocking(False)
@@ -236,7 +247,7 @@ class SocketDriver:
 
     def _send(self, a: Send) -> None:
         c = self.conns.get(a.conn)
-        if c is None or c.closing:
+        if c is None or c.closing or c.write_failed:
             return
         data = a.data
         if not c.out and not c.connecting:
@@ -245,9 +256,7 @@ class SocketDriver:
             except (BlockingIOError, InterruptedError):
                 n = 0
             except OSError as e:
-                self.conns.pop(c.cid, None)
-                self._discard(c)
-                self._queue.append(Closed(c.cid, self.now(), repr(e)))
+                self._send_failed(c, e)
                 return
             if n == len(data):
                 return
@@ -269,7 +278,7 @@ class SocketDriver:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:
-                self._lost(c, repr(e))
+                self._send_failed(c, e)
                 return
             c.out_size -= n
             if n == len(chunk):
@@ -286,6 +295,29 @@ class SocketDriver:
                 self._discard(c)
             elif c.shut_wr:
                 self._shut(c)
+
+    def _send_failed(self, c: Conn, e: OSError) -> None:
+        """A send raised. On an upstream connection that the peer has not finished sending on,
+        only the write side is broken: drop what is queued, keep reading (the origin may have
+        answered before it stopped reading, RFC 9112 §9.5) and let the core decide
+        (WriteFailed). Otherwise the connection is gone (Closed)."""
+        if c.closing:  # closed by the core, flushing its last bytes: nobody waits for them
+            self._discard(c)
+            return
+        words = socket_error_words(e)
+        if c.upstream and not c.eof:
+            c.write_failed = True
+            c.out.clear()
+            c.out_size = 0
+            c.shut_wr = False
+            c.write_paused = False
+            self._want_write(c, False)
+            self.feed(WriteFailed(c.cid, self.now(), words))
+            return
+        self.conns.pop(c.cid, None)
+        self._discard(c)
+        self._cancel_timer(c.cid)
+        self.feed(Closed(c.cid, self.now(), words))
 
     def _close(self, a: Close) -> None:
         c = self.conns.pop(a.conn, None)
@@ -366,7 +398,12 @@ class SocketDriver:
             return  # closed meanwhile
         if isinstance(res, BaseException) or not res:
             self.conns.pop(c.cid, None)
-            self.feed(ConnectFailed(c.cid, self.now(), "error", f"resolve: {res!r}"))
+            words = (
+                socket_error_words(res)
+                if isinstance(res, BaseException)
+                else "could not be resolved (no addresses)"
+            )
+            self.feed(ConnectFailed(c.cid, self.now(), "error", words))
             return
         family, _, _, _, addr = res[0]
         self._start_connect(c, family, addr)
@@ -381,9 +418,9 @@ class SocketDriver:
         if err in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
             self._want_write(c, True)
         else:
-            self._fail_connect(c, errno.errorcode.get(err, str(err)), err)
+            self._fail_connect(c, err)
 
-    def _fail_connect(self, c: Conn, message: str, err: int) -> None:
+    def _fail_connect(self, c: Conn, err: int) -> None:
         self.conns.pop(c.cid, None)
         self._discard(c)
         reason = (
@@ -391,6 +428,7 @@ class SocketDriver:
             if err == errno.ECONNREFUSED
             else ("timeout" if err == errno.ETIMEDOUT else "error")
         )
+        message = socket_error_words(OSError(err, os.strerror(err)))
         ev = ConnectFailed(c.cid, self.now(), reason, message)
         if self._busy:
             self._queue.append(ev)
@@ -432,7 +470,8 @@ class SocketDriver:
         def done(res: Any) -> None:
             now = self.now()
             if isinstance(res, BaseException) or not res:
-                self.feed(Resolved(a.conn, a.token, now, error=str(res or "no addresses")))
+                why = os_error_reason(res) if isinstance(res, BaseException) else "no addresses"
+                self.feed(Resolved(a.conn, a.token, now, error=why))
             else:
                 addrs = sorted({str(info[4][0]) for info in res})
                 self.feed(Resolved(a.conn, a.token, now, addresses=addrs))
@@ -447,7 +486,7 @@ class SocketDriver:
         def done(result: Any = None, error: BaseException | None = None) -> None:
             now = self.now()
             if error is not None:
-                self.feed(FileRead(a.conn, a.token, now, error=str(error)))
+                self.feed(FileRead(a.conn, a.token, now, error=os_error_reason(error)))
             else:
                 self.feed(FileRead(a.conn, a.token, now, content=result))
 

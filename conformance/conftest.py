@@ -7,7 +7,9 @@ to the suite is adding its name there.
 Fixtures:
   origins       factory: ``origins(EchoOrigin)`` → a started origin, stopped at teardown
   proxy         factory: ``proxy(to=[port], extra=[...])`` / ``proxy(mode="run", app=...)``
-                → a started ProxyProcess, killed at teardown (teardown fails if it crashed)
+                → a started ProxyProcess, killed at teardown (teardown fails if it crashed);
+                ``proxy.script("examples/x.py", [...])`` runs a script that takes --listen
+                and --backend instead
   echo          an EchoOrigin
   echo_proxy    a reverse proxy in front of ``echo`` (default flags)
 On a test failure the stderr of every live proxy is printed.
@@ -61,6 +63,10 @@ def backend(request):
     return request.param
 
 
+def pytest_report_header(config):
+    return _proxy.describe_core()
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     rep = yield
@@ -97,6 +103,12 @@ class _Proxies:
         if isinstance(to, int):
             to = [to]
         p = _proxy.start_proxy(self.backend, mode=mode, to=to, app=app, extra=extra, env=env)
+        self.started.append(p)
+        return p
+
+    def script(self, path, args=None, env=None):
+        """``python PATH --listen ... ARGS --backend B`` (an example), see start_script."""
+        p = _proxy.start_script(self.backend, path, args, env)
         self.started.append(p)
         return p
 

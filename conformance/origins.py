@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import socket
 import struct
 import threading
@@ -660,11 +661,35 @@ class WatchOrigin(Origin):
         return False
 
 
+# free_port hands out ports that a process started later binds, so two pytest-xdist workers
+# (or the kernel, for an outgoing connection or a bind to port 0) must never hand out the same
+# one in between: each worker takes ports from its own block below the ephemeral range
+# (net.ipv4.ip_local_port_range starts at 32768), in turn, skipping any that are taken.
+_PORT_BLOCK = 2000
+_PORT_BASE = 12000
+_port_next = 0
+
+
+def _worker_index() -> int:
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # "gw0", "gw1", ... or unset
+    digits = name[2:] if name.startswith("gw") else ""
+    return int(digits) % 10 if digits.isdigit() else 0
+
+
 def free_port() -> int:
-    """A port on 127.0.0.1 with nothing listening (bound then released)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+    """A port on 127.0.0.1 with nothing listening, from this test worker's own block."""
+    global _port_next
+    base = _PORT_BASE + _worker_index() * _PORT_BLOCK
+    for _ in range(_PORT_BLOCK):
+        port = base + _port_next
+        _port_next = (_port_next + 1) % _PORT_BLOCK
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listeners do
+        try:
+            s.bind((HOST, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError(f"no free port in {base}-{base + _PORT_BLOCK - 1}")

@@ -1,19 +1,32 @@
-"""Start and stop a proxycore process (``python -m proxycore ...``) for one backend.
+"""Start and stop a proxycore process (``python -m proxycore ...``, or a script such as an
+example: :func:`start_script`) for one backend.
 
 stdout/stderr go to temporary files (never pipes: a chatty proxy must not block on a full
 pipe). Readiness = the listening port accepts a TCP connection (polled, at most
 READY_TIMEOUT seconds); if the process exits first, the error carries its stderr.
+
+Which proxycore runs: with ``PROXYCORE_PYTHON`` set to an interpreter that has proxycore
+installed (``scripts/test`` sets it to a venv with the default, compiled install: what users
+run), proxy processes run that interpreter from a scratch directory whose ``PYTHONPATH`` holds
+only this repository's ``conformance``, ``examples`` and ``tests`` packages (for ``run`` apps),
+so ``import proxycore`` finds the installed package, never the source tree. Without it they run
+this interpreter on the source tree (``PYTHONPATH`` = the repository), as a developer's edits
+are. Every test that starts a proxycore process goes through :func:`python_cmd` /
+:func:`process_env` / :data:`PROCESS_CWD`.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from conformance.origins import HOST, free_port
@@ -36,6 +49,57 @@ DEFAULT_TIMEOUTS = [
 
 LIVE: list[ProxyProcess] = []  # every proxy not yet stopped (for failure reports)
 
+INSTALLED_PYTHON = os.environ.get("PROXYCORE_PYTHON") or None
+
+
+def _scratch_path() -> Path:
+    """A directory holding only links to the repository's test-side packages."""
+    d = Path(tempfile.mkdtemp(prefix="proxycore-conformance-"))
+    for name in ("conformance", "examples", "tests"):
+        (d / name).symlink_to(ROOT / name)
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
+PROCESS_CWD: Path = _scratch_path() if INSTALLED_PYTHON else ROOT
+
+
+def python_cmd() -> list[str]:
+    """The interpreter that runs proxycore processes (see the module docstring)."""
+    return [INSTALLED_PYTHON or sys.executable]
+
+
+def process_env(extra: dict | None = None) -> dict[str, str]:
+    """The environment of a proxycore process: PYTHONPATH as the module docstring says."""
+    env = dict(os.environ)
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([str(PROCESS_CWD), *rest])
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update({k: str(v) for k, v in (extra or {}).items()})
+    return env
+
+
+def describe_core() -> str:
+    """One line for the test report header: which proxycore the proxy processes run."""
+    code = (
+        "import proxycore, proxycore.session as s, proxycore.h1.parse as p;"
+        "print(proxycore.__file__);"
+        "print('compiled' if s.__file__.endswith('.so') else 'pure Python',"
+        " '+ C head scanner' if p._HSCAN is not None else '')"
+    )
+    r = subprocess.run(
+        [*python_cmd(), "-c", code],
+        cwd=PROCESS_CWD,
+        env=process_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if r.returncode != 0:
+        return f"proxycore under test: cannot import ({r.stderr.strip().splitlines()[-1:]})"
+    where, kind = r.stdout.strip().splitlines()
+    return f"proxycore under test: {kind.strip()} ({where})"
+
 
 class ProxyDied(AssertionError):
     pass
@@ -49,16 +113,10 @@ class ProxyProcess:
         self.env = env or {}
         self._out = tempfile.TemporaryFile()
         self._err = tempfile.TemporaryFile()
-        full_env = dict(os.environ)
-        full_env["PYTHONPATH"] = os.pathsep.join(
-            [str(ROOT)] + [p for p in full_env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        )
-        full_env["PYTHONUNBUFFERED"] = "1"
-        full_env.update({k: str(v) for k, v in self.env.items()})
         self.proc = subprocess.Popen(
             argv,
-            cwd=ROOT,
-            env=full_env,
+            cwd=PROCESS_CWD,
+            env=process_env(self.env),
             stdin=subprocess.DEVNULL,
             stdout=self._out,
             stderr=self._err,
@@ -182,18 +240,41 @@ def start_proxy(
 ) -> ProxyProcess:
     """Start a proxy and wait until it accepts. ``to``: upstream ports (reverse-proxy);
     ``app``: ``module:Class`` (run). Retries on a port race (at most 3 attempts)."""
+
+    def argv(port: int) -> list[str]:
+        out = [*python_cmd(), "-m", "proxycore", mode]
+        if mode == "run":
+            assert app, "run needs app"
+            out.append(app)
+        out += ["--listen", f"{HOST}:{port}"]
+        for p in to or []:
+            out += ["--to", f"{HOST}:{p}"]
+        return [*out, "--backend", backend, *DEFAULT_TIMEOUTS, *(extra or [])]
+
+    return _start(argv, backend, env)
+
+
+def start_script(
+    backend: str, script: str, args: list[str] | None = None, env: dict | None = None
+) -> ProxyProcess:
+    """Start ``python SCRIPT --listen 127.0.0.1:PORT ARGS... --backend BACKEND`` (a program
+    of its own that serves a proxy, such as an example; ``script`` is relative to the
+    repository) and wait until it accepts, retrying on a port race like :func:`start_proxy`."""
+
+    def argv(port: int) -> list[str]:
+        listen = ["--listen", f"{HOST}:{port}"]
+        return [*python_cmd(), str(ROOT / script), *listen, *(args or []), "--backend", backend]
+
+    return _start(argv, backend, env)
+
+
+def _start(argv: Callable[[int], list[str]], backend: str, env: dict | None) -> ProxyProcess:
+    """Run ``argv(free_port)`` until it accepts on that port (at most 3 attempts: another
+    process may take the port between free_port and the proxy's bind)."""
     last_err: Exception | None = None
     for _ in range(3):
         port = free_port()
-        argv = [sys.executable, "-m", "proxycore", mode]
-        if mode == "run":
-            assert app, "run needs app"
-            argv.append(app)
-        argv += ["--listen", f"{HOST}:{port}"]
-        for p in to or []:
-            argv += ["--to", f"{HOST}:{p}"]
-        argv += ["--backend", backend, *DEFAULT_TIMEOUTS, *(extra or [])]
-        proc = ProxyProcess(argv, port, backend, env)
+        proc = ProxyProcess(argv(port), port, backend, env)
         try:
             proc.wait_ready()
             return proc

@@ -15,7 +15,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pytest
 import trustme
 
 from conformance.origins import HOST, EchoOrigin
-from conformance.proxy import ROOT
+from conformance.proxy import PROCESS_CWD, process_env, python_cmd
 
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 CURL = shutil.which("curl") or "/usr/bin/curl"
@@ -466,9 +465,9 @@ def test_upstream_mtls_and_tls_both_sides(backend, pki, proxy, origins):
 
 def _start(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "proxycore", "reverse-proxy", "--listen", "127.0.0.1:0",
+        [*python_cmd(), "-m", "proxycore", "reverse-proxy", "--listen", "127.0.0.1:0",
          "--to", "127.0.0.1:9", *args],
-        capture_output=True, timeout=20, check=False, cwd=ROOT,
+        capture_output=True, timeout=20, check=False, cwd=PROCESS_CWD, env=process_env(),
     )  # fmt: skip
 
 

@@ -96,6 +96,11 @@ class Downstream:
         self._starting = False
         self.fwd = b""
 
+    def peer_name(self) -> str:
+        """The client's address as ``host:port`` (``[v6]:port``), for messages."""
+        host, port = self.client_addr[0], self.client_addr[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
     def forwarded_fields(self) -> bytes:
         """The X-Forwarded-For/-Proto lines for this client, built once per connection."""
         if not self.fwd:
@@ -157,7 +162,7 @@ class Downstream:
     def reject(self, err: HTTPParseError) -> None:
         """Answer a malformed request with err.status, then close (nothing went upstream)."""
         e = self.engine
-        e.log.info("downstream %s: rejected request: %s (%d)", self.client_addr, err, err.status)
+        e.log.info("client %s: rejected request: %s (%d)", self.peer_name(), err, err.status)
         body = f"{err.status} {reason_phrase(err.status)}\n".encode()
         head = serialize_response_head(
             err.status,
@@ -228,8 +233,19 @@ class Downstream:
         self.wbuf.clear()
         s = self.current
         if s is not None:
-            s.on_downstream_gone(error or "client closed the connection")
+            s.on_client_lost(error or "closed the connection")
         self.timers.clear()
+
+    def on_write_failed(self, error: str) -> None:
+        """Nothing sent to this client can reach it any more: end its request and close."""
+        if self.closed:
+            return
+        self.wbuf.clear()
+        self.peer_eof = True  # (no lingering: nothing can reach the client)
+        s = self.current
+        if s is not None:
+            s.on_client_lost(error)
+        self.close(abort=True)
 
     def on_write_paused(self, paused: bool) -> None:
         self.write_paused = paused
@@ -322,7 +338,9 @@ class Downstream:
         self.requests += 1
         e = self.engine
         if not keep_alive or self.peer_eof or e.draining:
-            if self.peer_eof or not self.buf:
+            # Linger while the client may still be sending a body we did not read (an early
+            # answer): a close now would reset the connection and could destroy the answer.
+            if self.peer_eof or (not self.buf and s._req_done):
                 self.close()
             else:
                 self.linger_close()

@@ -41,6 +41,7 @@ from proxycore.events import (
     Resolved,
     Started,
     TimerFired,
+    WriteFailed,
     WritePaused,
     WriteResumed,
 )
@@ -171,6 +172,7 @@ class Engine:
             ConnectFailed: self._on_connect_failed,
             WritePaused: self._on_write_paused,
             WriteResumed: self._on_write_resumed,
+            WriteFailed: self._on_write_failed,
             TimerFired: self._on_timer,
             FilterDone: self._on_filter_done,
             Accepted: self._on_accepted,
@@ -545,6 +547,26 @@ class Engine:
 
     def _on_write_resumed(self, ev: WriteResumed) -> None:
         self._write_pause(ev.conn, False)
+
+    def _on_write_failed(self, ev: WriteFailed) -> None:
+        """The connection cannot be written to any more, but may still be read (see the event).
+        A client that cannot take a response is gone; an upstream is handed to its request,
+        which keeps reading it for an early answer (RFC 9112 §9.5)."""
+        down = self.downstreams.get(ev.conn)
+        if down is not None:
+            down.on_write_failed(ev.error)
+            return
+        up = self.upstreams.get(ev.conn)
+        if up is None:
+            return
+        up.write_failed = True
+        up.wbuf.clear()
+        up.write_paused = False
+        s = up.session
+        if s is None:
+            self.close_upstream(up, abort=True)
+        else:
+            s.on_upstream_write_failed(ev.error)
 
     def _write_pause(self, conn: int, paused: bool) -> None:
         down = self.downstreams.get(conn)

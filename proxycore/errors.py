@@ -5,14 +5,28 @@ a timeout, a filter that raised) becomes one :class:`ProxyError`. Filter phases 
 (`fail_to_connect`, `error_while_proxy`, `fail_to_proxy`, `logging`), may mark it retryable or
 change its status, and `fail_to_proxy` turns it into the response the client sees. The mapping
 follows Pingora's defaults, plus 504 for upstream timeouts (Pingora issue #980).
+
+Messages are sentences in words: "upstream 127.0.0.1:9000 reset the connection while the
+response body was being received", never an exception's repr. What the network did reaches the
+core as a phrase whose subject is the peer (:func:`socket_error_words`, which the adapters use
+for the ``error`` of Closed and WriteFailed and the ``message`` of ConnectFailed); the core adds
+who the peer is and what was going on.
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 from typing import Final
 
-__all__ = ["ErrorSource", "ErrorType", "HTTPParseError", "ProxyError"]
+__all__ = [
+    "ErrorSource",
+    "ErrorType",
+    "HTTPParseError",
+    "ProxyError",
+    "os_error_reason",
+    "socket_error_words",
+]
 
 
 class ErrorSource(enum.Enum):
@@ -121,3 +135,63 @@ class HTTPParseError(Exception):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+# errno -> what the peer (or the network on its way) did, as a phrase that follows its name.
+_ERRNO_WORDS: Final = {
+    errno.ECONNRESET: "reset the connection",
+    errno.EPIPE: "closed the connection",
+    errno.ECONNREFUSED: "refused the connection",
+    errno.ECONNABORTED: "aborted the connection",
+    errno.ETIMEDOUT: "timed out",
+    errno.EHOSTUNREACH: "is unreachable (no route to host)",
+    errno.ENETUNREACH: "is unreachable (network unreachable)",
+    errno.EHOSTDOWN: "is unreachable (host is down)",
+    errno.ENETDOWN: "is unreachable (network is down)",
+    errno.EADDRNOTAVAIL: "is unreachable (address not available)",
+    errno.ENOTCONN: "is not connected",
+}
+# The same by exception class, for errors raised without an errno.
+_CLASS_WORDS: Final = {
+    "ConnectionResetError": "reset the connection",
+    "BrokenPipeError": "closed the connection",
+    "ConnectionRefusedError": "refused the connection",
+    "ConnectionAbortedError": "aborted the connection",
+    "TimeoutError": "timed out",
+    "timeout": "timed out",
+}
+
+
+def os_error_reason(e: BaseException | int) -> str:
+    """What an OS error (or errno) means, as a lower-case noun phrase without its number:
+    "too many open files", "no such file or directory: 'x.txt'", "name or service not known"."""
+    if isinstance(e, int):
+        return f"error {e}"  # (adapters pass the OSError, with its text, where they can)
+    strerror = getattr(e, "strerror", None)
+    if isinstance(strerror, str) and strerror:
+        text = strerror[0].lower() + strerror[1:]
+        filename = getattr(e, "filename", None)
+        if filename is not None:
+            text += f": {filename!r}"
+        return text
+    return str(e) or type(e).__name__
+
+
+def socket_error_words(e: BaseException | int) -> str:
+    """What a peer did, from the OS error a socket call raised (or its errno), as a phrase that
+    follows the peer's name: "reset the connection", "closed the connection", "refused the
+    connection", "timed out", "is unreachable (no route to host)", "could not be resolved
+    (name or service not known)", otherwise "failed (<the reason in words>)"."""
+    code = e if isinstance(e, int) else getattr(e, "errno", None)
+    if isinstance(code, int):
+        words = _ERRNO_WORDS.get(code)
+        if words is not None:
+            return words
+    if isinstance(e, BaseException):
+        name = type(e).__name__
+        if name == "gaierror":
+            return f"could not be resolved ({os_error_reason(e)})"
+        words = _CLASS_WORDS.get(name)
+        if words is not None:
+            return words
+    return f"failed ({os_error_reason(e)})"

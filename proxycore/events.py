@@ -26,6 +26,7 @@ __all__ = [
     "Resolved",
     "Started",
     "TimerFired",
+    "WriteFailed",
     "WritePaused",
     "WriteResumed",
 ]
@@ -81,7 +82,9 @@ class EofReceived(Event):
 class Closed(Event):
     """The connection is gone (reset, broken, or closed after a Close action).
 
-    ``error`` is a short description when the peer or network broke it, None for a clean close.
+    ``error`` says what happened when the peer or the network broke it, in words that follow
+    the peer's name ("reset the connection"; :func:`proxycore.errors.socket_error_words`), None
+    for a clean close.
     """
 
     __slots__ = ("error",)
@@ -103,7 +106,9 @@ class Connected(Event):
 class ConnectFailed(Event):
     """An upstream connection could not be established.
 
-    ``reason`` is ``"refused"``, ``"timeout"`` or ``"error"``; ``message`` is for logs.
+    ``reason`` is ``"refused"``, ``"timeout"`` or ``"error"``; ``message`` is for logs, in
+    words that follow the peer's name ("is unreachable (no route to host)";
+    :func:`proxycore.errors.socket_error_words`).
     """
 
     __slots__ = ("message", "reason")
@@ -128,6 +133,27 @@ class WriteResumed(Event):
 
     __slots__ = ()
     _fields_: ClassVar[tuple[str, ...]] = ("conn", "now")
+
+
+class WriteFailed(Event):
+    """Writing to the connection failed (the peer reset it, or closed it without reading what
+    was sent): what was still queued is lost and later Sends are dropped, but what the peer
+    sent before may still be waiting to be read — an origin may answer a request before it
+    has read the body (RFC 9112 §9.5), then close. The adapter keeps the socket open and keeps
+    reading: DataReceived, then EofReceived or Closed as usual; the core decides what to do
+    and closes the connection when it is done with it.
+
+    ``error`` is what happened, in words that follow the peer's name ("reset the connection",
+    :func:`proxycore.errors.socket_error_words`).
+    """
+
+    __slots__ = ("error",)
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "now", "error")
+
+    def __init__(self, conn: int, now: float, error: str = "closed the connection") -> None:
+        self.conn = conn
+        self.now = now
+        self.error = error
 
 
 class TimerFired(Event):

@@ -109,7 +109,8 @@ class _Probe:
         )
 
     def on_upstream_connect_failed(self, up: Upstream, reason: str, message: str) -> None:
-        self.finish(False, f"connect {reason}: {message}", close=False)
+        why = "refused the connection" if reason == "refused" else message or f"connect {reason}"
+        self.finish(False, why, close=False)
 
     def on_upstream_data(self, data: bytes) -> None:
         self.buf += data
@@ -133,10 +134,13 @@ class _Probe:
         self.finish(ok, f"status {resp.status}")
 
     def on_upstream_eof(self, error: str | None) -> None:
-        self.finish(False, error or "closed before answering")
+        self.finish(False, f"{error or 'closed the connection'} before answering")
 
     def on_upstream_write_paused(self, paused: bool) -> None:
         pass
+
+    def on_upstream_write_failed(self, error: str) -> None:
+        pass  # an answer may still come; EOF or Closed follows otherwise
 
     def finish(self, ok: bool, why: str, close: bool = True) -> None:
         if self.done:

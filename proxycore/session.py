@@ -209,6 +209,7 @@ class Session:
         "_retry_size",
         "_sent_down",
         "_up_chunked",
+        "_up_failure",
         "_up_length",
         "_up_sent",
         "ctx",
@@ -267,6 +268,7 @@ class Session:
         self._up_chunked = False
         self._up_length: int | None = None
         self._up_sent = 0
+        self._up_failure: str | None = None  # the upstream's WriteFailed, in words
         self._retry_buf: list[bytes] | None = []
         self._retry_size = 0
         # response
@@ -585,8 +587,15 @@ class Session:
         self.down.timers.pop("connect", None)
         self.upstream = None
         etype = _CONNECT_ERRORS.get(reason, ErrorType.CONNECT_ERROR)
-        err = ProxyError(etype, ErrorSource.UPSTREAM, f"connect to {up.peer.address}: {message}")
-        self.engine.log.warning("upstream %s: %s", up.peer.address, err.message)
+        addr = up.peer.address
+        if reason == "refused":
+            text = f"upstream {addr} refused the connection"
+        elif reason == "tls" or reason == "cert":
+            text = f"upstream {addr}: {message}"  # "TLS handshake failed: ..."
+        else:
+            text = f"upstream {addr} {message or 'could not be connected to'}"
+        err = ProxyError(etype, ErrorSource.UPSTREAM, text)
+        self.engine.log.warning("%s", err.message)
         self._connect_failed(err)
 
     def _connect_failed(self, err: ProxyError) -> None:
@@ -870,7 +879,7 @@ class Session:
             )
 
     def _bad_request_body(self, err: HTTPParseError) -> None:
-        self.engine.log.info("downstream %s: bad request body: %s", self.down.client_addr, err)
+        self.engine.log.info("client %s: bad request body: %s", self.down.peer_name(), err)
         self._forwarding = False
         self._keep_alive = False
         if self.upstream is not None:
@@ -915,7 +924,10 @@ class Session:
 
     def on_downstream_eof(self) -> None:
         if not self._req_done:
-            self._client_gone("client closed the connection before the request body ended")
+            self._client_gone(
+                f"client {self.down.peer_name()} closed the connection before the request body "
+                "ended"
+            )
             return
         self._keep_alive = False  # finish the response, then close
 
@@ -923,6 +935,18 @@ class Session:
         if self._finished:
             return
         self._client_gone(reason)
+
+    def on_client_lost(self, words: str) -> None:
+        """The client connection broke: ``words`` say how ("reset the connection")."""
+        if self._finished:
+            return
+        if not self._req_done:
+            when = "before the request body ended"
+        elif self.response_started:
+            when = "while the response was being sent"
+        else:
+            when = "before the response was ready"
+        self._client_gone(f"client {self.down.peer_name()} {words} {when}")
 
     def _client_gone(self, reason: str) -> None:
         err = ProxyError(ErrorType.CLIENT_ABORTED, ErrorSource.DOWNSTREAM, reason)
@@ -999,7 +1023,7 @@ class Session:
                 try:
                     end = find_head_end(data, 0, e.conf.limits, False)
                 except HTTPParseError as err:
-                    self._upstream_error(ErrorType.INVALID_RESPONSE, str(err))
+                    self._upstream_error(ErrorType.INVALID_RESPONSE, f"sent an invalid head: {err}")
                     return
                 if end < 0:
                     buf += data
@@ -1013,7 +1037,7 @@ class Session:
             try:
                 end = find_head_end(buf, 0, e.conf.limits, False)
             except HTTPParseError as err:
-                self._upstream_error(ErrorType.INVALID_RESPONSE, str(err))
+                self._upstream_error(ErrorType.INVALID_RESPONSE, f"sent an invalid head: {err}")
                 return
             if end < 0:
                 return
@@ -1028,13 +1052,13 @@ class Session:
         try:
             resp, meta = parse_response_head(head, self.req_header.method, e.conf.limits)
         except HTTPParseError as err:
-            self._upstream_error(ErrorType.INVALID_RESPONSE, str(err))
+            self._upstream_error(ErrorType.INVALID_RESPONSE, f"sent an invalid head: {err}")
             return False
         if resp.status < 200:
             if resp.status == 101:
                 self._upstream_error(
                     ErrorType.INVALID_RESPONSE,
-                    "101 Switching Protocols without an Upgrade request",
+                    "answered 101 Switching Protocols to a request without Upgrade",
                 )
                 return False
             # RFC 9110 §15.2: forward 1xx, except to HTTP/1.0 clients.
@@ -1110,8 +1134,11 @@ class Session:
                     keep = False
                 else:
                     mode = BODY_CHUNKED
-        if not self._req_done and self._meta.expect_continue and self._up_sent == 0:
-            keep = False  # the client will not send the body we would have to skip
+        if not self._req_done and (
+            (self._meta.expect_continue and self._up_sent == 0)  # no body will come to skip
+            or (self._req_decoder is None and self._req_remaining > _MAX_DISCARD)
+        ):
+            keep = False  # an early answer (RFC 9112 §9.5): announce the close that follows
         self._down_mode = mode
         if (
             keep
@@ -1206,7 +1233,9 @@ class Session:
                 try:
                     pieces = dec.feed(buf)
                 except HTTPParseError as err:
-                    self._upstream_error(ErrorType.INVALID_RESPONSE, str(err))
+                    self._upstream_error(
+                        ErrorType.INVALID_RESPONSE, f"sent an invalid chunked body: {err}"
+                    )
                     return
                 if not pieces and not dec.done:
                     break
@@ -1312,6 +1341,7 @@ class Session:
                 and self._req_done
                 and not up.buf
                 and not up.eof
+                and not up.write_failed
                 and (self._up_length is None or self._up_sent == self._up_length)
             )
             self.upstream = None
@@ -1359,9 +1389,46 @@ class Session:
                 return
             if self._resp_done:
                 return
-        etype = ErrorType.CONNECTION_RESET if error else ErrorType.CONNECTION_CLOSED
-        msg = error or "upstream closed the connection"
-        self._upstream_error(etype, msg)
+        failure = self._up_failure  # a failed write came first: it says what happened
+        etype = ErrorType.CONNECTION_RESET if failure or error else ErrorType.CONNECTION_CLOSED
+        words = failure or error or "closed the connection"
+        self._upstream_error(etype, f"{words} {self._stage()}")
+
+    def _stage(self) -> str:
+        """Where this request was when its upstream connection ended, for messages."""
+        if self._resp_head_done:
+            return "while the response body was being received"
+        if self._up_failure is not None or self._forwarding:
+            if self._req_done:
+                return "while the request was being sent"
+            return "while the request body was being sent"
+        up = self.upstream
+        if up is not None and up.received:
+            return "in the middle of the response head"
+        return "before sending a response head"
+
+    def on_upstream_write_failed(self, error: str) -> None:
+        """The origin stopped taking the request, typically because it answered early and
+        closed without reading the body (RFC 9112 §9.5: a client must be ready for that). Stop
+        sending and keep reading: an answer that arrives is relayed, with the client connection
+        closed after it (the rest of the body has nowhere to go); EOF without an answer is the
+        error, named after this failed write. Neither counts as a failure before it happens."""
+        up = self.upstream
+        if up is None or self._finished:
+            return
+        self._up_failure = error
+        timers = self.down.timers
+        if "write" in timers:
+            del timers["write"]
+        if self._forwarding:
+            self._forwarding = False
+            if "body" in timers:
+                del timers["body"]
+        if not self._req_done:
+            self._keep_alive = False
+        if not self._resp_head_done and "read" not in timers:
+            self._arm_read_timeout()
+        self.down.update_read_pause()
 
     def on_timer(self, name: str) -> None:
         e = self.engine
@@ -1372,12 +1439,14 @@ class Session:
                 e.close_upstream(up, abort=True)
                 self.upstream = None
                 peer = up.peer
+                t = peer.connect_timeout
                 err = ProxyError(
                     ErrorType.CONNECT_TIMEDOUT,
                     ErrorSource.UPSTREAM,
-                    f"connect to {peer.address} timed out",
+                    f"upstream {peer.address} did not accept the connection within "
+                    f"{t if t is not None else e.conf.connect_timeout:g}s (connect timeout)",
                 )
-                e.log.warning("upstream %s: %s", peer.address, err.message)
+                e.log.warning("%s", err.message)
                 self._connect_failed(err)
         elif name == "read":
             up = self.upstream
@@ -1389,13 +1458,18 @@ class Session:
                 e.arm_down(self.down, "read", now + timeout)
             elif now >= up.last_read + timeout:
                 self._upstream_error(
-                    ErrorType.READ_TIMEDOUT, f"no data from {up.peer.address} for {timeout:g}s"
+                    ErrorType.READ_TIMEDOUT, f"sent nothing for {timeout:g}s {self._stage()}"
                 )
             else:
                 e.arm_down(self.down, "read", up.last_read + timeout)
         elif name == "write":
-            if self.upstream is not None and self.upstream.write_paused:
-                self._upstream_error(ErrorType.WRITE_TIMEDOUT, "upstream stopped reading")
+            up = self.upstream
+            if up is not None and up.write_paused:
+                t = up.peer.write_timeout
+                timeout = t if t is not None else e.conf.write_timeout
+                self._upstream_error(
+                    ErrorType.WRITE_TIMEDOUT, f"stopped reading the request for {timeout:g}s"
+                )
         elif name == "send":
             if self.down.write_paused:
                 err = ProxyError(
@@ -1414,13 +1488,16 @@ class Session:
             else:
                 e.arm_down(self.down, "body", self._last_client_read + timeout)
 
-    def _upstream_error(self, etype: ErrorType, message: str) -> None:
+    def _upstream_error(self, etype: ErrorType, what: str) -> None:
+        """Fail over the upstream: ``what`` it did, in words ("reset the connection while the
+        response body was being received")."""
         up = self.upstream
         if self._finished:
             return
-        peer_addr = up.peer.address if up is not None else "?"
-        err = ProxyError(etype, ErrorSource.UPSTREAM, f"{peer_addr}: {message}")
-        self.engine.log.warning("upstream error: %s", err.message)
+        peer = up.peer if up is not None else self.peer
+        peer_addr = peer.address if peer is not None else "?"
+        err = ProxyError(etype, ErrorSource.UPSTREAM, f"upstream {peer_addr} {what}")
+        self.engine.log.warning("%s", err.message)
         if up is not None:
             self.engine.close_upstream(up, abort=True)
             self.upstream = None
@@ -1470,6 +1547,7 @@ class Session:
         self._resp_done = False
         self._forwarding = False
         self._up_sent = 0
+        self._up_failure = None
 
     # ------------------------------------------------------------------ ending
 
@@ -1518,7 +1596,9 @@ class Session:
         """After the response head went out, an error can only cut the response short."""
         self.error = err
         self._keep_alive = False
-        self.engine.log.warning("aborting response to %s: %s", self.down.client_addr, err.message)
+        self.engine.log.warning(
+            "response to client %s cut short: %s", self.down.peer_name(), err.message
+        )
         up = self.upstream
         if up is not None:
             self.engine.close_upstream(up, abort=True)

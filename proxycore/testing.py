@@ -27,6 +27,7 @@ from proxycore.events import (
     Event,
     FilterDone,
     TimerFired,
+    WriteFailed,
 )
 from proxycore.phases import Proxy
 
@@ -67,6 +68,9 @@ class Harness:
 
     def closed(self, conn: int, error: str | None = None) -> list[Action]:
         return self.feed(Closed(conn, self.now, error))
+
+    def write_failed(self, conn: int, error: str = "reset the connection") -> list[Action]:
+        return self.feed(WriteFailed(conn, self.now, error))
 
     def connected(self, conn: int) -> list[Action]:
         return self.feed(Connected(conn, self.now))

@@ -47,6 +47,7 @@ from proxycore.events import (
     EofReceived,
     Event,
     TimerFired,
+    WriteFailed,
 )
 from proxycore.phases import Proxy
 
@@ -487,12 +488,15 @@ class TlsLayer:
             self.engine.log.info("TLS handshake timeout on connection %d", conn)
             self.conns.pop(conn, None)
             return [Close(conn, False)]
-        if t is EofReceived or t is Closed:
+        if t is EofReceived or t is Closed or t is WriteFailed:
+            gone = t is Closed  # (the adapter still holds the socket after the other two)
             if st.client:
                 msg = "connection closed during the TLS handshake"
-                return self._client_failed(conn, ev.now, "tls", msg, [], close=t is EofReceived)
+                if t is WriteFailed:
+                    msg = f"TLS handshake failed: the peer {ev.error}"  # type: ignore[attr-defined]
+                return self._client_failed(conn, ev.now, "tls", msg, [], close=not gone)
             self.conns.pop(conn, None)
-            return [Close(conn, True)] if t is EofReceived else []
+            return [] if gone else [Close(conn, True)]
         if t is ConnectFailed:
             self.conns.pop(conn, None)
             return self._outgoing(self._pass(ev))

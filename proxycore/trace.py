@@ -56,6 +56,7 @@ from proxycore.events import (
     Event,
     FilterDone,
     TimerFired,
+    WriteFailed,
     WritePaused,
     WriteResumed,
 )
@@ -85,7 +86,7 @@ POOL_ANSWER = 96
 
 EVENT_KINDS: dict[type[Event], int] = {
     Accepted: 1, DataReceived: 2, EofReceived: 3, Closed: 4, Connected: 5, ConnectFailed: 6,
-    WritePaused: 7, WriteResumed: 8, TimerFired: 9, FilterDone: 10, Drain: 11,
+    WritePaused: 7, WriteResumed: 8, TimerFired: 9, FilterDone: 10, Drain: 11, WriteFailed: 12,
 }  # fmt: skip
 ACTION_KINDS: dict[type[Action], int] = {
     Send: 64, Close: 65, ShutdownWrite: 66, Connect: 67, PauseReading: 68, ResumeReading: 69,
@@ -195,7 +196,7 @@ def encode_event(ev: Event) -> tuple[int, bytes]:
         payload: Any = [list(a.client), list(a.server), a.scheme]
         if a.tls is not None:
             payload.append(a.tls.to_json())
-    elif t is Closed:
+    elif t is Closed or t is WriteFailed:
         c: Any = ev
         payload = c.error
     elif t is ConnectFailed:
@@ -220,6 +221,8 @@ def decode_event(kind: int, conn: int, now: float, payload: bytes) -> Event:
         return Accepted(conn, now, (v[0][0], v[0][1]), (v[1][0], v[1][1]), v[2], tls)
     if kind == 4:
         return Closed(conn, now, v)
+    if kind == 12:
+        return WriteFailed(conn, now, v)
     if kind == 6:
         return ConnectFailed(conn, now, v[0], v[1])
     if kind == 10:

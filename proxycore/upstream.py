@@ -3,7 +3,8 @@
 Theory of operation: an :class:`Upstream` is created when the core emits a Connect action and
 lives until the core closes it. While a request uses it, ``session`` points at that request and
 every event for the connection is handed to it; while it sits in the pool, ``session`` is None
-and any byte or EOF that arrives makes the pool drop it.
+and any byte or EOF that arrives makes the pool drop it. After a WriteFailed the connection is
+still read (the origin may have answered) but carries nothing more and is never pooled.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Upstream:
         "session",
         "state",
         "wbuf",
+        "write_failed",
         "write_paused",
     )
 
@@ -52,6 +54,7 @@ class Upstream:
         self.last_read = now
         self.read_paused = False
         self.write_paused = False
+        self.write_failed = False  # a WriteFailed came: still readable, never reusable
         self.eof = False
         self.received = 0
         self.requests = 0

@@ -52,6 +52,7 @@ STRICTER = {
     b"GET x HTTP/1.1\r\nHost: a\r\n\r\n": "request target in no valid form (RFC 9112 §3.2)",
     b"GET / HTTP/1.1\r\nHost: a\r\nExpect: foo\r\n\r\n": "unsupported expectation answered 417 (RFC 9110 §10.1.1)",
     b"GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n": "fragment in the request target (RFC 9112 §3.2)",
+    b"GET ftp://a/x HTTP/1.1\r\nHost: a\r\n\r\n": "absolute-form with a scheme other than http(s) (RFC 9112 §3.2.2)",
 }
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+LINTED = ("proxycore", "adapters", "tests", "conformance", "examples", "bench")
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
@@ -18,9 +19,9 @@ def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed ([test] extra)")
 def test_ruff_lint_and_format() -> None:
-    r = _run("ruff", "check", "proxycore", "adapters", "tests", "conformance", "bench")
+    r = _run("ruff", "check", *LINTED)
     assert r.returncode == 0, r.stdout + r.stderr
-    r = _run("ruff", "format", "--check", "proxycore", "adapters", "tests", "conformance", "bench")
+    r = _run("ruff", "format", "--check", *LINTED)
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -134,6 +134,13 @@ _COMMON_STATUS_LINES: Final[dict[str, tuple[str, str, int, str]]] = {
     )
 }
 _REQUEST_LINE_RE: Final = re.compile(rf"([{TCHAR}]+) ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
+# What can still become a request line (RFC 9112 §3) while its CRLF has not arrived: a
+# lone CR (the first half of an empty line, §2.2), or a prefix of
+# ``method SP request-target SP HTTP/d.d CR`` in the grammar of _REQUEST_LINE_RE.
+_REQUEST_LINE_PREFIX_RE: Final = re.compile(
+    rf"\r|[{TCHAR}]*+|[{TCHAR}]++ (?:[\x21-\x7e]++"
+    r"(?: (?:H(?:T(?:T(?:P(?:/(?:[0-9](?:\.(?:[0-9]\r?)?)?)?)?)?)?)?)?)?)?"
+)
 _STATUS_LINE_RE: Final = re.compile(
     rf"HTTP/([0-9])\.([0-9]) ([0-9]{{3}})(?: ([{FIELD_VALUE_CHARS}]*))?"
 )
@@ -141,12 +148,30 @@ _STATUS_LINE_RE: Final = re.compile(
 _HOST_RE: Final = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 _ABSOLUTE_RE: Final = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)(.*)")
 # RFC 9112 §7.1.1 chunk-size [ chunk-ext ]; chunk-ext values are tokens or quoted-strings.
-_QUOTED = r'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t\x20-\x7e\x80-\xff])*"'
+_QCHAR = r'(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t\x20-\x7e\x80-\xff])'
+_QUOTED = rf'"{_QCHAR}*"'
 _CHUNK_EXT = rf"(?:;[ \t]*[{TCHAR}]+(?:[ \t]*=[ \t]*(?:[{TCHAR}]+|{_QUOTED}))?[ \t]*)"
 _CHUNK_LINE_RE: Final = re.compile(rf"([0-9A-Fa-f]{{1,16}})[ \t]*{_CHUNK_EXT}*")
+# What can still become a chunk line while its CRLF has not arrived: a prefix of the grammar
+# above, up to its CR. Anything else (a bare LF, a CTL, a 17th size digit...) fails at once.
+_CHUNK_EXT_PREFIX = (
+    rf'(?:;[ \t]*(?:[{TCHAR}]+(?:[ \t]*(?:=[ \t]*(?:[{TCHAR}]+|"{_QCHAR}*\\?)?)?)?)?)'
+)
+_CHUNK_LINE_PREFIX_RE: Final = re.compile(
+    rf"(?:[0-9A-Fa-f]{{1,16}}[ \t]*{_CHUNK_EXT}*{_CHUNK_EXT_PREFIX}?\r?)?"
+)
+# The same for the line a trailer section is at (RFC 9112 §7.1.2, fields as in §5): a lone CR
+# (the final empty line), or a prefix of ``field-name ":" OWS field-value CR``.
+_FIELD_LINE_PREFIX_RE: Final = re.compile(
+    rf"\r|[{TCHAR}]*+|[{TCHAR}]++:[ \t]*+[{FIELD_VALUE_CHARS}]*+\r?"
+)
 
 
 _NO_TOKENS: Final[frozenset[str]] = frozenset()
+# Fields a Connection option cannot remove: Host (RFC 9112 §3.2: every HTTP/1.1 request carries
+# it; nginx and HAProxy keep it too) and Content-Length (the framing of a message whose head is
+# otherwise forwarded). Transfer-Encoding is hop-by-hop and re-framed by the proxy anyway.
+_KEPT_FIELDS: Final = frozenset({"host", "content-length"})
 _KEEP_ALIVE_TOKEN: Final = frozenset({"keep-alive"})
 _CLOSE_TOKEN: Final = frozenset({"close"})
 
@@ -256,9 +281,31 @@ def find_head_end(buf: bytes | bytearray, start: int, limits: Limits, request: b
             raise HTTPParseError("request line too long", 414)
         elif n - line_end > limits.max_header_bytes:
             raise HTTPParseError("header section too large", 431)
+        if line_end < 0 or line_end + 2 > start:  # (a line complete before was checked then)
+            _check_request_line_so_far(buf)
     elif n > limits.max_header_bytes + limits.max_request_line:
         raise HTTPParseError("response head too large", 502)
     return -1
+
+
+def _check_request_line_so_far(buf: bytes | bytearray) -> None:
+    """Refuse an incomplete head at once when its request line cannot be valid: complete and
+    malformed, or a beginning no request line has (a NUL, TLS, a bare CR...). Waiting for more
+    would only end in the header timeout (nginx and HAProxy answer 400 at once too).
+
+    Leading empty lines (RFC 9112 §2.2) are skipped here too, though the connection drops them
+    before it asks."""
+    start = 0
+    while buf.startswith(b"\r\n", start):
+        start += 2
+    line_end = buf.find(b"\r\n", start)
+    if line_end < 0:
+        if _REQUEST_LINE_PREFIX_RE.fullmatch(bytes(buf[start:]).decode("latin-1")) is None:
+            raise HTTPParseError("bytes that cannot begin a request line (RFC 9112 §3)")
+        return
+    text = bytes(buf[start:line_end]).decode("latin-1")
+    if _REQUEST_LINE(text, len(text)) is None:
+        raise HTTPParseError("malformed request line (RFC 9112 §3)")
 
 
 def _persistent(connection: list[str], http10: bool) -> bool:
@@ -269,13 +316,16 @@ def _persistent(connection: list[str], http10: bool) -> bool:
 
 
 def _token_set(tokens: list[str]) -> frozenset[str]:
-    """The Connection options as a set; the usual single ones are shared constants."""
+    """The Connection options as a set of the fields to remove when forwarding (RFC 9110
+    §7.6.1), without the ones the proxy must send itself (``_KEPT_FIELDS``); the usual single
+    ones are shared constants."""
     if len(tokens) == 1:
         if tokens[0] == "keep-alive":
             return _KEEP_ALIVE_TOKEN
         if tokens[0] == "close":
             return _CLOSE_TOKEN
-    return frozenset(tokens)
+    names = frozenset(tokens)
+    return names if names.isdisjoint(_KEPT_FIELDS) else names - _KEPT_FIELDS
 
 
 def _split_tokens(value: str) -> list[str]:
@@ -487,6 +537,10 @@ def parse_request_head(
             if am is None:
                 raise HTTPParseError("invalid request target (RFC 9112 §3.2)")
             scheme = am.group(1).lower()
+            if scheme != "http" and scheme != "https":
+                # RFC 9112 §3.2.2 defines absolute-form for the http and https schemes; the
+                # authority of another scheme names no server this proxy could ask.
+                raise HTTPParseError(f"absolute-form target with scheme {scheme!r}")
             authority = am.group(2)
             if "@" in authority or not _VALID_HOST(authority):
                 raise HTTPParseError("invalid authority in absolute-form target")
@@ -620,7 +674,15 @@ class ChunkedDecoder:
     holds the trailer fields (possibly empty). Malformed input raises HTTPParseError.
     """
 
-    __slots__ = ("_error_status", "_limits", "_remaining", "_state", "done", "trailers")
+    __slots__ = (
+        "_checked",
+        "_error_status",
+        "_limits",
+        "_remaining",
+        "_state",
+        "done",
+        "trailers",
+    )
 
     _SIZE = 0
     _DATA = 1
@@ -632,6 +694,7 @@ class ChunkedDecoder:
         self._remaining = 0
         self._limits = limits
         self._error_status = error_status
+        self._checked = 0  # bytes of the trailer section already validated (whole lines)
         self.done = False
         self.trailers: Headers | None = None
 
@@ -656,6 +719,11 @@ class ChunkedDecoder:
                     if eol < 0:
                         if n - pos > limits.max_chunk_line:
                             raise HTTPParseError("chunk size line too long", self._error_status)
+                        partial = bytes(buf[pos:]).decode("latin-1")
+                        if _CHUNK_LINE_PREFIX_RE.fullmatch(partial) is None:
+                            raise HTTPParseError(
+                                "invalid chunk size line (RFC 9112 §7.1)", self._error_status
+                            )
                         break
                     line = bytes(buf[pos:eol]).decode("latin-1")
                     m = _CHUNK_LINE_RE.fullmatch(line)
@@ -667,6 +735,7 @@ class ChunkedDecoder:
                     pos = eol + 2
                     if size == 0:
                         self._state = self._TRAILERS
+                        self._checked = 0
                     else:
                         self._remaining = size
                         self._state = self._DATA
@@ -687,12 +756,11 @@ class ChunkedDecoder:
                         self.done = True
                         self.trailers = self.trailers or Headers()
                         break
-                    if n - pos == 1 and buf[pos] == 0x0D:
-                        break
-                    end = buf.find(b"\r\n\r\n", pos)
+                    end = buf.find(b"\r\n\r\n", pos + max(0, self._checked - 2))
                     if end < 0:
                         if n - pos > limits.max_header_bytes:
                             raise HTTPParseError("trailer section too large", 431)
+                        self._check_partial_trailers(buf, pos, limits)
                         break
                     block = bytes(buf[pos : end + 2]).decode("latin-1")
                     fields = _parse_fields(block, limits)
@@ -703,3 +771,21 @@ class ChunkedDecoder:
             if pos:
                 del buf[:pos]
         return out
+
+    def _check_partial_trailers(self, buf: bytearray, pos: int, limits: Limits) -> None:
+        """An incomplete trailer section from ``pos``: fail now if it can never become valid (a
+        bare LF or CR, an invalid field line) instead of waiting for a CRLFCRLF that cannot
+        help. Whole lines are validated once (``_checked``); the last, partial one each time."""
+        last = buf.rfind(b"\r\n", pos + self._checked)
+        if last >= 0:
+            block = bytes(buf[pos + self._checked : last + 2]).decode("latin-1")
+            try:
+                _framing_fields(block, limits)
+            except HTTPParseError as e:
+                raise HTTPParseError(f"invalid trailer section: {e}", self._error_status) from None
+            self._checked = last + 2 - pos
+        partial = bytes(buf[pos + self._checked :]).decode("latin-1")
+        if _FIELD_LINE_PREFIX_RE.fullmatch(partial) is None:
+            raise HTTPParseError(
+                "invalid trailer section (RFC 9112 §7.1.2, §2.2)", self._error_status
+            )
