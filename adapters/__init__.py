@@ -132,13 +132,22 @@ class BusyPoll:
 def make_engine(app: Any, conf: Any, logger: Any, backend: str = "", **options: Any) -> Any:
     """The engine every adapter runs: TLS certificates loaded from ``conf.tls`` (files are
     read here, outside the core), client contexts for ``Peer(tls=True)``, and the recorder if
-    ``conf.record_dir`` is set. Raises TlsConfigError for a certificate that cannot be used."""
+    ``conf.record_dir`` is set, and the access log (``conf.access_log``, see
+    :mod:`proxycore.adapters.access`). Raises TlsConfigError for a certificate that cannot be
+    used."""
+    from proxycore.adapters.access import access_logger
     from proxycore.engine import Engine
     from proxycore.tlsconfig import ClientContextCache, load_server_tls
 
     server = load_server_tls(conf.tls) if conf.tls is not None else None
     engine = Engine(
-        app, conf, logger, server_tls=server, client_tls=ClientContextCache(), **options
+        app,
+        conf,
+        logger,
+        server_tls=server,
+        client_tls=ClientContextCache(),
+        access_log=access_logger(conf),
+        **options,
     )
     attach_recorder(engine, conf, backend=backend)
     return engine

@@ -1,4 +1,4 @@
-"""A readiness-based socket driver shared by the asyncio/uvloop, gevent and threads adapters.
+"""A readiness-based socket driver shared by every adapter (asyncio/uvloop, gevent, threads, trio).
 
 Theory of operation: connections are plain non-blocking OS sockets (``_socket.socket``, so a
 monkey-patched ``socket`` module changes nothing). The subclass supplies a reactor — readiness
@@ -13,6 +13,9 @@ A failed send on an upstream socket only breaks its write side (WriteFailed): th
 open and is still read, because an origin that answered early and closed has its answer waiting
 in the receive buffer (closing would throw it away). Errors reach the core in words
 (:func:`proxycore.errors.socket_error_words`), never as exception reprs.
+
+Listeners are bound here too (:func:`bind_listeners`), so every backend fails the same way at
+start-up: a :class:`~proxycore.runner.StartupError` naming the address and the reason in words.
 It makes no protocol decision; see docs/adapters.md.
 """
 
@@ -64,6 +67,7 @@ from proxycore.events import (
     WriteResumed,
 )
 from proxycore.phases import Proxy
+from proxycore.runner import StartupError
 
 _monotonic = time.monotonic
 log = logging.getLogger("proxycore")
@@ -71,6 +75,63 @@ log = logging.getLogger("proxycore")
 HIGH_WATER = 65536
 LOW_WATER = 16384
 READ_SIZE = 262144
+
+
+# Called with the bound (host, port) addresses each time a driver has bound all its listeners:
+# ``proxycore demo`` prints its banner, a ``--workers`` child tells its supervisor it serves.
+listening_hooks: list[Callable[[list[tuple[str, int]]], None]] = []
+
+# errno of a failed bind -> words (the C library's strerror, where it is clear enough)
+_BIND_ERRORS = {
+    errno.EADDRINUSE: "address already in use",
+    errno.EADDRNOTAVAIL: "cannot assign requested address (not an address of this host)",
+    errno.EACCES: "permission denied",
+}
+
+
+def _show(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _bind_reason(e: OSError, port: int) -> str:
+    # The resolver's own words for a gaierror ("name or service not known"), else ours.
+    reason = None if isinstance(e, _socket.gaierror) else _BIND_ERRORS.get(e.errno or 0)
+    if reason is None:
+        reason = os_error_reason(e)
+    if e.errno == errno.EACCES and 0 < port < 1024:
+        reason += " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    return reason
+
+
+def bind_listeners(addrs: Sequence[tuple[str, int]], reuse_port: bool = False) -> list[Any]:
+    """Bind and listen on every address (a name resolves to its first address, IPv4 first);
+    non-blocking sockets in order. On any failure the sockets bound so far are closed and
+    :class:`StartupError` names the address and the reason in words."""
+    socks: list[Any] = []
+    try:
+        for host, port in addrs:
+            try:
+                infos = _socket.getaddrinfo(
+                    host, port, _socket.AF_UNSPEC, _socket.SOCK_STREAM, 0, _socket.AI_PASSIVE
+                )
+                family, _, _, _, sockaddr = min(infos, key=lambda i: i[0] != _socket.AF_INET)
+                s = _socket.socket(family, _socket.SOCK_STREAM)
+                socks.append(s)
+                s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
+                s.bind(sockaddr)
+                s.listen(1024)
+                s.setblocking(False)
+            except OSError as e:
+                raise StartupError(
+                    f"cannot listen on {_show(host, port)}: {_bind_reason(e, port)}"
+                ) from None
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    return socks
 
 
 class Conn:
@@ -495,19 +556,18 @@ class SocketDriver:
     # ------------------------------------------------------------------ listening
 
     def listen(self, addrs: Sequence[tuple[str, int]]) -> None:
-        for host, port in addrs:
-            fam = _socket.AF_INET6 if ":" in host else _socket.AF_INET
-            s = _socket.socket(fam, _socket.SOCK_STREAM)
-            s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
-            if self.engine.conf.reuse_port:
-                s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
-            s.bind((host, port))
-            s.listen(1024)
-            s.setblocking(False)
+        """Bind every address (all or none: :class:`StartupError` if one fails), start
+        accepting, feed Started, then run :data:`listening_hooks`."""
+        bound: list[tuple[str, int]] = []
+        for s in bind_listeners(addrs, self.engine.conf.reuse_port):
             self.listeners.append(s)
             self.watch_listener(s, True)
-            log.info("listening on %s", s.getsockname()[:2])
+            host, port = s.getsockname()[:2]
+            bound.append((host, port))
+            log.info("listening on %s", (host, port))
         self.feed(Started(0, self.now()))
+        for hook in list(listening_hooks):
+            hook(bound)
 
     def begin_drain(self) -> None:
         for s in self.listeners:

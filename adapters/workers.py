@@ -3,93 +3,244 @@
 Theory of operation: the supervisor forks ``n`` children; each child runs the chosen adapter's
 ``serve`` exactly as a single-process server would, binding its listening sockets with
 ``SO_REUSEPORT`` so the kernel spreads new connections across workers (no accept thundering
-herd, no shared accept lock). The supervisor does no I/O on client traffic: it waits for
-children, restarts one that dies unexpectedly (with a short back-off, so a worker that crashes
-at start-up cannot spin the CPU), and forwards SIGTERM (graceful), SIGINT (fast) and SIGUSR1
-(stats) to every worker. It exits when all workers have exited after a shutdown signal.
+herd, no shared accept lock). The supervisor does no I/O on client traffic.
+
+Start-up is a handshake over one pipe per worker: once the worker's driver has bound its
+listeners it writes ``R`` (a hook in :data:`proxycore.adapters._sockets.listening_hooks`); a
+worker that fails first writes ``E`` and its one-line message (a
+:class:`~proxycore.runner.StartupError`, or the exception's repr with the traceback logged)
+and exits with status 2. Until every first-generation worker has written ``R``, any failure
+stops the others (SIGINT, then SIGKILL) and :func:`supervise` raises StartupError with that
+worker's message, once: a port in use or a missing certificate fails fast instead of being
+retried forever.
+
+After that, a worker that dies is restarted after a back-off (``BACKOFF_FIRST`` seconds,
+doubling up to ``BACKOFF_MAX``; back to the first step once a worker has served for
+``STABLE_AFTER`` seconds), so a worker that keeps crashing cannot spin the CPU; a replacement
+that fails before serving is logged and retried on the same back-off while the other workers
+go on serving. The supervisor sleeps in ``select`` on the pipes and a wake-up pipe written by
+its signal handlers (``signal.set_wakeup_fd``; SIGCHLD wakes it when a worker exits), and
+forwards SIGTERM (graceful), SIGINT (fast), SIGUSR1 (stats) and SIGHUP (TLS reload) to every
+worker. It returns when all workers have exited after a shutdown signal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import signal
 import sys
 import time
 from collections.abc import Callable
 
-__all__ = ["supervise"]
+from proxycore.adapters._sockets import listening_hooks
+from proxycore.runner import StartupError
+
+__all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "STABLE_AFTER", "supervise"]
 
 log = logging.getLogger("proxycore")
+
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 10.0
+STABLE_AFTER = 10.0
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+
+
+class _Worker:
+    __slots__ = ("buf", "index", "pid", "pipe", "ready_at")
+
+    def __init__(self, index: int, pid: int, pipe: int) -> None:
+        self.index = index
+        self.pid = pid
+        self.pipe: int | None = pipe  # read end, until EOF
+        self.buf = b""
+        self.ready_at: float | None = None
+
+    def read(self) -> None:
+        """Take what the worker wrote (non-blocking); close the pipe at EOF."""
+        while self.pipe is not None:
+            try:
+                data = os.read(self.pipe, 4096)
+            except BlockingIOError:
+                return
+            if not data:
+                os.close(self.pipe)
+                self.pipe = None
+                return
+            self.buf += data
+            if self.ready_at is None and self.buf.startswith(b"R"):
+                self.ready_at = time.monotonic()
+
+    def failure(self, code: int) -> str:
+        if self.buf.startswith(b"E"):
+            return self.buf[1:].decode("utf-8", "replace").strip()
+        return f"worker {self.index} exited with status {code} before serving"
+
+
+def _worker_main(index: int, serve_one: Callable[[int], None], wfd: int) -> int:
+    """In the child: serve, telling the supervisor through ``wfd`` when serving started (or
+    why it could not start); returns the exit status."""
+    starting = [True]
+
+    def ready(_addrs: list[tuple[str, int]]) -> None:
+        if starting[0]:
+            starting[0] = False
+            os.write(wfd, b"R")
+
+    listening_hooks.append(ready)
+    message = ""
+    try:
+        serve_one(index)
+        code = 0
+    except StartupError as e:
+        message, code = str(e), 2
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException as e:
+        log.exception("worker %d crashed", index)
+        message, code = f"worker {index} failed: {e!r}", 1
+    if starting[0] and message:
+        with contextlib.suppress(OSError):
+            os.write(wfd, b"E" + message.encode("utf-8", "replace"))
+    return code
 
 
 def supervise(n: int, serve_one: Callable[[int], None]) -> int:
     """Run ``serve_one(index)`` in ``n`` forked worker processes until a shutdown signal.
 
-    Returns the exit status for the supervisor (0 after a requested shutdown).
+    Returns 0 after a requested shutdown; raises :class:`StartupError` (every worker stopped)
+    when a worker fails before all of them are serving.
     """
     if n < 1:
         raise ValueError(f"workers must be at least 1, got {n}")
-    children: dict[int, int] = {}  # pid -> worker index
+    workers: dict[int, _Worker] = {}  # pid -> worker
     stopping: list[int] = []  # the signal that asked us to stop, if any
-    started: dict[int, float] = {}
+    backoff = dict.fromkeys(range(n), BACKOFF_FIRST)  # next restart delay, per index
+    due: dict[int, float] = {}  # index -> when to restart it
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
 
     def spawn(index: int) -> None:
+        rfd, wfd = os.pipe()
         pid = os.fork()
         if pid == 0:  # the worker
-            for sig in (
-                signal.SIGTERM,
-                signal.SIGINT,
-                signal.SIGUSR1,
-                signal.SIGHUP,
-                signal.SIGCHLD,
-            ):
-                signal.signal(sig, signal.SIG_DFL)
-            code = 0
+            code = 1
             try:
-                serve_one(index)
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-            except BaseException:
-                log.exception("worker %d crashed", index)
-                code = 1
+                signal.set_wakeup_fd(-1)
+                for sig in (*_FORWARDED, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL)
+                for fd in (rfd, wake_r, wake_w, *(w.pipe for w in workers.values() if w.pipe)):
+                    os.close(fd)
+                code = _worker_main(index, serve_one, wfd)
             finally:
+                logging.shutdown()  # flush handlers (the access log's queued lines)
                 sys.stdout.flush()
                 sys.stderr.flush()
-            os._exit(code)
-        children[pid] = index
-        started[index] = time.monotonic()
+                os._exit(code)
+        os.close(wfd)
+        os.set_blocking(rfd, False)
+        workers[pid] = _Worker(index, pid, rfd)
 
     def forward(signum: int, _frame: object) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
             stopping.append(signum)
-        for pid in list(children):
-            try:
+        for pid in list(workers):
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
-        signal.signal(sig, forward)
-    for i in range(n):
-        spawn(i)
-    log.info("supervisor %d: %d workers", os.getpid(), n)
-    while children:
+    old_wakeup = signal.set_wakeup_fd(wake_w)
+    old_handlers = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
+    old_handlers[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda *_: None)
+    try:
+        for i in range(n):
+            spawn(i)
+        starting = True  # until every first-generation worker serves
+        while workers or (due and not stopping):
+            now = time.monotonic()
+            timeout = max(0.0, min(due.values()) - now) if due and not stopping else None
+            pipes = [w.pipe for w in workers.values() if w.pipe is not None]
+            with contextlib.suppress(InterruptedError):
+                select.select([wake_r, *pipes], [], [], timeout)
+            with contextlib.suppress(BlockingIOError):
+                while os.read(wake_r, 512):
+                    pass
+            for w in list(workers.values()):
+                w.read()
+            for w, code in _reap(workers):
+                w.read()
+                if stopping:
+                    continue
+                if starting and w.ready_at is None:
+                    _stop_all(workers)
+                    raise StartupError(w.failure(code))
+                _schedule(w, code, backoff, due)
+            if starting and all(w.ready_at is not None for w in workers.values()):
+                starting = False
+                log.info("supervisor %d: %d workers serving", os.getpid(), n)
+            now = time.monotonic()
+            for index, when in list(due.items()):
+                if when <= now and not stopping:
+                    del due[index]
+                    spawn(index)
+        return 0
+    finally:
+        for w in workers.values():
+            if w.pipe is not None:
+                os.close(w.pipe)
+        signal.set_wakeup_fd(old_wakeup)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def _reap(workers: dict[int, _Worker]) -> list[tuple[_Worker, int]]:
+    """The workers that have exited, with their exit status (removed from ``workers``)."""
+    out = []
+    for pid in list(workers):
         try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        index = children.pop(pid, None)
-        if index is None:
-            continue
-        if stopping:
-            continue
-        code = os.waitstatus_to_exitcode(status)
-        log.error("worker %d (pid %d) exited with status %d; restarting it", index, pid, code)
-        if time.monotonic() - started.get(index, 0.0) < 1.0:
-            time.sleep(1.0)  # crashing at start-up: do not spin
-        if not stopping:
-            spawn(index)
-    return 0
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else: the status is lost
+            done, status = pid, 255 << 8
+        if done:
+            out.append((workers.pop(pid), os.waitstatus_to_exitcode(status)))
+    return out
+
+
+def _schedule(w: _Worker, code: int, backoff: dict[int, float], due: dict[int, float]) -> None:
+    """A worker died after the start-up: restart it after its back-off."""
+    now = time.monotonic()
+    if w.ready_at is None:
+        log.error("worker %d (pid %d) failed before serving: %s", w.index, w.pid, w.failure(code))
+    elif now - w.ready_at >= STABLE_AFTER:
+        backoff[w.index] = BACKOFF_FIRST
+    delay = backoff[w.index]
+    backoff[w.index] = min(delay * 2, BACKOFF_MAX)
+    log.error(
+        "worker %d (pid %d) exited with status %d; restarting it in %gs",
+        w.index,
+        w.pid,
+        code,
+        delay,
+    )
+    due[w.index] = now + delay
+
+
+def _stop_all(workers: dict[int, _Worker], timeout: float = 5.0) -> None:
+    """A fast stop of every worker (SIGINT, SIGKILL after ``timeout``), reaped."""
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    while workers and time.monotonic() < deadline:
+        if not _reap(workers):
+            time.sleep(0.02)
+    for pid in list(workers):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        del workers[pid]

@@ -287,3 +287,14 @@ def _start(argv: Callable[[int], list[str]], backend: str, env: dict | None) -> 
             proc.close_files()
     assert last_err is not None
     raise last_err
+
+
+def wait_workers_serving(p: ProxyProcess, n: int, timeout: float = READY_TIMEOUT) -> None:
+    """With ``--workers n``: wait for the supervisor's log line saying all n serve (before it,
+    a worker that dies counts as failing at start-up and stops the supervisor)."""
+    deadline = time.monotonic() + timeout
+    while f"{n} workers serving" not in p.stderr():
+        p.check_alive()
+        if time.monotonic() > deadline:
+            raise ProxyDied(f"{n} workers not serving after {timeout}s\n" + p.report())
+        time.sleep(0.05)

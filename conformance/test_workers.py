@@ -1,5 +1,5 @@
-"""``--workers N``: N processes share the port; a worker that dies is replaced; SIGTERM stops
-them all."""
+"""``--workers N``: N processes share the port; a worker that dies after serving is replaced;
+SIGTERM stops them all (start-up failures and the restart back-off: test_startup.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from conformance.client import assert_serving, get
+from conformance.proxy import wait_workers_serving
 
 
 def _children(pid: int) -> set[int]:
@@ -31,6 +32,7 @@ def _wait_children(pid: int, n: int, timeout: float = 8.0) -> set[int]:
 
 def test_workers_share_port_are_restarted_and_stop_together(backend, echo, proxy):
     p = proxy(to=[echo.port], extra=["--workers", "2"])
+    wait_workers_serving(p, 2)
     kids = _wait_children(p.pid, 2)
     assert len(kids) == 2, kids
     for i in range(20):

@@ -14,7 +14,7 @@ from proxycore.http import Headers, RequestHeader, ResponseHeader
 from proxycore.lb import Backend, LoadBalancer, RoundRobin
 from proxycore.peer import Peer
 from proxycore.phases import Proxy, blocking, nonblocking
-from proxycore.runner import BACKENDS, run
+from proxycore.runner import BACKENDS, StartupError, run
 from proxycore.session import Session
 from proxycore.tls import TlsInfo
 
@@ -36,6 +36,7 @@ __all__ = [
     "RoundRobin",
     "ServerConf",
     "Session",
+    "StartupError",
     "TlsInfo",
     "TlsSettings",
     "__version__",

@@ -104,6 +104,9 @@ class ReverseProxy(Proxy):
                 parsed.append(b)
         if lb not in SELECTORS:
             raise ValueError(f"unknown selector {lb!r}; choose from {', '.join(SELECTORS)}")
+        if lb in ("hash", "consistent") and not hash_key:
+            # Without a key every request hashes alike and goes to one backend.
+            raise ValueError(f"the {lb} selector needs a hash_key (header:NAME, uri, client_ip)")
         self.lb = LoadBalancer([Backend(p, w) for p, w in parsed], lb)
         # DNS names among the backends are re-resolved (A and AAAA) every discovery_interval.
         self.dns_names = [(p.host, p.port, w, p) for p, w in parsed if not _is_ip(p.host)]

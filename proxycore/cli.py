@@ -1,6 +1,9 @@
 """The ``proxycore`` command: reverse-proxy, run, demo.
 
-Exit status 2 with a message naming the bad value for any invalid argument; nothing is started.
+Exit status 2 for any invalid argument (a short usage line and a message naming the bad value;
+nothing is started) and for any start-up failure (one line on stderr, no traceback: a listen
+address that cannot be bound, a backend package that is not installed, a worker that fails
+before serving; see :class:`proxycore.runner.StartupError`).
 """
 
 from __future__ import annotations
@@ -8,8 +11,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
 
 from proxycore._version import __version__
 from proxycore.builtin import parse_backend, parse_hash_key
@@ -18,7 +23,14 @@ from proxycore.health import HealthCheck
 from proxycore.lb import SELECTORS
 from proxycore.peer import Peer
 from proxycore.phases import Proxy
-from proxycore.runner import BACKENDS, assign_tls_ports, parse_listen, resolve_backend, run
+from proxycore.runner import (
+    BACKENDS,
+    StartupError,
+    assign_tls_ports,
+    parse_listen,
+    resolve_backend,
+    run,
+)
 
 __all__ = ["main"]
 
@@ -39,6 +51,21 @@ def _seconds(text: str) -> float:
 
 def _busy_poll(text: str) -> float:
     return _number_of_seconds(text, lambda v: 0 <= v <= 1, "0 (off) to 1 seconds")
+
+
+_SIZE = re.compile(r"(\d+)([kmg]?)", re.IGNORECASE)
+
+
+def _body_size(text: str) -> int | None:
+    """Bytes, or with a k/m/g suffix (powers of 1024, as nginx); ``none`` = unlimited."""
+    if text.lower() in ("none", "unlimited"):
+        return None
+    m = _SIZE.fullmatch(text.strip())
+    if m is None or int(m.group(1)) == 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 1048576, 512k, 10m or 1g (or none), got {text!r}"
+        )
+    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()]
 
 
 def _workers(text: str) -> int:
@@ -77,6 +104,15 @@ _listen = _checked(parse_listen)
 _backend_spec = _checked(parse_backend)
 _health_check = _checked(HealthCheck.parse)
 _hash_key = _checked(parse_hash_key)
+
+
+def _access_log(text: str) -> str:
+    from proxycore.adapters.access import check_access_log
+
+    problem = check_access_log(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def _parse_sni_cert(text: str) -> tuple[str, tuple[str, str]]:
@@ -162,6 +198,24 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         help="time allowed to receive a request head (default 60)",
     )
     p.add_argument(
+        "--client-body-timeout",
+        type=_seconds,
+        metavar="S",
+        help="time allowed between two reads of a request body → 408 (default 60)",
+    )
+    p.add_argument(
+        "--send-timeout",
+        type=_seconds,
+        metavar="S",
+        help="time a client may stop reading the response before it is cut off (default 60)",
+    )
+    p.add_argument(
+        "--max-request-body-size",
+        type=_body_size,
+        metavar="SIZE",
+        help="largest request body accepted, in bytes or with k/m/g → 413 (default none)",
+    )
+    p.add_argument(
         "--keepalive-timeout",
         type=_seconds,
         metavar="S",
@@ -205,6 +259,20 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         help="record one session trace per client connection into DIR (see proxycore replay)",
     )
     p.add_argument(
+        "--access-log",
+        type=_access_log,
+        metavar="PATH",
+        help="write one line per request to PATH (appended; - for standard output) through "
+        "the proxycore.access logger (default: no access log)",
+    )
+    p.add_argument(
+        "--access-log-format",
+        choices=["combined", "json"],
+        default="combined",
+        help="nginx's combined format plus request and upstream times, or one JSON object per "
+        "line (default combined)",
+    )
+    p.add_argument(
         "--grace",
         type=_seconds,
         default=5.0,
@@ -226,6 +294,9 @@ def _conf(args: argparse.Namespace) -> ServerConf:
         ("read_timeout", "read_timeout"),
         ("write_timeout", "write_timeout"),
         ("header_timeout", "header_timeout"),
+        ("client_body_timeout", "client_body_timeout"),
+        ("send_timeout", "send_timeout"),
+        ("max_request_body_size", "max_request_body_size"),  # (none: the default, unlimited)
         ("keepalive_timeout", "keepalive_timeout"),
         ("upstream_idle_timeout", "upstream_idle_timeout"),
         ("pool_size", "upstream_keepalive_pool_size"),
@@ -236,6 +307,7 @@ def _conf(args: argparse.Namespace) -> ServerConf:
             setattr(conf, attr, v)
     conf.add_forwarded_headers = not args.no_forwarded_headers
     conf.record_dir = args.record
+    conf.access_log, conf.access_log_format = args.access_log, args.access_log_format
     if args.tls_cert or args.tls_key or args.tls_sni_cert:
         conf.tls = TlsSettings(
             cert=args.tls_cert,
@@ -319,11 +391,31 @@ def _load_app(spec: str) -> Proxy:
     return app
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="proxycore", description="programmable HTTP proxy")
+class _Parser(argparse.ArgumentParser):
+    """An error prints the command's one-line usage (given as ``usage=``, not the generated
+    list of every option) and the message, and exits with status 2."""
+
+    commands: Mapping[str, argparse.ArgumentParser]
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.format_usage()}{self.prog}: error: {message}\n")
+
+
+def _parser() -> _Parser:
+    p = _Parser(
+        prog="proxycore",
+        description="programmable HTTP proxy",
+        usage="%(prog)s {reverse-proxy,run,replay,demo} [options]",
+    )
     p.add_argument("--version", action="version", version=f"proxycore {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    rp = sub.add_parser("reverse-proxy", help="proxy to one or more upstreams, no code needed")
+    p.commands = sub.choices
+    rp = sub.add_parser(
+        "reverse-proxy",
+        prog="proxycore reverse-proxy",
+        help="proxy to one or more upstreams, no code needed",
+        usage="%(prog)s --to HOST:PORT [--to ...] [options]",
+    )
     rp.add_argument(
         "--to",
         action="append",
@@ -408,10 +500,20 @@ def _parser() -> argparse.ArgumentParser:
         help="passive health: how long an ejected backend stays out (default 30)",
     )
     _add_server_options(rp)
-    r = sub.add_parser("run", help="serve a Proxy class: module:Class")
+    r = sub.add_parser(
+        "run",
+        prog="proxycore run",
+        help="serve a Proxy class: module:Class",
+        usage="%(prog)s module:Class [options]",
+    )
     r.add_argument("app", metavar="module:Class")
     _add_server_options(r)
-    rp2 = sub.add_parser("replay", help="replay recorded session traces and compare actions")
+    rp2 = sub.add_parser(
+        "replay",
+        prog="proxycore replay",
+        help="replay recorded session traces and compare actions",
+        usage="%(prog)s DIR_OR_FILE [...] [options]",
+    )
     rp2.add_argument("traces", nargs="+", metavar="DIR_OR_FILE", help="trace files or dirs")
     rp2.add_argument(
         "--app",
@@ -428,29 +530,41 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rewrite each trace's expected actions from this replay (on purpose)",
     )
-    d = sub.add_parser("demo", help="start a demo origin and a proxy in front of it")
+    d = sub.add_parser(
+        "demo",
+        prog="proxycore demo",
+        help="start a demo origin and a proxy in front of it",
+        usage="%(prog)s [--listen HOST:PORT] [--backend NAME]",
+    )
     d.add_argument("--listen", type=_listen, default="127.0.0.1:8080", metavar="HOST:PORT")
     d.add_argument("--backend", default="asyncio", type=_backend, metavar="NAME")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # blamed on the subcommand, with its usage line
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        return _main(args)
+    except StartupError as e:
+        print(f"proxycore {args.command}: error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
     level = getattr(args, "log_level", "info").upper()
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     if args.command == "demo":
-        from proxycore.adapters.asyncio.demo import start_demo_origin
+        from proxycore.adapters.asyncio.demo import announce_when_listening, start_demo_origin
         from proxycore.builtin import ReverseProxy
 
         host, port = start_demo_origin()
-        print(f"demo origin listening on http://{host}:{port}/")
-        print(f"proxycore ({args.backend}) listening on http://{args.listen}/ — try:")
-        print(f"    curl -i http://{args.listen}/hello")
-        print(f"    curl -i -d 'some body' http://{args.listen}/echo")
-        print("Ctrl-C to stop.", flush=True)
-        run(ReverseProxy([Peer(host, port)]), [args.listen], args.backend)
+        announce_when_listening((host, port), args.backend)  # once the proxy is bound
+        run(ReverseProxy([Peer(host, port)]), [args.listen], args.backend, exit_on_error=False)
         return 0
     if args.command == "replay":
         from proxycore.replaycli import run_replay
@@ -462,6 +576,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proxycore.builtin import ReverseProxy
 
         problem = _check_backends(args)
+        if problem is None and args.lb in ("hash", "consistent") and not args.hash_key:
+            problem = f"--lb {args.lb} needs --hash-key (header:NAME, uri or client_ip)"
         if problem:
             print(f"proxycore reverse-proxy: error: {problem}", file=sys.stderr)
             return 2
@@ -511,5 +627,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(f"proxycore {args.command}: error: {problem}", file=sys.stderr)
         return 2
-    run(app, listen, args.backend, conf, grace=args.grace, workers=args.workers)
+    run(
+        app,
+        listen,
+        args.backend,
+        conf,
+        grace=args.grace,
+        workers=args.workers,
+        exit_on_error=False,
+    )
     return 0

@@ -68,3 +68,7 @@ class ServerConf:
     # window of at most this many seconds instead of sleeping (proxycore.adapters.BusyPoll).
     # 0 = off.
     busy_poll: float = 0.0002
+    # Adapters only: the access log (proxycore.accesslog), one line per request to this path
+    # ("-": standard output) through the "proxycore.access" logger; None = off.
+    access_log: str | None = None
+    access_log_format: str = "combined"  # or "json"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from proxycore.accesslog import log_rejected
 from proxycore.actions import PauseReading, ResumeReading, SetTimer, ShutdownWrite
 from proxycore.errors import HTTPParseError
 from proxycore.h1.parse import find_head_end, parse_request_head
@@ -159,8 +160,9 @@ class Downstream:
             e.emit(ResumeReading(self.id))
         e.arm_down(self, "linger", e.now + e.conf.linger_timeout)
 
-    def reject(self, err: HTTPParseError) -> None:
-        """Answer a malformed request with err.status, then close (nothing went upstream)."""
+    def reject(self, err: HTTPParseError, raw: bytes | bytearray = b"") -> None:
+        """Answer a malformed request with err.status, then close (nothing went upstream).
+        ``raw``: the head as received, if it is not in ``buf`` (for the access log)."""
         e = self.engine
         e.log.info("client %s: rejected request: %s (%d)", self.peer_name(), err, err.status)
         body = f"{err.status} {reason_phrase(err.status)}\n".encode()
@@ -174,6 +176,16 @@ class Downstream:
             ],
         )
         e.send(self, head + body)
+        access = e.access_log
+        if access is not None:
+            # The head began when the header timer was armed (the timer fired for a 408).
+            deadline = self.timers.get("header")
+            start = e.now
+            if deadline is not None:
+                start = deadline - e.conf.header_timeout
+            elif err.status == 408:
+                start -= e.conf.header_timeout
+            log_rejected(access, self, err.status, raw or self.buf, len(body), start)
         self.linger_close()
 
     # ------------------------------------------------------------------ events
@@ -196,7 +208,7 @@ class Downstream:
             try:
                 end = find_head_end(data, 0, self.engine.conf.limits, True)
             except HTTPParseError as err:
-                self.reject(err)
+                self.reject(err, data)
                 return
             if end > 0:
                 if end < len(data):
@@ -316,7 +328,7 @@ class Downstream:
             if limit is not None and meta.length > limit:
                 raise HTTPParseError("request body too large", 413)
         except HTTPParseError as err:
-            self.reject(err)
+            self.reject(err, head)
             return False
         timers = self.timers
         if timers:  # (in/del: direct calls in the compiled core, unlike dict.pop)

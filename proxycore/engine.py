@@ -137,6 +137,7 @@ class Engine:
         server_tls: ServerTls | None = None,
         client_tls: ClientContexts | None = None,
         tls: bool = True,
+        access_log: logging.Logger | Any = None,
     ) -> None:
         """``blocking_phases="all"`` hands every overridden plain-function phase to the adapter
         as a blocking RunFilter (gevent and threads adapters, where user code may block), except
@@ -145,10 +146,14 @@ class Engine:
 
         ``server_tls`` holds the listener certificates, ``client_tls`` builds contexts for
         ``Peer(tls=True)`` (both from :mod:`proxycore.tlsconfig`, which the adapters call).
-        ``tls=False`` removes the TLS layer (replays: traces hold plaintext)."""
+        ``tls=False`` removes the TLS layer (replays: traces hold plaintext).
+
+        ``access_log``: the logger that gets one record per request
+        (:mod:`proxycore.accesslog`), or None (the default) for no access log."""
         self.app = app
         self.conf = conf or ServerConf()
         self.log = logger or logging.getLogger("proxycore")
+        self.access_log: logging.Logger | Any = access_log
         self.phases = PhaseTable(app, blocking_phases)
         self.pool = ConnectionPool(
             self.conf.upstream_keepalive_pool_size, self.conf.upstream_keepalive_per_peer

@@ -1,12 +1,17 @@
 """``proxycore.run``: pick an adapter by name and serve a Proxy with it.
 
 Theory of operation: this module only parses listen addresses and dispatches; the adapter
-module is imported lazily so the core stays free of event-loop imports.
+module is imported lazily so the core stays free of event-loop imports. It is also the process
+entry point of a user's script: a start-up failure (a listen address that cannot be bound, a
+backend whose package is missing, a worker that fails before serving) is a
+:class:`StartupError` carrying one line, which :func:`run` writes to stderr before exiting with
+status 2 (``exit_on_error=False`` raises it instead); ``proxycore.cli`` prints it the same way.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,12 +20,21 @@ from proxycore.phases import Proxy
 
 __all__ = [
     "BACKENDS",
+    "BACKEND_EXTRAS",
+    "StartupError",
     "assign_tls_ports",
     "listen_scheme",
+    "load_backend",
     "parse_listen",
     "resolve_backend",
     "run",
 ]
+
+
+class StartupError(Exception):
+    """The server cannot start; ``str(e)`` is one line naming what and why (e.g. ``cannot listen
+    on 127.0.0.1:80: permission denied (...)``). Nothing is left running when it is raised."""
+
 
 # backend name -> (module, extra options)
 BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -29,6 +43,14 @@ BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
     "gevent": ("proxycore.adapters.gevent", {}),
     "threads": ("proxycore.adapters.threads", {}),
     "trio": ("proxycore.adapters.trio", {}),
+}
+
+# backend name -> the packages it imports, all installed by the extra of the same name
+# (``pip install "proxycore[uvloop]"``; see pyproject.toml)
+BACKEND_EXTRAS: dict[str, tuple[str, ...]] = {
+    "uvloop": ("uvloop",),
+    "gevent": ("gevent",),
+    "trio": ("trio",),
 }
 
 
@@ -42,6 +64,25 @@ def resolve_backend(name: str) -> tuple[str, dict[str, Any]]:
     raise ValueError(
         f"unknown backend {name!r}; choose from {', '.join(BACKENDS)} or give a module path"
     )
+
+
+def load_backend(name: str) -> tuple[Any, dict[str, Any]]:
+    """Import the adapter module of backend ``name`` → (module, extra options). A registered
+    backend whose package is missing raises :class:`StartupError` naming the extra to install;
+    an unknown name raises ValueError."""
+    module_name, extra = resolve_backend(name)
+    try:
+        for package in BACKEND_EXTRAS.get(name, ()):
+            importlib.import_module(package)
+        return importlib.import_module(module_name), extra
+    except ImportError as e:
+        missing = (e.name or "").partition(".")[0]
+        if name in BACKEND_EXTRAS and missing and missing != "proxycore":
+            raise StartupError(
+                f"the {name} backend needs the {missing} package, which is not installed: "
+                f'pip install "proxycore[{name}]"'
+            ) from None
+        raise StartupError(f"cannot load backend {name!r}: {e}") from None
 
 
 def listen_scheme(text: str) -> str | None:
@@ -73,6 +114,7 @@ def run(
     *,
     record: str | None = None,
     workers: int = 1,
+    exit_on_error: bool = True,
     **options: Any,
 ) -> None:
     """Serve ``app`` on every ``listen`` address until SIGTERM (graceful) or SIGINT (fast).
@@ -81,17 +123,42 @@ def run(
     ``serve(app, addrs, conf, **options)`` function. ``conf`` holds timeouts and limits.
     ``record`` names a directory for session traces (one file per client connection).
     ``workers`` > 1 forks that many worker processes sharing the ports (SO_REUSEPORT) under a
-    supervisor that restarts a worker that dies and forwards SIGTERM/SIGINT/SIGUSR1.
+    supervisor that forwards SIGTERM/SIGINT/SIGUSR1/SIGHUP; a worker that fails before serving
+    stops them all (a :class:`StartupError`), one that dies later is restarted with a back-off.
+
+    A start-up failure writes one line (``proxycore: error: ...``) to stderr and exits with
+    status 2 (``SystemExit(2)``, no traceback); with ``exit_on_error=False`` it raises
+    :class:`StartupError` instead. Invalid arguments raise ValueError.
     """
+    if not exit_on_error:
+        _run(app, listen, backend, conf, record=record, workers=workers, **options)
+        return
+    try:
+        _run(app, listen, backend, conf, record=record, workers=workers, **options)
+    except StartupError as e:
+        sys.stderr.write(f"proxycore: error: {e}\n")
+        sys.stderr.flush()
+        raise SystemExit(2) from None
+
+
+def _run(
+    app: Proxy,
+    listen: Sequence[str],
+    backend: str,
+    conf: ServerConf | None,
+    *,
+    record: str | None,
+    workers: int,
+    **options: Any,
+) -> None:
     addrs = [parse_listen(a) for a in listen]
     conf = conf or ServerConf()
     assign_tls_ports(listen, addrs, conf)
     if record is not None:
         conf.record_dir = record
-    module_name, extra = resolve_backend(backend)
-    module = importlib.import_module(module_name)
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    module, extra = load_backend(backend)
     if workers == 1:
         module.serve(app, addrs, conf, **extra, **options)
         return

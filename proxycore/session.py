@@ -28,6 +28,7 @@ from inspect import isawaitable
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any, Final
 
+from proxycore.accesslog import Attempt, attempt, log_session
 from proxycore.actions import RunFilter
 from proxycore.errors import ErrorSource, ErrorType, HTTPParseError, ProxyError
 from proxycore.h1.parse import (
@@ -208,6 +209,10 @@ class Session:
         "_retry_buf",
         "_retry_size",
         "_sent_down",
+        "_t_conn",
+        "_t_head",
+        "_t_peer",
+        "_tries",
         "_up_chunked",
         "_up_failure",
         "_up_length",
@@ -282,6 +287,12 @@ class Session:
         self._down_mode = BODY_NONE
         self._down_length = 0
         self._sent_down = 0
+        # for the access log (proxycore.accesslog): the current upstream attempt's start,
+        # connect and response-head times (-1: not yet), and the earlier attempts
+        self._t_peer = -1.0
+        self._t_conn = -1.0
+        self._t_head = -1.0
+        self._tries: list[Attempt] | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -561,6 +572,9 @@ class Session:
             raise TypeError(f"upstream_peer must return a Peer, not {type(peer).__name__}")
         self.peer = peer
         e = self.engine
+        self._t_peer = e.now
+        self._t_conn = -1.0
+        self._t_head = -1.0
         # After a pooled connection died before answering (ReusedOnly), retry on a fresh one.
         up = None if self._fresh_only else e.acquire_upstream(peer)
         if up is not None:
@@ -616,6 +630,7 @@ class Session:
             raise TypeError("fail_to_connect must return the ProxyError")
         if err.retry and self.retries < self.engine.conf.max_retries:
             self.retries += 1
+            self._tried(err)
             self._choose_peer()
         else:
             self._fail(err)
@@ -625,7 +640,7 @@ class Session:
         up.session = self
         self.upstream_reused = reused
         up.received = 0
-        up.last_read = self.engine.now
+        up.last_read = self._t_conn = self.engine.now
         ph = self.engine.phases
         if ph.connected_to_upstream is not None:
             self._call(
@@ -1078,6 +1093,7 @@ class Session:
         self._resp_head_done = True
         self._resp = resp
         self._resp_meta = meta
+        self._t_head = e.now
         if meta.body == BODY_LENGTH:
             self._resp_remaining = meta.length
         elif meta.body == BODY_CHUNKED:
@@ -1533,10 +1549,18 @@ class Session:
             and self._retry_buf is not None
         ):
             self.retries += 1
+            self._tried(err)
             self._reset_response_state()
             self._choose_peer()
         else:
             self._fail(err)
+
+    def _tried(self, err: ProxyError) -> None:
+        """Keep the attempt that just failed for the access log (a retry follows)."""
+        tries = self._tries
+        if tries is None:
+            tries = self._tries = []
+        tries.append(attempt(self, err))
 
     def _reset_response_state(self) -> None:
         self._resp = None
@@ -1627,6 +1651,9 @@ class Session:
         if up is not None:
             self.engine.close_upstream(up, abort=True)
             self.upstream = None
+        access = self.engine.access_log
+        if access is not None:
+            log_session(access, self)
         ph = self.engine.phases
         if ph.logging is not None:
             self._call(ph.logging, (self, self.error, self.ctx), _K_LOGGING)

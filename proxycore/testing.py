@@ -44,9 +44,18 @@ class Harness:
     """Drive one Engine by hand. Every method returns the actions that event produced."""
 
     def __init__(
-        self, app: Proxy, conf: ServerConf | None = None, *, now: float = 0.0, logger: Any = None
+        self,
+        app: Proxy,
+        conf: ServerConf | None = None,
+        *,
+        now: float = 0.0,
+        logger: Any = None,
+        access_log: Any = None,
     ) -> None:
-        self.engine = Engine(app, conf, logger or NullLog(), tls=False)  # scripted plaintext
+        """``access_log``: a logger for the access records (see proxycore.accesslog)."""
+        self.engine = Engine(
+            app, conf, logger or NullLog(), tls=False, access_log=access_log
+        )  # scripted plaintext
         self.now = now
         self.log: list[Event | Action] = []
 

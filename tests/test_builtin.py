@@ -169,3 +169,9 @@ def test_phase_marks_work_on_methods_that_take_no_attributes() -> None:
         assert not phases.is_marked(str.lower, "nonblocking")
     finally:
         phases._COMPILED_MARKS.pop(("builtins", "str.upper"), None)
+
+
+def test_hash_selectors_need_a_hash_key() -> None:
+    for lb in ("hash", "consistent"):
+        with pytest.raises(ValueError, match=f"the {lb} selector needs a hash_key"):
+            ReverseProxy(["127.0.0.1:9000", "127.0.0.1:9001"], lb=lb)

@@ -1,5 +1,7 @@
 """A small origin for ``proxycore demo``: answers every request with a JSON description of
-what it received (so you can see what the proxy forwarded). Runs in a background thread."""
+what it received (so you can see what the proxy forwarded). Runs in a background thread.
+The banner that tells what to try is printed once the proxy's listener is bound (a hook of the
+shared socket driver), so a proxy that cannot start never invites you to curl it."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-__all__ = ["start_demo_origin"]
+__all__ = ["announce_when_listening", "start_demo_origin"]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -45,3 +47,20 @@ def start_demo_origin(host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]
     threading.Thread(target=httpd.serve_forever, name="demo-origin", daemon=True).start()
     addr = httpd.server_address
     return str(addr[0]), int(addr[1])
+
+
+def announce_when_listening(origin: tuple[str, int], backend: str) -> None:
+    """Print the demo's banner (with the address actually bound) once the proxy listens."""
+    from proxycore.adapters._sockets import listening_hooks
+
+    def banner(bound: list[tuple[str, int]]) -> None:
+        listening_hooks.remove(banner)
+        host, port = bound[0]
+        addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        print(f"demo origin listening on http://{origin[0]}:{origin[1]}/")
+        print(f"proxycore ({backend}) listening on http://{addr}/ — try:")
+        print(f"    curl -i http://{addr}/hello")
+        print(f"    curl -i -d 'some body' http://{addr}/echo")
+        print("Ctrl-C to stop.", flush=True)
+
+    listening_hooks.append(banner)

@@ -1,6 +1,6 @@
-"""proxycore on trio (through anyio): ``serve(app, addrs, conf, grace=5.0, **options)``.
+"""proxycore on trio: ``serve(app, addrs, conf, grace=5.0, **options)``.
 
-Select it with ``--backend proxycore.adapters.trio``. See :mod:`.server`.
+Select it with ``--backend trio``. See :mod:`.server`.
 """
 
 from proxycore.adapters.trio.server import serve

@@ -1,0 +1,476 @@
+"""The access log: one record per request, in nginx's combined format or as JSON.
+
+Theory of operation: the core decides and formats, the process does the I/O. The engine is
+handed an access logger (``Engine(access_log=logging.getLogger("proxycore.access"))``, set up
+by the adapters from ``ServerConf.access_log``; None, the default, turns it off, and then the
+only per-request cost is one ``is None`` check). When a request ends — proxied or answered by
+the proxy itself (a rejected head, a ``request_filter`` response, a 502/504, a filter's 500),
+successfully or not — the session builds an :class:`AccessEntry` from what it recorded on the
+way (the event times of the request head, of each upstream attempt's start, connect and
+response head, and of the end) and the head as received, and :func:`emit` hands it to the
+logger. It is written when the request ends, just before the ``logging`` phase is called (so a
+deferred or raising ``logging`` phase cannot lose it).
+
+Two ways through the logging machinery, with the same lines out: when the logger's only
+handler is the process's own access-log handler (``proxycore.adapters.access``), with no
+filter anywhere and propagation off (what ``--access-log`` sets up), :func:`emit` gives the
+entry straight to that handler's ``write_access``, which stamps, formats and writes it: no
+``LogRecord``, whose construction would cost more than everything else per line. Otherwise
+(a program added handlers or filters: it routes the log) it makes a standard INFO
+``LogRecord`` whose ``access`` attribute is the entry and whose message (``str(entry)``) is
+the combined line, and hands it to ``Logger.handle``; :class:`CombinedFormatter` and
+:class:`JsonFormatter` format it for any handler. The check is made per record, so handlers
+added while the proxy runs take effect at once.
+
+Times: durations come from the event clock (the ``now`` of the events, which the core already
+has). The wall-clock time of a line (nginx's ``$time_local``: when the request was logged) is
+stamped outside the core, when the record is made (``LogRecord.created``) or by the handler's
+``write_access`` (``entry.created``). The log is output, not an action: a replayed session
+produces the same actions whether the access log is on or off (replays run with it off), and
+the wall-clock time is the one value in a line that a replay could not reproduce.
+
+Field semantics follow nginx's variables: times are seconds with millisecond resolution,
+``-`` (JSON: null) when absent; the request line and the Referer, User-Agent and Basic-auth
+user come from the head as received (not as filters edited it); with retries the upstream
+fields list every attempt in order (combined: ``", "``-separated, as nginx writes
+``$upstream_addr``); strings are escaped as nginx does (``"``, ``\\`` and bytes outside
+printable ASCII as ``\\xHH``).
+"""
+
+from __future__ import annotations
+
+import logging
+from binascii import Error as _B64Error
+from binascii import a2b_base64
+from json.encoder import encode_basestring_ascii as _json_str
+from typing import TYPE_CHECKING, Any, Final
+
+from proxycore.errors import ErrorSource, ErrorType, ProxyError
+
+if TYPE_CHECKING:
+    from proxycore.downstream import Downstream
+    from proxycore.session import Session
+
+__all__ = [
+    "FORMATS",
+    "AccessEntry",
+    "Attempt",
+    "CombinedFormatter",
+    "JsonFormatter",
+    "attempt",
+    "emit",
+    "format_batch",
+    "format_combined",
+    "format_json",
+    "formatter",
+    "log_rejected",
+    "log_session",
+    "request_fields",
+    "time_iso8601",
+    "time_local",
+]
+
+FORMATS: Final = ("combined", "json")
+_INFO: Final = logging.INFO
+_MAX_LINE: Final = 2048  # a logged request line is cut here (the head limits are larger)
+_MAX_HEAD: Final = 65536  # what is kept of a rejected head without an end
+_MONTHS: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                  "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")  # fmt: skip
+_MILLIS: Final = tuple(f".{i:03d}" for i in range(1000))
+_UNDER_A_SECOND: Final = tuple(f"0.{i:03d}" for i in range(1000))
+
+# One upstream attempt: (address, status or 0 for none, connect time, header time); a time
+# below 0 means absent.
+Attempt = tuple[str, int, float, float]
+
+
+class AccessEntry:
+    """What one request's line says. ``head``: the request head as received (bytes; for a
+    rejected head, what had arrived of it), from which the request line and the Basic-auth
+    user, Referer and User-Agent fields are read when the line is formatted (properties
+    below); ``created``: the wall-clock time of the line (seconds since the epoch), stamped
+    outside the core; ``request_time`` and the upstream times are seconds; an attempt's
+    status is 0 and its times below 0 when absent."""
+
+    __slots__ = (
+        "body_bytes_sent",
+        "created",
+        "head",
+        "parsed",
+        "remote_addr",
+        "request_time",
+        "status",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        remote_addr: str,
+        head: bytes,
+        status: int,
+        body_bytes_sent: int,
+        request_time: float,
+        upstream: tuple[Attempt, ...] = (),
+    ) -> None:
+        self.remote_addr = remote_addr
+        self.head = head
+        self.status = status
+        self.body_bytes_sent = body_bytes_sent
+        self.request_time = request_time if request_time > 0.0 else 0.0
+        self.upstream = upstream
+        self.created = 0.0
+        self.parsed = True  # False: a rejected head (it may hold any byte)
+
+    @property
+    def request(self) -> str:
+        """The request line as received (nginx's ``$request``), ``-`` if none."""
+        return request_fields(self.head)[0]
+
+    @property
+    def remote_user(self) -> str | None:
+        """The user name of ``Authorization: Basic`` credentials (``$remote_user``)."""
+        return request_fields(self.head)[1]
+
+    @property
+    def referer(self) -> str | None:
+        return request_fields(self.head)[2]
+
+    @property
+    def user_agent(self) -> str | None:
+        return request_fields(self.head)[3]
+
+    def __str__(self) -> str:
+        return format_combined(self)
+
+    def __repr__(self) -> str:
+        return f"<AccessEntry {format_combined(self)}>"
+
+
+def emit(logger: Any, entry: AccessEntry) -> None:
+    """Hand ``entry`` to ``logger`` if it is enabled for INFO: straight to the process's own
+    handler when it is the only way out, else as a standard record (see the module
+    docstring)."""
+    if not logger.isEnabledFor(_INFO):
+        return
+    handlers = logger.handlers
+    if len(handlers) == 1 and not logger.propagate and not logger.filters:
+        direct = getattr(handlers[0], "write_access", None)
+        if direct is not None and direct(entry):
+            return
+    # makeRecord + handle: Logger.info would also search the stack for the calling frame.
+    rec = logger.makeRecord(logger.name, _INFO, __file__, 0, entry, None, None)
+    entry.created = rec.created
+    rec.access = entry
+    logger.handle(rec)
+
+
+# ---------------------------------------------------------------- entries from the core
+
+_TIMEOUTS: Final = frozenset(
+    {ErrorType.CONNECT_TIMEDOUT, ErrorType.READ_TIMEDOUT, ErrorType.WRITE_TIMEDOUT}
+)
+
+
+def attempt(s: Session, err: ProxyError | None) -> Attempt:
+    """The session's current upstream attempt as the log shows it. Times run from the
+    attempt's start (``upstream_peer`` answered) as nginx's do: connect time is 0 on a pooled
+    connection. The status is the upstream's (not what a filter made of it); an attempt that
+    got no response head shows 504 if it timed out and 502 for any other upstream error, as
+    nginx does, and none if it was cut short otherwise (the client left)."""
+    start = s._t_peer
+    resp = s._resp
+    if resp is not None:
+        status = resp.status
+    elif err is not None and err.source is ErrorSource.UPSTREAM:
+        status = 504 if err.etype in _TIMEOUTS else 502
+    else:
+        status = 0
+    conn = s._t_conn
+    head = s._t_head
+    peer = s.peer
+    return (
+        peer.address if peer is not None else "-",
+        status,
+        conn - start if conn >= 0.0 else -1.0,
+        head - start if head >= 0.0 else -1.0,
+    )
+
+
+def log_session(logger: Any, s: Session) -> None:
+    """The record of a request that had a session (everything but rejected heads)."""
+    err = s.error
+    tries = s._tries
+    upstream: tuple[Attempt, ...]
+    if s._t_peer >= 0.0:
+        current = attempt(s, err)
+        upstream = (*tries, current) if tries else (current,)
+    else:
+        upstream = tuple(tries) if tries else ()
+    emit(
+        logger,
+        AccessEntry(
+            s.down.client_addr[0],
+            s._meta.raw,
+            s.response_status or (err.status if err is not None else 0),
+            s.response_body_bytes,
+            s.engine.now - s.start_time,
+            upstream,
+        ),
+    )
+
+
+def log_rejected(
+    logger: Any, down: Downstream, status: int, raw: bytes | bytearray, sent: int, start: float
+) -> None:
+    """The record of a request head the connection rejected (400, 408, 413, 414, 431, 501...):
+    what was received of it, nothing upstream."""
+    end = raw.find(b"\r\n\r\n")
+    head = bytes(raw[: end + 2 if end >= 0 else min(len(raw), _MAX_HEAD)])
+    entry = AccessEntry(down.client_addr[0], head, status, sent, down.engine.now - start)
+    entry.parsed = False
+    emit(logger, entry)
+
+
+# ---------------------------------------------------------------- fields from the head
+
+
+def request_fields(head: bytes) -> tuple[str, str | None, str | None, str | None]:
+    """From a request head as received: the request line (nginx's ``$request``, cut at
+    2048 characters, ``-`` if empty), the Basic-auth user (``$remote_user``), and the first
+    Referer and User-Agent values (None when absent). Latin-1, one character per byte."""
+    text = head.decode("latin-1")
+    end = text.find("\r\n")
+    if end < 0:
+        end = len(text)
+    low = text.lower()
+    auth = _field(text, low, "\r\nauthorization:")
+    return (
+        text[: min(end, _MAX_LINE)] or "-",
+        _basic_user(auth) if auth is not None else None,
+        _field(text, low, "\r\nreferer:"),
+        _field(text, low, "\r\nuser-agent:"),
+    )
+
+
+def _field(text: str, low: str, name: str) -> str | None:
+    i = low.find(name)
+    if i < 0:
+        return None
+    i += len(name)
+    j = text.find("\r\n", i)
+    return text[i : j if j >= 0 else len(text)].strip(" \t")
+
+
+def _basic_user(authorization: str) -> str | None:
+    if authorization[:6].lower() != "basic ":
+        return None
+    try:
+        decoded = a2b_base64(authorization[6:].strip().encode("latin-1")).decode("latin-1")
+    except (_B64Error, UnicodeEncodeError, ValueError):
+        return None
+    user, sep, _ = decoded.partition(":")
+    return user if sep and user else None
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def _plain(text: str) -> bool:
+    """True if nginx's escaping leaves ``text`` as it is."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+
+
+def _escape(text: str) -> str:
+    """nginx's access-log escaping: ``"``, ``\\`` and characters outside printable ASCII
+    become ``\\xHH``."""
+    if _plain(text):
+        return text
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if o < 0x20 or o > 0x7E or ch == '"' or ch == "\\":
+            out.append(f"\\x{o:02X}" if o < 0x100 else f"\\u{o:04X}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _secs(t: float) -> str:
+    """Seconds with millisecond resolution (``0.012``), ``-`` when below 0."""
+    if t < 0.0:
+        return "-"
+    ms = int(t * 1000.0 + 0.5)
+    if ms < 1000:
+        return _UNDER_A_SECOND[ms]
+    return f"{ms // 1000}{_MILLIS[ms % 1000]}"
+
+
+def _json_secs(t: float) -> str:
+    return _secs(t) if t >= 0.0 else "null"
+
+
+class _Clock:
+    """The wall-clock strings of the last second formatted (one conversion per second, not
+    per line), kept as one tuple so threads always see a consistent one."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last: tuple[int, str, str] = (-1, "", "")
+
+    def get(self, created: float) -> tuple[int, str, str]:
+        second = int(created)
+        last = self.last
+        if last[0] == second:
+            return last
+        # logging's converter (time.localtime unless a program changed it): local time, like
+        # nginx's $time_local and $time_iso8601.
+        t = logging.Formatter.converter(second)
+        off = t.tm_gmtoff or 0
+        sign = "-" if off < 0 else "+"
+        hh, mm = divmod(abs(off) // 60, 60)
+        local = (
+            f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:"
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} {sign}{hh:02d}{mm:02d}"
+        )
+        iso = (
+            f"{t.tm_year}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}{sign}{hh:02d}:{mm:02d}"
+        )
+        last = self.last = (second, local, iso)
+        return last
+
+
+_clock: Final = _Clock()
+
+
+def time_local(created: float) -> str:
+    """``created`` as nginx's ``$time_local``: ``01/Dec/2026:21:20:37 +0000``."""
+    return _clock.get(created)[1]
+
+
+def time_iso8601(created: float) -> str:
+    """``created`` as nginx's ``$time_iso8601``: ``2026-12-01T21:20:37+00:00``."""
+    return _clock.get(created)[2]
+
+
+def _upstream_tail(up: tuple[Attempt, ...]) -> str:
+    if not up:
+        return " uaddr=- us=- uct=- uht=-"
+    if len(up) == 1:
+        addr, status, ct, ht = up[0]
+        us = str(status) if status else "-"
+        return f" uaddr={addr} us={us} uct={_secs(ct)} uht={_secs(ht)}"
+    return (
+        f" uaddr={', '.join([a[0] for a in up])}"
+        f" us={', '.join([str(a[1]) if a[1] else '-' for a in up])}"
+        f" uct={', '.join([_secs(a[2]) for a in up])}"
+        f" uht={', '.join([_secs(a[3]) for a in up])}"
+    )
+
+
+def format_combined(e: AccessEntry) -> str:
+    """nginx's ``combined`` format followed by ``rt=$request_time uaddr=$upstream_addr
+    us=$upstream_status uct=$upstream_connect_time uht=$upstream_header_time``.
+
+    (The fields are read from the head here, in one pass, rather than through
+    :func:`request_fields`: this runs once per request.)"""
+    text = e.head.decode("latin-1")
+    # A parsed head holds no control character but HTAB (RFC 9112 §5.5), so one look at the
+    # whole head tells whether any field needs escaping.
+    plain = (
+        e.parsed and '"' not in text and "\\" not in text and "\t" not in text and text.isascii()
+    )
+    end = text.find("\r\n")
+    if end < 0:
+        end = len(text)
+    request = text[: min(end, _MAX_LINE)] or "-"
+    low = text.lower()
+    agent = _field(text, low, "\r\nuser-agent:")
+    referer = _field(text, low, "\r\nreferer:")
+    user = "-"
+    if "\r\nauthorization:" in low:
+        auth = _field(text, low, "\r\nauthorization:")
+        name = _basic_user(auth) if auth is not None else None
+        if name:
+            user = _escape(name)
+    agent = "-" if agent is None else agent
+    referer = "-" if referer is None else referer
+    if not plain:
+        request, agent, referer = _escape(request), _escape(agent), _escape(referer)
+    up = e.upstream
+    if len(up) == 1:  # the usual case, inline
+        addr, status, ct, ht = up[0]
+        return (
+            f"{e.remote_addr} - {user} [{_clock.get(e.created)[1]}] "
+            f'"{request}" {e.status} {e.body_bytes_sent} "{referer}" "{agent}" '
+            f"rt={_secs(e.request_time)} uaddr={addr} us={str(status) if status else '-'} "
+            f"uct={_secs(ct)} uht={_secs(ht)}"
+        )
+    return (
+        f"{e.remote_addr} - {user} [{_clock.get(e.created)[1]}] "
+        f'"{request}" {e.status} {e.body_bytes_sent} "{referer}" "{agent}" '
+        f"rt={_secs(e.request_time)}{_upstream_tail(up)}"
+    )
+
+
+def format_batch(entries: list[AccessEntry], json: bool) -> str:
+    """Lines for ``entries``, each ending in a newline (the handler's batched write)."""
+    fmt = format_json if json else format_combined
+    return "".join([fmt(e) + "\n" for e in entries])
+
+
+def _json_opt(text: str | None) -> str:
+    return "null" if text is None else _json_str(text)
+
+
+def format_json(e: AccessEntry) -> str:
+    """One JSON object (one line) with the combined format's fields: ``time`` (ISO 8601,
+    local), ``remote_addr``, ``remote_user``, ``request``, ``status``, ``body_bytes_sent``,
+    ``http_referer``, ``http_user_agent``, ``request_time`` (seconds), and ``upstream``: one
+    object per attempt, in order (``addr``, ``status``, ``connect_time``, ``header_time``;
+    ``[]`` when nothing went upstream). Absent values are null."""
+    attempts = ",".join(
+        [
+            f'{{"addr":{_json_str(addr)},"status":{str(status) if status else "null"},'
+            f'"connect_time":{_json_secs(ct)},"header_time":{_json_secs(ht)}}}'
+            for addr, status, ct, ht in e.upstream
+        ]
+    )
+    request, user, referer, agent = request_fields(e.head)
+    return (
+        f'{{"time":"{time_iso8601(e.created)}","remote_addr":{_json_str(e.remote_addr)},'
+        f'"remote_user":{_json_opt(user)},"request":{_json_str(request)},'
+        f'"status":{e.status},"body_bytes_sent":{e.body_bytes_sent},'
+        f'"http_referer":{_json_opt(referer)},"http_user_agent":{_json_opt(agent)},'
+        f'"request_time":{_secs(e.request_time)},"upstream":[{attempts}]}}'
+    )
+
+
+class CombinedFormatter(logging.Formatter):
+    """Formats access records as combined lines (other records as a plain Formatter does)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = getattr(record, "access", None)
+        if isinstance(entry, AccessEntry):
+            return format_combined(entry)
+        return super().format(record)
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats access records as JSON lines (other records as a plain Formatter does)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = getattr(record, "access", None)
+        if isinstance(entry, AccessEntry):
+            return format_json(entry)
+        return super().format(record)
+
+
+def formatter(name: str) -> logging.Formatter:
+    """The formatter for ``ServerConf.access_log_format`` (``combined`` or ``json``)."""
+    if name == "combined":
+        return CombinedFormatter()
+    if name == "json":
+        return JsonFormatter()
+    raise ValueError(f"unknown access log format {name!r}; choose from {', '.join(FORMATS)}")
