@@ -1,7 +1,7 @@
-"""bench/run.py's parsers on recorded output, no network: wrk's report (latency units us/ms/s,
+"""bench/harness/'s parsers on recorded output, no network: wrk's report (latency units us/ms/s,
 the "Non-2xx or 3xx" and "Socket errors" lines), the TLS server-flight classifier (bytes recorded
 from a real handshake through ssl memory BIOs) and the targets evaluation (PASS/FAIL) on a results
-document in run.py's JSON shape.
+document in bench/run.py's JSON shape.
 
 The wrk outputs were recorded from wrk 4 against a small ThreadingHTTPServer on 127.0.0.1 (a 200
 path, a 404 path and a path that sleeps 1.2 s, the last with --timeout 1s for the timeouts)."""
@@ -15,7 +15,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-import run as bench  # bench/run.py
+from harness.report import summarize
+from harness.targets import evaluate_targets
+from harness.tlsprobe import classify_server_flight
+from harness.wrk import parse_wrk
 
 WRK_OK = "Running 1s test @ http://127.0.0.1:18731/\n  1 threads and 10 connections\n  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency    42.80ms    7.07ms  54.65ms   94.93%\n    Req/Sec   136.70     20.05   173.00     80.00%\n  Latency Distribution\n     50%   43.85ms\n     75%   44.46ms\n     90%   46.01ms\n     99%   49.40ms\n  138 requests in 1.01s, 16.28KB read\nRequests/sec:    136.53\nTransfer/sec:     16.11KB\n"
 
@@ -36,7 +39,7 @@ TLS12_FULL = bytes.fromhex(
 
 
 def test_wrk_ok_milliseconds() -> None:
-    r = bench.parse_wrk(WRK_OK)
+    r = parse_wrk(WRK_OK)
     assert r["rps"] == 136.53
     assert r["requests"] == 138
     assert (r["p50_ms"], r["p75_ms"], r["p90_ms"], r["p99_ms"]) == (43.85, 44.46, 46.01, 49.4)
@@ -45,19 +48,19 @@ def test_wrk_ok_milliseconds() -> None:
 
 
 def test_wrk_non_2xx_counted() -> None:
-    r = bench.parse_wrk(WRK_404)
+    r = parse_wrk(WRK_404)
     assert r["errors"]["non_2xx_3xx"] == 161
     assert r["error_count"] == 161
 
 
 def test_wrk_seconds_and_trailing_space() -> None:
-    r = bench.parse_wrk(WRK_SECONDS)
+    r = parse_wrk(WRK_SECONDS)
     assert r["p50_ms"] == 1240.0 and r["p99_ms"] == 1240.0
     assert r["rps"] == 1.33 and r["requests"] == 4
 
 
 def test_wrk_socket_errors_and_microseconds() -> None:
-    r = bench.parse_wrk(WRK_TIMEOUTS)
+    r = parse_wrk(WRK_TIMEOUTS)
     assert r["errors"] == {"connect": 0, "read": 0, "write": 0, "timeout": 8, "non_2xx_3xx": 0}
     assert r["error_count"] == 8
     assert r["p50_ms"] == 0.0
@@ -65,11 +68,11 @@ def test_wrk_socket_errors_and_microseconds() -> None:
 
 def test_wrk_unparseable_raises() -> None:
     with pytest.raises(RuntimeError, match="could not parse wrk output"):
-        bench.parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n")
+        parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n")
 
 
 def test_tls13_full_handshake() -> None:
-    assert bench.classify_server_flight(TLS13_FULL) == {
+    assert classify_server_flight(TLS13_FULL) == {
         "version": "TLSv1.3",
         "cipher": "TLS_AES_256_GCM_SHA384",
         "group": "x25519",
@@ -87,21 +90,21 @@ def test_tls13_resumed_when_pre_shared_key_present() -> None:
     body = body[:j] + (ext_len + len(psk)).to_bytes(2, "big") + body[j + 2 :] + psk
     hs = hs[:1] + len(body).to_bytes(3, "big") + body
     flight = rec[:3] + len(hs).to_bytes(2, "big") + hs
-    assert bench.classify_server_flight(flight)["kind"] == "resumed"
+    assert classify_server_flight(flight)["kind"] == "resumed"
 
 
 def test_tls12_full_and_partial() -> None:
-    assert bench.classify_server_flight(TLS12_FULL) == {
+    assert classify_server_flight(TLS12_FULL) == {
         "version": "TLSv1.2",
         "cipher": "ECDHE-ECDSA-AES256-GCM-SHA384",
         "kind": "full",
     }
-    assert bench.classify_server_flight(TLS12_FULL[:100]) is None  # needs more bytes
-    assert bench.classify_server_flight(TLS13_FULL[:3]) is None
+    assert classify_server_flight(TLS12_FULL[:100]) is None  # needs more bytes
+    assert classify_server_flight(TLS13_FULL[:3]) is None
 
 
 def test_tls_alert() -> None:
-    assert bench.classify_server_flight(bytes.fromhex("15030300020228")) == {"kind": "alert"}
+    assert classify_server_flight(bytes.fromhex("15030300020228")) == {"kind": "alert"}
 
 
 def _row(name: str, rps: float | None = None, c1_ms: float = 0.1, idle: float | None = None):
@@ -119,8 +122,8 @@ def _row(name: str, rps: float | None = None, c1_ms: float = 0.1, idle: float | 
 
 
 def _verdicts(rows: list[dict]) -> dict[str, tuple[float | None, str]]:
-    bench.summarize(rows)
-    return {t["what"]: (t["value"], t["verdict"]) for t in bench.evaluate_targets(rows)}
+    summarize(rows)
+    return {t["what"]: (t["value"], t["verdict"]) for t in evaluate_targets(rows)}
 
 
 def test_targets_on_a_results_document() -> None:
