@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LINTED = ("proxycore", "adapters", "tests", "conformance", "examples")
+LINTED = ("proxycore", "adapters", "tests", "conformance", "examples", "bench")
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess[str]:

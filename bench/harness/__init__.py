@@ -1,0 +1,1 @@
+"""The bench harness behind bench/run.py (see bench/README.md for the modules)."""
