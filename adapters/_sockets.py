@@ -26,6 +26,7 @@ import errno
 import ipaddress
 import logging
 import os
+import selectors
 import struct
 import time
 from collections import deque
@@ -70,6 +71,7 @@ from proxycore.phases import Proxy
 from proxycore.runner import StartupError
 
 _monotonic = time.monotonic
+_EVENT_R, _EVENT_W = selectors.EVENT_READ, selectors.EVENT_WRITE
 log = logging.getLogger("proxycore")
 
 HIGH_WATER = 65536
@@ -173,6 +175,37 @@ class Conn:
         self.write_failed = False
         self.eof = False
         self.watch: Any = None  # reactor-specific registration
+
+
+class SelectorWatch:
+    """The watch hooks for a reactor that polls a :mod:`selectors` selector (``self.sel``):
+    the threads and trio backends. Mix in before :class:`SocketDriver`."""
+
+    sel: selectors.BaseSelector
+
+    def watch(self, c: Conn) -> None:
+        mask = (_EVENT_R if c.reading else 0) | (_EVENT_W if c.writing else 0)
+        if c.watch is None:
+            if mask:
+                self.sel.register(c.fd, mask, c)
+                c.watch = mask
+        elif mask == 0:
+            self.sel.unregister(c.fd)
+            c.watch = None
+        elif mask != c.watch:
+            self.sel.modify(c.fd, mask, c)
+            c.watch = mask
+
+    def forget(self, c: Conn) -> None:
+        if c.watch is not None:
+            self.sel.unregister(c.fd)
+            c.watch = None
+
+    def watch_listener(self, sock: Any, on: bool) -> None:
+        if on:
+            self.sel.register(sock, _EVENT_R, sock)
+        else:
+            self.sel.unregister(sock)
 
 
 class SocketDriver:

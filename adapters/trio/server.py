@@ -54,7 +54,7 @@ from typing import Any
 import trio
 
 from proxycore.adapters import print_stats, reload_tls
-from proxycore.adapters._sockets import Conn, SocketDriver
+from proxycore.adapters._sockets import Conn, SelectorWatch, SocketDriver
 from proxycore.config import ServerConf
 from proxycore.phases import Proxy
 
@@ -72,7 +72,7 @@ class _Timer:
         self.when, self.fn, self.arg, self.cancelled = when, fn, arg, False
 
 
-class TrioServer(SocketDriver):
+class TrioServer(SelectorWatch, SocketDriver):
     """Runs one Engine on one trio loop: one reactor task, one timer task, no task per
     connection."""
 
@@ -94,30 +94,6 @@ class TrioServer(SocketDriver):
 
     def now(self) -> float:
         return _monotonic()
-
-    def watch(self, c: Conn) -> None:
-        mask = (_R if c.reading else 0) | (_W if c.writing else 0)
-        if c.watch is None:
-            if mask:
-                self.sel.register(c.fd, mask, c)
-                c.watch = mask
-        elif mask == 0:
-            self.sel.unregister(c.fd)
-            c.watch = None
-        elif mask != c.watch:
-            self.sel.modify(c.fd, mask, c)
-            c.watch = mask
-
-    def forget(self, c: Conn) -> None:
-        if c.watch is not None:
-            self.sel.unregister(c.fd)
-            c.watch = None
-
-    def watch_listener(self, sock: Any, on: bool) -> None:
-        if on:
-            self.sel.register(sock, _R, sock)
-        else:
-            self.sel.unregister(sock)
 
     def call_at(self, deadline: float, fn: Callable[[int], None], arg: int) -> _Timer:
         t = _Timer(deadline, fn, arg)
