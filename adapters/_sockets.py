@@ -207,6 +207,16 @@ class SelectorWatch:
         else:
             self.sel.unregister(sock)
 
+    def dispatch(self, data: Any, mask: int) -> None:
+        """Hand one ready selector key's ``data`` (a Conn or a listener) to the driver."""
+        if isinstance(data, Conn):
+            if mask & _EVENT_R and data.reading:
+                self.on_readable(data)  # type: ignore[attr-defined]
+            if mask & _EVENT_W and data.writing:
+                self.on_writable(data)  # type: ignore[attr-defined]
+        else:
+            self.on_accept(data)  # type: ignore[attr-defined]
+
 
 class SocketDriver:
     """Executes the engine's actions on non-blocking sockets; subclasses provide the reactor."""

@@ -25,7 +25,7 @@ from queue import Empty, SimpleQueue
 from typing import Any
 
 from proxycore.adapters import print_stats, reload_tls
-from proxycore.adapters._sockets import Conn, SelectorWatch, SocketDriver
+from proxycore.adapters._sockets import SelectorWatch, SocketDriver
 from proxycore.config import ServerConf
 from proxycore.phases import Proxy
 
@@ -125,13 +125,8 @@ class ThreadsServer(SelectorWatch, SocketDriver):
             data = key.data
             if data is None:
                 self._drain_done()
-            elif isinstance(data, Conn):
-                if mask & _R and data.reading:
-                    self.on_readable(data)
-                if mask & _W and data.writing:
-                    self.on_writable(data)
             else:
-                self.on_accept(data)
+                self.dispatch(data, mask)
         now = time.monotonic()
         while heap and heap[0][0] <= now:
             _, _, t = heapq.heappop(heap)

@@ -61,7 +61,6 @@ from proxycore.phases import Proxy
 __all__ = ["TrioServer", "serve"]
 
 log = logging.getLogger("proxycore")
-_R, _W = selectors.EVENT_READ, selectors.EVENT_WRITE
 _monotonic = time.monotonic
 
 
@@ -186,13 +185,7 @@ class TrioServer(SelectorWatch, SocketDriver):
         for key, mask in ready:
             data = key.data
             try:
-                if isinstance(data, Conn):
-                    if mask & _R and data.reading:
-                        self.on_readable(data)
-                    if mask & _W and data.writing:
-                        self.on_writable(data)
-                else:
-                    self.on_accept(data)
+                self.dispatch(data, mask)
             except Exception:  # a bug here must not end the worker: close that connection
                 log.exception("trio adapter: error on connection")
                 if isinstance(data, Conn):
