@@ -153,7 +153,6 @@ class AsyncioServer(SocketDriver):
     # ------------------------------------------------------------------ serving
 
     async def serve_forever(self, addrs: Sequence[tuple[str, int]], grace: float) -> None:
-        self.listen(addrs)
         stop = asyncio.Event()
         mode = {"graceful": True}
 
@@ -171,6 +170,9 @@ class AsyncioServer(SocketDriver):
             )
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread
             pass
+        # Listen only once the handlers are in: a SIGTERM sent as soon as the port accepts
+        # must drain, not kill the process with the default action.
+        self.listen(addrs)
         print(f"proxycore ready backend={type(self.loop).__module__}", flush=True)
         await stop.wait()
         log.info("shutting down (%s)", "graceful" if mode["graceful"] else "fast")

@@ -151,7 +151,6 @@ def serve(
 ) -> None:
     """Serve on gevent's hub until SIGTERM (graceful) or SIGINT (fast)."""
     srv = GeventServer(app, conf, blocking_phases)
-    srv.listen(addrs)
     stop = gevent.event.Event()
     mode = {"graceful": True}
 
@@ -169,6 +168,7 @@ def serve(
             greenlets=sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet)),
         ),
     )
+    srv.listen(addrs)  # after the handlers: an early SIGTERM drains instead of killing
     print("proxycore ready backend=gevent", flush=True)
     stop.wait()
     log.info("shutting down (%s)", "graceful" if mode["graceful"] else "fast")
