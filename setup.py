@@ -27,6 +27,7 @@ CORE = [
     "proxycore/h1/write.py",
     "proxycore/http.py",
     "proxycore/session.py",
+    "proxycore/codec.py",
     "proxycore/downstream.py",
     "proxycore/engine.py",
     "proxycore/pool.py",

@@ -1,67 +1,58 @@
-"""The seams between the protocol-neutral exchange and the wire codecs.
+"""The seam between the exchange and the client side of the wire: :class:`ServerStream`.
 
 Theory of operation: a request is one :class:`proxycore.session.Session` (the exchange: phases,
-peer choice, retries, errors, logging, body pumping), which knows RFC 9110 semantics and no wire
-format. On each side of it sits a codec:
+peer choice, retries, errors, logging, body pumping). Its client side is a ``ServerStream``:
+for HTTP/1.1 the connection itself (:class:`proxycore.downstream.Downstream`, one exchange at a
+time, pipelined requests waiting their turn); for HTTP/2 it will be one stream of a multiplexed
+connection. The session reaches the per-request resources that live on the client side only
+through the methods below, so that they can belong to a stream rather than to a connection:
 
-- downstream, a :class:`ServerStream`: the client side of one exchange. HTTP/1.1
-  (:mod:`proxycore.h1.server`): the connection itself, one exchange at a time. HTTP/2
-  (:mod:`proxycore.h2.server`): one stream of a multiplexed connection.
-- upstream, an :class:`UpstreamCodec` (:mod:`proxycore.upstream`): the origin side. HTTP/1.1
-  now (one exchange per connection at a time), HTTP/2 later (streams sharing a connection).
+- **Timers** (``arm`` / ``disarm`` / ``armed``): the session names its own timers (``connect``,
+  ``read``, ``write``, ``send``, ``body``); the stream maps them onto its connection's timer.
+  Deadlines fire back into the session as ``Session.on_timer(name)``.
+- **Deferred filter results** (``filter_token``): a phase run by the adapter (``async def``,
+  ``@blocking``) leaves as a RunFilter action carrying the connection id and a token the stream
+  hands out; the engine gives the FilterDone back to the stream, which finds the exchange by
+  that token (on HTTP/2 many exchanges share a connection) and drops a stale one.
+- **Pausing the request body** (``request_pause_changed``): the session's wish
+  (``Session.wants_request_paused()``) may have changed; the stream re-evaluates and pauses or
+  resumes its source (HTTP/1.1: reading the socket).
+- **The end of the exchange** (``exchange_done``), **a client gone** (``client_gone``: the
+  session gave up on a client that went away) and **aborting a response** whose head already
+  went out (``abort_response``: HTTP/1.1 can only close the connection).
 
-The codecs call typed methods on the session, and the session calls the methods below on its
-codecs: direct calls through native base classes (in the compiled core a call through a
-Protocol would be a generic attribute lookup), no event objects allocated in between.
+Calls go through this native base class: in the compiled core they cost what a direct call
+costs (a call through a Protocol or ``Any`` would be a generic attribute lookup), and no event
+object is allocated per call. This module joins the compiled set together with its subclass
+(a compiled class whose base is interpreted silently becomes a slow non-native class).
 
-Bodies are pushed, with backpressure both ways. A codec hands decoded body pieces to the
-session (``Session.on_request_body(piece, eos)`` / ``Session.on_response_body(piece, eos)``)
-only while the session has not paused that direction; the session pauses a direction
-(``ServerStream.pause_request_body`` / ``UpstreamCodec.pause_response_body``) when the other
-side cannot take more or a deferred body filter is running, and the codec then keeps what
-arrives in its own bounded buffer (HTTP/1.1: the undecoded bytes, reading paused; HTTP/2: the
-DATA it has not yet acknowledged with WINDOW_UPDATE), handing it over on resume.
-
-Per-request resources are the stream's: its timers (``arm``/``disarm``; keys are the session's
-timer names, the stream maps them onto its connection's timer), the routing of deferred filter
-results (a RunFilter carries ``conn_id`` and a token; the connection finds the stream by token),
-aborting (HTTP/1.1: close the connection; HTTP/2: RST_STREAM on that stream only).
+Still on the connection, to move in later steps: writing the response (the session serialises
+HTTP/1.1 heads, chunks and trailers itself) and reading the request body (the session consumes
+``Downstream.buf``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from proxycore.engine import Engine
-    from proxycore.errors import ProxyError
-    from proxycore.http import Headers, ResponseHeader
     from proxycore.session import Session
     from proxycore.tls import TlsInfo
 
-__all__ = [
-    "BODY_CLOSE",
-    "BODY_LENGTH",
-    "BODY_NONE",
-    "BODY_STREAM",
-    "ServerStream",
-]
-
-# How a message body is delimited, as the codecs report it and the session asks for it:
-BODY_NONE: Final = 0  # no body
-BODY_LENGTH: Final = 1  # exactly `length` bytes (Content-Length)
-BODY_STREAM: Final = 2  # length unknown, ended by the protocol (chunked; HTTP/2 END_STREAM)
-BODY_CLOSE: Final = 3  # until the connection closes (HTTP/1.x responses only, RFC 9112 §6.3)
+__all__ = ["ServerStream"]
 
 
 class ServerStream:
-    """The client side of one exchange (HTTP/1.1: the connection; HTTP/2: a stream).
+    """The client side of one exchange (HTTP/1.1: the connection).
 
-    Attributes the session reads: ``engine``, ``id`` (the connection id, for RunFilter and
-    timers), ``client_addr``, ``server_addr``, ``scheme``, ``tls``, ``requests`` (exchanges this
-    connection finished before), ``write_paused`` (the client is not taking output),
-    ``http_version`` (``"1.0"``, ``"1.1"``, ``"2"``), ``closed``.
+    Attributes the session reads: ``engine``, ``id`` (the connection id, for RunFilter),
+    ``client_addr``, ``server_addr``, ``scheme``, ``tls``, ``requests`` (exchanges finished on
+    this connection before), ``write_paused`` (the client is not taking output), ``peer_eof``
+    (the client will send nothing more), ``closed``.
     """
+
+    __slots__ = ()
 
     engine: Engine
     id: int
@@ -71,63 +62,67 @@ class ServerStream:
     tls: TlsInfo | None
     requests: int
     write_paused: bool
+    peer_eof: bool
     closed: bool
-    http_version: str
 
     def peer_name(self) -> str:
         """The client's address as ``host:port`` (``[v6]:port``), for messages."""
         host, port = self.client_addr[0], self.client_addr[1]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    # -- timers of this exchange (keys: the session's timer names)
+    def forwarded_fields(self) -> bytes:
+        """The ``X-Forwarded-For`` / ``X-Forwarded-Proto`` field lines for this client."""
+        raise NotImplementedError
+
+    # -- the exchange's timers (names: the session's)
+
     def arm(self, name: str, deadline: float) -> None:
+        """Set the exchange's timer ``name`` to fire at ``deadline`` (replacing it)."""
         raise NotImplementedError
 
     def disarm(self, name: str) -> None:
+        """Cancel the exchange's timer ``name`` (nothing if it is not armed)."""
+        raise NotImplementedError
+
+    def disarm_all(self, names: tuple[str, ...]) -> None:
+        """Cancel every timer in ``names`` (the end of an exchange)."""
         raise NotImplementedError
 
     def armed(self, name: str) -> bool:
         raise NotImplementedError
 
-    # -- request body flow
-    def pause_request_body(self, paused: bool) -> None:
-        """Stop (True) or resume (False) handing request body pieces to the session."""
+    # -- deferred filter results
+
+    def filter_token(self, s: Session) -> int:
+        """A token for a phase of ``s`` that the adapter runs; its FilterDone comes back to
+        ``s.on_filter_done`` through :meth:`filter_done`."""
         raise NotImplementedError
 
-    def request_body_pending(self) -> bool:
-        """Body bytes received but not yet handed to the session (paused)."""
+    def filter_done(self, token: int, result: object, error: BaseException | None) -> None:
         raise NotImplementedError
 
-    # -- the response
-    def send_informational(self, resp: ResponseHeader) -> None:
-        """Relay a 1xx response (not 101) with its end-to-end fields."""
+    # -- the request body's flow
+
+    def request_pause_changed(self) -> None:
+        """The session's wish to pause the request body may have changed: re-evaluate."""
         raise NotImplementedError
 
-    def send_response_head(
-        self, s: Session, resp: ResponseHeader, edited: bool, meta: Any, local: bool
-    ) -> None:
-        """Send the final response head. ``edited``: a filter may have changed ``resp``;
-        ``meta``: what the upstream codec parsed (for a verbatim relay between like codecs),
-        or None; ``local``: a response the proxy made itself (``session.respond``)."""
-        raise NotImplementedError
-
-    def send_body(self, s: Session, piece: bytes) -> bool:
-        """Send a piece of response body; False if the session must abort (too long)."""
-        raise NotImplementedError
-
-    def end_response(self, s: Session, trailers: Headers | None) -> bool:
-        """End the response body (with trailers, where the protocol can carry them); False
-        if the body did not match its announced length."""
-        raise NotImplementedError
-
-    def abort_response(self, s: Session, err: ProxyError) -> None:
-        """After the head went out an error can only cut the response short."""
-        raise NotImplementedError
+    # -- the end of an exchange
 
     def exchange_done(self, s: Session, keep_alive: bool) -> None:
-        """The session finished (and its logging phase ran): free the stream."""
+        """``s`` finished (its logging phase ran): free the stream; ``keep_alive``: the
+        connection may carry another exchange."""
         raise NotImplementedError
 
     def client_gone(self, s: Session) -> None:
-        """The session gave up on a client that went away: drop what is left of it."""
+        """``s`` gave up on a client that went away: drop what is left of it."""
+        raise NotImplementedError
+
+    def abort_response(self, s: Session) -> None:
+        """The response of ``s`` was cut short after its head went out: signal the client
+        that it is incomplete (HTTP/1.1: close the connection)."""
+        raise NotImplementedError
+
+    def active_exchanges(self) -> int:
+        """Exchanges in progress on this connection (for the engine's stats)."""
         raise NotImplementedError

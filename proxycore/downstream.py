@@ -10,9 +10,12 @@ connection stops reading (backpressure). A connection ends in one of two ways: `
 after flushing, or a lingering close (half-close, then discard input until EOF or the linger
 timeout), used after an error response so the client can read it before the socket goes away.
 
-The timers a connection may hold: ``header`` (client_header_timeout, from the first byte of a
-head), ``idle`` (keepalive_timeout between requests), ``linger``, and the request timers the
-Session arms (``connect``, ``read``, ``write``, ``send``, ``body``).
+The connection is the exchange's :class:`proxycore.codec.ServerStream`: the Session reaches its
+timers, the routing of its deferred filter results, the pausing of its request body and the end
+of the exchange through that base class. The timers a connection may hold: ``header``
+(client_header_timeout, from the first byte of a head), ``idle`` (keepalive_timeout between
+requests), ``linger``, and the exchange's timers the Session names (``connect``, ``read``,
+``write``, ``send``, ``body``), all on the connection's one adapter timer.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Final
 
 from proxycore.accesslog import log_rejected
 from proxycore.actions import PauseReading, ResumeReading, SetTimer, ShutdownWrite
+from proxycore.codec import ServerStream
 from proxycore.errors import HTTPParseError
 from proxycore.h1.parse import find_head_end, parse_request_head
 from proxycore.h1.write import serialize_response_head
@@ -41,10 +45,12 @@ LINGER: Final = 2  # write side shut down; discarding input until EOF/timeout
 CLOSED: Final = 3
 
 
-class Downstream:
+class Downstream(ServerStream):
     """State of one client connection."""
 
     __slots__ = (
+        "_filter_session",
+        "_filter_token",
         "_search_from",
         "_starting",
         "buf",
@@ -96,11 +102,8 @@ class Downstream:
         self._search_from = 0
         self._starting = False
         self.fwd = b""
-
-    def peer_name(self) -> str:
-        """The client's address as ``host:port`` (``[v6]:port``), for messages."""
-        host, port = self.client_addr[0], self.client_addr[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._filter_token = 0
+        self._filter_session: Session | None = None
 
     def forwarded_fields(self) -> bytes:
         """The X-Forwarded-For/-Proto lines for this client, built once per connection."""
@@ -111,11 +114,76 @@ class Downstream:
             )
         return self.fwd
 
+    # ------------------------------------------------------------------ the stream (ServerStream)
+
+    def arm(self, name: str, deadline: float) -> None:
+        """Set a named deadline; ask the adapter only if it is earlier than scheduled (sessions
+        and the connection arm several timers per request: no action for most of them)."""
+        self.timers[name] = deadline
+        if deadline < self.scheduled:
+            self.scheduled = deadline
+            self.engine.emit(SetTimer(self.id, deadline))
+
+    def disarm(self, name: str) -> None:
+        timers = self.timers
+        if name in timers:  # (in/del: direct calls in the compiled core, unlike dict.pop)
+            del timers[name]
+
+    def disarm_all(self, names: tuple[str, ...]) -> None:
+        timers = self.timers
+        if timers:
+            for name in names:
+                if name in timers:
+                    del timers[name]
+
+    def armed(self, name: str) -> bool:
+        return name in self.timers
+
+    def filter_token(self, s: Session) -> int:
+        # One exchange at a time on HTTP/1.1, so one slot: a later token replaces an earlier.
+        token = self.engine.new_token()
+        self._filter_token = token
+        self._filter_session = s
+        return token
+
+    def filter_done(self, token: int, result: object, error: BaseException | None) -> None:
+        s = self._filter_session
+        if s is None or token != self._filter_token:
+            return  # stale: that exchange is over
+        if s is not self.current:
+            self._filter_session = None
+            return
+        s.on_filter_done(token, result, error)
+
+    def request_pause_changed(self) -> None:
+        self.update_read_pause()
+
+    def exchange_done(self, s: Session, keep_alive: bool) -> None:
+        """The Session finished (response written or failed). Next request, or close."""
+        if self._filter_session is s:
+            self._filter_session = None
+        if self.closed:
+            if self.current is s:
+                self.current = None
+            return
+        self.request_done(s, keep_alive)
+
+    def client_gone(self, s: Session) -> None:
+        if not self.closed:
+            self.close()
+
+    def abort_response(self, s: Session) -> None:
+        if not self.closed:
+            self.close()
+
+    def active_exchanges(self) -> int:
+        return 0 if self.current is None else 1
+
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         e = self.engine
-        e.arm_down(self, "header", e.now + e.conf.header_timeout)
+        self.arm("header", e.now + e.conf.header_timeout)
 
     def close(self, abort: bool = False) -> None:
         """Forget this connection and ask the adapter to close it."""
@@ -158,7 +226,7 @@ class Downstream:
         if self.read_paused:
             self.read_paused = False
             e.emit(ResumeReading(self.id))
-        e.arm_down(self, "linger", e.now + e.conf.linger_timeout)
+        self.arm("linger", e.now + e.conf.linger_timeout)
 
     def reject(self, err: HTTPParseError, raw: bytes | bytearray = b"") -> None:
         """Answer a malformed request with err.status, then close (nothing went upstream).
@@ -224,7 +292,7 @@ class Downstream:
         self.try_start()
         if self.current is None and self.state == WAIT and buf and "header" not in timers:
             e = self.engine
-            e.arm_down(self, "header", e.now + e.conf.header_timeout)  # a head has begun
+            self.arm("header", e.now + e.conf.header_timeout)  # a head has begun
 
     def on_eof(self) -> None:
         self.peer_eof = True
@@ -359,11 +427,11 @@ class Downstream:
             return
         self.state = WAIT
         if self.buf:
-            e.arm_down(self, "header", e.now + e.conf.header_timeout)
+            self.arm("header", e.now + e.conf.header_timeout)
             if not self._starting:
                 self.try_start()
         else:
-            e.arm_down(self, "idle", e.now + e.conf.keepalive_timeout)
+            self.arm("idle", e.now + e.conf.keepalive_timeout)
             self.update_read_pause()
 
     def update_read_pause(self) -> None:
@@ -373,7 +441,7 @@ class Downstream:
         want = len(self.buf) >= self.engine.conf.read_buffer_limit
         s = self.current
         if not want and s is not None:
-            want = s.wants_downstream_paused()
+            want = s.wants_request_paused()
         if want != self.read_paused:
             self.read_paused = want
             self.engine.emit(PauseReading(self.id) if want else ResumeReading(self.id))

@@ -322,7 +322,7 @@ class Engine:
 
     def stats(self) -> dict[str, int | float]:
         """A snapshot for monitoring: open connections, pool counters, requests in flight."""
-        active = sum(1 for d in self.downstreams.values() if d.current is not None)
+        active = sum(d.active_exchanges() for d in self.downstreams.values())
         out: dict[str, int | float] = {
             "downstreams": len(self.downstreams),
             "requests_in_flight": active,
@@ -370,14 +370,6 @@ class Engine:
         if deadline < owner.scheduled:
             owner.scheduled = deadline
             self.out.append(SetTimer(owner.id, deadline))
-
-    def arm_down(self, down: Downstream, name: str, deadline: float) -> None:
-        """:meth:`arm` for a downstream connection (typed: a direct attribute access in the
-        compiled core; sessions and connections arm several timers per request)."""
-        down.timers[name] = deadline
-        if deadline < down.scheduled:
-            down.scheduled = deadline
-            self.out.append(SetTimer(down.id, deadline))
 
     def _rearm(self, owner: Any, deadline: float | None) -> None:
         if deadline is None:
@@ -609,8 +601,8 @@ class Engine:
 
     def _on_filter_done(self, ev: FilterDone) -> None:
         down = self.downstreams.get(ev.conn)
-        if down is not None and down.current is not None:
-            down.current.on_filter_done(ev.token, ev.result, ev.error)
+        if down is not None:
+            down.filter_done(ev.token, ev.result, ev.error)
 
     def _on_drain(self, ev: Drain) -> None:
         self.draining = True

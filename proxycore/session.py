@@ -112,7 +112,9 @@ _K_REQUEST_BODY_FILTER: Final = 14  # the body filters run through a _BodyPipe
 _K_RESPONSE_BODY_FILTER: Final = 15
 _K_UPSTREAM_RESPONSE_BODY_FILTER: Final = 16
 _KEEP_ALIVE: Final = frozenset({"keep-alive"})
+# The exchange's timers, by the names it gives them on its stream (ServerStream.arm).
 _REQUEST_TIMERS: Final = ("connect", "read", "write", "send", "body")
+_UPSTREAM_TIMERS: Final = ("connect", "read", "write")
 _KEEP_ALIVE_LINE: Final = b"\r\nConnection: keep-alive\r\n"
 
 # Past this many unread request-body bytes after an early response, close instead of skipping.
@@ -361,6 +363,10 @@ class Session:
         self._local = True
         self._resp_done = True
 
+    def client_conn(self) -> int:
+        """The id of the connection that carries this exchange's client side."""
+        return self.down.id
+
     def __repr__(self) -> str:
         r = self.req_header
         return f"<Session {r.method} {r.path} from {self.client_addr}>"
@@ -438,7 +444,7 @@ class Session:
 
     def _defer(self, action: RunFilter, k: int, pipe: _BodyPipe | None) -> None:
         e = self.engine
-        token = e.new_token()
+        token = self.down.filter_token(self)
         action.token = token
         self._pending = token
         self._cont = k
@@ -588,17 +594,17 @@ class Session:
         timeout = (
             peer.connect_timeout if peer.connect_timeout is not None else e.conf.connect_timeout
         )
-        e.arm_down(self.down, "connect", e.now + timeout)
+        self.down.arm("connect", e.now + timeout)
         self.upstream = up
 
     def on_upstream_connected(self, up: Upstream) -> None:
-        self.down.timers.pop("connect", None)
+        self.down.disarm("connect")
         up.state = ACTIVE
         up.requests = 1
         self._use_upstream(up, False)
 
     def on_upstream_connect_failed(self, up: Upstream, reason: str, message: str) -> None:
-        self.down.timers.pop("connect", None)
+        self.down.disarm("connect")
         self.upstream = None
         etype = _CONNECT_ERRORS.get(reason, ErrorType.CONNECT_ERROR)
         addr = up.peer.address
@@ -757,7 +763,7 @@ class Session:
             return
         self._forwarding = True
         self._last_client_read = e.now
-        e.arm_down(self.down, "body", e.now + e.conf.client_body_timeout)
+        self.down.arm("body", e.now + e.conf.client_body_timeout)
         ph = e.phases
         if ph.request_body_filter is not None and self._req_pipe is None:
             self._req_pipe = _BodyPipe(
@@ -786,14 +792,14 @@ class Session:
             if len(data) <= n:
                 self._req_remaining = n - len(data)
                 self._req_piece(data, self._req_remaining == 0)
-                down.update_read_pause()
+                down.request_pause_changed()
                 return
         down.buf += data
         if self._forwarding:
             self._pump_request_body()
         elif self._resp_done and not self._req_done and not self._forwarding:
             self._discard_request_body()
-        down.update_read_pause()
+        down.request_pause_changed()
 
     def _pump_request_body(self) -> None:
         if not self._forwarding or self._finished:
@@ -822,7 +828,7 @@ class Session:
                 self._req_piece(b"", True)
             for i, piece in enumerate(pieces):
                 self._req_piece(piece, dec.done and i == last)
-        self.down.update_read_pause()
+        self.down.request_pause_changed()
 
     def _req_piece(self, piece: bytes, eos: bool) -> None:
         self.request_body_bytes += len(piece)
@@ -833,7 +839,7 @@ class Session:
         if eos:
             self._forwarding = False
             self._req_done = True
-            self.down.timers.pop("body", None)
+            self.down.disarm("body")
         pipe = self._req_pipe
         if pipe is not None:
             pipe.push(piece, eos)
@@ -869,15 +875,13 @@ class Session:
         e = self.engine
         up.last_read = e.now
         timeout = up.peer.read_timeout
-        e.arm_down(
-            self.down, "read", e.now + (timeout if timeout is not None else e.conf.read_timeout)
-        )
+        self.down.arm("read", e.now + (timeout if timeout is not None else e.conf.read_timeout))
 
     def _end_upstream_body(self) -> None:
         up = self.upstream
         if up is None:
             return
-        if "read" not in self.down.timers and not self._resp_done:
+        if not self.down.armed("read") and not self._resp_done:
             self._arm_read_timeout()
         if self._up_chunked:
             tr = self._req_trailers
@@ -935,7 +939,7 @@ class Session:
         if done:
             self._req_done = True
             if self._finished:
-                self.down.request_done(self, self._keep_alive)
+                self.down.exchange_done(self, self._keep_alive)
 
     def on_downstream_eof(self) -> None:
         if not self._req_done:
@@ -971,10 +975,9 @@ class Session:
             self.engine.close_upstream(self.upstream, abort=True)
             self.upstream = None
         self._finish(err)
-        if not self.down.closed:
-            self.down.close()
+        self.down.client_gone(self)
 
-    def wants_downstream_paused(self) -> bool:
+    def wants_request_paused(self) -> bool:
         up = self.upstream
         if self._forwarding:
             return (up is not None and up.write_paused) or (
@@ -987,14 +990,12 @@ class Session:
         if paused:
             up = self.upstream
             timeout = up.peer.write_timeout if up is not None else None
-            e.arm_down(
-                self.down,
-                "write",
-                e.now + (timeout if timeout is not None else e.conf.write_timeout),
+            self.down.arm(
+                "write", e.now + (timeout if timeout is not None else e.conf.write_timeout)
             )
         else:
-            self.down.timers.pop("write", None)
-        self.down.update_read_pause()
+            self.down.disarm("write")
+        self.down.request_pause_changed()
 
     # ------------------------------------------------------------------ response
 
@@ -1375,9 +1376,9 @@ class Session:
     def on_downstream_write_paused(self, paused: bool) -> None:
         e = self.engine
         if paused:
-            e.arm_down(self.down, "send", e.now + e.conf.send_timeout)
+            self.down.arm("send", e.now + e.conf.send_timeout)
         else:
-            self.down.timers.pop("send", None)
+            self.down.disarm("send")
         self._update_upstream_pause()
 
     def _update_upstream_pause(self) -> None:
@@ -1433,18 +1434,16 @@ class Session:
         if up is None or self._finished:
             return
         self._up_failure = error
-        timers = self.down.timers
-        if "write" in timers:
-            del timers["write"]
+        down = self.down
+        down.disarm("write")
         if self._forwarding:
             self._forwarding = False
-            if "body" in timers:
-                del timers["body"]
+            down.disarm("body")
         if not self._req_done:
             self._keep_alive = False
-        if not self._resp_head_done and "read" not in timers:
+        if not self._resp_head_done and not down.armed("read"):
             self._arm_read_timeout()
-        self.down.update_read_pause()
+        self.down.request_pause_changed()
 
     def on_timer(self, name: str) -> None:
         e = self.engine
@@ -1471,13 +1470,13 @@ class Session:
             t = up.peer.read_timeout
             timeout = t if t is not None else e.conf.read_timeout
             if up.read_paused:
-                e.arm_down(self.down, "read", now + timeout)
+                self.down.arm("read", now + timeout)
             elif now >= up.last_read + timeout:
                 self._upstream_error(
                     ErrorType.READ_TIMEDOUT, f"sent nothing for {timeout:g}s {self._stage()}"
                 )
             else:
-                e.arm_down(self.down, "read", up.last_read + timeout)
+                self.down.arm("read", up.last_read + timeout)
         elif name == "write":
             up = self.upstream
             if up is not None and up.write_paused:
@@ -1502,7 +1501,7 @@ class Session:
             if now >= self._last_client_read + timeout:
                 self._bad_request_body(HTTPParseError("client body timeout", 408))
             else:
-                e.arm_down(self.down, "body", self._last_client_read + timeout)
+                self.down.arm("body", self._last_client_read + timeout)
 
     def _upstream_error(self, etype: ErrorType, what: str) -> None:
         """Fail over the upstream: ``what`` it did, in words ("reset the connection while the
@@ -1589,8 +1588,7 @@ class Session:
         if up is not None:
             self.engine.close_upstream(up, abort=True)
             self.upstream = None
-        for name in ("connect", "read", "write"):
-            self.down.timers.pop(name, None)
+        self.down.disarm_all(_UPSTREAM_TIMERS)
         if self.response_started and not self._local:
             self._abort_downstream(err)
             return
@@ -1608,8 +1606,7 @@ class Session:
             if err is not None and err.status == 499:
                 self._keep_alive = False
                 self._finish(err)
-                if not self.down.closed:
-                    self.down.close()
+                self.down.client_gone(self)
                 return
             self._respond_error(err.status if err is not None else 500)
         if isinstance(status, int) and self.response_status == 0:
@@ -1628,8 +1625,7 @@ class Session:
             self.engine.close_upstream(up, abort=True)
             self.upstream = None
         self._finish(err)
-        if not self.down.closed:
-            self.down.close()
+        self.down.abort_response(self)
 
     def _finish(self, err: ProxyError | None) -> None:
         if self._finished:
@@ -1642,11 +1638,7 @@ class Session:
         self._cont_pipe = None
         self._held_request = None
         self._held_trailers = None
-        timers = self.down.timers
-        if timers:
-            for name in _REQUEST_TIMERS:
-                if name in timers:
-                    del timers[name]
+        self.down.disarm_all(_REQUEST_TIMERS)
         up = self.upstream
         if up is not None:
             self.engine.close_upstream(up, abort=True)
@@ -1662,18 +1654,19 @@ class Session:
 
     def _after_logging(self, _: Any) -> None:
         down = self.down
-        if down.closed:
-            if down.current is self:
-                down.current = None
-            return
-        if not self._req_done and self._req_decoder is None and self._req_remaining > _MAX_DISCARD:
-            self._keep_alive = False
-        if not self._req_done and self._keep_alive:
-            # Read and drop the rest of the request body, then carry on.
-            self._discard_request_body()
-            if not self._req_done:
-                return
-        down.request_done(self, self._keep_alive)
+        if not down.closed:
+            if (
+                not self._req_done
+                and self._req_decoder is None
+                and self._req_remaining > _MAX_DISCARD
+            ):
+                self._keep_alive = False
+            if not self._req_done and self._keep_alive:
+                # Read and drop the rest of the request body, then carry on.
+                self._discard_request_body()
+                if not self._req_done:
+                    return
+        down.exchange_done(self, self._keep_alive)
 
 
 def _end_to_end(

@@ -310,7 +310,7 @@ class Recorder:
             return conn
         up = engine.upstreams.get(conn)
         if up is not None and up.session is not None:
-            owner: int = up.session.down.id
+            owner: int = up.session.client_conn()
             return owner
         if type(ev) is ConnectFailed:
             for owner, t in self.open.items():
