@@ -159,6 +159,10 @@ def _run(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     module, extra = load_backend(backend)
+    if conf.record_dir:  # before anything binds or forks: one StartupError naming the path
+        from proxycore.adapters import prepare_record_dir
+
+        prepare_record_dir(conf.record_dir)
     if workers == 1:
         module.serve(app, addrs, conf, **extra, **options)
         return
