@@ -4,12 +4,17 @@
     python bench/core_micro.py prof 20000      # cProfile, top functions by self time
     python bench/core_micro.py record 50000    # the same with session recording on
     python bench/core_micro.py time-rp         # with the built-in ReverseProxy app (any mode: -rp)
+    python bench/core_micro.py post            # POST, a 1 KiB Content-Length body each way
+    python bench/core_micro.py chunked         # POST, chunked bodies each way (two chunks + last)
+    python bench/core_micro.py post-rp 20000   # modes combine: body kind, -rp, count
     # instructions/request, independent of machine load (difference of two runs):
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 1000
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 3000
 
 Each iteration feeds the engine one request from the client and one response from the
-(pooled, reused) upstream connection, like the built-in reverse proxy under wrk.
+(pooled, reused) upstream connection, like the built-in reverse proxy under wrk. In ``post``
+and ``chunked`` modes the request's body arrives in a read of its own after the head, and the
+response's body after its head, so the body paths are measured apart from the head paths.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import time
 from typing import Any
 
 import proxycore
-from proxycore.actions import Connect
+from proxycore.actions import Connect, Send
 from proxycore.engine import NullLog
 from proxycore.events import Accepted, Connected, DataReceived
 
@@ -30,6 +35,28 @@ RESP = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 17:57:31 GMT\r\n"
     b"Content-Type: text/plain\r\nContent-Length: 53\r\nConnection: keep-alive\r\n\r\n" + b"x" * 53
 )
+
+BODY = b"b" * 1024
+POST = (
+    b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Length: 1024\r\n\r\n"
+)
+POST_RESP = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nContent-Type: application/octet-stream\r\n"
+    b"Content-Length: 1024\r\n\r\n"
+)
+CHUNKED = (
+    b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+CHUNKED_RESP = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+CHUNKS = b"200\r\n" + BODY[:512] + b"\r\n200\r\n" + BODY[512:] + b"\r\n0\r\n\r\n"
+
+# mode prefix -> the reads of one iteration: (from the client?, bytes), in order
+EXCHANGES: dict[str, list[tuple[bool, bytes]]] = {
+    "post": [(True, POST), (True, BODY), (False, POST_RESP), (False, BODY)],
+    "chunked": [(True, CHUNKED), (True, CHUNKS), (False, CHUNKED_RESP), (False, CHUNKS)],
+}
 
 
 class App(proxycore.Proxy):
@@ -58,11 +85,29 @@ def main() -> None:
     e.feed(Connected(up, 0.0))
     e.feed(DataReceived(up, RESP, 0.0))
     feed = e.feed
+    kind = next((k for k in EXCHANGES if mode.startswith(k)), "")
 
-    def loop(count: int) -> None:
-        for _ in range(count):
-            feed(DataReceived(1, REQ, 1.0))
-            feed(DataReceived(up, RESP, 1.0))
+    if kind:
+        reads = [(1 if client else up, data) for client, data in EXCHANGES[kind]]
+
+        def loop(count: int) -> None:
+            for _ in range(count):
+                for conn, data in reads:
+                    feed(DataReceived(conn, data, 1.0))
+
+        # One exchange first, checked: the client gets the whole answer, the origin the body.
+        got: dict[int, bytes] = {1: b"", up: b""}
+        for conn, data in reads:
+            for a in feed(DataReceived(conn, data, 1.0)):
+                if isinstance(a, Send):
+                    got[a.conn] += a.data
+        assert got[1].endswith(reads[-1][1]) and BODY[-100:] in got[up], got
+    else:
+
+        def loop(count: int) -> None:
+            for _ in range(count):
+                feed(DataReceived(1, REQ, 1.0))
+                feed(DataReceived(up, RESP, 1.0))
 
     if mode.startswith("prof"):
         pr = cProfile.Profile()

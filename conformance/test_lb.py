@@ -3,6 +3,11 @@ ejection of a dead backend — on every backend."""
 
 from __future__ import annotations
 
+import json
+import time
+
+import pytest
+
 from conformance.client import get
 from conformance.origins import EchoOrigin, free_port
 
@@ -171,3 +176,57 @@ def test_name_that_does_not_resolve_exits_2(backend):
     )
     assert r.returncode == 2
     assert "'no-such-name.invalid' does not resolve" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("lb", "flags", "dead_tries"),
+    [
+        ("round_robin", [], (1, 2)),  # the defaults: one refused connect ejects for 10 s
+        ("consistent", ["--hash-key", "uri"], (1, 2)),
+        ("round_robin", ["--eject-after-connect-failures", "3", "--eject-for", "60"], (3, 3)),
+    ],
+    ids=["round_robin", "consistent", "three-connect-failures"],
+)
+def test_refusing_backend_is_tried_at_most_twice(
+    backend, origins, proxy, tmp_path, lb, flags, dead_tries
+):
+    """One refusing and one answering backend, 100 requests: every client gets its answer
+    (the request that met the refusing one was retried on the other), and the refusing one
+    was tried once or twice in all — each attempt counted in the access log, which lists
+    every attempt of a request."""
+    live = origins(EchoOrigin, name="live")
+    dead = free_port()  # nothing listens: connection refused
+    log = tmp_path / "access.json"
+    p = proxy(
+        to=None,
+        extra=[
+            "--to",
+            f"127.0.0.1:{dead}",
+            "--to",
+            f"127.0.0.1:{live.port}",
+            "--lb",
+            lb,
+            *flags,
+            "--access-log",
+            str(log),
+            "--access-log-format",
+            "json",
+        ],
+    )
+    n = 100
+    for i in range(n):
+        r = get(p.port, f"/n{i}")
+        assert r.status == 200 and r.header("x-origin") == "live", (i, r)
+    deadline = time.monotonic() + 5
+    while len(log.read_text().splitlines()) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(entries) == n
+    attempts = [a["addr"] for e in entries for a in e["upstream"]]
+    tries = attempts.count(f"127.0.0.1:{dead}")
+    assert dead_tries[0] <= tries <= dead_tries[1], attempts
+    assert attempts.count(f"127.0.0.1:{live.port}") == n  # and each request ended there
+    retried = [e["upstream"] for e in entries if len(e["upstream"]) > 1]
+    assert len(retried) == tries
+    assert all([a["status"] for a in u] == [502, 200] for u in retried), retried
+    assert f"backend 127.0.0.1:{dead} ejected for" in p.stderr()

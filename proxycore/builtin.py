@@ -3,18 +3,29 @@ connect failures retried on another backend, and passive health (outlier ejectio
 
 Theory of operation: an ordinary :class:`Proxy` subclass — also the smallest complete example of
 the filter API. Each request picks a backend with the load balancer (keyed by a header, the URI
-or the client address for the hash selectors), counts itself in that backend's requests in
-flight (least_conn, p2c), and on a connect failure asks for another backend it has not tried.
-Passive health, after Envoy's outlier detection: ``eject_after`` consecutive failures (connect
-errors, or 5xx answers) from a backend take it out of rotation for ``eject_for`` seconds; the
-first success resets the count. Time is the engine's event time, so replays are exact.
+or the client address for the hash selectors) and counts itself in that backend's requests in
+flight (least_conn, p2c). A retry (after a connect failure, or after a pooled connection died
+before answering) asks the selector for a backend this request has not tried, as nginx's
+``proxy_next_upstream`` does: a live one first, else an ejected one (better than a 502); with
+every backend tried, only a pooled connection's death goes back to its own backend, on a fresh
+connection.
+
+Passive health, after nginx's ``max_fails``/``fail_timeout`` and Envoy's outlier detection: a
+backend is ejected (skipped by the selector) for ``eject_for`` seconds (default 10) after
+``eject_after_connect_failures`` consecutive failed connects (refused, timed out, unreachable,
+TLS handshake; default 1: nginx's ``max_fails=1 fail_timeout=10s``), or after ``eject_after``
+consecutive failures of any kind (failed connects, errors after connecting, 5xx answers;
+default 5, Envoy's ``consecutive_5xx``). An answer below 500 resets both counts (and lifts an
+ejection: an ejected backend is tried when no other is left). If every backend is ejected, all
+are used (Envoy's panic mode; nginx answers that request 502 and clears every server's
+failures). Time is the engine's event time, so replays are exact.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -29,6 +40,11 @@ from proxycore.session import Session
 __all__ = ["HASH_KEYS", "ReverseProxy", "parse_backend", "parse_hash_key"]
 
 HASH_KEYS = ("header:NAME", "uri", "client_ip")
+
+# How an attempt on a backend ended, for passive health.
+_OK: Final = 0  # an answer below 500
+_FAILED: Final = 1  # an error after connecting, or a 5xx answer
+_CONNECT_FAILED: Final = 2  # refused, timed out, unreachable, TLS handshake failed
 
 
 def parse_hash_key(text: str) -> tuple[str, str]:
@@ -82,15 +98,26 @@ class ReverseProxy(Proxy):
         lb: str = "round_robin",
         hash_key: str | None = None,
         eject_after: int = 5,
-        eject_for: float = 30.0,
+        eject_for: float = 10.0,
         health_check: HealthCheck | str | None = None,
         health_interval: float = 5.0,
         backends_file: str | None = None,
         discovery_interval: float = 10.0,
         upstream_tls: dict[str, Any] | None = None,
+        eject_after_connect_failures: int = 1,
     ) -> None:
         """``upstream_tls`` holds Peer options for ``https://`` backends given as text:
-        ``sni``, ``ca``, ``verify``, ``verify_hostname``, ``client_cert``."""
+        ``sni``, ``ca``, ``verify``, ``verify_hostname``, ``client_cert``. Passive health
+        (module docstring): ``eject_after_connect_failures`` consecutive failed connects or
+        ``eject_after`` consecutive failures of any kind eject a backend for ``eject_for``
+        seconds (0: never)."""
+        if eject_after < 1 or eject_after_connect_failures < 1:
+            raise ValueError(
+                "eject_after and eject_after_connect_failures must be at least 1, got "
+                f"{eject_after} and {eject_after_connect_failures}"
+            )
+        if eject_for < 0:
+            raise ValueError(f"eject_for must be 0 (never eject) or more, got {eject_for}")
         self.upstream_tls = dict(upstream_tls or {})
         if isinstance(self.upstream_tls.get("client_cert"), list):
             self.upstream_tls["client_cert"] = tuple(self.upstream_tls["client_cert"])
@@ -117,7 +144,11 @@ class ReverseProxy(Proxy):
         self._key = parse_hash_key(hash_key) if hash_key else ("", "")
         self.eject_after = eject_after
         self.eject_for = eject_for
+        self.eject_after_connect_failures = eject_after_connect_failures
+        # Consecutive failures per backend address: of any kind, and failed connects (an
+        # address is in the second only while it is in the first).
         self._failures: dict[str, int] = {}
+        self._connect_failures: dict[str, int] = {}
         self._ejected_until: dict[str, float] = {}
         if isinstance(health_check, str):
             health_check = HealthCheck.parse(health_check, health_interval)
@@ -147,6 +178,7 @@ class ReverseProxy(Proxy):
             "hash_key": self.hash_key,
             "eject_after": self.eject_after,
             "eject_for": self.eject_for,
+            "eject_after_connect_failures": self.eject_after_connect_failures,
             "health_check": _describe(self.health_check),
             "health_interval": self.health_check.interval if self.health_check else 5.0,
             "backends_file": self.backends_file,
@@ -176,6 +208,12 @@ class ReverseProxy(Proxy):
                 del ejected[address]
         key = self._request_key(session) if self._key[0] else b""
         tried = _tried(ctx)
+        prev = _backend(ctx)
+        if prev is not None:
+            # A retry after an error past connect (a pooled connection that died before
+            # answering): that attempt is over, judged neither a success nor a failure.
+            _set_backend(ctx, None)
+            prev.inflight -= 1
         if not ejected:  # the common case: the selector's fast path on a first try
             b = self.lb.select(key, exclude=tried)
         else:
@@ -185,10 +223,14 @@ class ReverseProxy(Proxy):
                 return until is None or until <= now
 
             b = self.lb.select(key, exclude=tried, predicate=live)
-            if b is None and not any(live(x) for x in self.lb.backends):
-                # Every backend is ejected: route to all of them rather than fail everything
-                # (Envoy's panic mode).
+            if b is None:
+                # No live backend that this request has not tried: an ejected one rather
+                # than a 502 (every backend ejected: Envoy's panic mode).
                 b = self.lb.select(key, exclude=tried)
+        if b is None and prev is not None and prev.enabled and prev.healthy:
+            # Every backend tried, and the last one's pooled connection died before
+            # answering: a fresh connection to it (the session asks for one).
+            b = prev
         if b is None:
             session.engine.log.warning(
                 "no healthy backend for %s %s (%d configured, %d ejected, %d tried)",
@@ -211,32 +253,55 @@ class ReverseProxy(Proxy):
         if healthy:
             self._ejected_until.pop(b.address, None)
             self._failures.pop(b.address, None)
+            self._connect_failures.pop(b.address, None)
 
-    def _done_with(self, session: Session, ctx: Any, failed: bool) -> None:
+    def _done_with(self, session: Session, ctx: Any, outcome: int) -> None:
+        """The attempt on ``ctx``'s backend ended (``_OK``, ``_FAILED``, ``_CONNECT_FAILED``):
+        release it and count the outcome toward passive health."""
         b = _backend(ctx)
         if b is None:
             return
         _set_backend(ctx, None)
         b.inflight -= 1
         key = b.address
-        if not failed:
-            if key in self._failures:  # (cheaper than pop(): a direct call when compiled)
-                del self._failures[key]
+        failures = self._failures
+        if outcome == _OK:
+            if key in failures:  # (cheaper than pop(): a direct call when compiled)
+                del failures[key]
+                if key in self._connect_failures:
+                    del self._connect_failures[key]
+                if key in self._ejected_until:  # it answered while ejected (panic mode)
+                    del self._ejected_until[key]
+                    session.engine.log.warning("backend %s answered: back in rotation", key)
             return
-        n = self._failures.get(key, 0) + 1
-        self._failures[key] = n
-        if n >= self.eject_after and self.eject_for > 0:
-            self._ejected_until[key] = session.engine.now + self.eject_for
-            self._failures[key] = 0
-            session.engine.log.warning(
-                "backend %s ejected for %gs after %d consecutive failures", key, self.eject_for, n
-            )
+        n = failures.get(key, 0) + 1
+        failures[key] = n
+        connects = self._connect_failures
+        c = 0
+        if outcome == _CONNECT_FAILED:
+            c = connects.get(key, 0) + 1
+            connects[key] = c
+        elif key in connects:  # it connected: failed connects are no longer consecutive
+            del connects[key]
+        if self.eject_for <= 0:
+            return
+        if c >= self.eject_after_connect_failures:
+            what = "failed connect" if c == 1 else f"{c} consecutive failed connects"
+        elif n >= self.eject_after:
+            what = f"{n} consecutive failures"
+        else:
+            return
+        self._ejected_until[key] = session.engine.now + self.eject_for
+        failures[key] = 0
+        if key in connects:
+            del connects[key]
+        session.engine.log.warning("backend %s ejected for %gs after %s", key, self.eject_for, what)
 
     @nonblocking
     def fail_to_connect(
         self, session: Session, peer: Peer, ctx: Any, error: ProxyError
     ) -> ProxyError:
-        self._done_with(session, ctx, failed=True)
+        self._done_with(session, ctx, _CONNECT_FAILED)
         # Nothing reached the failed backend, so any method can go to another one.
         error.retry = len(_tried(ctx)) < len(self.lb.backends)
         return error
@@ -246,7 +311,8 @@ class ReverseProxy(Proxy):
         if ctx is None or _backend(ctx) is None:
             return
         upstream_failed = error is not None and error.source.value == "upstream"
-        self._done_with(session, ctx, failed=upstream_failed or session.response_status >= 500)
+        failed = upstream_failed or session.response_status >= 500
+        self._done_with(session, ctx, _FAILED if failed else _OK)
 
 
 def _is_ip(host: str) -> bool:

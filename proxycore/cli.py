@@ -76,6 +76,12 @@ def _workers(text: str) -> int:
     return int(text)
 
 
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def _backend(text: str) -> str:
     try:
         module_name, _ = resolve_backend(text)
@@ -485,17 +491,27 @@ def _parser() -> _Parser:
     )
     rp.add_argument(
         "--eject-after",
-        type=int,
+        type=_count,
         default=5,
         metavar="N",
-        help="passive health: eject a backend after N consecutive failures (default 5)",
+        help="passive health: eject a backend after N consecutive failures of any kind "
+        "(failed connects, errors, 5xx answers; default 5)",
+    )
+    rp.add_argument(
+        "--eject-after-connect-failures",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="passive health: eject a backend after N consecutive failed connects (refused, "
+        "timed out; default 1, like nginx's max_fails=1)",
     )
     rp.add_argument(
         "--eject-for",
         type=_seconds,
-        default=30.0,
+        default=10.0,
         metavar="S",
-        help="passive health: how long an ejected backend stays out (default 30)",
+        help="passive health: how long an ejected backend stays out (default 10, like "
+        "nginx's fail_timeout=10s)",
     )
     _add_server_options(rp)
     r = sub.add_parser(
@@ -605,6 +621,7 @@ def _main(args: argparse.Namespace) -> int:
             hash_key=args.hash_key,
             eject_after=args.eject_after,
             eject_for=args.eject_for,
+            eject_after_connect_failures=args.eject_after_connect_failures,
             health_check=args.health_check,
             health_interval=args.health_interval,
             backends_file=args.backends_file,

@@ -3,7 +3,9 @@
 Theory of operation: a :class:`LoadBalancer` holds :class:`Backend` objects (address, weight,
 metadata, health flags, requests in flight) and one selector. ``select(key)`` asks the selector
 for a backend, skipping backends that are disabled, unhealthy, excluded by the caller (a retry
-asks for "another one than those that failed") or refused by a predicate. Selectors:
+asks for one it has not tried: every selector offers one while any is left, ``hash`` and
+``consistent`` the next distinct backend on the ring, as nginx's ``proxy_next_upstream``) or
+refused by a predicate. Selectors:
 
 * ``round_robin`` — in order; ``weighted`` — nginx's smooth weighted round robin;
 * ``random`` — weighted, from a random source handed in (``rng.random()``);

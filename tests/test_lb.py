@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import bisect
+import zlib
 from collections import Counter
+from typing import Any
 
 import pytest
 
 from proxycore import Backend, LoadBalancer, Peer
-from proxycore.lb import SELECTORS, XorShift, fnv1a64
+from proxycore.lb import SELECTORS, FnvHash, XorShift, fnv1a64
 
 
 def backends(*weights: int) -> list[Backend]:
@@ -108,3 +111,63 @@ def test_helpers() -> None:
     assert fnv1a64(b"a") == 0xAF63DC4C8601EC8C  # published FNV-1a 64 test vector
     r = XorShift(42)
     assert all(0.0 <= r.random() < 1.0 for _ in range(1000))
+
+
+# ------------------------------------------------------------------ retries (proxy_next_upstream)
+
+KEYS = [f"user{i}".encode() for i in range(300)]
+
+
+def _select_until_none(lb: LoadBalancer, key: bytes) -> list[Backend]:
+    """What a request that keeps failing gets: each retry excludes every backend tried."""
+    tried: list[Backend] = []
+    while (b := lb.select(key, exclude=tried)) is not None:
+        assert all(b is not t for t in tried), (b, tried)
+        tried.append(b)
+        assert len(tried) <= len(lb.backends)
+    return tried
+
+
+@pytest.mark.parametrize("name", list(SELECTORS))
+def test_a_retry_goes_to_a_backend_not_tried_while_one_is_left(name: str) -> None:
+    bs = backends(3, 1, 2, 1)
+    lb = LoadBalancer(bs, name)
+    for key in KEYS[:60]:
+        tried = _select_until_none(lb, key)
+        assert sorted(b.peer.port for b in tried) == [9000, 9001, 9002, 9003], (name, key)
+    bs[2].healthy = False  # never offered, not even when everything else was tried
+    for key in KEYS[:60]:
+        assert sorted(b.peer.port for b in _select_until_none(lb, key)) == [9000, 9001, 9003]
+
+
+def _ring_order(lb: LoadBalancer, key: bytes) -> list[int]:
+    """Backend indexes in the order met walking the selector's ring from ``key``'s point."""
+    sel: Any = lb.selector
+    if isinstance(sel, FnvHash):
+        owners = sel._slots
+        start = fnv1a64(key) % len(owners)
+    else:
+        owners = sel._owners
+        start = bisect.bisect_left(sel._hashes, zlib.crc32(key))
+    order: list[int] = []
+    for i in range(len(owners)):
+        index = owners[(start + i) % len(owners)]
+        if index not in order:
+            order.append(index)
+    return order
+
+
+@pytest.mark.parametrize("name", ["hash", "consistent"])
+def test_hash_retries_take_the_next_distinct_backend_on_the_ring(name: str) -> None:
+    bs = backends(3, 1, 2, 1, 1)
+    lb = LoadBalancer(bs, name)
+    firsts = set()
+    for key in KEYS:
+        order = [bs.index(b) for b in _select_until_none(lb, key)]
+        assert order == _ring_order(lb, key), key
+        firsts.add(order[0])
+        # A retry moves the key where a failed (unhealthy) first choice would have.
+        bs[order[0]].healthy = False
+        assert lb.select(key) is bs[order[1]]
+        bs[order[0]].healthy = True
+    assert len(firsts) == len(bs)  # the keys spread: the ring walk was not trivially the same
