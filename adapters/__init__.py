@@ -13,7 +13,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BusyPoll", "attach_recorder", "make_engine", "print_stats", "reload_tls"]
+__all__ = [
+    "BusyPoll",
+    "attach_recorder",
+    "make_engine",
+    "prepare_record_dir",
+    "print_stats",
+    "reload_tls",
+]
 
 log = logging.getLogger("proxycore")
 
@@ -187,11 +194,49 @@ def print_stats(engine: Any, **extra: Any) -> None:
     print("proxycore stats " + json.dumps(data, sort_keys=True), file=sys.stderr, flush=True)
 
 
+def prepare_record_dir(path: str) -> None:
+    """Start-up check of ``--record DIR`` (``ServerConf.record_dir``): DIR is created if it
+    does not exist (its parent must: a mistyped parent is refused, not created), and must be
+    a directory this process can create files in (checked by creating and removing one).
+    Raises :class:`proxycore.runner.StartupError` naming the path and the reason."""
+    import errno
+    import os
+    import tempfile
+
+    from proxycore.errors import os_error_reason
+    from proxycore.runner import StartupError
+
+    def refuse(reason: str) -> StartupError:
+        return StartupError(f"cannot record traces into {path!r}: {reason}")
+
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise refuse("it exists and is not a directory") from None
+    except OSError as e:
+        parent = os.path.dirname(os.path.abspath(path))
+        if isinstance(e, FileNotFoundError) and not os.path.isdir(parent):
+            raise refuse(f"its parent directory {parent!r} does not exist") from None
+        e.filename = None  # (the path is named already)
+        raise refuse(f"cannot create it ({os_error_reason(e)})") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".proxycore-record-check-", dir=path)
+    except OSError as e:
+        if e.errno == errno.ENOTDIR:
+            raise refuse("it exists and is not a directory") from None
+        e.filename = None
+        raise refuse(f"cannot create files in it ({os_error_reason(e)})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def attach_recorder(engine: Any, conf: Any, backend: str = "") -> None:
     """If ``conf.record_dir`` is set, record one trace file per client connection there
     (``<pid>-<conn>.pctrace``). A trace is written when its connection ends, or in 256 KiB
     pieces for long-lived connections (and what is pending at shutdown), so recording costs no
-    I/O on most requests and bounded memory per connection."""
+    I/O on most requests and bounded memory per connection. The directory is checked (and
+    created) by :func:`prepare_record_dir` first: a StartupError if it cannot be used."""
     if not conf.record_dir:
         return
     import os
@@ -199,7 +244,7 @@ def attach_recorder(engine: Any, conf: Any, backend: str = "") -> None:
     from proxycore.trace import Recorder
 
     directory = conf.record_dir
-    os.makedirs(directory, exist_ok=True)
+    prepare_record_dir(directory)
     pid = os.getpid()
 
     def sink(conn: int, data: bytes) -> None:

@@ -62,6 +62,7 @@ from proxycore.events import (
     FilterDone,
     Resolved,
     Started,
+    Stop,
     TimerFired,
     WriteFailed,
     WritePaused,
@@ -624,7 +625,11 @@ class SocketDriver:
         """No client connection left in the core and no graceful close still flushing."""
         return self.engine.idle and not self.flushing
 
-    def abort_all(self) -> None:
+    def abort_all(self, grace: float = 0.0) -> None:
+        """The shutdown's end (``grace``: the grace period that ran out, 0 for a fast
+        shutdown): feed Stop, so the core cuts and logs every exchange still in flight and
+        closes every connection, then discard whatever is left."""
+        self.feed(Stop(0, self.now(), grace))
         for c in [*self.conns.values(), *self.flushing]:
             self.conns.pop(c.cid, None)
             if c.sock is not None:

@@ -63,8 +63,27 @@ def backend(request):
     return request.param
 
 
+def pytest_configure(config):
+    python = _proxy.INSTALLED_PYTHON
+    if python is not None and not (os.path.isfile(python) and os.access(python, os.X_OK)):
+        raise pytest.UsageError(
+            f"PROXYCORE_PYTHON={os.environ['PROXYCORE_PYTHON']!r} is not an executable ({python})"
+        )
+
+
 def pytest_report_header(config):
     return _proxy.describe_core()
+
+
+def pytest_sessionstart(session):
+    """``-q`` hides the report header; the line naming the core under test is shown anyway
+    (by the controller only, under pytest-xdist)."""
+    config = session.config
+    if config.get_verbosity() >= 0 or hasattr(config, "workerinput"):
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(_proxy.describe_core())
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -49,7 +49,21 @@ DEFAULT_TIMEOUTS = [
 
 LIVE: list[ProxyProcess] = []  # every proxy not yet stopped (for failure reports)
 
-INSTALLED_PYTHON = os.environ.get("PROXYCORE_PYTHON") or None
+
+def installed_python() -> str | None:
+    """``PROXYCORE_PYTHON`` as a command the proxy processes can run from any directory: a
+    relative path (``build/compiled-venv/bin/python``) is made absolute against the directory
+    pytest started in (not resolved through symlinks: a virtualenv's interpreter is one), a
+    bare name is looked up on PATH. None when unset."""
+    value = os.environ.get("PROXYCORE_PYTHON") or None
+    if value is None:
+        return None
+    if os.sep not in value:
+        return shutil.which(value) or value
+    return os.path.abspath(value)
+
+
+INSTALLED_PYTHON = installed_python()
 
 
 def _scratch_path() -> Path:

@@ -340,3 +340,79 @@ def test_demo_banner_comes_once_listening(backend):
                 proc.kill()
                 proc.wait()
             out_path.unlink()
+
+
+def _without_dac_override() -> list[str]:
+    """A command prefix under which file permissions apply (root bypasses them through
+    CAP_DAC_OVERRIDE, dropped with ``setpriv``); skips where that is impossible."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv (util-linux) is not installed")
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, "--bounding-set", caps, "--inh-caps", caps]
+
+
+def test_unusable_record_dir_exits_2_before_binding(backend, busy_port, tmp_path):
+    """``--record DIR`` that cannot be used: an existing file, a missing parent, a path through
+    a file, a directory without write permission (and one that cannot be created there). The
+    listen address is a busy port: the record directory's line comes first, so it was checked
+    before binding; with reverse-proxy, run, ``--workers 2`` and ``proxycore.run(record=)``."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "existing").mkdir()
+    locked.chmod(0o555)
+    (locked / "existing").chmod(0o555)
+    cases = [
+        (str(afile), "it exists and is not a directory"),
+        (str(tmp_path / "missing" / "traces"),
+         f"its parent directory {str(tmp_path / 'missing')!r} does not exist"),
+        (str(afile / "traces"), "cannot create it (not a directory)"),
+        (str(locked / "traces"), "cannot create it (permission denied)"),
+        (str(locked / "existing"), "cannot create files in it (permission denied)"),
+    ]  # fmt: skip
+    listen = f"{HOST}:{busy_port}"
+    py = [*python_cmd(), "-m", "proxycore"]
+    common = ["--listen", listen, "--backend", backend]
+    record_script = SCRIPT.replace(
+        "backend=sys.argv[2])", "backend=sys.argv[2], record=sys.argv[3])"
+    )
+    argvs, expected = [], []
+    for path, reason in cases:
+        wrap = _without_dac_override() if "permission" in reason else []
+        argvs += [
+            [*wrap, *py, "reverse-proxy", "--to", f"{HOST}:9", *common, "--record", path],
+            [*wrap, *py, "run", "conformance.apps:HeaderApp", *common, "--record", path],
+            [*wrap, *py, "reverse-proxy", "--to", f"{HOST}:9", *common, "--record", path,
+             "--workers", "2"],
+            [*wrap, *python_cmd(), "-c", record_script, listen, backend, path],
+        ]  # fmt: skip
+        expected += [f"cannot record traces into {path!r}: {reason}"] * 4
+    results = _run_all(argvs, env=_env(ORIGIN_PORT="9"))
+    for argv, line, result in zip(argvs, expected, results, strict=True):
+        got = _check_one_line(result, line, argv=argv)
+        assert got.endswith(line), (got, line)
+        assert got.startswith("proxycore: error: " if "-c" in argv else "proxycore "), got
+    assert not (locked / "traces").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "locked"]
+
+
+def test_record_dir_is_created_and_filled(backend, echo, tmp_path):
+    """What still works: a missing DIR (its parent existing) is created, and traces land in it."""
+    from conformance.proxy import start_proxy as start
+
+    traces = tmp_path / "traces"
+    p = start(backend, to=[echo.port], extra=["--record", str(traces)])
+    try:
+        assert get(p.port, "/recorded").status == 200
+        deadline = time.monotonic() + 5
+        while not list(traces.glob("*.pctrace")):
+            assert time.monotonic() < deadline, p.report()
+            time.sleep(0.05)
+        assert [x.name for x in traces.iterdir() if x.name.startswith(".")] == []
+    finally:
+        p.stop()
+        p.close_files()

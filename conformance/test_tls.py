@@ -475,7 +475,16 @@ def test_bad_certificates_exit_2(pki, tmp_path):
     unreadable = tmp_path / "unreadable.pem"
     shutil.copy(pki["default.pem"], unreadable)
     unreadable.chmod(0)
+    garbage = tmp_path / "garbage.key"
+    garbage.write_text("not a key\n")
+    no_key = "holds no usable private key"
     cases = [
+        (["--tls-cert", pki["default.pem"], "--tls-key", str(garbage)],
+         f"key {str(garbage)!r} {no_key}"),
+        (["--tls-cert", pki["default.pem"], "--tls-key", pki["default.pem"]],
+         f"key {pki['default.pem']!r} {no_key}"),
+        (["--to", "https://127.0.0.1:9", "--upstream-cert", pki["default.pem"],
+          "--upstream-key", str(garbage)], f"upstream client key {str(garbage)!r} {no_key}"),
         (["--tls-cert", str(tmp_path / "nope.pem"), "--tls-key", pki["default.key"]],
          "no such file"),
         (["--tls-cert", pki["default.pem"], "--tls-key", pki["other.key"]], "do not match"),
@@ -495,6 +504,7 @@ def test_bad_certificates_exit_2(pki, tmp_path):
         r = _start(*args)
         assert r.returncode == 2, (args, r.stderr.decode())
         assert message in r.stderr.decode(), (args, r.stderr.decode())
+        assert "Traceback" not in r.stderr.decode() and "PEM lib" not in r.stderr.decode()
 
 
 def test_reload_reaches_every_worker(pki, tmp_path):

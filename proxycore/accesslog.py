@@ -76,6 +76,7 @@ _MAX_LINE: Final = 2048  # a logged request line is cut here (the head limits ar
 _MAX_HEAD: Final = 65536  # what is kept of a rejected head without an end
 _MONTHS: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
                   "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")  # fmt: skip
+_JSON_CUT: Final = ',"cut":true'  # (JSON) an exchange the shutdown cut
 _MILLIS: Final = tuple(f".{i:03d}" for i in range(1000))
 _UNDER_A_SECOND: Final = tuple(f"0.{i:03d}" for i in range(1000))
 
@@ -95,6 +96,7 @@ class AccessEntry:
     __slots__ = (
         "body_bytes_sent",
         "created",
+        "cut",
         "head",
         "parsed",
         "remote_addr",
@@ -120,6 +122,7 @@ class AccessEntry:
         self.upstream = upstream
         self.created = 0.0
         self.parsed = True  # False: a rejected head (it may hold any byte)
+        self.cut = False  # True: the shutdown cut the exchange (its grace period ran out)
 
     @property
     def request(self) -> str:
@@ -206,17 +209,17 @@ def log_session(logger: Any, s: Session) -> None:
         upstream = (*tries, current) if tries else (current,)
     else:
         upstream = tuple(tries) if tries else ()
-    emit(
-        logger,
-        AccessEntry(
-            s.down.client_addr[0],
-            s._meta.raw,
-            s.response_status or (err.status if err is not None else 0),
-            s.response_body_bytes,
-            s.engine.now - s.start_time,
-            upstream,
-        ),
+    entry = AccessEntry(
+        s.down.client_addr[0],
+        s._meta.raw,
+        s.response_status or (err.status if err is not None else 0),
+        s.response_body_bytes,
+        s.engine.now - s.start_time,
+        upstream,
     )
+    if err is not None and err.etype is ErrorType.SHUTDOWN:
+        entry.cut = True
+    emit(logger, entry)
 
 
 def log_rejected(
@@ -399,7 +402,7 @@ def format_combined(e: AccessEntry) -> str:
     if not plain:
         request, agent, referer = _escape(request), _escape(agent), _escape(referer)
     up = e.upstream
-    if len(up) == 1:  # the usual case, inline
+    if len(up) == 1 and not e.cut:  # the usual case, inline
         addr, status, ct, ht = up[0]
         return (
             f"{e.remote_addr} - {user} [{_clock.get(e.created)[1]}] "
@@ -410,7 +413,7 @@ def format_combined(e: AccessEntry) -> str:
     return (
         f"{e.remote_addr} - {user} [{_clock.get(e.created)[1]}] "
         f'"{request}" {e.status} {e.body_bytes_sent} "{referer}" "{agent}" '
-        f"rt={_secs(e.request_time)}{_upstream_tail(up)}"
+        f"rt={_secs(e.request_time)}{_upstream_tail(up)}{' cut=1' if e.cut else ''}"
     )
 
 
@@ -443,7 +446,8 @@ def format_json(e: AccessEntry) -> str:
         f'"remote_user":{_json_opt(user)},"request":{_json_str(request)},'
         f'"status":{e.status},"body_bytes_sent":{e.body_bytes_sent},'
         f'"http_referer":{_json_opt(referer)},"http_user_agent":{_json_opt(agent)},'
-        f'"request_time":{_secs(e.request_time)},"upstream":[{attempts}]}}'
+        f'"request_time":{_secs(e.request_time)},"upstream":[{attempts}]'
+        f"{_JSON_CUT if e.cut else ''}}}"
     )
 
 

@@ -368,8 +368,6 @@ def _check_backends(args: argparse.Namespace) -> str | None:
         specs += [f"{p.address},weight={w}" for p, w in listed]
         if not listed and not args.to:
             return f"--backends-file {args.backends_file!r} lists no backend"
-    if not specs:
-        return "give at least one --to HOST:PORT (or --backends-file)"
     for spec in args.to:
         peer, _ = parse_backend(spec)
         try:
@@ -562,6 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # blamed on the subcommand, with its usage line
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "reverse-proxy" and not args.to and not args.backends_file:
+        parser.commands[args.command].error("give at least one --to HOST:PORT (or --backends-file)")
     try:
         return _main(args)
     except StartupError as e:

@@ -40,6 +40,7 @@ from proxycore.events import (
     FilterDone,
     Resolved,
     Started,
+    Stop,
     TimerFired,
     WriteFailed,
     WritePaused,
@@ -182,6 +183,7 @@ class Engine:
             FilterDone: self._on_filter_done,
             Accepted: self._on_accepted,
             Drain: self._on_drain,
+            Stop: self._on_stop,
             Started: self._on_started,
             Resolved: self._on_service_answer,
             FileRead: self._on_service_answer,
@@ -610,3 +612,25 @@ class Engine:
             self.close_upstream(up)
         for down in list(self.downstreams.values()):
             down.on_drain()
+
+    def _on_stop(self, ev: Stop) -> None:
+        """The shutdown's end: every connection is closed at once (reset), and each exchange
+        still in flight is ended as cut (its access-log entry written, flagged as cut; the
+        ``logging`` phase gets a SHUTDOWN error), with one error line saying how many."""
+        self.draining = True
+        cut = 0
+        for down in list(self.downstreams.values()):
+            s = down.current
+            down.current = None  # (closed first: the exchange ends as cut, not as a client gone)
+            down.close(abort=True)
+            if s is not None and s.on_stop(ev.grace):
+                cut += 1
+        for up in list(self.upstreams.values()):
+            self.close_upstream(up, abort=True)
+        if cut:
+            self.log.error(
+                "%s: %d exchange%s still in flight cut (logged as cut in the access log)",
+                f"grace period of {ev.grace:g} s over" if ev.grace > 0 else "fast shutdown",
+                cut,
+                "" if cut == 1 else "s",
+            )

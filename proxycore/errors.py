@@ -54,6 +54,7 @@ class ErrorType(enum.Enum):
     FILTER_ERROR = "FilterError"
     INTERNAL = "InternalError"
     CLIENT_ABORTED = "ClientAborted"
+    SHUTDOWN = "Shutdown"  # cut when the shutdown's grace period ran out (or a fast stop)
     TLS_HANDSHAKE_FAILURE = "TLSHandshakeFailure"
     INVALID_CERT = "InvalidCert"
 
@@ -72,6 +73,7 @@ _STATUS_BY_TYPE: Final = {
     ErrorType.FILTER_ERROR: 500,
     ErrorType.INTERNAL: 500,
     ErrorType.CLIENT_ABORTED: 499,
+    ErrorType.SHUTDOWN: 444,  # nginx's code for a connection closed without a response
     ErrorType.TLS_HANDSHAKE_FAILURE: 502,
     ErrorType.INVALID_CERT: 502,
 }

@@ -25,6 +25,7 @@ __all__ = [
     "FilterDone",
     "Resolved",
     "Started",
+    "Stop",
     "TimerFired",
     "WriteFailed",
     "WritePaused",
@@ -219,6 +220,21 @@ class Drain(Event):
 
     __slots__ = ()
     _fields_: ClassVar[tuple[str, ...]] = ("conn", "now")
+
+
+class Stop(Event):
+    """The shutdown ends: the grace period ran out (``grace``: how long it was, seconds), or a
+    fast shutdown (``grace`` 0). Every exchange still in flight is cut now (logged, and flagged
+    as cut in the access log) and every connection closed; the adapter executes the actions,
+    then discards what is left and returns. ``conn`` is 0. Adapters feed it once, last."""
+
+    __slots__ = ("grace",)
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "now", "grace")
+
+    def __init__(self, conn: int, now: float, grace: float = 0.0) -> None:
+        self.conn = conn
+        self.now = now
+        self.grace = grace
 
 
 class Started(Event):

@@ -99,6 +99,10 @@ class Peer:
             tls, rest = True, text[8:]
         elif text.startswith("http://"):
             rest = text[7:]
+        else:
+            scheme, sep, _ = text.partition("://")
+            if sep:
+                raise ValueError(f"{text!r}: the scheme {scheme!r} is not supported (http, https)")
         rest = rest.rstrip("/")
         if tls and not rest.endswith("]") and ":" not in rest.rpartition("]")[2]:
             rest += ":443"

@@ -307,23 +307,37 @@ def replay(
     return result
 
 
-def load_app(spec: str, trace_name: str = "<trace>", init: dict[str, Any] | None = None) -> Proxy:
+def load_app(
+    spec: str,
+    trace_name: str = "<trace>",
+    init: dict[str, Any] | None = None,
+    *,
+    given: bool = False,
+) -> Proxy:
     """Instantiate ``module:Class`` (with the recorded ``trace_init()`` keyword arguments, if
-    the class provides that method, else none); TraceError if that is not possible."""
+    the class provides that method, else none); TraceError if that is not possible.
+    ``given``: ``spec`` is the one the user passed (``--app``), not the trace's recorded
+    class, and the message says so."""
     import importlib
 
-    module_name, _, attr = spec.partition(":")
+    module_name, sep, attr = spec.partition(":")
     try:
+        if not sep or not module_name or not attr:
+            raise ValueError("expected module:Class")
         obj: Any = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
         app = obj(**(init or {})) if isinstance(obj, type) else obj
     except Exception as e:
+        if given:
+            raise TraceError(f"cannot load --app {spec!r}: {e}") from None
         raise TraceError(
             f"{trace_name}: cannot build the recorded proxy class {spec!r} ({e}); "
             "pass the app explicitly (--app module:Class)"
         ) from None
     if not isinstance(app, Proxy):
+        if given:
+            raise TraceError(f"--app {spec!r} is not a proxycore.Proxy subclass or instance")
         raise TraceError(f"{trace_name}: {spec} is not a proxycore.Proxy")
     return app
 

@@ -31,11 +31,17 @@ def run_replay(paths: Sequence[str], app_spec: str | None, force: bool, update: 
         return 2
     if "" not in sys.path:
         sys.path.insert(0, "")
+    if app_spec:  # the --app given must load (one line, before any trace is read)
+        try:
+            load_app(app_spec, given=True)
+        except TraceError as e:
+            print(f"proxycore replay: error: {e}", file=sys.stderr)
+            return 2
     status = 0
     for path in files:
         try:
             trace = load_trace(path.read_bytes(), str(path))
-            app = load_app(app_spec, str(path)) if app_spec else None
+            app = load_app(app_spec, str(path), given=True) if app_spec else None
             result = replay(trace, app, allow_other_app=force or update, full=update)
         except OSError as e:
             print(f"{path}: cannot read: {e.strerror}", file=sys.stderr)

@@ -121,7 +121,8 @@ def run(
 
     ``backend`` is one of :data:`BACKENDS` or the dotted path of an adapter module with a
     ``serve(app, addrs, conf, **options)`` function. ``conf`` holds timeouts and limits.
-    ``record`` names a directory for session traces (one file per client connection).
+    ``record`` names a directory for session traces (one file per client connection),
+    created if missing (its parent must exist); one that cannot be used is a start-up error.
     ``workers`` > 1 forks that many worker processes sharing the ports (SO_REUSEPORT) under a
     supervisor that forwards SIGTERM/SIGINT/SIGUSR1/SIGHUP; a worker that fails before serving
     stops them all (a :class:`StartupError`), one that dies later is restarted with a back-off.
@@ -159,6 +160,10 @@ def _run(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     module, extra = load_backend(backend)
+    if conf.record_dir:  # before anything binds or forks: one StartupError naming the path
+        from proxycore.adapters import prepare_record_dir
+
+        prepare_record_dir(conf.record_dir)
     if workers == 1:
         module.serve(app, addrs, conf, **extra, **options)
         return

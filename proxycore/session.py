@@ -955,6 +955,22 @@ class Session:
             return
         self._client_gone(reason)
 
+    def on_stop(self, grace: float) -> bool:
+        """The shutdown cuts this exchange (its grace period ran out, or a fast shutdown; the
+        engine closes the connections): it ends now with a SHUTDOWN error, so its access-log
+        entry is written, flagged as cut. False if it had already ended."""
+        if self._finished:
+            return False
+        why = f"the grace period of {grace:g} s ran out" if grace > 0 else "a fast shutdown"
+        self._keep_alive = False
+        self._forwarding = False
+        up = self.upstream
+        if up is not None:
+            self.engine.close_upstream(up, abort=True)
+            self.upstream = None
+        self._finish(ProxyError(ErrorType.SHUTDOWN, ErrorSource.INTERNAL, f"cut: {why}"))
+        return True
+
     def on_client_lost(self, words: str) -> None:
         """The client connection broke: ``words`` say how ("reset the connection")."""
         if self._finished:

@@ -104,6 +104,38 @@ def _no_passphrase(what: str) -> Callable[[], str]:
     return refuse
 
 
+def _load_cert_chain(ctx: ssl.SSLContext, cert: str, key: str, what: str, key_what: str) -> None:
+    """``ctx.load_cert_chain(cert, key)`` (OpenSSL decides what loads), with its failures in
+    words naming the file: a key that does not match, a key file that holds no usable
+    private key (OpenSSL's own words for that are ``[SSL] PEM lib``), an encrypted key."""
+    data = _read(key, key_what)
+    try:
+        ctx.load_cert_chain(cert, key, password=_no_passphrase(f"{key_what} {key!r}"))
+    except ssl.SSLError as e:
+        if "KEY_VALUES_MISMATCH" in str(e) or "key values mismatch" in str(e):
+            raise TlsConfigError(f"{what} {cert!r} and {key_what} {key!r} do not match") from None
+        if not _holds_private_key(data):
+            raise TlsConfigError(
+                f"{key_what} {key!r} holds no usable private key (expected a PEM private key, "
+                "-----BEGIN ... PRIVATE KEY-----)"
+            ) from None
+        raise TlsConfigError(f"{what} {cert!r} / {key_what} {key!r}: {e}") from None
+
+
+def _holds_private_key(data: bytes) -> bool:
+    """Whether ``data`` holds a PEM private key that ``cryptography`` can load (asked only
+    after OpenSSL refused the pair, to say which file is at fault)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        load_pem_private_key(data, password=None)
+    except TypeError:  # encrypted: usable with its pass phrase (refused with its own message)
+        return True
+    except Exception:  # ValueError, UnsupportedAlgorithm: not a key cryptography can read
+        return False
+    return True
+
+
 def _server_context(settings: TlsSettings, cert: str | None, key: str | None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -117,13 +149,7 @@ def _server_context(settings: TlsSettings, cert: str | None, key: str | None) ->
         if key is None:
             raise TlsConfigError(f"certificate {cert!r}: no key file given")
         check_certificate(cert)
-        _read(key, "key")
-        try:
-            ctx.load_cert_chain(cert, key, password=_no_passphrase(f"key {key!r}"))
-        except ssl.SSLError as e:
-            if "KEY_VALUES_MISMATCH" in str(e) or "key values mismatch" in str(e):
-                raise TlsConfigError(f"certificate {cert!r} and key {key!r} do not match") from None
-            raise TlsConfigError(f"certificate {cert!r} / key {key!r}: {e}") from None
+        _load_cert_chain(ctx, cert, key, "certificate", "key")
     if settings.client_auth != "none":
         assert settings.client_ca is not None  # checked by load_server_tls
         try:
@@ -197,8 +223,7 @@ class ClientContextCache:
         if peer.client_cert is not None:
             cert, key = peer.client_cert
             _read(cert, "upstream client certificate")
-            _read(key, "upstream client key")
-            ctx.load_cert_chain(cert, key, password=_no_passphrase(f"upstream client key {key!r}"))
+            _load_cert_chain(ctx, cert, key, "upstream client certificate", "upstream client key")
         if peer.alpn:
             ctx.set_alpn_protocols(list(peer.alpn))
         return ctx

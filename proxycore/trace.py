@@ -55,6 +55,7 @@ from proxycore.events import (
     EofReceived,
     Event,
     FilterDone,
+    Stop,
     TimerFired,
     WriteFailed,
     WritePaused,
@@ -87,6 +88,7 @@ POOL_ANSWER = 96
 EVENT_KINDS: dict[type[Event], int] = {
     Accepted: 1, DataReceived: 2, EofReceived: 3, Closed: 4, Connected: 5, ConnectFailed: 6,
     WritePaused: 7, WriteResumed: 8, TimerFired: 9, FilterDone: 10, Drain: 11, WriteFailed: 12,
+    Stop: 13,
 }  # fmt: skip
 ACTION_KINDS: dict[type[Action], int] = {
     Send: 64, Close: 65, ShutdownWrite: 66, Connect: 67, PauseReading: 68, ResumeReading: 69,
@@ -202,6 +204,9 @@ def encode_event(ev: Event) -> tuple[int, bytes]:
     elif t is ConnectFailed:
         cf: Any = ev
         payload = [cf.reason, cf.message]
+    elif t is Stop:
+        st: Any = ev
+        payload = st.grace
     elif t is FilterDone:
         f: Any = ev
         payload = {"token": f.token, "result": encode_value(f.result)}
@@ -223,6 +228,8 @@ def decode_event(kind: int, conn: int, now: float, payload: bytes) -> Event:
         return Closed(conn, now, v)
     if kind == 12:
         return WriteFailed(conn, now, v)
+    if kind == 13:
+        return Stop(conn, now, float(v))
     if kind == 6:
         return ConnectFailed(conn, now, v[0], v[1])
     if kind == 10:
@@ -322,7 +329,7 @@ class Recorder:
         owner = self._owner(engine, ev)
         self._pool = []
         actions = engine._feed(ev)
-        if type(ev) is Drain:
+        if type(ev) is Drain or type(ev) is Stop:  # every open trace sees it
             for o in list(self.open):
                 self._write(engine, o, ev, actions)
             return actions

@@ -4,6 +4,8 @@ argument combinations the proxy cannot serve are refused before anything starts.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from proxycore.cli import _body_size, _conf, _parser, main
@@ -112,3 +114,57 @@ def test_registered_backends_load() -> None:
 def test_adapter_module_that_cannot_load_is_a_startup_error() -> None:
     with pytest.raises(StartupError, match=r"cannot load backend 'proxycore\.adapters\.nope'"):
         load_backend("proxycore.adapters.nope")
+
+
+def test_missing_to_prints_the_usage_line(capsys: pytest.CaptureFixture[str]) -> None:
+    usage, error = _error_lines(["reverse-proxy", "--listen", "127.0.0.1:0"], capsys)
+    assert usage.startswith("usage: proxycore reverse-proxy --to HOST:PORT"), usage
+    assert error == (
+        "proxycore reverse-proxy: error: give at least one --to HOST:PORT (or --backends-file)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("to", "words"),
+    [("ftp://127.0.0.1:21", "the scheme 'ftp' is not supported (http, https)"),
+     ("ws://127.0.0.1:80,weight=2", "the scheme 'ws' is not supported (http, https)")],
+)  # fmt: skip
+def test_unsupported_upstream_scheme_is_named(
+    to: str, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, error = _error_lines(["reverse-proxy", "--to", to], capsys)
+    assert error.startswith("proxycore reverse-proxy: error: argument --to: ") and words in error
+
+
+def test_unsupported_scheme_in_a_backends_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listed = tmp_path / "backends"
+    listed.write_text("127.0.0.1:9000\nftp://127.0.0.1:21\n")
+    assert main(["reverse-proxy", "--backends-file", str(listed)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"proxycore reverse-proxy: error: --backends-file {str(listed)!r}: line 2: "
+        "'ftp://127.0.0.1:21': the scheme 'ftp' is not supported (http, https)"
+    )
+
+
+def test_replay_names_the_app_given_when_it_cannot_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_replay import Tagging, _record
+
+    trace = tmp_path / "one.pctrace"
+    trace.write_bytes(next(iter(_record(Tagging()).values())))
+    assert main(["replay", str(trace), "--app", "tests.test_replay:Tagging"]) == 0
+    capsys.readouterr()
+    for spec, words in [
+        ("nosuchmod:X", "cannot load --app 'nosuchmod:X': No module named 'nosuchmod'"),
+        ("tests.test_replay:Nope", "cannot load --app 'tests.test_replay:Nope': "),
+        ("tests.test_replay", "cannot load --app 'tests.test_replay': expected module:Class"),
+        ("tests.test_replay:ORIGIN", "--app 'tests.test_replay:ORIGIN' is not a proxycore.Proxy"),
+    ]:
+        assert main(["replay", str(trace), "--app", spec]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("proxycore replay: error: ") and words in line, line
+        assert "recorded" not in line and "pass the app" not in line, line

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from conformance.proxy import installed_python
 from tests.helpers import compile_hscan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +79,7 @@ def _unit_tests(where: Path) -> None:
 
 
 def test_the_installed_compiled_core_passes_the_unit_tests(tmp_path: Path) -> None:
-    installed = os.environ.get("PROXYCORE_PYTHON")
+    installed = installed_python()
     if not installed:
         pytest.skip("PROXYCORE_PYTHON not set (scripts/test sets it); see the next test")
     site = subprocess.run(

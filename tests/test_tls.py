@@ -486,6 +486,9 @@ def test_config_errors_name_the_file(pki: dict[str, Any], tmp_path: Path) -> Non
     bad.write_text("not a certificate")
     with pytest.raises(TlsConfigError, match="not a PEM certificate"):
         load_server_tls(settings(pki, cert=str(bad)))
+    for key in (str(bad), str(d / "default.pem")):  # garbage; a certificate, not a key
+        with pytest.raises(TlsConfigError, match=f"^key '{key}' holds no usable private key"):
+            load_server_tls(settings(pki, key=key))
     expired = pki["ca"].issue_cert(
         "old.test", not_after=datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
     )

@@ -177,10 +177,11 @@ class AsyncioServer(SocketDriver):
         await stop.wait()
         log.info("shutting down (%s)", "graceful" if mode["graceful"] else "fast")
         self.begin_drain()
-        deadline = self.loop.time() + (grace if mode["graceful"] else 0.0)
+        grace = grace if mode["graceful"] else 0.0
+        deadline = self.loop.time() + grace
         while not self.drained and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
-        self.abort_all()
+        self.abort_all(grace)
 
 
 def serve(

@@ -173,7 +173,8 @@ def serve(
     stop.wait()
     log.info("shutting down (%s)", "graceful" if mode["graceful"] else "fast")
     srv.begin_drain()
-    deadline = time.monotonic() + (grace if mode["graceful"] else 0.0)
+    grace = grace if mode["graceful"] else 0.0
+    deadline = time.monotonic() + grace
     while not srv.drained and time.monotonic() < deadline:
         gevent.sleep(0.05)
-    srv.abort_all()
+    srv.abort_all(grace)

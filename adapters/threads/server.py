@@ -153,10 +153,11 @@ class ThreadsServer(SelectorWatch, SocketDriver):
             self.run_once(0.5)
         log.info("shutting down (%s)", self.stop_mode)
         self.begin_drain()
-        deadline = time.monotonic() + (grace if self.stop_mode == "graceful" else 0.0)
+        grace = grace if self.stop_mode == "graceful" else 0.0
+        deadline = time.monotonic() + grace
         while not self.drained and time.monotonic() < deadline:
             self.run_once(0.05)
-        self.abort_all()
+        self.abort_all(grace)
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 

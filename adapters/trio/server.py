@@ -88,6 +88,7 @@ class TrioServer(SelectorWatch, SocketDriver):
         self.nursery: trio.Nursery | None = None
         self.spinning = False  # --busy-poll: the reactor polls instead of waiting
         self.stopped = False  # after abort_all: tasks finishing now feed nothing
+        self.grace_used = 0.0  # the grace period a graceful shutdown gave (for abort_all)
 
     # ------------------------------------------------------------------ reactor hooks
 
@@ -238,7 +239,7 @@ class TrioServer(SelectorWatch, SocketDriver):
                     nursery.start_soon(self._reactor)
                     print("proxycore ready backend=trio", flush=True)
                     await self._until_stopped(received, grace)
-                self.abort_all()
+                self.abort_all(self.grace_used)
                 self.stopped = True
                 nursery.cancel_scope.cancel()
         self.sel.close()
@@ -255,10 +256,12 @@ class TrioServer(SelectorWatch, SocketDriver):
                     print_stats(self.engine, tasks=self._count_tasks())
                 elif signum == signal.SIGTERM and self.listeners:
                     log.info("shutting down (graceful)")
+                    self.grace_used = grace
                     self.begin_drain()
                     self.nursery.start_soon(self._drain, grace, running)
                 else:  # SIGINT, or SIGTERM again while draining
                     log.info("shutting down (fast)")
+                    self.grace_used = 0.0
                     return
 
     async def _drain(self, grace: float, running: trio.CancelScope) -> None:
