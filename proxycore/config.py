@@ -59,6 +59,9 @@ class ServerConf:
     retry_buffer_size: int = 65536
     max_request_body_size: int | None = None
     add_forwarded_headers: bool = True
+    # Request header fields whose name holds "_": "allow" (forward), "drop" (remove; nginx's
+    # underscores_in_headers off) or "reject" (400), as Envoy's headers_with_underscores_action.
+    headers_with_underscores: str = "drop"
     read_buffer_limit: int = 262144
     limits: Limits = field(default_factory=Limits)
     record_dir: str | None = None  # write one session trace per client connection here

@@ -823,7 +823,10 @@ class Session:
                 return
             if not pieces and not dec.done:
                 break
-            self._req_trailers = dec.trailers
+            tr = self._req_trailers = dec.trailers
+            if tr and self.engine.conf.headers_with_underscores != "allow":
+                if not self._underscored_trailers(tr):
+                    return
             last = len(pieces) - 1
             if dec.done and last < 0:
                 self._req_piece(b"", True)
@@ -899,6 +902,33 @@ class Session:
                     f"says {self._up_length} (remove it when changing the body)",
                 )
             )
+
+    def _underscored_trailers(self, tr: Headers) -> bool:
+        """Request trailer fields whose name holds an underscore, under headers_with_underscores
+        drop or reject, as in the head (proxycore.h1.parse.UNDERSCORE_ACTIONS): dropped, or the
+        request fails with 400 (the origin never gets the last chunk). False if it failed."""
+        items = tr._items
+        names = [n for k, n, _ in items if "_" in k]
+        if not names:
+            return True
+        e = self.engine
+        if e.conf.headers_with_underscores == "reject":
+            self._bad_request_body(
+                HTTPParseError(
+                    f"trailer field name with an underscore: {names[0]!r} "
+                    "(headers_with_underscores reject)"
+                )
+            )
+            return False
+        tr._items = [it for it in items if "_" not in it[0]]
+        e.log.info(
+            "client %s: dropped %d request trailer field(s) with an underscore in the name "
+            "(headers_with_underscores drop): %s",
+            self.down.peer_name(),
+            len(names),
+            ", ".join(names),
+        )
+        return True
 
     def _bad_request_body(self, err: HTTPParseError) -> None:
         self.engine.log.info("client %s: bad request body: %s", self.down.peer_name(), err)

@@ -17,7 +17,9 @@ file and checks it against the reference on generated inputs.
       bare CR or LF, no obs-fold). Otherwise the fields that decide framing and connection
       handling, in order, with the value's surrounding SP/HTAB removed: Content-Length,
       Transfer-Encoding, Host, Connection, Expect, Upgrade, Keep-Alive, TE, Proxy-Connection,
-      Proxy-Authenticate, Proxy-Authorization and X-Forwarded-*.
+      Proxy-Authenticate, Proxy-Authorization and X-Forwarded-*. When any field name holds
+      an underscore, one more pair ends the list: ("_", "") (no field can put it there: "_" is
+      no framing name), so parse.py learns it from the scan it does anyway.
 
   status_line(text, line_end) -> (major, minor, status, reason) | None
       `HTTP-version SP status-code [ SP reason-phrase ]` over text[:line_end] (RFC 9112 §4;
@@ -36,7 +38,8 @@ No I/O, no global state beyond constant tables and interned name strings built a
 #include <Python.h>
 #include <string.h>
 
-static unsigned char is_tchar[256];   /* RFC 9110 §5.6.2 tchar */
+static unsigned char is_tchar[256];   /* RFC 9110 §5.6.2 tchar: 1, and 3 for "_" (TCHAR_US) */
+#define TCHAR_US 2
 static unsigned char is_vchar[256];   /* HTAB, SP, VCHAR, obs-text: a field value's characters */
 static unsigned char lower[256];
 static unsigned char is_regname[256]; /* parse.py's _HOST_RE reg-name characters */
@@ -202,6 +205,8 @@ framing_name(const Py_UCS1 *p, Py_ssize_t n, int *err)
     return NULL;
 }
 
+static PyObject *underscore_mark; /* ("_", ""): a field name holds an underscore */
+
 static PyObject *
 scan_fields(PyObject *module, PyObject *block)
 {
@@ -213,10 +218,14 @@ scan_fields(PyObject *module, PyObject *block)
     if (out == NULL)
         return NULL;
     Py_ssize_t pos = 0;
+    unsigned char seen = 0; /* the is_tchar values of every name character, or-ed */
     while (pos < n) {
         Py_ssize_t start = pos;
-        while (pos < n && is_tchar[s[pos]])
+        unsigned char t;
+        while (pos < n && (t = is_tchar[s[pos]]) != 0) {
+            seen |= t;
             pos++;
+        }
         if (pos == start || pos >= n || s[pos] != ':')
             goto invalid;
         Py_ssize_t colon = pos++;
@@ -263,6 +272,8 @@ scan_fields(PyObject *module, PyObject *block)
         if (rc < 0)
             goto error;
     }
+    if ((seen & TCHAR_US) && PyList_Append(out, underscore_mark) < 0)
+        goto error;
     return out;
 invalid:
     Py_DECREF(out);
@@ -409,6 +420,9 @@ PyInit__hscan(void)
         is_regname[c] = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
                         (c != 0 && strchr("-._~!$&'()*+,;=%", c) != NULL);
     }
+    is_tchar['_'] |= TCHAR_US;
+    if (underscore_mark == NULL && (underscore_mark = Py_BuildValue("(ss)", "_", "")) == NULL)
+        return NULL;
     for (int k = 0; k < N_NAMES; k++) {
         if (names[k].str == NULL) {
             names[k].str = PyUnicode_InternFromString(names[k].text);
