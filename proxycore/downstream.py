@@ -323,9 +323,8 @@ class Downstream:
         """Parse a complete request head and start its Session (False if it was rejected)."""
         e = self.engine
         try:
-            conf = e.conf
-            req, meta = parse_request_head(head, conf.limits, conf.headers_with_underscores)
-            limit = conf.max_request_body_size
+            req, meta = parse_request_head(head, e.conf.limits, e.conf.headers_with_underscores)
+            limit = e.conf.max_request_body_size
             if limit is not None and meta.length > limit:
                 raise HTTPParseError("request body too large", 413)
         except HTTPParseError as err:
