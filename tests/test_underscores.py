@@ -10,6 +10,7 @@ import pytest
 
 import proxycore
 from proxycore.actions import ShutdownWrite
+from proxycore.cli import _conf, _parser, main
 from proxycore.errors import HTTPParseError
 from proxycore.h1.parse import UNDERSCORE_ACTIONS, parse_request_head
 from proxycore.testing import Harness
@@ -203,3 +204,24 @@ def test_request_trailers_reject_fails_the_request(caplog: pytest.LogCaptureFixt
     assert any(
         "trailer field name with an underscore: 'X_Sig'" in r.getMessage() for r in caplog.records
     )
+
+
+@pytest.mark.parametrize("command", [["reverse-proxy", "--to", "127.0.0.1:1"], ["run", "m:C"]])
+def test_the_flag_reaches_server_conf(command: list[str]) -> None:
+    assert _conf(_parser().parse_args(command)).headers_with_underscores == "drop"
+    for action in UNDERSCORE_ACTIONS:
+        args = _parser().parse_args([*command, "--headers-with-underscores", action])
+        assert _conf(args).headers_with_underscores == action
+
+
+def test_a_bad_flag_value_is_the_usage_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["reverse-proxy", "--to", "127.0.0.1:1", "--headers-with-underscores", "ignore"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("usage: proxycore reverse-proxy"), err
+    assert err[-1].startswith(
+        "proxycore reverse-proxy: error: argument --headers-with-underscores: invalid choice: "
+        "'ignore' (choose from "
+    ), err
+    assert all(a in err[-1] for a in UNDERSCORE_ACTIONS), err
