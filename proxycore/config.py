@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from proxycore.h1.parse import Limits
+from proxycore.h1.parse import UNDERSCORE_ACTIONS, Limits
 
 __all__ = ["ServerConf", "TlsSettings"]
 
@@ -75,3 +75,13 @@ class ServerConf:
     # ("-": standard output) through the "proxycore.access" logger; None = off.
     access_log: str | None = None
     access_log_format: str = "combined"  # or "json"
+
+    def check(self) -> None:
+        """Raise ValueError naming a setting whose value the core cannot use (the engine calls
+        this, and :func:`proxycore.run` before anything starts)."""
+        action = self.headers_with_underscores
+        if action not in UNDERSCORE_ACTIONS:
+            raise ValueError(
+                f"headers_with_underscores must be one of {', '.join(UNDERSCORE_ACTIONS)}, "
+                f"not {action!r}"
+            )

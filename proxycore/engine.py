@@ -45,7 +45,6 @@ from proxycore.events import (
     WritePaused,
     WriteResumed,
 )
-from proxycore.h1.parse import UNDERSCORE_ACTIONS
 from proxycore.peer import Peer
 from proxycore.phases import PHASES, Proxy, is_marked
 from proxycore.pool import ConnectionPool
@@ -153,12 +152,7 @@ class Engine:
         (:mod:`proxycore.accesslog`), or None (the default) for no access log."""
         self.app = app
         self.conf = conf or ServerConf()
-        action = self.conf.headers_with_underscores
-        if action not in UNDERSCORE_ACTIONS:
-            raise ValueError(
-                f"headers_with_underscores must be one of {', '.join(UNDERSCORE_ACTIONS)}, "
-                f"not {action!r}"
-            )
+        self.conf.check()
         self.log = logger or logging.getLogger("proxycore")
         self.access_log: logging.Logger | Any = access_log
         self.phases = PhaseTable(app, blocking_phases)

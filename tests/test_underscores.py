@@ -225,3 +225,9 @@ def test_a_bad_flag_value_is_the_usage_line_and_exit_2(capsys: pytest.CaptureFix
         "'ignore' (choose from "
     ), err
     assert all(a in err[-1] for a in UNDERSCORE_ACTIONS), err
+
+
+def test_run_refuses_an_unknown_action_before_anything_starts() -> None:
+    conf = proxycore.ServerConf(headers_with_underscores="ignore")
+    with pytest.raises(ValueError, match="headers_with_underscores must be one of"):
+        proxycore.run(Simple(), ["127.0.0.1:0"], "asyncio", conf)
