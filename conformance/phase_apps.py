@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import anyio
 
@@ -35,7 +36,12 @@ class RespondApp(Base):
 
 class LoopApp(Base):
     """An async request_filter that sleeps with anyio (/anyio), asyncio (/asyncio) or trio
-    (/trio), then answers 200 with the library's name."""
+    (/trio), or waits a moment on an asyncio queue made once and kept (/asyncio-kept), then
+    answers 200 with the path."""
+
+    def __init__(self):
+        super().__init__()
+        self.queue = None
 
     async def request_filter(self, session, ctx):
         path = session.req_header.path
@@ -43,6 +49,11 @@ class LoopApp(Base):
             await anyio.sleep(0.01)
         elif path == "/asyncio":
             await asyncio.sleep(0.01)
+        elif path == "/asyncio-kept":
+            if self.queue is None:
+                self.queue = asyncio.Queue()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.queue.get(), 0.001)  # binds it to the running loop
         elif path == "/trio":
             import trio
 

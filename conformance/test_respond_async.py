@@ -85,3 +85,20 @@ def test_trio_only_call_works_on_trio_or_names_the_cause(backend, echo, proxy):
     err = wait_stderr(p, "anyio code runs on every backend")
     line = next(ln for ln in err.splitlines() if "phase request_filter raised" in ln)
     assert "a trio-only call in an async def phase" in line, line
+
+
+def test_asyncio_object_kept_between_calls(backend, echo, proxy):
+    # asyncio and uvloop run every call on the server's loop; gevent and threads give each call
+    # a new loop, so a queue bound by the first call fails in the second; trio has no asyncio.
+    p = run_app(proxy, "LoopApp", echo)
+    first, second = get(p.port, "/asyncio-kept"), get(p.port, "/asyncio-kept")
+    if backend in ("asyncio", "uvloop"):
+        assert first.status == 200 and second.status == 200, (first, second)
+    elif backend in ("gevent", "threads"):
+        assert first.status == 200 and second.status == 500, (first, second)
+        err = wait_stderr(p, "an asyncio object made on another event loop")
+        line = next(ln for ln in err.splitlines() if "phase request_filter raised" in ln)
+        assert "bound to a different event loop" in line, line
+        assert "an asyncio object made on another event loop" in line, line
+    elif backend == "trio":
+        assert first.status == 500 and second.status == 500, (first, second)
