@@ -253,6 +253,12 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         help="do not append X-Forwarded-For/-Proto/-Host",
     )
     p.add_argument(
+        "--headers-with-underscores",
+        choices=["allow", "drop", "reject"],
+        help="request header fields with '_' in the name: forward, drop, or answer 400 "
+        "(default drop, as nginx)",
+    )
+    p.add_argument(
         "--workers",
         type=_workers,
         default=1,
@@ -307,6 +313,7 @@ def _conf(args: argparse.Namespace) -> ServerConf:
         ("upstream_idle_timeout", "upstream_idle_timeout"),
         ("pool_size", "upstream_keepalive_pool_size"),
         ("busy_poll", "busy_poll"),
+        ("headers_with_underscores", "headers_with_underscores"),
     ]:
         v = getattr(args, opt)
         if v is not None:

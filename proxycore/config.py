@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from proxycore.h1.parse import Limits
+from proxycore.h1.parse import UNDERSCORE_ACTIONS, Limits
 
 __all__ = ["ServerConf", "TlsSettings"]
 
@@ -59,6 +59,9 @@ class ServerConf:
     retry_buffer_size: int = 65536
     max_request_body_size: int | None = None
     add_forwarded_headers: bool = True
+    # Request header fields whose name holds "_": "allow" (forward), "drop" (remove; nginx's
+    # underscores_in_headers off) or "reject" (400), as Envoy's headers_with_underscores_action.
+    headers_with_underscores: str = "drop"
     read_buffer_limit: int = 262144
     limits: Limits = field(default_factory=Limits)
     record_dir: str | None = None  # write one session trace per client connection here
@@ -72,3 +75,13 @@ class ServerConf:
     # ("-": standard output) through the "proxycore.access" logger; None = off.
     access_log: str | None = None
     access_log_format: str = "combined"  # or "json"
+
+    def check(self) -> None:
+        """Raise ValueError naming a setting whose value the core cannot use (the engine calls
+        this, and :func:`proxycore.run` before anything starts)."""
+        action = self.headers_with_underscores
+        if action not in UNDERSCORE_ACTIONS:
+            raise ValueError(
+                f"headers_with_underscores must be one of {', '.join(UNDERSCORE_ACTIONS)}, "
+                f"not {action!r}"
+            )

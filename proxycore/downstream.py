@@ -391,13 +391,21 @@ class Downstream(ServerStream):
         """Parse a complete request head and start its Session (False if it was rejected)."""
         e = self.engine
         try:
-            req, meta = parse_request_head(head, e.conf.limits)
+            req, meta = parse_request_head(head, e.conf.limits, e.conf.headers_with_underscores)
             limit = e.conf.max_request_body_size
             if limit is not None and meta.length > limit:
                 raise HTTPParseError("request body too large", 413)
         except HTTPParseError as err:
             self.reject(err, head)
             return False
+        if meta.dropped is not None:
+            e.log.info(
+                "client %s: dropped %d request header field(s) with an underscore in the name "
+                "(headers_with_underscores drop): %s",
+                self.peer_name(),
+                len(meta.dropped),
+                ", ".join(meta.dropped),
+            )
         timers = self.timers
         if timers:  # (in/del: direct calls in the compiled core, unlike dict.pop)
             if "header" in timers:

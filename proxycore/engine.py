@@ -153,6 +153,7 @@ class Engine:
         (:mod:`proxycore.accesslog`), or None (the default) for no access log."""
         self.app = app
         self.conf = conf or ServerConf()
+        self.conf.check()
         self.log = logger or logging.getLogger("proxycore")
         self.access_log: logging.Logger | Any = access_log
         self.phases = PhaseTable(app, blocking_phases)

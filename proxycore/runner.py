@@ -154,6 +154,7 @@ def _run(
 ) -> None:
     addrs = [parse_listen(a) for a in listen]
     conf = conf or ServerConf()
+    conf.check()
     assign_tls_ports(listen, addrs, conf)
     if record is not None:
         conf.record_dir = record

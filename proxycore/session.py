@@ -23,7 +23,7 @@ without the final chunk, so a client never mistakes a broken body for a complete
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from inspect import isawaitable
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any, Final
@@ -325,16 +325,18 @@ class Session:
         self,
         status: int,
         body: bytes = b"",
-        headers: Headers | list[tuple[str, str]] | None = None,
+        headers: Headers | Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
     ) -> None:
         """Send a complete response from a filter (typically ``request_filter``, then return
-        True). Content-Length is set from ``body``; a text/plain Content-Type is added when the
+        True). ``headers``: a :class:`Headers`, a mapping of names to values (``{"X-A": "1"}``)
+        or an iterable of (name, value) pairs, all ``str``; anything else is a TypeError, raised
+        here. Content-Length is set from ``body``; a text/plain Content-Type is added when the
         body is not empty and no Content-Type is given."""
         if self.response_started:
             raise RuntimeError("a response was already started for this request")
         if status < 200:
             raise ValueError("respond() sends final responses only")
-        h = headers.copy() if isinstance(headers, Headers) else Headers(headers or ())
+        h = _respond_headers(headers)
         no_body = status == 204 or status == 304
         if not no_body:
             if body and "content-type" not in h:
@@ -460,22 +462,27 @@ class Session:
         self._cont_pipe = None
         if error is not None:
             if isinstance(error, Exception):
-                self._phase_raised(_PHASE_NAMES[k], error)
+                name = _PHASE_NAMES[k]
+                hint = "" if name in self.engine.phases.blocking else _async_hint(error)
+                self._phase_raised(name, error, hint)
             return
         try:
             self._resume(k, result, pipe)
         except Exception as exc:
             self._phase_raised(_PHASE_NAMES[k], exc)
 
-    def _phase_raised(self, name: str, exc: Exception) -> None:
+    def _phase_raised(self, name: str, exc: Exception, hint: str = "") -> None:
+        """Log the phase's exception (with ``hint``, the likely cause in words, if any) and
+        answer 500, or end the request as far as it got."""
         e = self.engine
         e.log.error(
-            "phase %s raised %s: %s (%s %s)",
+            "phase %s raised %s: %s (%s %s)%s",
             name,
             type(exc).__name__,
             exc,
             self.req_header.method,
             self.req_header.path,
+            hint,
             exc_info=exc,
         )
         if isinstance(exc, ProxyError):
@@ -822,7 +829,10 @@ class Session:
                 return
             if not pieces and not dec.done:
                 break
-            self._req_trailers = dec.trailers
+            tr = self._req_trailers = dec.trailers
+            if tr and self.engine.conf.headers_with_underscores != "allow":
+                if not self._underscored_trailers(tr):
+                    return
             last = len(pieces) - 1
             if dec.done and last < 0:
                 self._req_piece(b"", True)
@@ -896,6 +906,33 @@ class Session:
                     f"says {self._up_length} (remove it when changing the body)",
                 )
             )
+
+    def _underscored_trailers(self, tr: Headers) -> bool:
+        """Request trailer fields whose name holds an underscore, under headers_with_underscores
+        drop or reject, as in the head (proxycore.h1.parse.UNDERSCORE_ACTIONS): dropped, or the
+        request fails with 400 (the origin never gets the last chunk). False if it failed."""
+        items = tr._items
+        names = [n for k, n, _ in items if "_" in k]
+        if not names:
+            return True
+        e = self.engine
+        if e.conf.headers_with_underscores == "reject":
+            self._bad_request_body(
+                HTTPParseError(
+                    f"trailer field name with an underscore: {names[0]!r} "
+                    "(headers_with_underscores reject)"
+                )
+            )
+            return False
+        tr._items = [it for it in items if "_" not in it[0]]
+        e.log.info(
+            "client %s: dropped %d request trailer field(s) with an underscore in the name "
+            "(headers_with_underscores drop): %s",
+            self.down.peer_name(),
+            len(names),
+            ", ".join(names),
+        )
+        return True
 
     def _bad_request_body(self, err: HTTPParseError) -> None:
         self.engine.log.info("client %s: bad request body: %s", self.down.peer_name(), err)
@@ -1683,6 +1720,79 @@ class Session:
                 if not self._req_done:
                     return
         down.exchange_done(self, self._keep_alive)
+
+
+# What asyncio says when a coroutine uses it with no asyncio loop running (get_running_loop,
+# and get_event_loop outside the main thread), and what trio says outside a trio run.
+_NO_ASYNCIO_LOOP: Final = "no running event loop"
+_NO_CURRENT_LOOP: Final = "There is no current event loop in thread"
+_NO_TRIO_RUN: Final = "must be called from async context"
+_ASYNCIO_ONLY: Final = (
+    ": an asyncio-only call in an async def phase, on a backend that does not run async phases "
+    "on an asyncio loop (trio runs them as trio tasks); anyio code runs on every backend, "
+    "asyncio code on asyncio, uvloop, gevent and threads"
+)
+# ...and when an asyncio object is used on a loop other than its own (a closed one, too).
+_OTHER_LOOP: Final = ("attached to a different loop", "bound to a different event loop")
+_LOOP_CLOSED: Final = "Event loop is closed"
+_ANOTHER_LOOP: Final = (
+    ": an asyncio object made on another event loop: gevent and threads run each async phase "
+    "call on a new asyncio loop of its own, so asyncio objects (client sessions, locks) cannot "
+    "outlive one call there; create them inside the call, or use --backend asyncio or uvloop "
+    "(one loop for everything)"
+)
+_TRIO_ONLY: Final = (
+    ": a trio-only call in an async def phase, on a backend that does not run async phases as "
+    "trio tasks (only trio does); anyio code runs on every backend"
+)
+
+
+def _async_hint(exc: Exception) -> str:
+    """The cause in words when a deferred async phase failed because it used one event-loop
+    library's own calls on a backend that runs async phases on another; else ""."""
+    if not isinstance(exc, RuntimeError):
+        return ""
+    msg = str(exc)
+    if msg == _NO_ASYNCIO_LOOP or msg.startswith(_NO_CURRENT_LOOP):
+        return _ASYNCIO_ONLY
+    if msg == _NO_TRIO_RUN:
+        return _TRIO_ONLY
+    if msg == _LOOP_CLOSED or _OTHER_LOOP[0] in msg or _OTHER_LOOP[1] in msg:
+        return _ANOTHER_LOOP
+    return ""
+
+
+_RESPOND_HEADERS: Final = (
+    "respond() headers are a proxycore.Headers, a mapping of str names to str values, or an "
+    "iterable of (name, value) pairs of str"
+)
+
+
+def _respond_headers(headers: object) -> Headers:
+    """A new :class:`Headers` from what :meth:`Session.respond` was given, or a TypeError
+    naming what it accepts."""
+    if headers is None:
+        return Headers()
+    if isinstance(headers, Headers):
+        return headers.copy()
+    if isinstance(headers, Mapping):
+        pairs: Iterable[object] = list(headers.items())
+    elif isinstance(headers, (str, bytes, bytearray)) or not isinstance(headers, Iterable):
+        raise TypeError(f"{_RESPOND_HEADERS}; got {type(headers).__name__} {headers!r:.60}")
+    else:
+        pairs = headers
+    h = Headers()
+    for pair in pairs:
+        if (
+            isinstance(pair, (tuple, list))
+            and len(pair) == 2
+            and isinstance(pair[0], str)
+            and isinstance(pair[1], str)
+        ):
+            h.add(pair[0], pair[1])
+        else:
+            raise TypeError(f"{_RESPOND_HEADERS}; got the item {pair!r:.60}")
+    return h
 
 
 def _end_to_end(

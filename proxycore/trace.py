@@ -174,6 +174,8 @@ def conf_to_json(conf: ServerConf) -> dict[str, Any]:
 
 def conf_from_json(d: dict[str, Any]) -> ServerConf:
     known = {k: v for k, v in d.items() if k in ServerConf.__dataclass_fields__}
+    # Recorded before the setting existed: such fields were forwarded then, so replay that.
+    known.setdefault("headers_with_underscores", "allow")
     if isinstance(known.get("limits"), dict):
         known["limits"] = Limits(**known["limits"])
     if isinstance(known.get("tls"), dict):

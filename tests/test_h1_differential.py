@@ -28,6 +28,10 @@ AGREE = [
     b"GET / HTTP/1.1\r\nHost: a\r\nX: caf\xe9\r\n\r\n",
     b"DELETE /r HTTP/1.1\r\nHost: a\r\nCookie: a=b; c=d\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
+    # "_" in a name is a tchar (RFC 9110 §5.6.2): the codec's default keeps such fields; the
+    # server's default drops them (ServerConf.headers_with_underscores, tests/test_underscores.py)
+    b"GET / HTTP/1.1\r\nHost: a\r\nX_A: 1\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\nContent-Length: 0\r\n\r\n",
     # rejected by both
     b"GET / HTTP/1.1\r\nHost: a\r\nX : y\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",

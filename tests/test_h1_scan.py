@@ -52,9 +52,10 @@ _NAMES = st.sampled_from(
         "Proxy-Authorization", "Proxy-Authorizations", "X-Forwarded-For", "x-forwarded-proto",
         "X-Forwarded-", "X-Forwarded", "X-Forwarded-Host", "Accept", "User-Agent", "Cookie",
         "x", "!#$%&'*+-.^_`|~", "Ho st", "Host\t", "", "Content-Length ", "H\xe9st",
+        "Transfer_Encoding", "content_length", "X_A", "_", "X-Forwarded_For", "Host_",
     ]
 )  # fmt: skip
-_VALUES = st.text(alphabet=st.sampled_from(" \t\x00\x01\x7f\x80\xff\r\n:,abcXYZ019-"), max_size=12)
+_VALUES = st.text(alphabet=st.sampled_from(" \t\x00\x01\x7f\x80\xff\r\n:,abcXYZ019-_"), max_size=12)
 
 
 @st.composite
@@ -97,11 +98,20 @@ def test_scan_fields_known_cases(hscan: ModuleType) -> None:
         "Host: caf\xe9\r\n",
         "X-Forwarded-For: 1, 2\r\nX-FORWARDED-PROTO: http\r\nTE: trailers\r\n",
         "Content-Length: 5\r\ncontent-length: 6\r\n",
+        "X_A: 1\r\n",
+        "X-A: a_b\r\n",  # an underscore in a value only
+        "Host: a\r\nTransfer_Encoding: chunked\r\nContent-Length: 3\r\n",
+        "X_A: 1\r\nX_B: 2\r\n",
+        "X_A : 1\r\n",  # invalid: no mark, None
     ]
     for block in cases:
         assert hscan.scan_fields(block) == _scan_fields_py(block), block
     out = hscan.scan_fields("X-Forwarded-For: 1\r\nConnection: close\r\n")
     assert out == [("x-forwarded-for", "1"), ("connection", "close")]
+    # A name with an underscore adds one ("_", "") at the end, whatever the number of them.
+    out = hscan.scan_fields("Host: a\r\nTransfer_Encoding: chunked\r\nX_B: 1\r\n")
+    assert out == [("host", "a"), ("_", "")]
+    assert hscan.scan_fields("User-Agent: x86_64\r\n") == []
 
 
 _METHOD = st.sampled_from(["GET", "HEAD", "POST", "DELETE", "OPTIONS", "PATCH", "PURGE", "M-SEARCH",

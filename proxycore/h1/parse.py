@@ -43,6 +43,7 @@ __all__ = [
     "BODY_CLOSE",
     "BODY_LENGTH",
     "BODY_NONE",
+    "UNDERSCORE_ACTIONS",
     "ChunkedDecoder",
     "Limits",
     "RequestMeta",
@@ -106,6 +107,17 @@ _FRAMING_NAMES: Final = frozenset(
     }
 )
 _FRAMING_INITIALS: Final = frozenset("cehkptuxCEHKPTUX")
+# What the header-block scan appends to its list when a field name holds an underscore (no
+# framing field is called "_"), and the reference's test for one: a line whose first "_" comes
+# before its colon (the block is validated, so every line is name ":" value CRLF).
+_UNDERSCORE_MARK: Final = ("_", "")
+_UNDERSCORE_NAME_RE: Final = re.compile(r"^[^:_\r\n]*_", re.MULTILINE)
+# Request header fields whose name holds an underscore: legal (RFC 9110 §5.6.2 tchar), but a
+# CGI/WSGI-style origin maps "_" and "-" to the same variable, so "Transfer_Encoding" can frame
+# a body there that this proxy framed by Content-Length (request smuggling). As Envoy's
+# headers_with_underscores_action: forward them, drop them (nginx's underscores_in_headers off),
+# or reject the request (400).
+UNDERSCORE_ACTIONS: Final = ("allow", "drop", "reject")
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"})
 _DIGITS: Final = frozenset("0123456789")
 # Status lines most origins send, looked up whole (the regular expression handles the rest):
@@ -182,6 +194,7 @@ class RequestMeta:
     __slots__ = (
         "body",
         "connection_tokens",
+        "dropped",
         "expect_continue",
         "forwarded",
         "has_host",
@@ -196,6 +209,8 @@ class RequestMeta:
 
     def __init__(self) -> None:
         self.raw = b""  # the head exactly as received (for verbatim forwarding)
+        # the names of the fields dropped for an underscore (UNDERSCORE_ACTIONS), or None
+        self.dropped: list[str] | None = None
         self.body = BODY_NONE
         self.length = 0
         self.keep_alive = True
@@ -203,7 +218,9 @@ class RequestMeta:
         self.upgrade: str | None = None
         self.connection_tokens: frozenset[str] = _NO_TOKENS
         self.head_size = 0
-        self.hop = False  # a hop-by-hop field is present (must be stripped when forwarding)
+        # a hop-by-hop field is present (must be stripped when forwarding), or fields were
+        # dropped: either way the head cannot be forwarded verbatim
+        self.hop = False
         self.forwarded = False  # an X-Forwarded-* field is present
         self.has_host = False
         self.host: str | None = None  # the effective Host (absolute-form authority wins)
@@ -344,7 +361,8 @@ def _parse_fields(block: str, limits: Limits) -> list[tuple[str, str, str]]:
 def _scan_fields_py(block: str) -> list[tuple[str, str]] | None:
     """None unless ``block`` is a valid header block (RFC 9112 §5, RFC 9110 §5.5); else, in
     order, the (lower-case name, value) of the fields that decide framing and connection
-    handling (and X-Forwarded-*). The reference for ``_hscan.scan_fields``."""
+    handling (and X-Forwarded-*), then ``_UNDERSCORE_MARK`` if a field name holds an
+    underscore. The reference for ``_hscan.scan_fields``."""
     if _FIELD_BLOCK_RE.fullmatch(block) is None:
         return None
     out: list[tuple[str, str]] = []
@@ -358,6 +376,8 @@ def _scan_fields_py(block: str) -> list[tuple[str, str]] | None:
             if name in _FRAMING_NAMES or name.startswith("x-forwarded-"):
                 out.append((name, block[colon + 1 : eol].strip(" \t")))
         pos = eol + 2
+    if "_" in block and _UNDERSCORE_NAME_RE.search(block) is not None:
+        out.append(_UNDERSCORE_MARK)
     return out
 
 
@@ -459,9 +479,16 @@ _VALID_HOST: Final[Callable[[str], bool]] = _valid_host_py if _HSCAN is None els
 
 
 def parse_request_head(
-    head: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
+    head: bytes | bytearray | memoryview,
+    limits: Limits = DEFAULT_LIMITS,
+    underscores: str = "allow",
 ) -> tuple[RequestHeader, RequestMeta]:
-    """Parse a complete request head (ending in CRLFCRLF, leading CRLFs already skipped)."""
+    """Parse a complete request head (ending in CRLFCRLF, leading CRLFs already skipped).
+
+    ``underscores``: what to do with fields whose name holds an underscore (one of
+    ``UNDERSCORE_ACTIONS``): keep them (``"allow"``, RFC 9110's grammar), remove them from the
+    head (``"drop"``; their names are then in ``meta.dropped``), or reject the request with 400
+    (``"reject"``). The server's setting is ``ServerConf.headers_with_underscores``."""
     raw = head if type(head) is bytes else bytes(head)
     text = raw.decode("latin-1")
     line_end = text.find("\r\n")
@@ -483,6 +510,7 @@ def parse_request_head(
     hosts = 0
     host_value = ""
     connection: list[str] = []
+    underscored = False
     for lname, value in framing:
         if lname == "content-length":
             if content_length is not None:
@@ -506,7 +534,11 @@ def parse_request_head(
             meta.hop = True
         elif lname.startswith("x-forwarded-"):
             meta.forwarded = True
+        elif lname == "_":  # the scan's _UNDERSCORE_MARK: a field name holds an underscore
+            underscored = True
     headers = Headers._from_block(block)
+    if underscored and underscores != "allow":
+        _underscored_fields(headers, meta, underscores == "reject")
     if connection or te is not None or meta.upgrade is not None:
         meta.hop = True
     meta.has_host = hosts > 0
@@ -582,6 +614,20 @@ def parse_request_head(
     version = "HTTP/1.0" if http10 else "HTTP/1.1"
     req = RequestHeader(method, path, headers, version, scheme=scheme, authority=authority)
     return req, meta
+
+
+def _underscored_fields(headers: Headers, meta: RequestMeta, reject: bool) -> None:
+    """Reject (400) a request head with fields whose name holds an underscore, or drop them
+    (see UNDERSCORE_ACTIONS; nginx drops them by default, underscores_in_headers off)."""
+    items = headers._items
+    names = [n for k, n, _ in items if "_" in k]
+    if reject:
+        raise HTTPParseError(
+            f"header field name with an underscore: {names[0]!r} (headers_with_underscores reject)"
+        )
+    headers._items = [it for it in items if "_" not in it[0]]
+    meta.dropped = names
+    meta.hop = True  # the head changed: it is re-serialized, not forwarded verbatim
 
 
 def parse_response_head(
