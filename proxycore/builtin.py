@@ -37,7 +37,15 @@ from proxycore.peer import Peer
 from proxycore.phases import Proxy, nonblocking
 from proxycore.session import Session
 
-__all__ = ["HASH_KEYS", "ReverseProxy", "parse_backend", "parse_hash_key"]
+__all__ = [
+    "HASH_KEYS",
+    "REDIRECTS",
+    "ReverseProxy",
+    "Route",
+    "RoutedProxy",
+    "parse_backend",
+    "parse_hash_key",
+]
 
 HASH_KEYS = ("header:NAME", "uri", "client_ip")
 
@@ -105,9 +113,12 @@ class ReverseProxy(Proxy):
         discovery_interval: float = 10.0,
         upstream_tls: dict[str, Any] | None = None,
         eject_after_connect_failures: int = 1,
+        peer_options: dict[str, Any] | None = None,
     ) -> None:
         """``upstream_tls`` holds Peer options for ``https://`` backends given as text:
-        ``sni``, ``ca``, ``verify``, ``verify_hostname``, ``client_cert``. Passive health
+        ``sni``, ``ca``, ``verify``, ``verify_hostname``, ``client_cert``. ``peer_options``
+        holds Peer options for every backend given as text (``connect_timeout``,
+        ``read_timeout``, ``write_timeout``, ``idle_timeout``), discovered ones too. Passive health
         (module docstring): ``eject_after_connect_failures`` consecutive failed connects or
         ``eject_after`` consecutive failures of any kind eject a backend for ``eject_for``
         seconds (0: never)."""
@@ -121,12 +132,14 @@ class ReverseProxy(Proxy):
         self.upstream_tls = dict(upstream_tls or {})
         if isinstance(self.upstream_tls.get("client_cert"), list):
             self.upstream_tls["client_cert"] = tuple(self.upstream_tls["client_cert"])
+        self.peer_options = dict(peer_options or {})
         parsed: list[tuple[Peer, int]] = []
         for b in backends:
             if isinstance(b, Peer):
                 parsed.append((b, 1))
             elif isinstance(b, str):
-                parsed.append(parse_backend(b, **self.upstream_tls))
+                p, w = parse_backend(b, **self.upstream_tls)
+                parsed.append((p.replace(**self.peer_options) if self.peer_options else p, w))
             else:
                 parsed.append(b)
         if lb not in SELECTORS:
@@ -162,7 +175,11 @@ class ReverseProxy(Proxy):
         if self.backends_file:
             out.append(
                 FileDiscovery(
-                    self.lb, self.backends_file, self.discovery_interval, **self.upstream_tls
+                    self.lb,
+                    self.backends_file,
+                    self.discovery_interval,
+                    peer_options=self.peer_options,
+                    **self.upstream_tls,
                 )
             )
         if self.health_check is not None:
@@ -183,6 +200,7 @@ class ReverseProxy(Proxy):
             "health_interval": self.health_check.interval if self.health_check else 5.0,
             "backends_file": self.backends_file,
             "discovery_interval": self.discovery_interval,
+            "peer_options": self.peer_options,
         }
 
     @nonblocking
@@ -313,6 +331,169 @@ class ReverseProxy(Proxy):
         upstream_failed = error is not None and error.source.value == "upstream"
         failed = upstream_failed or session.response_status >= 500
         self._done_with(session, ctx, _FAILED if failed else _OK)
+
+
+# ``return:`` statuses whose text is the Location (nginx's ``return code URL``).
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+class _RouteCtx(_Ctx):
+    __slots__ = ("group",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.group: ReverseProxy | None = None
+
+
+class Route:
+    """One entry of a route table: requests whose host matches ``host`` (exact, or
+    ``*.example.com`` for any name ending in ``.example.com``; None for any host) and whose
+    path starts with ``path`` go to the upstream group ``upstream``, or are answered with
+    ``answer`` (nginx's ``return``: ``"403"``, ``"200 some text"``, ``"301 https://..."``;
+    for 301/302/303/307/308 the text is the Location). ValueError names a bad value."""
+
+    def __init__(
+        self,
+        host: str | None = None,
+        path: str = "/",
+        upstream: str | None = None,
+        answer: str | None = None,
+    ) -> None:
+        if (upstream is None) == (answer is None):
+            raise ValueError("a route needs exactly one of upstream and return")
+        if not path.startswith("/") or "?" in path:
+            raise ValueError(f"a route path is a prefix starting with '/', got {path!r}")
+        self.host = host.lower() if host else None
+        self.suffix = ""  # ".example.com" for "*.example.com"
+        if self.host is not None:
+            if self.host.startswith("*."):
+                self.suffix = self.host[1:]
+                if len(self.suffix) < 2 or "*" in self.suffix:
+                    raise ValueError(f"a route host is NAME or *.DOMAIN, got {host!r}")
+            elif "*" in self.host or not self.host:
+                raise ValueError(f"a route host is NAME or *.DOMAIN, got {host!r}")
+        self.path = path
+        self.upstream = upstream
+        self.answer = answer
+        self.status = 0
+        self.body = b""
+        self.headers: dict[str, str] = {}
+        if answer is not None:
+            code, _, text = answer.strip().partition(" ")
+            text = text.strip()
+            if not code.isdigit() or not 200 <= int(code) <= 599:
+                raise ValueError(
+                    f"return is a status from 200 to 599 with an optional text or URL, "
+                    f"got {answer!r}"
+                )
+            self.status = int(code)
+            if self.status in REDIRECTS:
+                if not text:
+                    raise ValueError(f"return {self.status} needs a URL, got {answer!r}")
+                self.headers["Location"] = text
+            elif text:
+                self.body = (text + "\n").encode()
+
+    def matches(self, host: str, path: str) -> bool:
+        """``host``: the request's host, lowercase, without the port."""
+        if self.host is not None:
+            if self.suffix:
+                if not host.endswith(self.suffix) or len(host) == len(self.suffix):
+                    return False
+            elif host != self.host:
+                return False
+        return path.startswith(self.path)
+
+
+def _request_host(session: Session) -> str:
+    """The request's host (authority or Host header), lowercase and without the port."""
+    host = session.req_header.host
+    if not host:
+        return ""
+    if host.startswith("["):  # [v6]:port
+        end = host.find("]")
+        return host[: end + 1].lower() if end > 0 else host.lower()
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit():
+        host = name
+    return host.lower()
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class RoutedProxy(Proxy):
+    """A reverse proxy with a route table: the first route (in order) whose host and path
+    prefix match the request sends it to its upstream group (a :class:`ReverseProxy`, with its
+    own backends, selector, health checks, discovery, TLS to the origin and passive health), or
+    answers it (``return``); a request no route matches is answered 404.
+
+    ``upstreams``: group name -> :class:`ReverseProxy` keyword arguments; ``routes``: mappings
+    with ``host``, ``path``, and ``upstream`` or ``return`` (see :class:`Route`). This is what
+    ``proxycore reverse-proxy -c FILE`` serves; ValueError names a bad value."""
+
+    def __init__(self, upstreams: dict[str, dict[str, Any]], routes: Sequence[dict[str, Any]]):
+        if not routes:
+            raise ValueError("a route table needs at least one route")
+        self.upstream_specs = {name: dict(kw) for name, kw in upstreams.items()}
+        self.route_specs = [dict(r) for r in routes]
+        self.groups: dict[str, ReverseProxy] = {
+            name: ReverseProxy(**kw) for name, kw in self.upstream_specs.items()
+        }
+        self.routes: list[Route] = []
+        for n, r in enumerate(self.route_specs):
+            route = Route(r.get("host"), r.get("path") or "/", r.get("upstream"), r.get("return"))
+            if route.upstream is not None and route.upstream not in self.groups:
+                raise ValueError(f"route {n} goes to upstream {route.upstream!r}, not defined")
+            self.routes.append(route)
+        self._route_groups: list[ReverseProxy | None] = [
+            self.groups[r.upstream] if r.upstream is not None else None for r in self.routes
+        ]
+
+    def services(self) -> list[Any]:
+        out: list[Any] = []
+        for g in self.groups.values():
+            out.extend(g.services())
+        return out
+
+    def trace_init(self) -> dict[str, Any]:
+        return {"upstreams": self.upstream_specs, "routes": self.route_specs}
+
+    @nonblocking
+    def new_ctx(self) -> _RouteCtx:
+        return _RouteCtx()
+
+    @nonblocking
+    def request_filter(self, session: Session, ctx: Any) -> bool:
+        host = _request_host(session)
+        path = session.req_header.path
+        groups = self._route_groups
+        for i, route in enumerate(self.routes):
+            if route.matches(host, path):
+                group = groups[i]
+                if group is None:
+                    session.respond(route.status, route.body, route.headers)
+                    return True
+                ctx.group = group
+                return False
+        session.respond(404, b"no route for this request\n")
+        return True
+
+    @nonblocking
+    def upstream_peer(self, session: Session, ctx: Any) -> Peer | None:
+        group: ReverseProxy | None = ctx.group
+        return None if group is None else group.upstream_peer(session, ctx)
+
+    @nonblocking
+    def fail_to_connect(
+        self, session: Session, peer: Peer, ctx: Any, error: ProxyError
+    ) -> ProxyError:
+        group: ReverseProxy | None = ctx.group
+        return error if group is None else group.fail_to_connect(session, peer, ctx, error)
+
+    @nonblocking
+    def logging(self, session: Session, error: ProxyError | None, ctx: Any) -> None:
+        group: ReverseProxy | None = None if ctx is None else ctx.group
+        if group is not None:
+            group.logging(session, error, ctx)
 
 
 def _is_ip(host: str) -> bool:

@@ -140,11 +140,20 @@ class FileDiscovery(_Service):
     """Backends listed in a file, re-read every ``interval`` seconds (default 5)."""
 
     def __init__(
-        self, lb: LoadBalancer, path: str, interval: float = 5.0, **tls_options: object
+        self,
+        lb: LoadBalancer,
+        path: str,
+        interval: float = 5.0,
+        *,
+        peer_options: dict[str, Any] | None = None,
+        **tls_options: object,
     ) -> None:
+        """``tls_options`` apply to the ``https://`` lines, ``peer_options`` (timeouts) to
+        every line."""
         super().__init__(lb, interval)
         self.path = path
         self.tls_options = tls_options
+        self.peer_options = peer_options or {}
         self._token = 0
         self._last: bytes | None = None
 
@@ -171,4 +180,6 @@ class FileDiscovery(_Service):
             self.engine.log.error("discovery: %s: %s; keeping the current backends", self.path, e)
             return
         self._last = ev.content
+        if self.peer_options:
+            parsed = [(p.replace(**self.peer_options), w) for p, w in parsed]
         self._swap([Backend(p, w) for p, w in parsed], f"file {self.path}")
