@@ -115,6 +115,11 @@ def run(
     record: str | None = None,
     workers: int = 1,
     exit_on_error: bool = True,
+    daemon: bool = False,
+    pid_file: str | None = None,
+    error_log: str | None = None,
+    user: str | None = None,
+    group: str | None = None,
     **options: Any,
 ) -> None:
     """Serve ``app`` on every ``listen`` address until SIGTERM (graceful) or SIGINT (fast).
@@ -126,6 +131,9 @@ def run(
     ``workers`` > 1 forks that many worker processes sharing the ports (SO_REUSEPORT) under a
     supervisor that forwards SIGTERM/SIGINT/SIGUSR1/SIGHUP; a worker that fails before serving
     stops them all (a :class:`StartupError`), one that dies later is restarted with a back-off.
+
+    ``daemon``, ``pid_file``, ``error_log``, ``user``, ``group``: daemon mode (Pingora's
+    fields of the same names); accepted here, implemented with daemon mode.
 
     A start-up failure writes one line (``proxycore: error: ...``) to stderr and exits with
     status 2 (``SystemExit(2)``, no traceback); with ``exit_on_error=False`` it raises
