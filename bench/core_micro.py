@@ -4,6 +4,7 @@
     python bench/core_micro.py prof 20000      # cProfile, top functions by self time
     python bench/core_micro.py record 50000    # the same with session recording on
     python bench/core_micro.py time-rp         # with the built-in ReverseProxy app (any mode: -rp)
+    python bench/core_micro.py time-al         # with --access-log FILE (any mode: -al, -json; time-rp-al)
     # instructions/request, independent of machine load (difference of two runs):
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 1000
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 3000
@@ -43,11 +44,21 @@ def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else "time"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 50000
     app: proxycore.Proxy = App()
-    if mode.endswith("rp"):  # the built-in ReverseProxy (what `proxycore reverse-proxy` runs)
+    if mode.endswith("rp") or "-rp-" in mode:  # the built-in ReverseProxy (what `proxycore reverse-proxy` runs)
         from proxycore.builtin import ReverseProxy
 
         app = ReverseProxy(["127.0.0.1:9000"])
-    e = proxycore.Engine(app, None, NullLog())
+    access = None
+    if "-al" in mode or "-json" in mode:  # --access-log to a file, as the adapters set it up
+        import tempfile
+
+        from proxycore.adapters.access import access_logger
+
+        conf = proxycore.ServerConf()
+        conf.access_log = tempfile.mktemp(prefix="core_micro-", suffix=".log")
+        conf.access_log_format = "json" if "-json" in mode else "combined"
+        access = access_logger(conf)
+    e = proxycore.Engine(app, None, NullLog(), access_log=access)
     if mode.startswith("record"):
         from proxycore.trace import Recorder
 
