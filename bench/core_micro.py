@@ -4,7 +4,7 @@
     python bench/core_micro.py prof 20000      # cProfile, top functions by self time
     python bench/core_micro.py record 50000    # the same with session recording on
     python bench/core_micro.py time-rp         # with the built-in ReverseProxy app (any mode: -rp)
-    python bench/core_micro.py time-al         # with --access-log FILE (any mode: -al, -json; time-rp-al)
+    python bench/core_micro.py time-rp-al      # with --access-log FILE (any mode: -al, -json)
     # instructions/request, independent of machine load (difference of two runs):
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 1000
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 3000
@@ -44,7 +44,7 @@ def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else "time"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 50000
     app: proxycore.Proxy = App()
-    if mode.endswith("rp") or "-rp-" in mode:  # the built-in ReverseProxy (what `proxycore reverse-proxy` runs)
+    if mode.endswith("rp") or "-rp-" in mode:  # the built-in ReverseProxy (`reverse-proxy`)
         from proxycore.builtin import ReverseProxy
 
         app = ReverseProxy(["127.0.0.1:9000"])
