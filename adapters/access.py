@@ -161,7 +161,7 @@ class AccessLogHandler(logging.Handler):
         for e in entries:
             if e.created == 0.0:
                 e.created = e.at + offset
-            rec = logger.makeRecord(logger.name, logging.INFO, __file__, 0, e, None, None)
+            rec = logger.makeRecord(logger.name, logging.INFO, __file__, 0, e, (), None)
             rec.created = e.created
             rec.msecs = e.created % 1.0 * 1000.0
             rec.access = e

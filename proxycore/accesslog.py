@@ -87,6 +87,12 @@ _MONTHS: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
 _MILLIS: Final = tuple(f".{i:03d}" for i in range(1000))
 _UNDER_A_SECOND: Final = tuple(f"0.{i:03d}" for i in range(1000))
 _NUMBERS: Final = tuple(str(i) for i in range(1000))  # status codes without a str() per line
+_SCAN_LINES: Final = 6  # field lines of a head looked at one by one (see _head_fields)
+# Pieces of the combined line that come together (fewer pieces per line to join): a status
+# with its quote and spaces, an upstream status with its field names.
+_STATUS_PIECES: Final = tuple(f'" {i} ' for i in range(1000))
+_US_PIECES: Final = tuple(f" us={i if i else '-'} uct=" for i in range(1000))
+_NO_REFERER: Final = ' "-" "'
 
 # One upstream attempt: (address, status or 0 for none, connect time, header time); a time
 # below 0 means absent.
@@ -292,30 +298,73 @@ def request_fields(head: bytes) -> tuple[str, str | None, str | None, str | None
 def _head_fields(text: str) -> tuple[str, str | None, str | None, str | None]:
     """The request line (cut, ``-`` if empty) and the first Authorization, Referer and
     User-Agent values (trimmed, None when absent) of a head decoded as latin-1. Field names
-    are case-insensitive (RFC 9110 §5.1): one lower-cased copy, one search per name (this
-    runs once per request: a few C calls, no per-line loop)."""
+    are case-insensitive (RFC 9110 §5.1). This runs once per request: the first field lines
+    are looked at one by one, each by its first letter (one search for its end, a character
+    comparison only for a line that may be one of the three); past ``_SCAN_LINES`` lines the
+    rest of the head is lower-cased once and searched by name."""
+    n = len(text)
     end = text.find("\r\n")
     if end < 0:
-        end = len(text)
+        end = n
     request = text[: min(end, _MAX_LINE)] or "-"
-    low = text.lower()
-    return (
-        request,
-        _field(text, low, "\r\nauthorization:"),
-        _field(text, low, "\r\nreferer:"),
-        _field(text, low, "\r\nuser-agent:"),
-    )
+    auth: str | None = None
+    referer: str | None = None
+    agent: str | None = None
+    i = end + 2
+    lines = 0
+    while i < n:
+        if lines == _SCAN_LINES:  # a long head: search the rest by name
+            low = text.lower()
+            return (
+                request,
+                auth if auth is not None else _field(text, low, "\r\nauthorization:", i - 2),
+                referer if referer is not None else _field(text, low, "\r\nreferer:", i - 2),
+                agent if agent is not None else _field(text, low, "\r\nuser-agent:", i - 2),
+            )
+        c = ord(text[i])
+        if c == 0x0D and i + 1 < n and ord(text[i + 1]) == 0x0A:  # the empty line: the end
+            break
+        j = text.find("\r\n", i)
+        if j < 0:
+            j = n
+        c |= 0x20
+        if c == 0x75:  # u
+            if agent is None and _named(text, i, j, "user-agent:"):
+                agent = _trim(text, i + 11, j)
+        elif c == 0x72:  # r
+            if referer is None and _named(text, i, j, "referer:"):
+                referer = _trim(text, i + 8, j)
+        elif c == 0x61 and auth is None and _named(text, i, j, "authorization:"):  # a
+            auth = _trim(text, i + 14, j)
+        i = j + 2
+        lines += 1
+    return request, auth, referer, agent
 
 
-def _field(text: str, low: str, name: str) -> str | None:
-    i = low.find(name)
+def _named(text: str, i: int, j: int, name: str) -> bool:
+    """Whether the line ``text[i:j]`` starts with ``name`` (lower case) in any case."""
+    k = len(name)
+    if j - i < k:
+        return False
+    for m in range(k):
+        ch = ord(text[i + m])
+        o = ord(name[m])
+        if ch != o and (o < 0x61 or ch != o - 0x20):
+            return False
+    return True
+
+
+def _field(text: str, low: str, name: str, start: int) -> str | None:
+    i = low.find(name, start)
     if i < 0:
         return None
     i += len(name)
     j = text.find("\r\n", i)
-    if j < 0:
-        j = len(text)
-    # trimmed of spaces and tabs (RFC 9112 §5: OWS), without a method call
+    return _trim(text, i, j if j >= 0 else len(text))
+
+
+def _trim(text: str, i: int, j: int) -> str:
+    """``text[i:j]`` without leading and trailing spaces and tabs (RFC 9112 §5: OWS)."""
     while i < j and (text[i] == " " or text[i] == "\t"):
         i += 1
     while j > i and (text[j - 1] == " " or text[j - 1] == "\t"):
@@ -378,9 +427,9 @@ class _Clock:
     __slots__ = ("last",)
 
     def __init__(self) -> None:
-        self.last: tuple[int, str, str] = (-1, "", "")
+        self.last: tuple[int, str, str, str] = (-1, "", "", "")
 
-    def get(self, created: float) -> tuple[int, str, str]:
+    def get(self, created: float) -> tuple[int, str, str, str]:
         second = int(created)
         last = self.last
         if last[0] == second:
@@ -399,7 +448,8 @@ class _Clock:
             f"{t.tm_year}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
             f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}{sign}{hh:02d}:{mm:02d}"
         )
-        last = self.last = (second, local, iso)
+        # the combined line's text around $time_local when there is no $remote_user
+        last = self.last = (second, local, iso, f' - - [{local}] "')
         return last
 
 
@@ -462,17 +512,26 @@ def _combined(e: AccessEntry, nl: str) -> str:
     status = e.status
     sent = e.body_bytes_sent
     up = e.upstream
-    if len(up) == 1:  # the usual case, inline
-        addr, ustatus, ct, ht = up[0]
-        tail = f" uaddr={addr} us={_status(ustatus)} uct={_secs(ct)} uht={_secs(ht)}{nl}"
+    addr = e.remote_addr
+    if user == "-":
+        start = _clock.get(e.created)[3]
     else:
-        tail = _upstream_tail(up) + nl
+        start = f" - {user} [{_clock.get(e.created)[1]}] " + '"'
+    st = _STATUS_PIECES[status] if 0 <= status < 1000 else f'" {status} '
+    size = _NUMBERS[sent] if 0 <= sent < 1000 else str(sent)
+    ref = _NO_REFERER if referer is None else f' "{referer}" "'
+    if agent is None:
+        agent = "-"
+    if len(up) == 1:  # the usual case, in one string build
+        uaddr, ustatus, ct, ht = up[0]
+        us = _US_PIECES[ustatus] if 0 <= ustatus < 1000 else f" us={ustatus} uct="
+        return (
+            f'{addr}{start}{request}{st}{size}{ref}{agent}" rt={_secs(e.request_time)}'
+            f" uaddr={uaddr}{us}{_secs(ct)} uht={_secs(ht)}{nl}"
+        )
     return (
-        f"{e.remote_addr} - {user} [{_clock.get(e.created)[1]}] "
-        f'"{request}" {_NUMBERS[status] if 0 <= status < 1000 else str(status)} '
-        f"{_NUMBERS[sent] if 0 <= sent < 1000 else str(sent)} "
-        f'"{"-" if referer is None else referer}" "{"-" if agent is None else agent}" '
-        f"rt={_secs(e.request_time)}{tail}"
+        f'{addr}{start}{request}{st}{size}{ref}{agent}" rt={_secs(e.request_time)}'
+        f"{_upstream_tail(up)}{nl}"
     )
 
 
