@@ -84,12 +84,14 @@ class AccessLogHandler(logging.Handler):
             self._chunk = _PIPE_BUF
         self._wake = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._armed = False  # the flusher is counting down to a flush (see _notify)
         self._closed = False
         if hasattr(os, "register_at_fork"):  # a thread does not survive a fork
             os.register_at_fork(after_in_child=self._forked)
 
     def _forked(self) -> None:
         self._flusher = None
+        self._armed = False
         self._wake = threading.Event()
         self.buffer.take()  # the parent's queue is the parent's to write
 
@@ -97,13 +99,18 @@ class AccessLogHandler(logging.Handler):
 
     def _notify(self, n: int) -> None:
         """The buffer's call: ``BATCH`` entries queued (write now), or the first of a batch
-        (the flusher writes it, and what follows, within ``INTERVAL``)."""
+        (the flusher writes it, and what follows, within ``INTERVAL``). A busy proxy wakes
+        the flusher thread once, not once per batch: while lines keep coming it flushes every
+        ``INTERVAL`` (a thread switch costs more than a line), and it goes back to waiting
+        when a turn finds nothing queued."""
         if n >= self.BATCH:
             self.flush()
             return
-        if self._flusher is None:
-            self._start_flusher()
-        self._wake.set()
+        if not self._armed:
+            self._armed = True
+            if self._flusher is None:
+                self._start_flusher()
+            self._wake.set()
 
     def _start_flusher(self) -> None:
         t = threading.Thread(target=self._flush_loop, name="proxycore-access-log", daemon=True)
@@ -115,8 +122,14 @@ class AccessLogHandler(logging.Handler):
         while not self._closed:
             wake.wait()
             wake.clear()
-            time.sleep(self.INTERVAL)
-            self.flush()
+            while not self._closed:
+                time.sleep(self.INTERVAL)
+                if not self.buffer.entries:
+                    self._armed = False  # idle: the next line wakes it again ...
+                    if not self.buffer.entries:  # ... unless one came in between
+                        break
+                    self._armed = True
+                self.flush()
 
     def _direct(self) -> bool:
         """Whether this handler is the only way out of its logger (see the module

@@ -477,3 +477,27 @@ def test_head_fields_match_a_plain_split_for_any_case_order_and_length() -> None
     # a rejected head without its end, and nothing but a request line
     assert request_fields(b"GET / HTTP/1.1\r\nUser-agent: x")[3] == "x"
     assert request_fields(b"GET / HTTP/1.1") == ("GET / HTTP/1.1", None, None, None)
+
+
+def test_quiet_lines_arrive_within_the_interval_after_the_flusher_went_idle(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "quiet.log"
+    handler = AccessLogHandler(str(path))
+    try:
+        for k in range(3):  # each line alone; the flusher goes idle between them
+            e = entry()
+            e.created = 0.0
+            e.at = time.monotonic()
+            handler.buffer.put(e)
+            deadline = time.monotonic() + 5
+            while path.read_text().count("\n") < k + 1:
+                assert time.monotonic() < deadline, f"line {k} not written"
+                time.sleep(0.01)
+            time.sleep(AccessLogHandler.INTERVAL * 3)
+            assert not handler._armed  # idle until the next line
+        for line in path.read_text().splitlines():  # stamped from the event time: now
+            logged = time.mktime(time.strptime(line.split("[")[1][:20], "%d/%b/%Y:%H:%M:%S"))
+            assert abs(logged - time.time()) < 60, line
+    finally:
+        handler.close()
