@@ -248,3 +248,33 @@ class TlsApp(Base):
         h["X-TLS-ALPN"] = t.alpn or "-"
         h["X-TLS-Client"] = t.client_subject.get("commonName", "-")
         h["X-TLS-Reused"] = str(t.session_reused)
+
+
+class ConfiguredApp(proxycore.Proxy):
+    """Configured from the file (``proxycore run conformance.apps:ConfiguredApp -c FILE``):
+    its ``greeting`` section holds ``text`` (answered on /hello) and ``upstream`` (a port every
+    other request goes to)."""
+
+    def configure(self, sections):
+        from proxycore.confschema import ConfigError
+
+        g = sections.get("greeting")
+        if not isinstance(g, dict):
+            raise ConfigError(("greeting", "expected a mapping with text and upstream"))
+        problems = [(f"greeting.{k}", "unknown field") for k in g if k not in ("text", "upstream")]
+        if not isinstance(g.get("text"), str):
+            problems.append(("greeting.text", "expected a string"))
+        if not isinstance(g.get("upstream"), int):
+            problems.append(("greeting.upstream", "expected a port number"))
+        if problems:
+            raise ConfigError(*problems)
+        self.text, self.port = g["text"], g["upstream"]
+
+    def request_filter(self, session, ctx):
+        if session.req_header.path == "/hello":
+            session.respond(200, self.text.encode())
+            return True
+        return False
+
+    def upstream_peer(self, session, ctx):
+        return proxycore.Peer("127.0.0.1", self.port)

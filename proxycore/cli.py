@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
@@ -19,6 +18,7 @@ from typing import NoReturn
 from proxycore._version import __version__
 from proxycore.builtin import parse_backend, parse_hash_key
 from proxycore.config import ServerConf, TlsSettings
+from proxycore.confschema import parse_size
 from proxycore.health import HealthCheck
 from proxycore.lb import SELECTORS
 from proxycore.peer import Peer
@@ -53,19 +53,12 @@ def _busy_poll(text: str) -> float:
     return _number_of_seconds(text, lambda v: 0 <= v <= 1, "0 (off) to 1 seconds")
 
 
-_SIZE = re.compile(r"(\d+)([kmg]?)", re.IGNORECASE)
-
-
 def _body_size(text: str) -> int | None:
     """Bytes, or with a k/m/g suffix (powers of 1024, as nginx); ``none`` = unlimited."""
-    if text.lower() in ("none", "unlimited"):
-        return None
-    m = _SIZE.fullmatch(text.strip())
-    if m is None or int(m.group(1)) == 0:
-        raise argparse.ArgumentTypeError(
-            f"expected a size such as 1048576, 512k, 10m or 1g (or none), got {text!r}"
-        )
-    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2).lower()]
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _workers(text: str) -> int:
@@ -141,6 +134,27 @@ def _selector(text: str) -> str:
 
 
 def _add_server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-c",
+        "--conf",
+        metavar="FILE",
+        help="configuration file (YAML; see the README's Configuration file section); flags "
+        "given as well override its values",
+    )
+    p.add_argument(
+        "-t",
+        "--test",
+        action="store_true",
+        help="check the configuration (every field, certificates, addresses, routes) and exit: "
+        "'configuration ok' and status 0, or one line per problem and status 2",
+    )
+    p.add_argument(
+        "-u",
+        "--upgrade",
+        action="store_true",
+        help="Pingora's graceful upgrade flag: accepted and stored; the upgrade itself comes "
+        "with a later release",
+    )
     p.add_argument(
         "--listen",
         action="append",
@@ -299,6 +313,22 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _config_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    c = sub.add_parser(
+        "config",
+        prog="proxycore config",
+        help="print the effective configuration (dump) or the README's field table (table)",
+        usage="%(prog)s {dump,table} [-c FILE] [--run]",
+    )
+    c.add_argument("action", choices=["dump", "table"])
+    c.add_argument("-c", "--conf", metavar="FILE", help="the file (default: defaults only)")
+    c.add_argument(
+        "--run",
+        action="store_true",
+        help="read the file as proxycore run does (sections for the class kept as written)",
+    )
+
+
 def _conf(args: argparse.Namespace) -> ServerConf:
     conf = ServerConf()
     for opt, attr in [
@@ -416,7 +446,7 @@ def _parser() -> _Parser:
     p = _Parser(
         prog="proxycore",
         description="programmable HTTP proxy",
-        usage="%(prog)s {reverse-proxy,run,replay,demo} [options]",
+        usage="%(prog)s {reverse-proxy,run,config,replay,demo} [options]",
     )
     p.add_argument("--version", action="version", version=f"proxycore {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -425,7 +455,7 @@ def _parser() -> _Parser:
         "reverse-proxy",
         prog="proxycore reverse-proxy",
         help="proxy to one or more upstreams, no code needed",
-        usage="%(prog)s --to HOST:PORT [--to ...] [options]",
+        usage="%(prog)s --to HOST:PORT [--to ...] | -c FILE [options]",
     )
     rp.add_argument(
         "--to",
@@ -525,7 +555,7 @@ def _parser() -> _Parser:
         "run",
         prog="proxycore run",
         help="serve a Proxy class: module:Class",
-        usage="%(prog)s module:Class [options]",
+        usage="%(prog)s module:Class [-c FILE] [options]",
     )
     r.add_argument("app", metavar="module:Class")
     _add_server_options(r)
@@ -551,6 +581,7 @@ def _parser() -> _Parser:
         action="store_true",
         help="rewrite each trace's expected actions from this replay (on purpose)",
     )
+    _config_parser(sub)
     d = sub.add_parser(
         "demo",
         prog="proxycore demo",
@@ -567,9 +598,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # blamed on the subcommand, with its usage line
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.command == "reverse-proxy" and not args.to and not args.backends_file:
-        parser.commands[args.command].error("give at least one --to HOST:PORT (or --backends-file)")
+    if args.command == "reverse-proxy" and not (args.to or args.backends_file or args.conf):
+        parser.commands[args.command].error(
+            "give at least one --to HOST:PORT (or --backends-file, or -c FILE)"
+        )
     try:
+        if args.command == "config":
+            from proxycore.cliconf import config_command
+
+            return config_command(args)
+        if args.command in ("reverse-proxy", "run") and args.conf is not None:
+            from proxycore.cliconf import given_flags, run_with_file
+
+            argv = list(sys.argv[1:] if argv is None else argv)
+            rest = argv[argv.index(args.command) + 1 :]
+            return run_with_file(args, given_flags(parser.commands[args.command], rest))
         return _main(args)
     except StartupError as e:
         print(f"proxycore {args.command}: error: {e}", file=sys.stderr, flush=True)
@@ -651,6 +694,9 @@ def _main(args: argparse.Namespace) -> int:
     if problem:
         print(f"proxycore {args.command}: error: {problem}", file=sys.stderr)
         return 2
+    if args.test:
+        print("configuration ok", flush=True)
+        return 0
     run(
         app,
         listen,

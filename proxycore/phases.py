@@ -84,6 +84,26 @@ class Proxy:
         :class:`proxycore.health.HealthChecker`); called once per engine. Not a phase."""
         return []
 
+    def configure(self, sections: dict[str, Any]) -> None:
+        """Receive the configuration file's own sections (not a phase). ``proxycore run
+        module:Class -c FILE`` builds the class, then calls this once, before serving and under
+        ``-t``, with every top-level section of the file other than ``version``, ``server`` and
+        ``listeners`` (name -> value as YAML gives it; ``{}`` when there are none). Raise
+        :class:`proxycore.confschema.ConfigError` (``ConfigError(("greeting.text", "expected a
+        string"), ...)``) to report problems at their line, or ValueError for one problem. The
+        default accepts no section: each one given is reported as unknown."""
+        if sections:
+            from proxycore.confschema import ConfigError
+
+            name = type(self).__name__
+            raise ConfigError(
+                *(
+                    (s, f"unknown section ({name} takes no configuration: it would need a "
+                     "configure() method)")
+                    for s in sections
+                )
+            )  # fmt: skip
+
     def select_certificate(self, server_name: str | None, client_addr: tuple[str, int]) -> Any:
         """Pick the certificate for a TLS handshake (not a phase; runs inside the handshake,
         so it must not block). Return the name of a configured certificate (a ``--tls-sni-cert``

@@ -120,7 +120,8 @@ def test_missing_to_prints_the_usage_line(capsys: pytest.CaptureFixture[str]) ->
     usage, error = _error_lines(["reverse-proxy", "--listen", "127.0.0.1:0"], capsys)
     assert usage.startswith("usage: proxycore reverse-proxy --to HOST:PORT"), usage
     assert error == (
-        "proxycore reverse-proxy: error: give at least one --to HOST:PORT (or --backends-file)"
+        "proxycore reverse-proxy: error: give at least one --to HOST:PORT (or --backends-file, "
+        "or -c FILE)"
     )
 
 

@@ -15,7 +15,9 @@ CORE = Path(__file__).resolve().parent.parent / "proxycore"
 # Not the core: process entry points (argv, reading/writing trace files) and the pytest helper
 # that loads a user's trace file. Everything else under proxycore/ is checked.
 # tlsconfig.py reads certificate files at start-up and on reload (called by the adapters).
-EXEMPT = {"cli.py", "__main__.py", "replaycli.py", "testing.py", "tlsconfig.py"}
+EXEMPT = {
+    "cli.py", "cliconf.py", "conffile.py", "__main__.py", "replaycli.py", "testing.py", "tlsconfig.py",
+}  # fmt: skip
 SSL_USERS = {"tls.py"}
 SSL_IN_MEMORY = {
     "MemoryBIO", "SSLObject", "SSLContext", "SSLSession", "SSLError", "SSLWantReadError",
