@@ -8,6 +8,7 @@
     python bench/core_micro.py chunked         # POST, chunked bodies each way (two chunks + last)
     python bench/core_micro.py post-rp 20000   # modes combine: body kind, -rp, count
     python bench/core_micro.py time-rp-al      # with --access-log FILE (any mode: -al, -json)
+    python bench/core_micro.py time-routes     # RoutedProxy (-c FILE): 5 routes, the last taken
     # instructions/request, independent of machine load (difference of two runs):
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 1000
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 3000
@@ -75,6 +76,19 @@ def main() -> None:
         from proxycore.builtin import ReverseProxy
 
         app = ReverseProxy(["127.0.0.1:9000"])
+    if mode.endswith("routes") or "-routes-" in mode:  # `reverse-proxy -c FILE`'s route table
+        from proxycore.builtin import RoutedProxy
+
+        app = RoutedProxy(
+            {"api": {"backends": ["127.0.0.1:9001"]}, "web": {"backends": ["127.0.0.1:9000"]}},
+            [  # as examples/proxycore.yaml: four routes miss, the catch-all takes it
+                {"host": "old.example.com", "return": "301 https://www.example.com/"},
+                {"path": "/admin", "return": "403"},
+                {"host": "*.api.example.com", "upstream": "api"},
+                {"host": "www.example.com", "path": "/api/", "upstream": "api"},
+                {"upstream": "web"},
+            ],
+        )
     access = None
     if "-al" in mode or "-json" in mode:  # --access-log to a file, as the adapters set it up
         import tempfile

@@ -21,6 +21,9 @@ import yaml
 from conformance.client import get
 from conformance.origins import HOST, EchoOrigin, free_port
 from conformance.proxy import PROCESS_CWD, ROOT, process_env, python_cmd
+from conformance.test_tls import TlsEchoOrigin, origin_context, peer_cn, pki, tls_get
+
+__all__ = ["pki"]  # the fixture, shared with test_tls.py
 
 EXAMPLE = ROOT / "examples" / "proxycore.yaml"
 
@@ -75,6 +78,49 @@ def test_run_gets_its_section(backend, origins, proxy, tmp_path) -> None:
     assert r.status == 200 and r.body == b"hi there"
     r = get(p.port, "/x")
     assert r.status == 200 and r.header("X-Origin") == "up"
+
+
+def test_tls_listener_sni_and_mtls_to_the_origin_from_the_file(
+    backend, origins, proxy, pki, tmp_path
+) -> None:
+    strict = origins(TlsEchoOrigin, origin_context(pki, client_ca=True), name="strict")
+    conf = {
+        "listeners": [
+            {
+                "address": f"{HOST}:8443",  # replaced by the --listen the fixture gives
+                "tls": {
+                    "cert": pki["default.pem"],
+                    "key": pki["default.key"],
+                    "sni_certs": {
+                        "other.test": {"cert": pki["other.pem"], "key": pki["other.key"]},
+                        "*.wild.test": {"cert": pki["wild.pem"], "key": pki["wild.key"]},
+                    },
+                },
+            }
+        ],
+        "upstreams": {
+            "secure": {
+                "backends": [f"https://{HOST}:{strict.port}"],
+                "tls": {
+                    "ca": pki["ca.pem"],
+                    "sni": "origin.test",
+                    "cert": pki["client.pem"],
+                    "key": pki["client.key"],
+                },
+            }
+        },
+        "routes": [{"upstream": "secure"}],
+    }
+    p = proxy(extra=["-c", write(tmp_path, conf)])
+    status, body, s = tls_get(p.port, pki.client_context(), path="/through")
+    s.close()
+    assert status == 200 and body["target"] == "/through"
+    cn = dict(x[0] for x in strict.client_certs[-1]["subject"])["commonName"]
+    assert cn == "client-1"  # the group's client certificate reached the origin
+    ctx = pki.client_context()
+    assert peer_cn(ctx, p.port, "other.test") == "other.test"
+    assert peer_cn(ctx, p.port, "a.wild.test") == "*.wild.test"
+    assert peer_cn(ctx, p.port, "localhost") == "localhost"
 
 
 def _run_all(argvs: list[list[str]], timeout: float = 60) -> list[tuple[int, str, str]]:
