@@ -407,7 +407,7 @@ class Route:
 
 def _request_host(session: Session) -> str:
     """The request's host (authority or Host header), lowercase and without the port."""
-    host = session.req_header.host
+    host = session.request_host
     if not host:
         return ""
     if host.startswith("["):  # [v6]:port
@@ -424,7 +424,9 @@ class RoutedProxy(Proxy):
     """A reverse proxy with a route table: the first route (in order) whose host and path
     prefix match the request sends it to its upstream group (a :class:`ReverseProxy`, with its
     own backends, selector, health checks, discovery, TLS to the origin and passive health), or
-    answers it (``return``); a request no route matches is answered 404.
+    answers it (``return``); a request no route matches is answered 404. Matched in
+    ``proxy_upstream_filter``, after ``request_filter``: a subclass may still answer or edit
+    there, and without one the engine keeps relaying the received head verbatim.
 
     ``upstreams``: group name -> :class:`ReverseProxy` keyword arguments; ``routes``: mappings
     with ``host``, ``path``, and ``upstream`` or ``return`` (see :class:`Route`). This is what
@@ -462,7 +464,9 @@ class RoutedProxy(Proxy):
         return _RouteCtx()
 
     @nonblocking
-    def request_filter(self, session: Session, ctx: Any) -> bool:
+    def proxy_upstream_filter(self, session: Session, ctx: Any) -> bool:
+        # Matched here rather than in request_filter: a proxy without request_filter keeps the
+        # verbatim head relay (the engine rebuilds the head when request_filter may edit it).
         host = _request_host(session)
         path = session.req_header.path
         groups = self._route_groups
@@ -471,11 +475,11 @@ class RoutedProxy(Proxy):
                 group = groups[i]
                 if group is None:
                     session.respond(route.status, route.body, route.headers)
-                    return True
+                    return False
                 ctx.group = group
-                return False
+                return True
         session.respond(404, b"no route for this request\n")
-        return True
+        return False
 
     @nonblocking
     def upstream_peer(self, session: Session, ctx: Any) -> Peer | None:

@@ -317,6 +317,16 @@ class Session:
         return self.down.tls
 
     @property
+    def request_host(self) -> str | None:
+        """The request's host: the absolute-form authority, else the Host field (None without
+        either), as ``req_header.host``; while no early phase can have edited the head, the
+        parsed value, without building the header list (route matching reads it)."""
+        ph = self.engine.phases
+        if ph.early_request_filter is None and ph.request_filter is None:
+            return self._meta.host
+        return self.req_header.host
+
+    @property
     def downstream_requests(self) -> int:
         """How many requests this client connection served before this one."""
         return self.down.requests

@@ -119,3 +119,22 @@ def test_trace_init_rebuilds_the_same_proxy() -> None:
     app = RoutedProxy(UPSTREAMS, ROUTES)
     again = RoutedProxy(**app.trace_init())
     assert again.trace_init() == app.trace_init()
+
+
+class _Rewrite(RoutedProxy):
+    """A subclass whose request_filter edits the Host: routing sees the edited head."""
+
+    def request_filter(self, session, ctx):  # type: ignore[no-untyped-def]
+        if session.req_header.path.startswith("/legacy"):
+            session.req_header.headers["Host"] = "www.example.com"
+        return False
+
+
+def test_routes_see_a_host_edited_by_request_filter() -> None:
+    h = Harness(_Rewrite(UPSTREAMS, ROUTES))
+    assert go(h, "anything.test", "/legacy/x")[0] == 9003  # www.example.com -> web
+    assert go(h, "anything.test", "/other")[1].startswith(b"HTTP/1.1 404 ")
+    h = Harness(RoutedProxy(UPSTREAMS, ROUTES))  # absolute-form: the authority is the host
+    down, _ = h.accept()
+    acts = h.data(down, b"GET http://www.example.com/x HTTP/1.1\r\nHost: other\r\n\r\n")
+    assert Harness.connects(acts)[0].peer.port == 9003
