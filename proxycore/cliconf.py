@@ -117,10 +117,10 @@ def _override(conf: dict[str, Any], args: argparse.Namespace, given: set[str]) -
             new.append({"address": address, "tls": dict(tls or plain_tls)})
         conf["listeners"] = new
     elif tls_given and file_tls is not None:
-        for lst in listeners:  # the listeners that were TLS (or, with none, all of them)
-            if conffile.tls_settings(lst["tls"]) or not any(
-                conffile.tls_settings(x["tls"]) for x in listeners
-            ):
+        # the listeners that were TLS, or with none, all of them (as the flags do alone)
+        was_tls = [conffile.tls_settings(lst["tls"]) is not None for lst in listeners]
+        for lst, tls in zip(listeners, was_tls, strict=True):
+            if tls or not any(was_tls):
                 lst["tls"] = dict(file_tls)
 
 

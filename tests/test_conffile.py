@@ -271,3 +271,27 @@ def test_config_dump_is_a_complete_valid_file(
 def test_test_flag_without_a_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["reverse-proxy", "--to", "127.0.0.1:9", "-t"]) == 0
     assert capsys.readouterr().out == "configuration ok\n"
+
+
+def test_tls_flags_make_the_files_listeners_tls(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "  - address: 127.0.0.1:8080\n",
+        "  - address: 127.0.0.1:8443\n  - address: 127.0.0.1:8081\n",
+    )
+    path = write(tmp_path, text)
+    argv = ["reverse-proxy", "-c", path, "--tls-cert", "c.pem", "--tls-key", "k.pem",
+            "--tls-sni-cert", "a.test=a.pem,a.key"]  # fmt: skip
+    parser = _parser()
+    args = parser.parse_args(argv)
+    conf, _ = conffile.checked(conffile.load(path))
+    cliconf._override(conf, args, cliconf.given_flags(parser.commands["reverse-proxy"], argv[1:]))
+    built = conffile.build(conf)
+    assert built.listen == ["https://127.0.0.1:8443", "https://127.0.0.1:8081"]
+    assert built.conf.tls is not None and built.conf.tls.cert == "c.pem"
+    assert built.conf.tls.sni_certs == {"a.test": ("a.pem", "a.key")}
+    # --listen with http:// stays plain; the others take the file's (here the flags') TLS
+    argv += ["--listen", "http://127.0.0.1:8081", "--listen", "127.0.0.1:8443"]
+    args = parser.parse_args(argv)
+    conf, _ = conffile.checked(conffile.load(path))
+    cliconf._override(conf, args, cliconf.given_flags(parser.commands["reverse-proxy"], argv[1:]))
+    assert conffile.build(conf).listen == ["http://127.0.0.1:8081", "https://127.0.0.1:8443"]
