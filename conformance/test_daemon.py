@@ -101,10 +101,12 @@ class Daemons:
         pid_file: Path | None = None,
         error_log: Path | None = None,
         daemon: bool = True,
+        app: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        argv = [*python_cmd(), "-m", "proxycore", "reverse-proxy"]
-        argv += ["--listen", f"{HOST}:{port}", "--to", f"{HOST}:{to}"]
-        argv += ["--backend", self.backend, *DEFAULT_TIMEOUTS]
+        """``reverse-proxy --to to`` (or ``run APP`` with ``ORIGIN_PORT=to``) on ``port``."""
+        argv = [*python_cmd(), "-m", "proxycore"]
+        argv += ["run", app] if app else ["reverse-proxy", "--to", f"{HOST}:{to}"]
+        argv += ["--listen", f"{HOST}:{port}", "--backend", self.backend, *DEFAULT_TIMEOUTS]
         if daemon:
             argv.append("-d")
         argv += ["--pid-file", str(pid_file or self.dir / "proxycore.pid")]
@@ -112,7 +114,7 @@ class Daemons:
         r = subprocess.run(
             [*argv, *(extra or [])],
             cwd=PROCESS_CWD,
-            env=process_env(),
+            env=process_env({"ORIGIN_PORT": to}),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -198,6 +200,62 @@ def test_daemon_serves_and_sigterm_drains(daemons, origins, tmp_path):
     assert _wait_gone(pid), f"daemon still running after SIGTERM:\n{error_log.read_text()}"
     assert not pid_file.exists()
     assert "shutting down (graceful)" in error_log.read_text()
+
+
+SCRIPT = """\
+import os
+import sys
+
+import proxycore
+
+
+class App(proxycore.Proxy):
+    def upstream_peer(self, session, ctx):
+        return proxycore.Peer("127.0.0.1", int(sys.argv[2]))
+
+
+listen, _, backend, pid_file, error_log = sys.argv[1:]
+proxycore.run(
+    App(), [listen], backend=backend, daemon=True, pid_file=pid_file, error_log=error_log
+)
+print("run returned in", os.getpid(), flush=True)
+"""
+
+
+def test_run_and_a_script_daemonise(daemons, origins, tmp_path, backend):
+    """``proxycore run module:Class -d``, and ``proxycore.run(daemon=True)`` from a script: the
+    calling process exits 0 once the daemon serves; in the daemon, run() returns after the
+    shutdown as it does in the foreground."""
+    echo = origins()
+    pid_file, error_log = tmp_path / "proxycore.pid", tmp_path / "error.log"
+    port = free_port()
+    pid = _started(daemons.start(echo.port, port, app="conformance.apps:HeaderApp"), pid_file)
+    assert get(port, "/deny").status == 403  # the class answered
+    assert get(port, "/app").header("x-resp") == "1"
+    os.kill(pid, signal.SIGTERM)
+    assert _wait_gone(pid), error_log.read_text()
+    assert not pid_file.exists()
+
+    script = tmp_path / "serve.py"
+    script.write_text(SCRIPT)
+    port = free_port()
+    args = [f"{HOST}:{port}", str(echo.port), backend, str(pid_file), str(error_log)]
+    r = subprocess.run(
+        [*python_cmd(), str(script), *args],
+        cwd=PROCESS_CWD,
+        env=process_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    pid = _started(r, pid_file)
+    daemons.pids.add(pid)
+    assert_serving(port)
+    os.kill(pid, signal.SIGTERM)
+    assert _wait_gone(pid), error_log.read_text()
+    assert f"run returned in {pid}" in error_log.read_text()
+    assert not pid_file.exists()
 
 
 def test_sigint_is_fast_and_stale_pid_file_is_replaced(daemons, origins, tmp_path):
