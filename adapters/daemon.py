@@ -194,8 +194,6 @@ class Lifecycle:
                 raise StartupError(
                     f"cannot open error log {self.error_log!r}: {_reason(e)}"
                 ) from None
-            if os.path.isdir(self.error_log):  # (O_WRONLY on a directory fails already)
-                raise StartupError(f"error log {self.error_log!r} is a directory")
 
     def run(self, start: Callable[[], None], hooks: bool) -> None:
         if self.uid is not None or self.gid is not None:

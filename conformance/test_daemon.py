@@ -11,9 +11,10 @@ requests through the proxy, and what SIGTERM/SIGINT leave behind.
 - a second start with the same live pid file exits 2 with one line, and the first keeps serving;
 - SIGTERM drains (a request in flight is answered) and removes the pid file; SIGINT stops at
   once and removes it too; a stale pid file (a dead process) is replaced;
-- start-up errors reach the user: an unknown user/group exits 2 with one line before anything
-  binds or detaches; a port in use, found by the daemon after detaching, comes back over the
-  pipe as the same one line (exit 2), and no pid file is left;
+- start-up errors reach the user: an unknown user/group, or an error log that cannot be
+  opened, exits 2 with one line before anything binds or detaches; a port in use, found by the
+  daemon after detaching, comes back over the pipe as the same one line (exit 2), and no pid
+  file is left; in the foreground with an error log, that line still reaches stderr;
 - ``--workers 2``: the supervisor is the daemon, its two workers serve, SIGTERM stops all;
 - as root: ``--user nobody --group nogroup`` on a port below 1024 (daemon, foreground, and
   with workers): every serving process runs as nobody/nogroup with no supplementary groups
@@ -307,6 +308,26 @@ def test_startup_error_after_detaching_reaches_the_user(daemons, origins, tmp_pa
     assert r.stdout == ""
     assert not pid_file.exists()  # written by the daemon, removed when it gave up
     assert "address already in use" in error_log.read_text()
+    # in the foreground the error log takes stderr, but a start-up error is still shown
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        r = daemons.start(echo.port, port, daemon=False)
+    assert r.returncode == 2
+    assert f"cannot listen on {HOST}:{port}: address already in use" in _one_line(r.stderr)
+    assert not pid_file.exists()
+
+
+def test_error_log_that_cannot_be_opened(daemons, origins, tmp_path):
+    echo = origins()
+    missing = tmp_path / "no-such-dir" / "error.log"
+    for daemon in (True, False):
+        r = daemons.start(echo.port, free_port(), error_log=missing, daemon=daemon)
+        assert r.returncode == 2
+        line = _one_line(r.stderr)
+        assert f"cannot open error log {str(missing)!r}: " in line, line
+        assert not (tmp_path / "proxycore.pid").exists()
 
 
 def test_daemon_with_workers(daemons, origins, tmp_path):
