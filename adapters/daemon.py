@@ -196,11 +196,6 @@ class Lifecycle:
                 ) from None
 
     def run(self, start: Callable[[], None], hooks: bool) -> None:
-        if self.uid is not None or self.gid is not None:
-            uid, gid = self.uid, self.gid
-            listening_hooks.insert(0, lambda _addrs: drop_privileges(uid, gid))
-        if hooks:
-            listening_hooks.append(self._ready_hook)
         saved_stderr: int | None = None
         if self.daemon:
             self._detach()  # returns in the daemon only
@@ -208,6 +203,14 @@ class Lifecycle:
             _flush()
             saved_stderr = os.dup(2)
             os.dup2(self._log_fd, 2)
+        added: list[Callable[[list[tuple[str, int]]], None]] = []
+        if self.uid is not None or self.gid is not None:
+            uid, gid = self.uid, self.gid
+            added.append(lambda _addrs: drop_privileges(uid, gid))
+            listening_hooks.insert(0, added[-1])  # before anyone is told we serve
+        if hooks:
+            added.append(self._ready_hook)
+            listening_hooks.append(added[-1])
         try:
             if self.pid_file is not None:
                 self._write_pid_file(self.pid_file)
@@ -219,9 +222,9 @@ class Lifecycle:
                 os.dup2(saved_stderr, 2)
             raise
         finally:
-            if hooks:
+            for hook in added:
                 with contextlib.suppress(ValueError):
-                    listening_hooks.remove(self._ready_hook)
+                    listening_hooks.remove(hook)
             self._remove_pid_file()
             if saved_stderr is not None:
                 os.close(saved_stderr)

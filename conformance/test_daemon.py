@@ -437,3 +437,38 @@ def test_privileges_dropped_in_the_foreground(origins, backend, shared_dir):
     finally:
         p.stop()
         p.close_files()
+
+
+def test_a_switch_only_root_can_make_is_refused():
+    """Not running as root: switching to another user or group is a start-up error naming
+    it (checked in a child that has dropped to nobody first), the same user is no switch."""
+    uid, gid = _need_root()
+    from proxycore.adapters.daemon import resolve_identity
+    from proxycore.runner import StartupError
+
+    cases = [("root", None), (None, "root"), ("nobody", None), ("nobody", "nogroup")]
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: become nobody, then ask
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            for user, group in cases:
+                try:
+                    answer = repr(resolve_identity(user, group))
+                except StartupError as e:
+                    answer = str(e)
+                os.write(wfd, answer.encode() + b"\n")
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    with os.fdopen(rfd) as f:
+        answers = f.read().splitlines()
+    os.waitpid(pid, 0)
+    assert answers == [
+        f"cannot switch to user 'root': only root can (running as uid {uid})",
+        f"cannot switch to group 'root': only root can (running as uid {uid})",
+        "(None, None)",
+        "(None, None)",
+    ]
