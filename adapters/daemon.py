@@ -217,17 +217,19 @@ class Lifecycle:
             start()
         except BaseException as e:
             self._fail(e)
-            if saved_stderr is not None:  # the line goes where the user started us
-                _flush()
-                os.dup2(saved_stderr, 2)
             raise
         finally:
             for hook in added:
                 with contextlib.suppress(ValueError):
                     listening_hooks.remove(hook)
             self._remove_pid_file()
-            if saved_stderr is not None:
+            if saved_stderr is not None:  # (a start-up error goes where the user started us)
+                _flush()
+                os.dup2(saved_stderr, 2)
                 os.close(saved_stderr)
+            if self._log_fd is not None:
+                os.close(self._log_fd)
+                self._log_fd = None
 
     # ------------------------------------------------------------------ readiness
 
