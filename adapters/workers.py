@@ -107,8 +107,12 @@ def _worker_main(index: int, serve_one: Callable[[int], None], wfd: int) -> int:
     return code
 
 
-def supervise(n: int, serve_one: Callable[[int], None]) -> int:
+def supervise(
+    n: int, serve_one: Callable[[int], None], on_ready: Callable[[], None] | None = None
+) -> int:
     """Run ``serve_one(index)`` in ``n`` forked worker processes until a shutdown signal.
+    ``on_ready`` is called once, when every first-generation worker serves (daemon mode tells
+    the starting process so).
 
     Returns 0 after a requested shutdown; raises :class:`StartupError` (every worker stopped)
     when a worker fails before all of them are serving.
@@ -180,6 +184,8 @@ def supervise(n: int, serve_one: Callable[[int], None]) -> int:
             if starting and all(w.ready_at is not None for w in workers.values()):
                 starting = False
                 log.info("supervisor %d: %d workers serving", os.getpid(), n)
+                if on_ready is not None:
+                    on_ready()
             now = time.monotonic()
             for index, when in list(due.items()):
                 if when <= now and not stopping:

@@ -39,7 +39,8 @@ def test_end_to_end_headers_round_trip(shared_proxy, shared_echo, fields):
         r = c.read_response()
     assert r.status == 200, r
     seen = [(k.lower(), v) for k, v in shared_echo.last().headers if k.lower().startswith("x-p-")]
-    assert seen == [(k.lower(), v) for k, v in fields]
+    # Names with an underscore are dropped by default (headers_with_underscores drop, as nginx).
+    assert seen == [(k.lower(), v) for k, v in fields if "_" not in k]
 
 
 @SETTINGS

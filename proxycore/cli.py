@@ -280,6 +280,36 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         help="worker processes sharing the listening ports, supervised (default 1)",
     )
     p.add_argument(
+        "-d",
+        "--daemon",
+        action="store_true",
+        help="detach and run in the background; exits 0 once serving, 2 with the start-up "
+        "error (pid file default /tmp/proxycore.pid)",
+    )
+    p.add_argument(
+        "--pid-file",
+        metavar="PATH",
+        help="write the server's pid to PATH (refused if it names a running process; "
+        "removed on exit; default /tmp/proxycore.pid with --daemon, none otherwise)",
+    )
+    p.add_argument(
+        "--error-log",
+        metavar="PATH",
+        help="append stderr (the log; with --daemon stdout too) to PATH (default: stderr, "
+        "or /dev/null with --daemon)",
+    )
+    p.add_argument(
+        "--user",
+        metavar="NAME",
+        help="switch to this user after binding the listeners (needs root; ports below 1024 "
+        "then work)",
+    )
+    p.add_argument(
+        "--group",
+        metavar="NAME",
+        help="switch to this group after binding (default: --user's primary group)",
+    )
+    p.add_argument(
         "--record",
         metavar="DIR",
         help="record one session trace per client connection into DIR (see proxycore replay)",
@@ -705,5 +735,10 @@ def _main(args: argparse.Namespace) -> int:
         grace=args.grace,
         workers=args.workers,
         exit_on_error=False,
+        daemon=args.daemon,
+        pid_file=args.pid_file,
+        error_log=args.error_log,
+        user=args.user,
+        group=args.group,
     )
     return 0

@@ -343,15 +343,24 @@ def _backend_shorthand(v: Any) -> dict[str, Any] | None:
 SERVER = Section(
     {
         # Pingora's fields (names and defaults as pingora-core's ServerConf).
-        "daemon": Field(False, boolean, "bool", "Pingora: detach and run in the background"),
-        "error_log": Field(
-            None, text, "path", "Pingora: log file used in daemon mode", nullable=True
+        "daemon": Field(
+            False, boolean, "bool", "Pingora: detach and run in the background (like -d)"
         ),
-        "pid_file": Field(
-            "/tmp/proxycore.pid",
+        "error_log": Field(
+            None,
             text,
             "path",
-            "Pingora: where the daemon writes its process id (Pingora: /tmp/pingora.pid)",
+            "Pingora: append stderr (in daemon mode stdout too) to this file",
+            nullable=True,
+        ),
+        "pid_file": Field(
+            None,
+            text,
+            "path",
+            "Pingora: write the serving process's pid here (refused if it names a running "
+            "process); null: /tmp/proxycore.pid in daemon mode (Pingora: /tmp/pingora.pid), "
+            "none in the foreground",
+            nullable=True,
         ),
         "upgrade_sock": Field(
             "/tmp/proxycore_upgrade.sock",

@@ -132,18 +132,34 @@ def run(
     supervisor that forwards SIGTERM/SIGINT/SIGUSR1/SIGHUP; a worker that fails before serving
     stops them all (a :class:`StartupError`), one that dies later is restarted with a back-off.
 
-    ``daemon``, ``pid_file``, ``error_log``, ``user``, ``group``: daemon mode (Pingora's
-    fields of the same names); accepted here, implemented with daemon mode.
+    Process management (Pingora's server fields; see :mod:`proxycore.adapters.daemon`):
+    ``daemon`` detaches (double fork, ``setsid``, stdin/stdout/stderr to ``/dev/null`` or
+    ``error_log``); the calling process then exits 0 once the daemon serves, or fails as
+    below with the daemon's start-up error; in the daemon, ``run`` returns after shutdown as
+    in the foreground. ``pid_file`` (default ``/tmp/proxycore.pid`` in daemon mode, none
+    otherwise) is written with the serving process's pid (the supervisor's with ``workers``),
+    refused if it names a running process, replaced if stale, removed on exit.
+    ``error_log`` is a file that stderr (and in daemon mode stdout) is appended to.
+    ``user``/``group``: each serving process switches to them (supplementary groups cleared)
+    right after binding its listeners, so ports below 1024 work when started as root; an
+    unknown name is a start-up error before anything binds.
 
     A start-up failure writes one line (``proxycore: error: ...``) to stderr and exits with
     status 2 (``SystemExit(2)``, no traceback); with ``exit_on_error=False`` it raises
     :class:`StartupError` instead. Invalid arguments raise ValueError.
     """
+    managed: dict[str, Any] = {
+        "daemon": daemon,
+        "pid_file": pid_file,
+        "error_log": error_log,
+        "user": user,
+        "group": group,
+    }
     if not exit_on_error:
-        _run(app, listen, backend, conf, record=record, workers=workers, **options)
+        _run(app, listen, backend, conf, record=record, workers=workers, **managed, **options)
         return
     try:
-        _run(app, listen, backend, conf, record=record, workers=workers, **options)
+        _run(app, listen, backend, conf, record=record, workers=workers, **managed, **options)
     except StartupError as e:
         sys.stderr.write(f"proxycore: error: {e}\n")
         sys.stderr.flush()
@@ -158,6 +174,11 @@ def _run(
     *,
     record: str | None,
     workers: int,
+    daemon: bool = False,
+    pid_file: str | None = None,
+    error_log: str | None = None,
+    user: str | None = None,
+    group: str | None = None,
     **options: Any,
 ) -> None:
     addrs = [parse_listen(a) for a in listen]
@@ -173,17 +194,31 @@ def _run(
         from proxycore.adapters import prepare_record_dir
 
         prepare_record_dir(conf.record_dir)
-    if workers == 1:
-        module.serve(app, addrs, conf, **extra, **options)
-        return
-    supervisor = importlib.import_module("proxycore.adapters.workers")
-    conf.reuse_port = True
+    lifecycle: Any = None
+    if daemon or pid_file or error_log or user or group:
+        lifecycle = importlib.import_module("proxycore.adapters.daemon").Lifecycle(
+            daemon=daemon, pid_file=pid_file, error_log=error_log, user=user, group=group
+        )
+        lifecycle.prepare()  # before anything binds or forks: one StartupError
     cfg = conf
 
-    def serve_one(index: int) -> None:
-        module.serve(app, addrs, cfg, **extra, **options)
+    def start() -> None:
+        if workers == 1:
+            module.serve(app, addrs, cfg, **extra, **options)
+            return
+        supervisor = importlib.import_module("proxycore.adapters.workers")
+        cfg.reuse_port = True
 
-    supervisor.supervise(workers, serve_one)
+        def serve_one(index: int) -> None:
+            module.serve(app, addrs, cfg, **extra, **options)
+
+        on_ready = lifecycle.ready if lifecycle is not None else None
+        supervisor.supervise(workers, serve_one, on_ready=on_ready)
+
+    if lifecycle is None:
+        start()
+    else:
+        lifecycle.run(start, hooks=workers == 1)
 
 
 def assign_tls_ports(

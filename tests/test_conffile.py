@@ -212,7 +212,7 @@ def test_flags_typed_override_the_file_and_defaults_do_not(tmp_path: Path) -> No
     sc = built.conf
     assert (sc.read_timeout, sc.connect_timeout, sc.max_request_body_size) == (11, 3, 512 << 10)
     assert sc.limits.max_headers == 50
-    assert built.daemon == {"daemon": False, "pid_file": "/tmp/proxycore.pid",
+    assert built.daemon == {"daemon": False, "pid_file": None,
                             "error_log": None, "user": None, "group": None}  # fmt: skip
     kw = conffile.routed_proxy_kwargs(conf)
     assert kw["upstreams"]["api"]["backends"] == [
