@@ -123,6 +123,54 @@ def test_tls_listener_sni_and_mtls_to_the_origin_from_the_file(
     assert peer_cn(ctx, p.port, "localhost") == "localhost"
 
 
+def test_daemon_fields_from_the_file(backend, origins, tmp_path) -> None:
+    """``daemon: true`` with ``pid_file`` and ``error_log`` in the file: the command returns 0
+    once the daemon serves, the pid file names it, SIGTERM stops it and removes the file."""
+    import os
+    import signal
+    import time
+
+    echo = origins(EchoOrigin, name="behind-daemon")
+    port = free_port()
+    pid_file, error_log = tmp_path / "pc.pid", tmp_path / "error.log"
+    conf = {
+        "server": {
+            "daemon": True,
+            "pid_file": str(pid_file),
+            "error_log": str(error_log),
+            "backend": backend,
+        },
+        "listeners": [{"address": f"{HOST}:{port}"}],
+        "upstreams": {"app": {"backends": [f"{HOST}:{echo.port}"]}},
+        "routes": [{"upstream": "app"}],
+    }
+    path = write(tmp_path, conf)
+    r = subprocess.run(
+        [*python_cmd(), "-m", "proxycore", "reverse-proxy", "-c", path],
+        cwd=PROCESS_CWD,
+        env=process_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    pid = int(pid_file.read_text()) if pid_file.exists() else 0
+    try:
+        assert r.returncode == 0 and r.stdout == r.stderr == "", r
+        assert pid and os.getsid(pid) != os.getsid(0)  # detached
+        resp = get(port, "/from-the-daemon")
+        assert resp.status == 200 and resp.header("X-Origin") == "behind-daemon"
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_file.exists(), error_log.read_text()
+        assert "shutting down (graceful)" in error_log.read_text()
+    finally:
+        if pid and Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+
+
 def _run_all(argvs: list[list[str]], timeout: float = 60) -> list[tuple[int, str, str]]:
     procs = [
         subprocess.Popen(
