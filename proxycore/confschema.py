@@ -791,6 +791,15 @@ def validate(doc: Any, *, app_sections: bool = False) -> tuple[dict[str, Any], l
         own.update(other)
         other = {}
     conf = _walk(FILE, own, (), problems)
+    if not app_sections:  # a top-level section of a user's class, given to reverse-proxy
+        problems = [
+            (p, m + "; a section of your own is for proxycore run's class")
+            if len(p) == 1
+            and m.startswith("unknown field")
+            and not m.startswith("unknown field (did")
+            else (p, m)
+            for p, m in problems
+        ]
     if app_sections:
         del conf["upstreams"], conf["routes"]
         conf.update(other)
