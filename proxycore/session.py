@@ -42,16 +42,14 @@ from proxycore.h1.parse import (
     find_head_end,
     parse_response_head,
 )
-from proxycore.h1.write import (
-    HOP_BY_HOP,
-    encode_chunk,
-    serialize_request_fields,
-    serialize_response_fields,
-    serialize_response_head,
-    serialize_trailers,
-)
-from proxycore.http import Headers, RequestHeader, ResponseHeader, reason_phrase
+from proxycore.http import Headers, RequestHeader, ResponseHeader
 from proxycore.peer import Peer
+from proxycore.semantics import (
+    append_forwarded,
+    end_to_end,
+    error_body,
+    trailer_fields,
+)
 from proxycore.upstream import ACTIVE, Upstream
 
 if TYPE_CHECKING:
@@ -59,14 +57,6 @@ if TYPE_CHECKING:
     from proxycore.tls import TlsInfo
 
 __all__ = ["Session"]
-
-# RFC 9110 §6.5.1: fields a trailer section must not carry (framing, routing, content format,
-# and the hop-by-hop ones); they are dropped rather than forwarded, so a trailer can never
-# re-frame a message for the next hop.
-_NOT_IN_TRAILERS: Final = HOP_BY_HOP | {
-    "content-length", "host", "trailer", "content-encoding", "content-type", "content-range",
-    "expect", "max-forwards", "cache-control", "authorization", "set-cookie", "cookie",
-}  # fmt: skip
 
 # Types of phase results known not to be awaitable (skips inspect.isawaitable on the hot path):
 # seeded with the usual ones, then every type isawaitable said no to (a type is awaitable or
@@ -111,11 +101,9 @@ _K_FAIL_TO_PROXY: Final = 13
 _K_REQUEST_BODY_FILTER: Final = 14  # the body filters run through a _BodyPipe
 _K_RESPONSE_BODY_FILTER: Final = 15
 _K_UPSTREAM_RESPONSE_BODY_FILTER: Final = 16
-_KEEP_ALIVE: Final = frozenset({"keep-alive"})
 # The exchange's timers, by the names it gives them on its stream (ServerStream.arm).
 _REQUEST_TIMERS: Final = ("connect", "read", "write", "send", "body")
 _UPSTREAM_TIMERS: Final = ("connect", "read", "write")
-_KEEP_ALIVE_LINE: Final = b"\r\nConnection: keep-alive\r\n"
 
 # Past this many unread request-body bytes after an early response, close instead of skipping.
 _MAX_DISCARD: Final = 1 << 20
@@ -184,7 +172,6 @@ class Session:
     __slots__ = (
         "_cont",
         "_cont_pipe",
-        "_down_length",
         "_down_mode",
         "_finished",
         "_forwarding",
@@ -210,7 +197,6 @@ class Session:
         "_resp_remaining",
         "_retry_buf",
         "_retry_size",
-        "_sent_down",
         "_t_conn",
         "_t_head",
         "_t_peer",
@@ -287,8 +273,6 @@ class Session:
         self._resp_pipes: _BodyPipe | None = None
         self._resp_done = False
         self._down_mode = BODY_NONE
-        self._down_length = 0
-        self._sent_down = 0
         # for the access log (proxycore.accesslog): the current upstream attempt's start,
         # connect and response-head times (-1: not yet), and the earlier attempts
         self._t_peer = -1.0
@@ -350,15 +334,9 @@ class Session:
             self._keep_alive = False
         if not self._keep_alive or self.engine.draining:
             self._keep_alive = False
-            h.add("Connection", "close")
-        elif self.req_header.version == "HTTP/1.0":
-            h.add("Connection", "keep-alive")
-        head = serialize_response_head(status, reason_phrase(status), h.items())
-        e = self.engine
-        e.send(self.down, head)
-        if body and not no_body and self.req_header.method != "HEAD":
-            e.send(self.down, bytes(body))
-            self.response_body_bytes += len(body)
+        send = bytes(body) if body and not no_body and self.req_header.method != "HEAD" else b""
+        self.down.send_local_response(self, status, h, send, self._keep_alive)
+        self.response_body_bytes += len(send)
         self.response_started = True
         self.response_status = status
         self.response_header = ResponseHeader(status, h)
@@ -693,15 +671,15 @@ class Session:
             self._up_length = meta.length if meta.body == BODY_LENGTH else None
             self._upstream_head_ready(raw)
             return
-        items = _end_to_end(req.headers._items, meta, edited)
+        items = end_to_end(req.headers._items, meta.hop, meta.connection_tokens, edited)
         if e.conf.add_forwarded_headers:
             host = req.headers.get("host") if edited else meta.host
             if meta.forwarded or edited:
                 h = Headers._from_parsed(items)
-                _append_forwarded(h, "X-Forwarded-For", self.down.client_addr[0])
-                _append_forwarded(h, "X-Forwarded-Proto", self.down.scheme)
+                append_forwarded(h, "X-Forwarded-For", self.down.client_addr[0])
+                append_forwarded(h, "X-Forwarded-Proto", self.down.scheme)
                 if host:
-                    _append_forwarded(h, "X-Forwarded-Host", host)
+                    append_forwarded(h, "X-Forwarded-Host", host)
                 items = h._items
             else:
                 items.append(("x-forwarded-for", "X-Forwarded-For", self.down.client_addr[0]))
@@ -747,9 +725,8 @@ class Session:
                 h.remove("content-length")
                 h.add("Transfer-Encoding", "chunked")
                 self._up_chunked = True
-        self._upstream_head_ready(
-            serialize_request_fields(up_req.method, up_req.path, h._items, "HTTP/1.1")
-        )
+        up.send_request_head(self.engine, up_req.method, up_req.path, h._items)
+        self._upstream_head_ready(b"")
 
     def _upstream_head_ready(self, head: bytes) -> None:
         up = self.upstream
@@ -874,7 +851,7 @@ class Session:
         if up is None or not piece:
             return
         self._up_sent += len(piece)
-        self.engine.send(up, encode_chunk(piece) if self._up_chunked else piece)
+        up.send_body(self.engine, piece, self._up_chunked)
 
     def _arm_read_timeout(self) -> None:
         """Start waiting for the response (proxy_read_timeout runs from here, once the whole
@@ -895,8 +872,7 @@ class Session:
             self._arm_read_timeout()
         if self._up_chunked:
             tr = self._req_trailers
-            fields = [(n, v) for k, n, v in tr._items if k not in _NOT_IN_TRAILERS] if tr else []
-            self.engine.send(up, serialize_trailers(fields))
+            up.end_body(self.engine, trailer_fields(tr) if tr else [])
         elif self._up_length is not None and self._up_sent != self._up_length:
             self._fail(
                 ProxyError(
@@ -1130,19 +1106,9 @@ class Session:
                     "answered 101 Switching Protocols to a request without Upgrade",
                 )
                 return False
-            # RFC 9110 §15.2: forward 1xx, except to HTTP/1.0 clients.
-            if self.req_header.version != "HTTP/1.0" and not self.response_started:
-                fields = [
-                    (n, v)
-                    for k, n, v in resp.headers._items
-                    if k not in HOP_BY_HOP and k not in meta.connection_tokens
-                ]
-                e.send(
-                    self.down,
-                    serialize_response_head(
-                        resp.status, resp.reason or reason_phrase(resp.status), fields
-                    ),
-                )
+            # RFC 9110 §15.2: forward 1xx (the codec knows who cannot take one).
+            if not self.response_started:
+                self.down.send_informational(self, resp, meta.connection_tokens)
             return True
         self._resp_head_done = True
         self._resp = resp
@@ -1181,75 +1147,28 @@ class Session:
         resp = self._resp
         meta = self._resp_meta
         assert resp is not None and meta is not None
-        req = self.req_header
         e = self.engine
         ph = e.phases
         edited = ph.upstream_response_filter is not None or ph.response_filter is not None
-        fields: list[tuple[str, str, str]] = []  # built below only if the head is rewritten
-        status = resp.status
-        client10 = req.version == "HTTP/1.0"
         keep = self._keep_alive and not e.draining and not self.down.peer_eof
-        drop_cl = False
-        if req.method == "HEAD" or status == 204 or status == 304:
-            mode = BODY_NONE
-        else:
-            cl = resp.headers.get("content-length") if edited else meta.content_length
-            if cl is not None and cl.isdigit():
-                mode = BODY_LENGTH
-                self._down_length = int(cl)
-            else:
-                drop_cl = cl is not None
-                if client10:
-                    mode = BODY_CLOSE
-                    keep = False
-                else:
-                    mode = BODY_CHUNKED
         if not self._req_done and (
             (self._meta.expect_continue and self._up_sent == 0)  # no body will come to skip
             or (self._req_decoder is None and self._req_remaining > _MAX_DISCARD)
         ):
             keep = False  # an early answer (RFC 9112 §9.5): announce the close that follows
+        # What the head says is decided; how it is framed is the client codec's (it may have
+        # to end the body by closing the connection).
+        mode = self.down.send_response_head(self, resp, meta, edited, keep)
         self._down_mode = mode
-        if (
-            keep
-            and not edited
-            and not meta.hop_other
-            and mode != BODY_CHUNKED
-            and not client10
-            and resp.version == "HTTP/1.1"
-        ):
-            # Untouched, same framing, and at most a "Connection: keep-alive" line to drop
-            # (what nginx and most origins send): the head goes down verbatim.
-            raw = meta.raw
-            if meta.hop:
-                one = meta.connection_fields == 1 and meta.connection_tokens == _KEEP_ALIVE
-                cut = raw.replace(_KEEP_ALIVE_LINE, b"\r\n", 1) if one else raw
-                raw = cut if len(cut) < len(raw) else b""
-            if raw:
-                self._keep_alive = True
-                self._response_head_ready(raw, resp)
-                return
-        fields = _end_to_end(resp.headers._items, meta, edited)
-        if mode == BODY_CHUNKED or mode == BODY_CLOSE:
-            if drop_cl:
-                fields = [it for it in fields if it[0] != "content-length"]
-            if mode == BODY_CHUNKED:
-                fields.append(("transfer-encoding", "Transfer-Encoding", "chunked"))
-        if not keep:
-            fields.append(("connection", "Connection", "close"))
-        elif client10:
-            fields.append(("connection", "Connection", "keep-alive"))
-        self._keep_alive = keep
-        head = serialize_response_fields(status, resp.reason or reason_phrase(status), fields)
-        self._response_head_ready(head, resp)
+        self._keep_alive = keep and mode != BODY_CLOSE
+        self._response_head_ready(resp)
 
-    def _response_head_ready(self, head: bytes, resp: ResponseHeader) -> None:
+    def _response_head_ready(self, resp: ResponseHeader) -> None:
         e = self.engine
         ph = e.phases
         meta = self._resp_meta
         assert meta is not None
         status = resp.status
-        e.send(self.down, head)
         self.response_started = True
         self.response_status = status
         self.response_header = resp
@@ -1344,30 +1263,24 @@ class Session:
         if self._finished:
             return
         if piece:
-            mode = self._down_mode
             self.response_body_bytes += len(piece)
-            if mode == BODY_CHUNKED:
-                self.engine.send(self.down, encode_chunk(piece))
-            elif mode != BODY_NONE:
-                self._sent_down += len(piece)
-                if mode == BODY_LENGTH and self._sent_down > self._down_length:
-                    self._abort_downstream(
-                        ProxyError(
-                            ErrorType.INTERNAL,
-                            ErrorSource.INTERNAL,
-                            "response body longer than its Content-Length "
-                            "(remove Content-Length in response_filter when changing the body)",
-                        )
+            if not self.down.send_body(piece):
+                self._abort_downstream(
+                    ProxyError(
+                        ErrorType.INTERNAL,
+                        ErrorSource.INTERNAL,
+                        "response body longer than its Content-Length "
+                        "(remove Content-Length in response_filter when changing the body)",
                     )
-                    return
-                self.engine.send(self.down, piece)
+                )
+                return
         if eos:
             self._resp_done = True
             self._end_response_body()
 
     def _end_response_body(self) -> None:
-        mode = self._down_mode
-        if mode == BODY_CHUNKED:
+        down = self.down
+        if down.takes_trailers():
             dec = self._resp_decoder
             trailers = dec.trailers if dec is not None and dec.trailers else Headers()
             ph = self.engine.phases
@@ -1381,22 +1294,21 @@ class Session:
                 return
             self._send_trailers(trailers)
             return
-        if mode == BODY_LENGTH and self._sent_down != self._down_length:
+        if not down.end_response(None):
             self._abort_downstream(
                 ProxyError(
                     ErrorType.INTERNAL,
                     ErrorSource.INTERNAL,
-                    f"response body is {self._sent_down} bytes but Content-Length says "
-                    f"{self._down_length} (remove Content-Length in response_filter when changing "
-                    "the body)",
+                    f"response body is {down.response_sent()} bytes but Content-Length says "
+                    f"{down.response_length()} (remove Content-Length in response_filter when "
+                    "changing the body)",
                 )
             )
             return
         self._response_complete()
 
     def _send_trailers(self, trailers: Headers) -> None:
-        fields = [(n, v) for k, n, v in trailers._items if k not in _NOT_IN_TRAILERS]
-        self.engine.send(self.down, serialize_trailers(fields))
+        self.down.end_response(trailers)
         self._response_complete()
 
     def _response_complete(self) -> None:
@@ -1628,7 +1540,7 @@ class Session:
     # ------------------------------------------------------------------ ending
 
     def _respond_error(self, status: int) -> None:
-        body = f"{status} {reason_phrase(status)}\n".encode()
+        body = error_body(status)
         self._keep_alive = self._keep_alive and self._req_done
         self.respond(status, body)
 
@@ -1793,23 +1705,3 @@ def _respond_headers(headers: object) -> Headers:
         else:
             raise TypeError(f"{_RESPOND_HEADERS}; got the item {pair!r:.60}")
     return h
-
-
-def _end_to_end(
-    items: list[tuple[str, str, str]], meta: RequestMeta | ResponseMeta, edited: bool
-) -> list[tuple[str, str, str]]:
-    """A new list of the fields without hop-by-hop ones (RFC 9110 §7.6.1: the fixed set plus
-    those the Connection field names); a plain copy when the parser saw none and no filter
-    edited the headers."""
-    if meta.hop or edited:
-        tokens = meta.connection_tokens
-        return [it for it in items if it[0] not in HOP_BY_HOP and it[0] not in tokens]
-    return items.copy()
-
-
-def _append_forwarded(h: Headers, name: str, value: str) -> None:
-    existing = h.get_all(name)
-    if existing:
-        h[name] = ", ".join([*existing, value])
-    else:
-        h.add(name, value)
