@@ -1,39 +1,45 @@
 """The access log's I/O: the handler that writes the lines, set up once per worker process.
 
 Theory of operation: the core builds one entry per request (:mod:`proxycore.accesslog`) and
-hands it to the ``proxycore.access`` logger it was given. :func:`access_logger` (called by
-``make_engine``, so every backend gets the same) decides whether there is one:
-``ServerConf.access_log`` set (a path, or ``-`` for standard output) installs an
-:class:`AccessLogHandler` on that logger, sets it to INFO and stops propagation (the access
-log does not mix with the error log); without it, the access log is on only if the program
-attached handlers of its own to ``proxycore.access`` (it routes the log); otherwise the
-engine gets None and pays nothing.
+hands it to what the engine was given. :func:`access_logger` (called by ``make_engine``, so
+every backend gets the same) decides what that is: ``ServerConf.access_log`` set (a path, or
+``-`` for standard output) installs an :class:`AccessLogHandler` on the ``proxycore.access``
+logger, sets it to INFO, stops propagation (the access log does not mix with the error log)
+and gives the engine the handler's buffer; without it, the access log is on only if the
+program attached handlers of its own to ``proxycore.access`` (it routes the log: the engine
+gets the logger); otherwise the engine gets None and pays nothing.
 
-Writing: on the fast path (:meth:`AccessLogHandler.write_access`, taken while this handler
-is the logger's only way out) an entry is stamped with the wall-clock time and queued; lines
-are formatted and written in batches: at once when ``BATCH`` entries are queued (a busy
-proxy: one ``write`` per ``BATCH`` lines), else by a flusher thread within ``INTERVAL``
-seconds (a quiet one), and on ``flush()``/``close()`` (``logging.shutdown`` at exit; workers
-call it before they exit). Records that come the usual way (:meth:`emit`) are written at
-once, after what is queued, so lines stay in order. The descriptor is opened with
-``O_APPEND`` and every ``write`` holds whole lines: with ``--workers N`` each worker opens
-the file itself and the kernel keeps each write whole, so lines never interleave; for a
-pipe (standard output) writes are cut at line ends to at most ``PIPE_BUF`` bytes, the size a
-pipe keeps whole.
+Writing: the engine gets the handler's :class:`~proxycore.accesslog.AccessBuffer` (not the
+logger), so a request costs one list append in the core; lines are formatted and written in
+batches, each batch with one ``write`` of whole lines: at once when ``BATCH`` entries are
+queued (a busy proxy), else by a flusher thread within ``INTERVAL`` seconds (a quiet one),
+and on ``flush()``/``close()``: ``logging.shutdown`` at exit (after a SIGTERM's drain, and
+workers call it before they exit), so no line of a finished request is lost. One lock
+covers taking a batch, writing it and closing the file, so a flush at exit waits for the
+flusher's write in progress and the file is never closed under it. Before each batch the
+handler checks the ``proxycore.access`` logger: while it is the logger's only way out (no
+other handler, no filter, propagation off, its own formatter and level) the batch goes
+straight to the file; otherwise each entry goes through ``Logger.handle`` as a standard
+record, so handlers and filters a program adds take effect from the next batch on. Records
+that come the usual way (:meth:`emit`, an engine given the logger) are written at once,
+after what is queued, so lines stay in order. The descriptor is opened with ``O_APPEND``:
+with ``--workers N`` each worker opens the file itself and the kernel keeps each write
+whole, so lines never interleave; for a pipe (standard output) writes are cut at line ends
+to at most ``PIPE_BUF`` bytes, the size a pipe keeps whole.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from proxycore.accesslog import FORMATS, AccessEntry, format_batch, formatter
+from proxycore.accesslog import FORMATS, AccessBuffer, AccessEntry, format_batch, formatter
 
 __all__ = ["LOGGER", "AccessLogHandler", "access_logger", "check_access_log"]
 
@@ -45,17 +51,23 @@ _PIPE_BUF = getattr(os, "PIPE_BUF", None) or 4096  # (select.PIPE_BUF on Linux: 
 
 class AccessLogHandler(logging.Handler):
     """Writes access lines to ``path`` (``-``: standard output) as ``fmt`` (``combined`` or
-    ``json``), appending, whole lines per write."""
+    ``json``), appending, whole lines per write. ``buffer`` is what the engine gets;
+    ``clock`` is the engine's event clock (every adapter's is ``time.monotonic``)."""
 
     BATCH = 64  # queued entries that trigger a write at once
     INTERVAL = 0.1  # seconds a queued line may wait for the flusher
 
-    def __init__(self, path: str, fmt: str = "combined") -> None:
+    def __init__(
+        self, path: str, fmt: str = "combined", clock: Callable[[], float] = time.monotonic
+    ) -> None:
         super().__init__()
         self._formatter = formatter(fmt)
         self.setFormatter(self._formatter)
         self._json = fmt == "json"
         self.key = ("-" if path == "-" else os.path.abspath(path), fmt)
+        self.clock = clock
+        self.logger: logging.Logger | None = None  # the logger it serves (access_logger)
+        self.buffer = AccessBuffer(self._notify, self.BATCH)
         self._own = path != "-"
         self._stream: Any = None
         if self._own:
@@ -70,36 +82,35 @@ class AccessLogHandler(logging.Handler):
         self._chunk = 0  # write at most this many bytes at once (0: no limit)
         if self.fd >= 0 and not stat.S_ISREG(os.fstat(self.fd).st_mode):
             self._chunk = _PIPE_BUF
-        self._queue: collections.deque[AccessEntry] = collections.deque()
         self._wake = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._armed = False  # the flusher is counting down to a flush (see _notify)
         self._closed = False
         if hasattr(os, "register_at_fork"):  # a thread does not survive a fork
             os.register_at_fork(after_in_child=self._forked)
 
     def _forked(self) -> None:
         self._flusher = None
+        self._armed = False
         self._wake = threading.Event()
+        self.buffer.take()  # the parent's queue is the parent's to write
 
-    # ---------------------------------------------------------------- the fast path
+    # ---------------------------------------------------------------- batches
 
-    def write_access(self, entry: AccessEntry) -> bool:
-        """Stamp and queue ``entry`` (see the module docstring); False if this handler has
-        filters, a level above INFO or another formatter (then the caller makes a record and
-        goes the usual way)."""
-        if self.filters or self.level > logging.INFO or self.formatter is not self._formatter:
-            return False
-        entry.created = time.time()
-        queue = self._queue
-        queue.append(entry)
-        n = len(queue)
+    def _notify(self, n: int) -> None:
+        """The buffer's call: ``BATCH`` entries queued (write now), or the first of a batch
+        (the flusher writes it, and what follows, within ``INTERVAL``). A busy proxy wakes
+        the flusher thread once, not once per batch: while lines keep coming it flushes every
+        ``INTERVAL`` (a thread switch costs more than a line), and it goes back to waiting
+        when a turn finds nothing queued."""
         if n >= self.BATCH:
             self.flush()
-        elif n == 1:  # the first line waiting: the flusher writes it (and what follows) soon
+            return
+        if not self._armed:
+            self._armed = True
             if self._flusher is None:
                 self._start_flusher()
             self._wake.set()
-        return True
 
     def _start_flusher(self) -> None:
         t = threading.Thread(target=self._flush_loop, name="proxycore-access-log", daemon=True)
@@ -111,28 +122,63 @@ class AccessLogHandler(logging.Handler):
         while not self._closed:
             wake.wait()
             wake.clear()
-            time.sleep(self.INTERVAL)
-            self.flush()
+            while not self._closed:
+                time.sleep(self.INTERVAL)
+                if not self.buffer.entries:
+                    self._armed = False  # idle: the next line wakes it again ...
+                    if not self.buffer.entries:  # ... unless one came in between
+                        break
+                    self._armed = True
+                self.flush()
+
+    def _direct(self) -> bool:
+        """Whether this handler is the only way out of its logger (see the module
+        docstring)."""
+        logger = self.logger
+        if logger is None:
+            return True
+        handlers = logger.handlers
+        return (
+            len(handlers) == 1
+            and handlers[0] is self
+            and not logger.propagate
+            and not logger.filters
+            and not self.filters
+            and self.level <= logging.INFO
+            and self.formatter is self._formatter
+        )
 
     # ---------------------------------------------------------------- writing
 
     def flush(self) -> None:
-        """Write every queued line."""
-        queue = self._queue
-        if not queue:
-            return
+        """Write every queued line (and wait for a write in progress)."""
         with self.lock:  # type: ignore[union-attr]
-            entries = []
+            entries = self.buffer.take()
+            if not entries:
+                return
+            offset = time.time() - self.clock()
+            logger = self.logger
             try:
-                while True:
-                    entries.append(queue.popleft())
-            except IndexError:
-                pass
-            if entries:
-                try:
-                    self._write(format_batch(entries, self._json))
-                except Exception:
-                    self.handleError(logging.makeLogRecord({"msg": "access log write failed"}))
+                if self._direct():
+                    if logger is None or logger.isEnabledFor(logging.INFO):
+                        self._write(format_batch(entries, self._json, offset))
+                elif logger is not None:
+                    self._route(logger, entries, offset)
+            except Exception:
+                self.handleError(logging.makeLogRecord({"msg": "access log write failed"}))
+
+    def _route(self, logger: logging.Logger, entries: list[AccessEntry], offset: float) -> None:
+        """A batch as standard records (a program routes the log)."""
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        for e in entries:
+            if e.created == 0.0:
+                e.created = e.at + offset
+            rec = logger.makeRecord(logger.name, logging.INFO, __file__, 0, e, (), None)
+            rec.created = e.created
+            rec.msecs = e.created % 1.0 * 1000.0
+            rec.access = e
+            logger.handle(rec)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -147,9 +193,11 @@ class AccessLogHandler(logging.Handler):
             self._stream.write(text)
             self._stream.flush()
             return
+        fd = self.fd
+        if fd < 0:  # closed: nothing is written after close()
+            return
         data = text.encode("utf-8", "backslashreplace")
         chunk = self._chunk
-        fd = self.fd
         while data:
             piece = data
             if chunk and len(data) > chunk:
@@ -159,12 +207,13 @@ class AccessLogHandler(logging.Handler):
             data = data[n:]
 
     def close(self) -> None:
-        self.flush()
-        self._closed = True
+        with self.lock:  # type: ignore[union-attr]
+            self.flush()
+            self._closed = True
+            if self._own and self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
         self._wake.set()
-        if self._own and self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
         super().close()
 
 
@@ -180,9 +229,10 @@ def check_access_log(path: str) -> str | None:
     return None
 
 
-def access_logger(conf: Any) -> logging.Logger | None:
-    """The logger the engine hands its access entries to, or None for no access log (see the
-    module docstring)."""
+def access_logger(conf: Any) -> AccessBuffer | logging.Logger | None:
+    """What the engine hands its access entries to: the buffer of the process's own handler
+    when ``conf.access_log`` is set, the logger when only a program's handlers are on it, or
+    None for no access log (see the module docstring)."""
     logger = logging.getLogger(LOGGER)
     path = conf.access_log
     if path is None:
@@ -193,9 +243,12 @@ def access_logger(conf: Any) -> logging.Logger | None:
     if fmt not in FORMATS:
         raise ValueError(f"unknown access log format {fmt!r}; choose from {', '.join(FORMATS)}")
     key = ("-" if path == "-" else os.path.abspath(path), fmt)
-    if not any(isinstance(h, AccessLogHandler) and h.key == key for h in logger.handlers):
-        logger.addHandler(AccessLogHandler(path, fmt))
+    mine = [h for h in logger.handlers if isinstance(h, AccessLogHandler) and h.key == key]
+    handler = mine[0] if mine else AccessLogHandler(path, fmt)
+    if not mine:
+        logger.addHandler(handler)
+    handler.logger = logger
     logger.propagate = False
     if logger.level == logging.NOTSET or not logger.isEnabledFor(logging.INFO):
         logger.setLevel(logging.INFO)
-    return logger
+    return handler.buffer

@@ -7,6 +7,7 @@
     python bench/core_micro.py post            # POST, a 1 KiB Content-Length body each way
     python bench/core_micro.py chunked         # POST, chunked bodies each way (two chunks + last)
     python bench/core_micro.py post-rp 20000   # modes combine: body kind, -rp, count
+    python bench/core_micro.py time-rp-al      # with --access-log FILE (any mode: -al, -json)
     # instructions/request, independent of machine load (difference of two runs):
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 1000
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 3000
@@ -70,11 +71,21 @@ def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else "time"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 50000
     app: proxycore.Proxy = App()
-    if mode.endswith("rp"):  # the built-in ReverseProxy (what `proxycore reverse-proxy` runs)
+    if mode.endswith("rp") or "-rp-" in mode:  # the built-in ReverseProxy (`reverse-proxy`)
         from proxycore.builtin import ReverseProxy
 
         app = ReverseProxy(["127.0.0.1:9000"])
-    e = proxycore.Engine(app, None, NullLog())
+    access = None
+    if "-al" in mode or "-json" in mode:  # --access-log to a file, as the adapters set it up
+        import tempfile
+
+        from proxycore.adapters.access import access_logger
+
+        conf = proxycore.ServerConf()
+        conf.access_log = tempfile.mktemp(prefix="core_micro-", suffix=".log")
+        conf.access_log_format = "json" if "-json" in mode else "combined"
+        access = access_logger(conf)
+    e = proxycore.Engine(app, None, NullLog(), access_log=access)
     if mode.startswith("record"):
         from proxycore.trace import Recorder
 

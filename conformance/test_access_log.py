@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from conformance.client import Conn, get
+from conformance.client import Closed, Conn, build_request, get
 from conformance.origins import SilentOrigin, free_port
 
 # nginx combined + rt= uaddr= us= uct= uht=
@@ -115,3 +118,68 @@ def test_workers_append_whole_lines_to_one_file(tmp_path: Path, echo, proxy, wor
     assert sorted(int(COMBINED.match(x)["request"].split()[1][2:]) for x in lines) == list(  # type: ignore[index]
         range(n)
     )
+
+
+def _load(port: int, tag: str, stop: threading.Event, done: list[str]) -> None:
+    """Keep-alive requests on one connection (a new one when the proxy closes it) until the
+    proxy stops answering; each request whose response arrived whole is added to ``done``."""
+    i = 0
+    while not stop.is_set():
+        try:
+            with Conn(port, timeout=5) as c:
+                while not stop.is_set():
+                    path = f"/{tag}-{i}"
+                    i += 1
+                    c.send(build_request("GET", path))
+                    r = c.read_response()
+                    if r.status != 200 or not r.complete:
+                        return
+                    done.append(path)
+                    if "close" in r.connection_tokens():
+                        break
+        except (OSError, Closed):
+            return  # refused or cut: the proxy is going away
+
+
+def test_sigterm_under_load_loses_no_line(tmp_path: Path, echo, proxy) -> None:
+    """Every request a client saw completed has exactly one whole line, when SIGTERM arrives
+    while lines are queued (issue 26: the access log batches its writes). The app slows the
+    flusher down, so the last batch leaves only through the flush at exit."""
+    log = tmp_path / "access.log"
+    p = proxy(
+        mode="run",
+        app="conformance.accesslog_apps:SlowFlush",
+        extra=["--access-log", str(log)],
+        env={"ORIGIN_PORT": echo.port},
+    )
+    stop = threading.Event()
+    done: list[list[str]] = [[] for _ in range(6)]
+    threads = [
+        threading.Thread(target=_load, args=(p.port, f"c{k}", stop, done[k]), daemon=True)
+        for k in range(len(done))
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while sum(map(len, done)) < 300 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    p.signal(signal.SIGTERM)  # mid-load: the clients keep sending
+    deadline = time.monotonic() + 10
+    while p.alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert not p.alive(), "proxy still running 10 s after SIGTERM"
+    assert p.proc.returncode == 0, p.report()
+    completed = [path for paths in done for path in paths]
+    assert len(completed) >= 300
+    text = log.read_text()
+    assert text.endswith("\n")  # whole lines only
+    lines = text.splitlines()
+    parsed = [COMBINED.match(line) for line in lines]
+    assert all(parsed), [line for line, m in zip(lines, parsed, strict=True) if not m][:3]
+    logged = Counter(m["request"].split()[1] for m in parsed if m)
+    assert max(logged.values()) == 1  # no line twice
+    missing = [path for path in completed if logged[path] != 1]
+    assert not missing, f"{len(missing)} of {len(completed)} completed requests have no line"

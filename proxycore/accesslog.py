@@ -11,23 +11,29 @@ response head, and of the end) and the head as received, and :func:`emit` hands 
 logger. It is written when the request ends, just before the ``logging`` phase is called (so a
 deferred or raising ``logging`` phase cannot lose it).
 
-Two ways through the logging machinery, with the same lines out: when the logger's only
-handler is the process's own access-log handler (``proxycore.adapters.access``), with no
-filter anywhere and propagation off (what ``--access-log`` sets up), :func:`emit` gives the
-entry straight to that handler's ``write_access``, which stamps, formats and writes it: no
-``LogRecord``, whose construction would cost more than everything else per line. Otherwise
-(a program added handlers or filters: it routes the log) it makes a standard INFO
+Two ways out, with the same lines. The fast one (what ``--access-log`` sets up): the engine
+is handed an :class:`AccessBuffer` instead of a logger, and each entry is appended to it (a
+list append: no logging call, no formatting, no clock, no I/O per request); the process's
+writer (``proxycore.adapters.access``) takes the queued entries in batches, formats them with
+:func:`format_batch` and writes each batch at once, so the per-request cost is building the
+entry and its share of one format-and-write per batch. The writer checks the
+``proxycore.access`` logger once per batch: while its own handler is the logger's only way out
+(no other handler, no filter, propagation off) the batch goes straight to the file; otherwise
+(a program added handlers or filters: it routes the log) each entry becomes a standard INFO
 ``LogRecord`` whose ``access`` attribute is the entry and whose message (``str(entry)``) is
-the combined line, and hands it to ``Logger.handle``; :class:`CombinedFormatter` and
-:class:`JsonFormatter` format it for any handler. The check is made per record, so handlers
-added while the proxy runs take effect at once.
+the combined line, handed to ``Logger.handle``, as an engine given a logger does for every
+entry (:func:`emit`); :class:`CombinedFormatter` and :class:`JsonFormatter` format such
+records for any handler.
 
 Times: durations come from the event clock (the ``now`` of the events, which the core already
 has). The wall-clock time of a line (nginx's ``$time_local``: when the request was logged) is
-stamped outside the core, when the record is made (``LogRecord.created``) or by the handler's
-``write_access`` (``entry.created``). The log is output, not an action: a replayed session
-produces the same actions whether the access log is on or off (replays run with it off), and
-the wall-clock time is the one value in a line that a replay could not reproduce.
+stamped outside the core: for a record, when it is made (``LogRecord.created``); for an entry
+in an :class:`AccessBuffer`, the entry keeps the event time it was logged at (``at``) and the
+writer adds the offset between its wall clock and the event clock once per batch
+(:func:`format_batch`), which gives the same second as a clock read per line. The log is
+output, not an action: a replayed session produces the same actions whether the access log
+is on or off (replays run with it off), and the wall-clock time is the one value in a line
+that a replay could not reproduce.
 
 Field semantics follow nginx's variables: times are seconds with millisecond resolution,
 ``-`` (JSON: null) when absent; the request line and the Referer, User-Agent and Basic-auth
@@ -42,6 +48,7 @@ from __future__ import annotations
 import logging
 from binascii import Error as _B64Error
 from binascii import a2b_base64
+from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import TYPE_CHECKING, Any, Final
 
@@ -53,6 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMATS",
+    "AccessBuffer",
     "AccessEntry",
     "Attempt",
     "CombinedFormatter",
@@ -79,6 +87,13 @@ _MONTHS: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
 _JSON_CUT: Final = ',"cut":true'  # (JSON) an exchange the shutdown cut
 _MILLIS: Final = tuple(f".{i:03d}" for i in range(1000))
 _UNDER_A_SECOND: Final = tuple(f"0.{i:03d}" for i in range(1000))
+_NUMBERS: Final = tuple(str(i) for i in range(1000))  # status codes without a str() per line
+_SCAN_LINES: Final = 6  # field lines of a head looked at one by one (see _head_fields)
+# Pieces of the combined line that come together (fewer pieces per line to join): a status
+# with its quote and spaces, an upstream status with its field names.
+_STATUS_PIECES: Final = tuple(f'" {i} ' for i in range(1000))
+_US_PIECES: Final = tuple(f" us={i if i else '-'} uct=" for i in range(1000))
+_NO_REFERER: Final = ' "-" "'
 
 # One upstream attempt: (address, status or 0 for none, connect time, header time); a time
 # below 0 means absent.
@@ -90,10 +105,13 @@ class AccessEntry:
     rejected head, what had arrived of it), from which the request line and the Basic-auth
     user, Referer and User-Agent fields are read when the line is formatted (properties
     below); ``created``: the wall-clock time of the line (seconds since the epoch), stamped
-    outside the core; ``request_time`` and the upstream times are seconds; an attempt's
-    status is 0 and its times below 0 when absent."""
+    outside the core (0.0 until then); ``at``: the event-clock time the line was logged at
+    (the engine's ``now``; below 0 when unknown), from which a writer stamps ``created``;
+    ``request_time`` and the upstream times are seconds; an attempt's status is 0 and its
+    times below 0 when absent."""
 
     __slots__ = (
+        "at",
         "body_bytes_sent",
         "created",
         "cut",
@@ -121,6 +139,7 @@ class AccessEntry:
         self.request_time = request_time if request_time > 0.0 else 0.0
         self.upstream = upstream
         self.created = 0.0
+        self.at = -1.0
         self.parsed = True  # False: a rejected head (it may hold any byte)
         self.cut = False  # True: the shutdown cut the exchange (its grace period ran out)
 
@@ -149,17 +168,44 @@ class AccessEntry:
         return f"<AccessEntry {format_combined(self)}>"
 
 
+class AccessBuffer:
+    """The fast way out: the entries of a process's own access-log file, queued in order until
+    its writer takes them (see the module docstring). ``notify`` (the writer's) is called with
+    the queue's length when an entry starts a batch (1: the writer arranges a write soon) and
+    when ``limit`` entries are queued (the writer writes now). :meth:`take` hands the queue
+    over in one step (a new list replaces it), so a writer thread never sees half a batch.
+    No I/O and no clock here."""
+
+    __slots__ = ("entries", "limit", "notify")
+
+    def __init__(self, notify: Callable[[int], None], limit: int = 64) -> None:
+        self.entries: list[AccessEntry] = []
+        self.notify = notify
+        self.limit = limit
+
+    def put(self, entry: AccessEntry) -> None:
+        entries = self.entries
+        entries.append(entry)
+        n = len(entries)
+        if n == 1 or n >= self.limit:
+            self.notify(n)
+
+    def take(self) -> list[AccessEntry]:
+        """The queued entries, oldest first; the queue is empty afterwards."""
+        fresh: list[AccessEntry] = []
+        entries = self.entries
+        self.entries = fresh
+        return entries
+
+
 def emit(logger: Any, entry: AccessEntry) -> None:
-    """Hand ``entry`` to ``logger`` if it is enabled for INFO: straight to the process's own
-    handler when it is the only way out, else as a standard record (see the module
-    docstring)."""
+    """Hand ``entry`` to ``logger``: queued if it is an :class:`AccessBuffer`, else as a
+    standard record if the logger is enabled for INFO (see the module docstring)."""
+    if isinstance(logger, AccessBuffer):
+        logger.put(entry)
+        return
     if not logger.isEnabledFor(_INFO):
         return
-    handlers = logger.handlers
-    if len(handlers) == 1 and not logger.propagate and not logger.filters:
-        direct = getattr(handlers[0], "write_access", None)
-        if direct is not None and direct(entry):
-            return
     # makeRecord + handle: Logger.info would also search the stack for the calling frame.
     rec = logger.makeRecord(logger.name, _INFO, __file__, 0, entry, None, None)
     entry.created = rec.created
@@ -209,14 +255,16 @@ def log_session(logger: Any, s: Session) -> None:
         upstream = (*tries, current) if tries else (current,)
     else:
         upstream = tuple(tries) if tries else ()
+    now = s.engine.now
     entry = AccessEntry(
         s.down.client_addr[0],
         s._meta.raw,
         s.response_status or (err.status if err is not None else 0),
         s.response_body_bytes,
-        s.engine.now - s.start_time,
+        now - s.start_time,
         upstream,
     )
+    entry.at = now
     if err is not None and err.etype is ErrorType.SHUTDOWN:
         entry.cut = True
     emit(logger, entry)
@@ -229,8 +277,10 @@ def log_rejected(
     what was received of it, nothing upstream."""
     end = raw.find(b"\r\n\r\n")
     head = bytes(raw[: end + 2 if end >= 0 else min(len(raw), _MAX_HEAD)])
-    entry = AccessEntry(down.client_addr[0], head, status, sent, down.engine.now - start)
+    now = down.engine.now
+    entry = AccessEntry(down.client_addr[0], head, status, sent, now - start)
     entry.parsed = False
+    entry.at = now
     emit(logger, entry)
 
 
@@ -241,27 +291,90 @@ def request_fields(head: bytes) -> tuple[str, str | None, str | None, str | None
     """From a request head as received: the request line (nginx's ``$request``, cut at
     2048 characters, ``-`` if empty), the Basic-auth user (``$remote_user``), and the first
     Referer and User-Agent values (None when absent). Latin-1, one character per byte."""
-    text = head.decode("latin-1")
-    end = text.find("\r\n")
-    if end < 0:
-        end = len(text)
-    low = text.lower()
-    auth = _field(text, low, "\r\nauthorization:")
+    request, auth, referer, agent = _head_fields(head.decode("latin-1"))
     return (
-        text[: min(end, _MAX_LINE)] or "-",
+        request,
         _basic_user(auth) if auth is not None else None,
-        _field(text, low, "\r\nreferer:"),
-        _field(text, low, "\r\nuser-agent:"),
+        referer,
+        agent,
     )
 
 
-def _field(text: str, low: str, name: str) -> str | None:
-    i = low.find(name)
+def _head_fields(text: str) -> tuple[str, str | None, str | None, str | None]:
+    """The request line (cut, ``-`` if empty) and the first Authorization, Referer and
+    User-Agent values (trimmed, None when absent) of a head decoded as latin-1. Field names
+    are case-insensitive (RFC 9110 §5.1). This runs once per request: the first field lines
+    are looked at one by one, each by its first letter (one search for its end, a character
+    comparison only for a line that may be one of the three); past ``_SCAN_LINES`` lines the
+    rest of the head is lower-cased once and searched by name."""
+    n = len(text)
+    end = text.find("\r\n")
+    if end < 0:
+        end = n
+    request = text[: min(end, _MAX_LINE)] or "-"
+    auth: str | None = None
+    referer: str | None = None
+    agent: str | None = None
+    i = end + 2
+    lines = 0
+    while i < n:
+        if lines == _SCAN_LINES:  # a long head: search the rest by name
+            low = text.lower()
+            return (
+                request,
+                auth if auth is not None else _field(text, low, "\r\nauthorization:", i - 2),
+                referer if referer is not None else _field(text, low, "\r\nreferer:", i - 2),
+                agent if agent is not None else _field(text, low, "\r\nuser-agent:", i - 2),
+            )
+        c = ord(text[i])
+        if c == 0x0D and i + 1 < n and ord(text[i + 1]) == 0x0A:  # the empty line: the end
+            break
+        j = text.find("\r\n", i)
+        if j < 0:
+            j = n
+        c |= 0x20
+        if c == 0x75:  # u
+            if agent is None and _named(text, i, j, "user-agent:"):
+                agent = _trim(text, i + 11, j)
+        elif c == 0x72:  # r
+            if referer is None and _named(text, i, j, "referer:"):
+                referer = _trim(text, i + 8, j)
+        elif c == 0x61 and auth is None and _named(text, i, j, "authorization:"):  # a
+            auth = _trim(text, i + 14, j)
+        i = j + 2
+        lines += 1
+    return request, auth, referer, agent
+
+
+def _named(text: str, i: int, j: int, name: str) -> bool:
+    """Whether the line ``text[i:j]`` starts with ``name`` (lower case) in any case."""
+    k = len(name)
+    if j - i < k:
+        return False
+    for m in range(k):
+        ch = ord(text[i + m])
+        o = ord(name[m])
+        if ch != o and (o < 0x61 or ch != o - 0x20):
+            return False
+    return True
+
+
+def _field(text: str, low: str, name: str, start: int) -> str | None:
+    i = low.find(name, start)
     if i < 0:
         return None
     i += len(name)
     j = text.find("\r\n", i)
-    return text[i : j if j >= 0 else len(text)].strip(" \t")
+    return _trim(text, i, j if j >= 0 else len(text))
+
+
+def _trim(text: str, i: int, j: int) -> str:
+    """``text[i:j]`` without leading and trailing spaces and tabs (RFC 9112 §5: OWS)."""
+    while i < j and (text[i] == " " or text[i] == "\t"):
+        i += 1
+    while j > i and (text[j - 1] == " " or text[j - 1] == "\t"):
+        j -= 1
+    return text[i:j]
 
 
 def _basic_user(authorization: str) -> str | None:
@@ -319,9 +432,9 @@ class _Clock:
     __slots__ = ("last",)
 
     def __init__(self) -> None:
-        self.last: tuple[int, str, str] = (-1, "", "")
+        self.last: tuple[int, str, str, str] = (-1, "", "", "")
 
-    def get(self, created: float) -> tuple[int, str, str]:
+    def get(self, created: float) -> tuple[int, str, str, str]:
         second = int(created)
         last = self.last
         if last[0] == second:
@@ -340,7 +453,8 @@ class _Clock:
             f"{t.tm_year}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
             f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}{sign}{hh:02d}:{mm:02d}"
         )
-        last = self.last = (second, local, iso)
+        # the combined line's text around $time_local when there is no $remote_user
+        last = self.last = (second, local, iso, f' - - [{local}] "')
         return last
 
 
@@ -360,67 +474,82 @@ def time_iso8601(created: float) -> str:
 def _upstream_tail(up: tuple[Attempt, ...]) -> str:
     if not up:
         return " uaddr=- us=- uct=- uht=-"
-    if len(up) == 1:
-        addr, status, ct, ht = up[0]
-        us = str(status) if status else "-"
-        return f" uaddr={addr} us={us} uct={_secs(ct)} uht={_secs(ht)}"
     return (
         f" uaddr={', '.join([a[0] for a in up])}"
-        f" us={', '.join([str(a[1]) if a[1] else '-' for a in up])}"
+        f" us={', '.join([_status(a[1]) for a in up])}"
         f" uct={', '.join([_secs(a[2]) for a in up])}"
         f" uht={', '.join([_secs(a[3]) for a in up])}"
     )
 
 
+def _status(status: int) -> str:
+    if 0 < status < 1000:
+        return _NUMBERS[status]
+    return "-" if status == 0 else str(status)
+
+
 def format_combined(e: AccessEntry) -> str:
     """nginx's ``combined`` format followed by ``rt=$request_time uaddr=$upstream_addr
-    us=$upstream_status uct=$upstream_connect_time uht=$upstream_header_time``.
+    us=$upstream_status uct=$upstream_connect_time uht=$upstream_header_time``."""
+    return _combined(e, "")
 
-    (The fields are read from the head here, in one pass, rather than through
-    :func:`request_fields`: this runs once per request.)"""
+
+def _combined(e: AccessEntry, nl: str) -> str:
+    """``e``'s combined line followed by ``nl`` (a batch's lines end in a newline: one string
+    per line, not two)."""
     text = e.head.decode("latin-1")
+    request, auth, referer, agent = _head_fields(text)
     # A parsed head holds no control character but HTAB (RFC 9112 §5.5), so one look at the
-    # whole head tells whether any field needs escaping.
-    plain = (
+    # whole head tells whether any field needs escaping (isascii is O(1) on a str).
+    if not (
         e.parsed and '"' not in text and "\\" not in text and "\t" not in text and text.isascii()
-    )
-    end = text.find("\r\n")
-    if end < 0:
-        end = len(text)
-    request = text[: min(end, _MAX_LINE)] or "-"
-    low = text.lower()
-    agent = _field(text, low, "\r\nuser-agent:")
-    referer = _field(text, low, "\r\nreferer:")
+    ):
+        request = _escape(request)
+        if referer is not None:
+            referer = _escape(referer)
+        if agent is not None:
+            agent = _escape(agent)
     user = "-"
-    if "\r\nauthorization:" in low:
-        auth = _field(text, low, "\r\nauthorization:")
-        name = _basic_user(auth) if auth is not None else None
+    if auth is not None:
+        name = _basic_user(auth)
         if name:
             user = _escape(name)
-    agent = "-" if agent is None else agent
-    referer = "-" if referer is None else referer
-    if not plain:
-        request, agent, referer = _escape(request), _escape(agent), _escape(referer)
+    status = e.status
+    sent = e.body_bytes_sent
     up = e.upstream
-    if len(up) == 1 and not e.cut:  # the usual case, inline
-        addr, status, ct, ht = up[0]
+    addr = e.remote_addr
+    if user == "-":
+        start = _clock.get(e.created)[3]
+    else:
+        start = f" - {user} [{_clock.get(e.created)[1]}] " + '"'
+    st = _STATUS_PIECES[status] if 0 <= status < 1000 else f'" {status} '
+    size = _NUMBERS[sent] if 0 <= sent < 1000 else str(sent)
+    ref = _NO_REFERER if referer is None else f' "{referer}" "'
+    if agent is None:
+        agent = "-"
+    if len(up) == 1 and not e.cut:  # the usual case, in one string build
+        uaddr, ustatus, ct, ht = up[0]
+        us = _US_PIECES[ustatus] if 0 <= ustatus < 1000 else f" us={ustatus} uct="
         return (
-            f"{e.remote_addr} - {user} [{_clock.get(e.created)[1]}] "
-            f'"{request}" {e.status} {e.body_bytes_sent} "{referer}" "{agent}" '
-            f"rt={_secs(e.request_time)} uaddr={addr} us={str(status) if status else '-'} "
-            f"uct={_secs(ct)} uht={_secs(ht)}"
+            f'{addr}{start}{request}{st}{size}{ref}{agent}" rt={_secs(e.request_time)}'
+            f" uaddr={uaddr}{us}{_secs(ct)} uht={_secs(ht)}{nl}"
         )
     return (
-        f"{e.remote_addr} - {user} [{_clock.get(e.created)[1]}] "
-        f'"{request}" {e.status} {e.body_bytes_sent} "{referer}" "{agent}" '
-        f"rt={_secs(e.request_time)}{_upstream_tail(up)}{' cut=1' if e.cut else ''}"
+        f'{addr}{start}{request}{st}{size}{ref}{agent}" rt={_secs(e.request_time)}'
+        f"{_upstream_tail(up)}{' cut=1' if e.cut else ''}{nl}"
     )
 
 
-def format_batch(entries: list[AccessEntry], json: bool) -> str:
-    """Lines for ``entries``, each ending in a newline (the handler's batched write)."""
-    fmt = format_json if json else format_combined
-    return "".join([fmt(e) + "\n" for e in entries])
+def format_batch(entries: list[AccessEntry], json: bool, offset: float = 0.0) -> str:
+    """Lines for ``entries``, each ending in a newline (a writer's batch, see
+    :class:`AccessBuffer`). An entry not stamped yet (``created`` 0) is stamped
+    ``at + offset``: ``offset`` is the writer's wall clock minus the event clock."""
+    out: list[str] = []
+    for e in entries:
+        if e.created == 0.0:
+            e.created = e.at + offset
+        out.append(format_json(e) + "\n" if json else _combined(e, "\n"))
+    return "".join(out)
 
 
 def _json_opt(text: str | None) -> str:

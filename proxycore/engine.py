@@ -149,8 +149,9 @@ class Engine:
         ``Peer(tls=True)`` (both from :mod:`proxycore.tlsconfig`, which the adapters call).
         ``tls=False`` removes the TLS layer (replays: traces hold plaintext).
 
-        ``access_log``: the logger that gets one record per request
-        (:mod:`proxycore.accesslog`), or None (the default) for no access log."""
+        ``access_log``: the logger that gets one record per request, or an ``AccessBuffer``
+        that queues the entries for a writer (:mod:`proxycore.accesslog`), or None (the
+        default) for no access log."""
         self.app = app
         self.conf = conf or ServerConf()
         self.conf.check()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -444,3 +445,59 @@ def test_pipe_writes_are_cut_at_line_ends(tmp_path: Path) -> None:
     assert [len(p) for p in pieces] == [82, 41] and all(p.endswith(b"\n") for p in pieces)
     assert os.read(r, 1000).count(b"\n") == 3
     os.close(r)
+
+
+def _reference_fields(head: bytes) -> tuple[str, str | None, str | None]:
+    """The request line and the first Referer and User-Agent values, the plain way: every
+    field line of the head split at its first colon, names compared lower-cased."""
+    lines = head.decode("latin-1").split("\r\n")
+    found: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            break
+        name, sep, value = line.partition(":")
+        if sep and name.lower() not in found:
+            found[name.lower()] = value.strip(" \t")
+    return lines[0][:2048] or "-", found.get("referer"), found.get("user-agent")
+
+
+def test_head_fields_match_a_plain_split_for_any_case_order_and_length() -> None:
+    names = ["Host", "Accept", "User-Agent", "Referer", "Cookie", "Authorization", "A-B", "R"]
+    rng = random.Random(26)
+    for _ in range(2000):
+        fields = []
+        for _ in range(rng.randrange(0, 14)):  # beyond the lines looked at one by one
+            name = rng.choice(names)
+            name = "".join(c.upper() if rng.random() < 0.3 else c.lower() for c in name)
+            value = rng.choice(["", "x", " v 1 ", "\tt\t", "a:b", "Basic dTpw"])
+            fields.append(f"{name}:{value}")
+        head = ("GET /p HTTP/1.1\r\n" + "".join(f + "\r\n" for f in fields) + "\r\n").encode()
+        request, _user, referer, agent = request_fields(head)
+        assert (request, referer, agent) == _reference_fields(head), head
+    # a rejected head without its end, and nothing but a request line
+    assert request_fields(b"GET / HTTP/1.1\r\nUser-agent: x")[3] == "x"
+    assert request_fields(b"GET / HTTP/1.1") == ("GET / HTTP/1.1", None, None, None)
+
+
+def test_quiet_lines_arrive_within_the_interval_after_the_flusher_went_idle(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "quiet.log"
+    handler = AccessLogHandler(str(path))
+    try:
+        for k in range(3):  # each line alone; the flusher goes idle between them
+            e = entry()
+            e.created = 0.0
+            e.at = time.monotonic()
+            handler.buffer.put(e)
+            deadline = time.monotonic() + 5
+            while path.read_text().count("\n") < k + 1:
+                assert time.monotonic() < deadline, f"line {k} not written"
+                time.sleep(0.01)
+            time.sleep(AccessLogHandler.INTERVAL * 3)
+            assert not handler._armed  # idle until the next line
+        for line in path.read_text().splitlines():  # stamped from the event time: now
+            logged = time.mktime(time.strptime(line.split("[")[1][:20], "%d/%b/%Y:%H:%M:%S"))
+            assert abs(logged - time.time()) < 60, line
+    finally:
+        handler.close()
