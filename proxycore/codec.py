@@ -20,15 +20,21 @@ through the methods below, so that they can belong to a stream rather than to a 
 - **The end of the exchange** (``exchange_done``), **a client gone** (``client_gone``: the
   session gave up on a client that went away) and **aborting a response** whose head already
   went out (``abort_response``: HTTP/1.1 can only close the connection).
+- **Writing the response** (``send_informational``, ``send_response_head``,
+  ``send_local_response``, ``send_body``, ``takes_trailers``, ``end_response``): the exchange
+  decides what the response says (status, fields after the filters, whether the connection
+  may be kept alive by RFC 9110's rules); the stream decides how it is framed on its wire
+  (HTTP/1.1: Content-Length, chunked or close-delimited, ``Connection`` lines, the verbatim
+  relay of an untouched origin head, the HTTP/1.0 rules). Version-neutral rules both sides use
+  live in :mod:`proxycore.semantics`.
 
 Calls go through this native base class: in the compiled core they cost what a direct call
 costs (a call through a Protocol or ``Any`` would be a generic attribute lookup), and no event
 object is allocated per call. This module joins the compiled set together with its subclass
 (a compiled class whose base is interpreted silently becomes a slow non-native class).
 
-Still on the connection, to move in later steps: writing the response (the session serialises
-HTTP/1.1 heads, chunks and trailers itself) and reading the request body (the session consumes
-``Downstream.buf``).
+Still on the connection, to move in a later step: reading the request body (the session
+consumes ``Downstream.buf``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from proxycore.engine import Engine
+    from proxycore.h1.parse import ResponseMeta
+    from proxycore.http import Headers, ResponseHeader
     from proxycore.session import Session
     from proxycore.tls import TlsInfo
 
@@ -125,4 +133,52 @@ class ServerStream:
 
     def active_exchanges(self) -> int:
         """Exchanges in progress on this connection (for the engine's stats)."""
+        raise NotImplementedError
+
+    def stop(self, grace: float) -> int:
+        """The shutdown's end (the grace period ran out): close at once; every exchange still
+        in flight ends as cut (``Session.on_stop``). Returns how many were cut."""
+        raise NotImplementedError
+
+    # -- writing the response
+
+    def send_informational(self, s: Session, resp: ResponseHeader, tokens: frozenset[str]) -> None:
+        """Relay a 1xx response (not 101) of ``s``; ``tokens``: the fields its Connection field
+        named (hop-by-hop). A client that cannot take one gets nothing."""
+        raise NotImplementedError
+
+    def send_response_head(
+        self, s: Session, resp: ResponseHeader, meta: ResponseMeta, edited: bool, keep: bool
+    ) -> int:
+        """Send the final head of a proxied response; ``meta``: what the upstream codec parsed
+        (for a verbatim relay), ``edited``: a filter may have changed ``resp``, ``keep``: the
+        exchange allows the connection to be kept alive. Returns the body framing
+        (``proxycore.h1.parse.BODY_*``; ``BODY_CLOSE``: the connection closes after it)."""
+        raise NotImplementedError
+
+    def send_local_response(
+        self, s: Session, status: int, h: Headers, body: bytes, keep: bool
+    ) -> None:
+        """Send a response the proxy made itself (``session.respond``)."""
+        raise NotImplementedError
+
+    def send_body(self, piece: bytes) -> bool:
+        """A piece of the response body; False if it runs past the announced length."""
+        raise NotImplementedError
+
+    def takes_trailers(self) -> bool:
+        """Whether the current response can carry a trailer section."""
+        raise NotImplementedError
+
+    def end_response(self, trailers: Headers | None) -> bool:
+        """End the response (with ``trailers`` where it can carry them); False if the body was
+        shorter than announced."""
+        raise NotImplementedError
+
+    def response_sent(self) -> int:
+        """Body bytes of the current response sent so far (for messages)."""
+        raise NotImplementedError
+
+    def response_length(self) -> int:
+        """The current response's announced length (for messages)."""
         raise NotImplementedError

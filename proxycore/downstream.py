@@ -207,6 +207,14 @@ class Downstream(ServerStream):
     def active_exchanges(self) -> int:
         return 0 if self.current is None else 1
 
+    def stop(self, grace: float) -> int:
+        """The shutdown's end: close at once (reset); the exchange in flight, if any, ends as
+        cut. Returns how many exchanges were cut."""
+        s = self.current
+        self.current = None  # (closed first: the exchange ends as cut, not as a client gone)
+        self.close(abort=True)
+        return 1 if s is not None and s.on_stop(grace) else 0
+
     # ------------------------------------------------------------------ writing the response
 
     def send_informational(self, s: Session, resp: ResponseHeader, tokens: frozenset[str]) -> None:

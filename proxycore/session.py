@@ -28,7 +28,7 @@ from inspect import isawaitable
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any, Final
 
-from proxycore.accesslog import Attempt, attempt, log_session
+from proxycore.accesslog import Attempt, log_session
 from proxycore.actions import RunFilter
 from proxycore.errors import ErrorSource, ErrorType, HTTPParseError, ProxyError
 from proxycore.h1.parse import (
@@ -107,6 +107,9 @@ _UPSTREAM_TIMERS: Final = ("connect", "read", "write")
 
 # Past this many unread request-body bytes after an early response, close instead of skipping.
 _MAX_DISCARD: Final = 1 << 20
+_TIMEOUTS: Final = frozenset(
+    {ErrorType.CONNECT_TIMEDOUT, ErrorType.READ_TIMEDOUT, ErrorType.WRITE_TIMEDOUT}
+)
 
 _CONNECT_ERRORS: Final = {
     "refused": ErrorType.CONNECT_REFUSED,
@@ -346,6 +349,43 @@ class Session:
     def client_conn(self) -> int:
         """The id of the connection that carries this exchange's client side."""
         return self.down.id
+
+    def raw_request_head(self) -> bytes:
+        """The request head as it was received (request line and fields, bytes)."""
+        return self._meta.raw
+
+    def upstream_attempts(self) -> tuple[Attempt, ...]:
+        """Every upstream attempt of this request so far, in order, the current one as it
+        stands: (address, upstream status, connect time, header time), what the access log
+        shows. Times run from the attempt's start (``upstream_peer`` answered) as nginx's do
+        (connect time 0 on a pooled connection; below 0 when absent). The status is the
+        upstream's (not what a filter made of it); an attempt that got no response head shows
+        504 if it timed out and 502 for any other upstream error, as nginx does, and 0 if it
+        was cut short otherwise (the client left)."""
+        tries = self._tries
+        if self._t_peer >= 0.0:
+            current = self._attempt(self.error)
+            return (*tries, current) if tries else (current,)
+        return tuple(tries) if tries else ()
+
+    def _attempt(self, err: ProxyError | None) -> Attempt:
+        start = self._t_peer
+        resp = self._resp
+        if resp is not None:
+            status = resp.status
+        elif err is not None and err.source is ErrorSource.UPSTREAM:
+            status = 504 if err.etype in _TIMEOUTS else 502
+        else:
+            status = 0
+        conn = self._t_conn
+        head = self._t_head
+        peer = self.peer
+        return (
+            peer.address if peer is not None else "-",
+            status,
+            conn - start if conn >= 0.0 else -1.0,
+            head - start if head >= 0.0 else -1.0,
+        )
 
     def __repr__(self) -> str:
         r = self.req_header
@@ -1524,7 +1564,7 @@ class Session:
         tries = self._tries
         if tries is None:
             tries = self._tries = []
-        tries.append(attempt(self, err))
+        tries.append(self._attempt(err))
 
     def _reset_response_state(self) -> None:
         self._resp = None
