@@ -33,13 +33,20 @@ costs (a call through a Protocol or ``Any`` would be a generic attribute lookup)
 object is allocated per call. This module joins the compiled set together with its subclass
 (a compiled class whose base is interpreted silently becomes a slow non-native class).
 
-Still on the connection, to move in a later step: reading the request body (the session
-consumes ``Downstream.buf``).
+- **The request body** is pushed: the stream decodes it (HTTP/1.1: Content-Length or chunked
+  with trailers) and hands pieces to ``Session.on_request_body(piece, end_of_stream)`` while
+  the session takes them (``Session.takes_request_body()``; ``push_request_body`` resumes after
+  a pause); it keeps what the session does not take yet in its own bounded buffer (HTTP/1.1:
+  the connection's buffer, reading paused over ``read_buffer_limit``). A malformed body is
+  ``Session.on_request_body_error``; a trailer section ``Session.on_request_trailers``.
+  Discarding an unread body after an early answer is the stream's (``discard_request_body``).
+  How a body is delimited is this module's vocabulary (``NO_BODY``, ``SIZED_BODY``,
+  ``OPEN_BODY``), not a wire format's.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from proxycore.engine import Engine
@@ -48,7 +55,12 @@ if TYPE_CHECKING:
     from proxycore.session import Session
     from proxycore.tls import TlsInfo
 
-__all__ = ["ServerStream"]
+__all__ = ["NO_BODY", "OPEN_BODY", "SIZED_BODY", "ServerStream"]
+
+# How a request body is delimited, as the exchange needs to know it (RFC 9110 §6.4, §8.6):
+NO_BODY: Final = 0  # none
+SIZED_BODY: Final = 1  # its length is announced up front (Content-Length)
+OPEN_BODY: Final = 2  # its length is not known: the protocol ends it (chunked; END_STREAM)
 
 
 class ServerStream:
@@ -138,6 +150,31 @@ class ServerStream:
     def stop(self, grace: float) -> int:
         """The shutdown's end (the grace period ran out): close at once; every exchange still
         in flight ends as cut (``Session.on_stop``). Returns how many were cut."""
+        raise NotImplementedError
+
+    # -- the request body
+
+    def request_body_kind(self) -> int:
+        """How the current request's body is delimited: ``NO_BODY``, ``SIZED_BODY`` or
+        ``OPEN_BODY``."""
+        raise NotImplementedError
+
+    def push_request_body(self, s: Session) -> bool:
+        """Hand ``s`` the body pieces it takes now (a resume); False if the body turned out
+        malformed or the session failed on a piece (it was told)."""
+        raise NotImplementedError
+
+    def request_trailers(self) -> Headers | None:
+        """The request's trailer section, once its body ended (None: none)."""
+        raise NotImplementedError
+
+    def request_body_left(self) -> int:
+        """Bytes of a sized request body not received yet (-1: an open body)."""
+        raise NotImplementedError
+
+    def discard_request_body(self) -> int:
+        """Drop what arrived of the request body: 1 if it has now ended, 0 if more is to come,
+        -1 if it is malformed (the connection cannot be reused)."""
         raise NotImplementedError
 
     # -- writing the response

@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Final
 
 from proxycore.accesslog import log_rejected
 from proxycore.actions import PauseReading, ResumeReading, SetTimer, ShutdownWrite
-from proxycore.codec import ServerStream
+from proxycore.codec import NO_BODY, OPEN_BODY, SIZED_BODY, ServerStream
 from proxycore.errors import HTTPParseError
 from proxycore.h1.parse import (
     BODY_CHUNKED,
     BODY_CLOSE,
     BODY_LENGTH,
     BODY_NONE,
+    ChunkedDecoder,
     ResponseMeta,
     find_head_end,
     parse_request_head,
@@ -71,6 +72,9 @@ class Downstream(ServerStream):
     """State of one client connection."""
 
     __slots__ = (
+        "_body_decoder",
+        "_body_kind",
+        "_body_left",
         "_filter_session",
         "_filter_token",
         "_resp_length",
@@ -129,6 +133,9 @@ class Downstream(ServerStream):
         self.fwd = b""
         self._filter_token = 0
         self._filter_session: Session | None = None
+        self._body_kind = NO_BODY  # the current request's body (codec.NO_BODY ...)
+        self._body_left = 0  # bytes of a Content-Length body still to come
+        self._body_decoder: ChunkedDecoder | None = None  # a chunked body's decoder
         self._resp_mode = BODY_NONE  # how the current response's body is framed
         self._resp_length = 0  # its Content-Length (BODY_LENGTH)
         self._resp_sent = 0  # body bytes sent so far (BODY_LENGTH, BODY_CLOSE)
@@ -214,6 +221,60 @@ class Downstream(ServerStream):
         self.current = None  # (closed first: the exchange ends as cut, not as a client gone)
         self.close(abort=True)
         return 1 if s is not None and s.on_stop(grace) else 0
+
+    # ------------------------------------------------------------------ the request body
+
+    def request_body_kind(self) -> int:
+        return self._body_kind
+
+    def push_request_body(self, s: Session) -> bool:
+        buf = self.buf
+        while buf and s.takes_request_body():
+            dec = self._body_decoder
+            if dec is None:
+                n = min(self._body_left, len(buf))
+                piece = bytes(buf[:n])
+                del buf[:n]
+                self._body_left -= n
+                s.on_request_body(piece, self._body_left == 0)
+                continue
+            try:
+                pieces = dec.feed(buf)
+            except HTTPParseError as err:
+                s.on_request_body_error(err)
+                return False
+            if not pieces and not dec.done:
+                break
+            tr = dec.trailers
+            if tr and not s.on_request_trailers(tr):
+                return False
+            last = len(pieces) - 1
+            if dec.done and last < 0:
+                s.on_request_body(b"", True)
+            for i, piece in enumerate(pieces):
+                s.on_request_body(piece, dec.done and i == last)
+        return True
+
+    def request_trailers(self) -> Headers | None:
+        dec = self._body_decoder
+        return dec.trailers if dec is not None else None
+
+    def request_body_left(self) -> int:
+        return self._body_left if self._body_decoder is None else -1
+
+    def discard_request_body(self) -> int:
+        buf = self.buf
+        dec = self._body_decoder
+        try:
+            if dec is None:
+                n = min(self._body_left, len(buf))
+                del buf[:n]
+                self._body_left -= n
+                return 1 if self._body_left == 0 else 0
+            dec.feed(buf)
+            return 1 if dec.done else 0
+        except HTTPParseError:
+            return -1
 
     # ------------------------------------------------------------------ writing the response
 
@@ -426,7 +487,21 @@ class Downstream(ServerStream):
             return
         s = self.current
         if s is not None:
-            s.on_downstream_data(data)
+            # The request body (or pipelined requests behind it). Fast path: a Content-Length
+            # body, nothing buffered, the whole read within it: straight to the session.
+            direct = s.on_client_bytes()
+            if (
+                direct
+                and not self.buf
+                and self._body_decoder is None
+                and len(data) <= self._body_left
+            ):
+                self._body_left -= len(data)
+                s.on_request_body(data, self._body_left == 0)
+            else:
+                self.buf += data
+                s.request_data_buffered()
+            self.update_read_pause()
             return
         timers = self.timers
         if "idle" in timers:
@@ -575,6 +650,19 @@ class Downstream(ServerStream):
             if "idle" in timers:
                 del timers["idle"]
         self.state = ACTIVE
+        body = meta.body
+        if body == BODY_LENGTH:
+            self._body_kind = SIZED_BODY
+            self._body_left = meta.length
+            self._body_decoder = None
+        elif body == BODY_CHUNKED:
+            self._body_kind = OPEN_BODY
+            self._body_left = 0
+            self._body_decoder = ChunkedDecoder(e.conf.limits)
+        else:
+            self._body_kind = NO_BODY
+            self._body_left = 0
+            self._body_decoder = None
         s = Session(self, req, meta)
         self.current = s
         s.start()

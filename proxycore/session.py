@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from proxycore.accesslog import Attempt, log_session
 from proxycore.actions import RunFilter
+from proxycore.codec import NO_BODY, SIZED_BODY
 from proxycore.errors import ErrorSource, ErrorType, HTTPParseError, ProxyError
 from proxycore.h1.parse import (
     BODY_CHUNKED,
@@ -186,11 +187,9 @@ class Session:
         "_local",
         "_meta",
         "_pending",
-        "_req_decoder",
         "_req_done",
+        "_req_kind",
         "_req_pipe",
-        "_req_remaining",
-        "_req_trailers",
         "_resp",
         "_resp_decoder",
         "_resp_done",
@@ -253,11 +252,8 @@ class Session:
         self._local = False
         self._keep_alive = meta.keep_alive
         # request body
-        body = meta.body
-        self._req_remaining = meta.length if body == BODY_LENGTH else 0
-        self._req_decoder = ChunkedDecoder(engine.conf.limits) if body == BODY_CHUNKED else None
-        self._req_done = body == BODY_NONE
-        self._req_trailers: Headers | None = None
+        self._req_kind = down.request_body_kind()
+        self._req_done = self._req_kind == NO_BODY
         self._req_pipe: _BodyPipe | None = None
         self._forwarding = False
         self._last_client_read = engine.now
@@ -708,7 +704,7 @@ class Session:
                 xfh = b"X-Forwarded-Host: %b\r\n" % fhost.encode("latin-1") if fhost else b""
                 raw = b"%b%b%b\r\n" % (raw[:-2], down.forwarded_fields(), xfh)
             self._up_chunked = False
-            self._up_length = meta.length if meta.body == BODY_LENGTH else None
+            self._up_length = meta.length if self._req_kind == SIZED_BODY else None
             self._upstream_head_ready(raw)
             return
         items = end_to_end(req.headers._items, meta.hop, meta.connection_tokens, edited)
@@ -751,13 +747,12 @@ class Session:
         up = self.upstream
         if up is None or self._finished:
             return
-        meta = self._meta
         h = up_req.headers
         if filtered and "transfer-encoding" in h:
             h.remove("transfer-encoding")  # framing is ours to decide
         self._up_chunked = False
         self._up_length = None
-        if meta.body != BODY_NONE:
+        if self._req_kind != NO_BODY:
             cl = h.get("content-length")
             if cl is not None and cl.isdigit():
                 self._up_length = int(cl)
@@ -772,7 +767,6 @@ class Session:
         up = self.upstream
         if up is None:
             return
-        meta = self._meta
         e = self.engine
         e.send(up, head)
         self._up_sent = 0
@@ -782,7 +776,7 @@ class Session:
             for piece in self._retry_buf:
                 self._write_upstream_piece(piece, False)
         if self._req_done:
-            if meta.body != BODY_NONE:
+            if self._req_kind != NO_BODY:
                 self._end_upstream_body()
             return
         self._forwarding = True
@@ -801,63 +795,42 @@ class Session:
 
     # ------------------------------------------------------------------ request body
 
-    def on_downstream_data(self, data: bytes) -> None:
-        down = self.down
+    def on_client_bytes(self) -> bool:
+        """The client sent bytes (body or pipelined requests): the body timer counts from
+        here. True if the session takes body pieces straight away (no filter, no buffer)."""
         self._last_client_read = self.engine.now
-        if (
-            self._forwarding
-            and not down.buf
-            and self._req_decoder is None
-            and self._req_pipe is None
-            and self.upstream is not None
-        ):
-            # Fast path: Content-Length body, nothing buffered, no filter.
-            n = self._req_remaining
-            if len(data) <= n:
-                self._req_remaining = n - len(data)
-                self._req_piece(data, self._req_remaining == 0)
-                down.request_pause_changed()
-                return
-        down.buf += data
+        return self._forwarding and self._req_pipe is None and self.upstream is not None
+
+    def takes_request_body(self) -> bool:
+        """Whether the stream may hand over a body piece now."""
+        pipe = self._req_pipe
+        return self._forwarding and not (pipe is not None and pipe.busy)
+
+    def request_data_buffered(self) -> None:
+        """The stream buffered client bytes it did not hand over."""
         if self._forwarding:
             self._pump_request_body()
         elif self._resp_done and not self._req_done and not self._forwarding:
             self._discard_request_body()
-        down.request_pause_changed()
 
     def _pump_request_body(self) -> None:
         if not self._forwarding or self._finished:
             return
-        pipe = self._req_pipe
-        buf = self.down.buf
-        while self._forwarding and buf and not (pipe is not None and pipe.busy):
-            dec = self._req_decoder
-            if dec is None:
-                n = min(self._req_remaining, len(buf))
-                piece = bytes(buf[:n])
-                del buf[:n]
-                self._req_remaining -= n
-                self._req_piece(piece, self._req_remaining == 0)
-                continue
-            try:
-                pieces = dec.feed(buf)
-            except HTTPParseError as err:
-                self._bad_request_body(err)
-                return
-            if not pieces and not dec.done:
-                break
-            tr = self._req_trailers = dec.trailers
-            if tr and self.engine.conf.headers_with_underscores != "allow":
-                if not self._underscored_trailers(tr):
-                    return
-            last = len(pieces) - 1
-            if dec.done and last < 0:
-                self._req_piece(b"", True)
-            for i, piece in enumerate(pieces):
-                self._req_piece(piece, dec.done and i == last)
-        self.down.request_pause_changed()
+        down = self.down
+        if down.push_request_body(self):
+            down.request_pause_changed()
 
-    def _req_piece(self, piece: bytes, eos: bool) -> None:
+    def on_request_trailers(self, tr: Headers) -> bool:
+        """The request's trailer section arrived; False if it failed the request."""
+        if self.engine.conf.headers_with_underscores != "allow":
+            return self._underscored_trailers(tr)
+        return True
+
+    def on_request_body_error(self, err: HTTPParseError) -> None:
+        self._bad_request_body(err)
+
+    def on_request_body(self, piece: bytes, eos: bool) -> None:
+        """A piece of the request body from the stream (``eos``: the last one)."""
         self.request_body_bytes += len(piece)
         limit = self.engine.conf.max_request_body_size
         if limit is not None and self.request_body_bytes > limit:
@@ -911,7 +884,7 @@ class Session:
         if not self.down.armed("read") and not self._resp_done:
             self._arm_read_timeout()
         if self._up_chunked:
-            tr = self._req_trailers
+            tr = self.down.request_trailers()
             up.end_body(self.engine, trailer_fields(tr) if tr else [])
         elif self._up_length is not None and self._up_sent != self._up_length:
             self._fail(
@@ -975,21 +948,10 @@ class Session:
     def _discard_request_body(self) -> None:
         """After an early response: read and drop the rest of the request body so the
         connection can carry the next request."""
-        buf = self.down.buf
-        dec = self._req_decoder
-        try:
-            if dec is None:
-                n = min(self._req_remaining, len(buf))
-                del buf[:n]
-                self._req_remaining -= n
-                done = self._req_remaining == 0
-            else:
-                dec.feed(buf)
-                done = dec.done
-        except HTTPParseError:
+        r = self.down.discard_request_body()
+        if r < 0:
             self._keep_alive = False
-            done = True
-        if done:
+        if r != 0:
             self._req_done = True
             if self._finished:
                 self.down.exchange_done(self, self._keep_alive)
@@ -1193,7 +1155,7 @@ class Session:
         keep = self._keep_alive and not e.draining and not self.down.peer_eof
         if not self._req_done and (
             (self._meta.expect_continue and self._up_sent == 0)  # no body will come to skip
-            or (self._req_decoder is None and self._req_remaining > _MAX_DISCARD)
+            or self.down.request_body_left() > _MAX_DISCARD
         ):
             keep = False  # an early answer (RFC 9112 §9.5): announce the close that follows
         # What the head says is decided; how it is framed is the client codec's (it may have
@@ -1660,11 +1622,7 @@ class Session:
     def _after_logging(self, _: Any) -> None:
         down = self.down
         if not down.closed:
-            if (
-                not self._req_done
-                and self._req_decoder is None
-                and self._req_remaining > _MAX_DISCARD
-            ):
+            if not self._req_done and self.down.request_body_left() > _MAX_DISCARD:
                 self._keep_alive = False
             if not self._req_done and self._keep_alive:
                 # Read and drop the rest of the request body, then carry on.
