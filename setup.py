@@ -28,6 +28,7 @@ CORE = [
     "proxycore/http.py",
     "proxycore/session.py",
     "proxycore/codec.py",
+    "proxycore/semantics.py",
     "proxycore/downstream.py",
     "proxycore/engine.py",
     "proxycore/pool.py",

@@ -52,7 +52,7 @@ from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import TYPE_CHECKING, Any, Final
 
-from proxycore.errors import ErrorSource, ErrorType, ProxyError
+from proxycore.errors import ErrorType
 
 if TYPE_CHECKING:
     from proxycore.downstream import Downstream
@@ -65,7 +65,6 @@ __all__ = [
     "Attempt",
     "CombinedFormatter",
     "JsonFormatter",
-    "attempt",
     "emit",
     "format_batch",
     "format_combined",
@@ -215,54 +214,18 @@ def emit(logger: Any, entry: AccessEntry) -> None:
 
 # ---------------------------------------------------------------- entries from the core
 
-_TIMEOUTS: Final = frozenset(
-    {ErrorType.CONNECT_TIMEDOUT, ErrorType.READ_TIMEDOUT, ErrorType.WRITE_TIMEDOUT}
-)
-
-
-def attempt(s: Session, err: ProxyError | None) -> Attempt:
-    """The session's current upstream attempt as the log shows it. Times run from the
-    attempt's start (``upstream_peer`` answered) as nginx's do: connect time is 0 on a pooled
-    connection. The status is the upstream's (not what a filter made of it); an attempt that
-    got no response head shows 504 if it timed out and 502 for any other upstream error, as
-    nginx does, and none if it was cut short otherwise (the client left)."""
-    start = s._t_peer
-    resp = s._resp
-    if resp is not None:
-        status = resp.status
-    elif err is not None and err.source is ErrorSource.UPSTREAM:
-        status = 504 if err.etype in _TIMEOUTS else 502
-    else:
-        status = 0
-    conn = s._t_conn
-    head = s._t_head
-    peer = s.peer
-    return (
-        peer.address if peer is not None else "-",
-        status,
-        conn - start if conn >= 0.0 else -1.0,
-        head - start if head >= 0.0 else -1.0,
-    )
-
 
 def log_session(logger: Any, s: Session) -> None:
     """The record of a request that had a session (everything but rejected heads)."""
     err = s.error
-    tries = s._tries
-    upstream: tuple[Attempt, ...]
-    if s._t_peer >= 0.0:
-        current = attempt(s, err)
-        upstream = (*tries, current) if tries else (current,)
-    else:
-        upstream = tuple(tries) if tries else ()
     now = s.engine.now
     entry = AccessEntry(
-        s.down.client_addr[0],
-        s._meta.raw,
+        s.client_addr[0],
+        s.raw_request_head(),
         s.response_status or (err.status if err is not None else 0),
         s.response_body_bytes,
         now - s.start_time,
-        upstream,
+        s.upstream_attempts(),
     )
     entry.at = now
     if err is not None and err.etype is ErrorType.SHUTDOWN:

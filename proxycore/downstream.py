@@ -24,11 +24,32 @@ from typing import TYPE_CHECKING, Final
 
 from proxycore.accesslog import log_rejected
 from proxycore.actions import PauseReading, ResumeReading, SetTimer, ShutdownWrite
-from proxycore.codec import ServerStream
+from proxycore.codec import NO_BODY, OPEN_BODY, SIZED_BODY, ServerStream
 from proxycore.errors import HTTPParseError
-from proxycore.h1.parse import find_head_end, parse_request_head
-from proxycore.h1.write import serialize_response_head
-from proxycore.http import reason_phrase
+from proxycore.h1.parse import (
+    BODY_CHUNKED,
+    BODY_CLOSE,
+    BODY_LENGTH,
+    BODY_NONE,
+    ChunkedDecoder,
+    ResponseMeta,
+    find_head_end,
+    parse_request_head,
+)
+from proxycore.h1.write import (
+    encode_chunk,
+    serialize_response_fields,
+    serialize_response_head,
+    serialize_trailers,
+)
+from proxycore.http import Headers, ResponseHeader, reason_phrase
+from proxycore.semantics import (
+    HOP_BY_HOP,
+    end_to_end,
+    error_body,
+    response_has_body,
+    trailer_fields,
+)
 from proxycore.session import Session
 
 if TYPE_CHECKING:
@@ -38,6 +59,8 @@ if TYPE_CHECKING:
 __all__ = ["Downstream"]
 
 _INF: Final = float("inf")
+_KEEP_ALIVE: Final = frozenset({"keep-alive"})
+_KEEP_ALIVE_LINE: Final = b"\r\nConnection: keep-alive\r\n"
 
 WAIT: Final = 0  # waiting for (the rest of) a request head
 ACTIVE: Final = 1  # a request is in progress
@@ -49,8 +72,14 @@ class Downstream(ServerStream):
     """State of one client connection."""
 
     __slots__ = (
+        "_body_decoder",
+        "_body_kind",
+        "_body_left",
         "_filter_session",
         "_filter_token",
+        "_resp_length",
+        "_resp_mode",
+        "_resp_sent",
         "_search_from",
         "_starting",
         "buf",
@@ -104,6 +133,12 @@ class Downstream(ServerStream):
         self.fwd = b""
         self._filter_token = 0
         self._filter_session: Session | None = None
+        self._body_kind = NO_BODY  # the current request's body (codec.NO_BODY ...)
+        self._body_left = 0  # bytes of a Content-Length body still to come
+        self._body_decoder: ChunkedDecoder | None = None  # a chunked body's decoder
+        self._resp_mode = BODY_NONE  # how the current response's body is framed
+        self._resp_length = 0  # its Content-Length (BODY_LENGTH)
+        self._resp_sent = 0  # body bytes sent so far (BODY_LENGTH, BODY_CLOSE)
 
     def forwarded_fields(self) -> bytes:
         """The X-Forwarded-For/-Proto lines for this client, built once per connection."""
@@ -179,6 +214,194 @@ class Downstream(ServerStream):
     def active_exchanges(self) -> int:
         return 0 if self.current is None else 1
 
+    def stop(self, grace: float) -> int:
+        """The shutdown's end: close at once (reset); the exchange in flight, if any, ends as
+        cut. Returns how many exchanges were cut."""
+        s = self.current
+        self.current = None  # (closed first: the exchange ends as cut, not as a client gone)
+        self.close(abort=True)
+        return 1 if s is not None and s.on_stop(grace) else 0
+
+    # ------------------------------------------------------------------ the request body
+
+    def request_body_kind(self) -> int:
+        return self._body_kind
+
+    def push_request_body(self, s: Session) -> bool:
+        buf = self.buf
+        while buf and s.takes_request_body():
+            dec = self._body_decoder
+            if dec is None:
+                n = min(self._body_left, len(buf))
+                piece = bytes(buf[:n])
+                del buf[:n]
+                self._body_left -= n
+                s.on_request_body(piece, self._body_left == 0)
+                continue
+            try:
+                pieces = dec.feed(buf)
+            except HTTPParseError as err:
+                s.on_request_body_error(err)
+                return False
+            if not pieces and not dec.done:
+                break
+            tr = dec.trailers
+            if tr and not s.on_request_trailers(tr):
+                return False
+            last = len(pieces) - 1
+            if dec.done and last < 0:
+                s.on_request_body(b"", True)
+            for i, piece in enumerate(pieces):
+                s.on_request_body(piece, dec.done and i == last)
+        return True
+
+    def request_trailers(self) -> Headers | None:
+        dec = self._body_decoder
+        return dec.trailers if dec is not None else None
+
+    def request_body_left(self) -> int:
+        return self._body_left if self._body_decoder is None else -1
+
+    def discard_request_body(self) -> int:
+        buf = self.buf
+        dec = self._body_decoder
+        try:
+            if dec is None:
+                n = min(self._body_left, len(buf))
+                del buf[:n]
+                self._body_left -= n
+                return 1 if self._body_left == 0 else 0
+            dec.feed(buf)
+            return 1 if dec.done else 0
+        except HTTPParseError:
+            return -1
+
+    # ------------------------------------------------------------------ writing the response
+
+    def send_informational(self, s: Session, resp: ResponseHeader, tokens: frozenset[str]) -> None:
+        # RFC 9110 §15.2: a 1xx is not sent to an HTTP/1.0 client (it could not parse it).
+        if s.req_header.version == "HTTP/1.0":
+            return
+        fields = [
+            (n, v) for k, n, v in resp.headers._items if k not in HOP_BY_HOP and k not in tokens
+        ]
+        self.engine.send(
+            self,
+            serialize_response_head(resp.status, resp.reason or reason_phrase(resp.status), fields),
+        )
+
+    def send_response_head(
+        self, s: Session, resp: ResponseHeader, meta: ResponseMeta, edited: bool, keep: bool
+    ) -> int:
+        """Frame and send the final head of a proxied response (RFC 9112 §6). Content-Length
+        when the response has a valid one, else chunked, else (an HTTP/1.0 client) delimited by
+        the close. ``keep``: the exchange allows the connection to be kept alive. An untouched
+        head whose framing stays the same goes out verbatim. Returns the body framing
+        (``BODY_*``); ``BODY_CLOSE`` means the connection will close after it."""
+        req = s.req_header
+        status = resp.status
+        client10 = req.version == "HTTP/1.0"
+        drop_cl = False
+        length = 0
+        if not response_has_body(req.method, status):
+            mode = BODY_NONE
+        else:
+            cl = resp.headers.get("content-length") if edited else meta.content_length
+            if cl is not None and cl.isdigit():
+                mode = BODY_LENGTH
+                length = int(cl)
+            else:
+                drop_cl = cl is not None
+                if client10:
+                    mode = BODY_CLOSE  # RFC 9112 §6.3: no chunked coding for HTTP/1.0
+                    keep = False
+                else:
+                    mode = BODY_CHUNKED
+        self._resp_mode = mode
+        self._resp_length = length
+        self._resp_sent = 0
+        if (
+            keep
+            and not edited
+            and not meta.hop_other
+            and mode != BODY_CHUNKED
+            and not client10
+            and resp.version == "HTTP/1.1"
+        ):
+            # Untouched, same framing, and at most a "Connection: keep-alive" line to drop
+            # (what nginx and most origins send): the head goes down verbatim.
+            raw = meta.raw
+            if meta.hop:
+                one = meta.connection_fields == 1 and meta.connection_tokens == _KEEP_ALIVE
+                cut = raw.replace(_KEEP_ALIVE_LINE, b"\r\n", 1) if one else raw
+                raw = cut if len(cut) < len(raw) else b""
+            if raw:
+                self.engine.send(self, raw)
+                return mode
+        fields = end_to_end(resp.headers._items, meta.hop, meta.connection_tokens, edited)
+        if mode == BODY_CHUNKED or mode == BODY_CLOSE:
+            if drop_cl:
+                fields = [it for it in fields if it[0] != "content-length"]
+            if mode == BODY_CHUNKED:
+                fields.append(("transfer-encoding", "Transfer-Encoding", "chunked"))
+        if not keep:
+            fields.append(("connection", "Connection", "close"))
+        elif client10:
+            fields.append(("connection", "Connection", "keep-alive"))
+        self.engine.send(
+            self, serialize_response_fields(status, resp.reason or reason_phrase(status), fields)
+        )
+        return mode
+
+    def send_local_response(
+        self, s: Session, status: int, h: Headers, body: bytes, keep: bool
+    ) -> None:
+        """Send a response the proxy made (``session.respond``): ``h`` already holds its
+        Content-Length; the Connection line this connection needs is added to ``h``."""
+        if not keep:
+            h.add("Connection", "close")
+        elif s.req_header.version == "HTTP/1.0":
+            h.add("Connection", "keep-alive")
+        e = self.engine
+        e.send(self, serialize_response_head(status, reason_phrase(status), h.items()))
+        if body:
+            e.send(self, body)
+
+    def send_body(self, piece: bytes) -> bool:
+        """A piece of the response body, framed; False if it runs past the Content-Length
+        (nothing is sent then: the exchange must abort the response)."""
+        mode = self._resp_mode
+        if mode == BODY_CHUNKED:
+            self.engine.send(self, encode_chunk(piece))
+        elif mode != BODY_NONE:
+            self._resp_sent += len(piece)
+            if mode == BODY_LENGTH and self._resp_sent > self._resp_length:
+                return False
+            self.engine.send(self, piece)
+        return True
+
+    def takes_trailers(self) -> bool:
+        """Whether the current response's framing can carry a trailer section (chunked)."""
+        return self._resp_mode == BODY_CHUNKED
+
+    def end_response(self, trailers: Headers | None) -> bool:
+        """End the response body, with ``trailers`` where the framing carries them; False if
+        fewer bytes were sent than its Content-Length announced."""
+        mode = self._resp_mode
+        if mode == BODY_CHUNKED:
+            fields = trailer_fields(trailers) if trailers is not None else []
+            self.engine.send(self, serialize_trailers(fields))
+            return True
+        return not (mode == BODY_LENGTH and self._resp_sent != self._resp_length)
+
+    def response_sent(self) -> int:
+        """Body bytes of the current response sent so far (Content-Length framing)."""
+        return self._resp_sent
+
+    def response_length(self) -> int:
+        """The current response's Content-Length (Content-Length framing)."""
+        return self._resp_length
+
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
@@ -233,7 +456,7 @@ class Downstream(ServerStream):
         ``raw``: the head as received, if it is not in ``buf`` (for the access log)."""
         e = self.engine
         e.log.info("client %s: rejected request: %s (%d)", self.peer_name(), err, err.status)
-        body = f"{err.status} {reason_phrase(err.status)}\n".encode()
+        body = error_body(err.status)
         head = serialize_response_head(
             err.status,
             reason_phrase(err.status),
@@ -264,7 +487,21 @@ class Downstream(ServerStream):
             return
         s = self.current
         if s is not None:
-            s.on_downstream_data(data)
+            # The request body (or pipelined requests behind it). Fast path: a Content-Length
+            # body, nothing buffered, the whole read within it: straight to the session.
+            direct = s.on_client_bytes()
+            if (
+                direct
+                and not self.buf
+                and self._body_decoder is None
+                and len(data) <= self._body_left
+            ):
+                self._body_left -= len(data)
+                s.on_request_body(data, self._body_left == 0)
+            else:
+                self.buf += data
+                s.request_data_buffered()
+            self.update_read_pause()
             return
         timers = self.timers
         if "idle" in timers:
@@ -413,6 +650,19 @@ class Downstream(ServerStream):
             if "idle" in timers:
                 del timers["idle"]
         self.state = ACTIVE
+        body = meta.body
+        if body == BODY_LENGTH:
+            self._body_kind = SIZED_BODY
+            self._body_left = meta.length
+            self._body_decoder = None
+        elif body == BODY_CHUNKED:
+            self._body_kind = OPEN_BODY
+            self._body_left = 0
+            self._body_decoder = ChunkedDecoder(e.conf.limits)
+        else:
+            self._body_kind = NO_BODY
+            self._body_left = 0
+            self._body_decoder = None
         s = Session(self, req, meta)
         self.current = s
         s.start()

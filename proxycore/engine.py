@@ -622,11 +622,7 @@ class Engine:
         self.draining = True
         cut = 0
         for down in list(self.downstreams.values()):
-            s = down.current
-            down.current = None  # (closed first: the exchange ends as cut, not as a client gone)
-            down.close(abort=True)
-            if s is not None and s.on_stop(ev.grace):
-                cut += 1
+            cut += down.stop(ev.grace)
         for up in list(self.upstreams.values()):
             self.close_upstream(up, abort=True)
         if cut:

@@ -28,8 +28,9 @@ from inspect import isawaitable
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any, Final
 
-from proxycore.accesslog import Attempt, attempt, log_session
+from proxycore.accesslog import Attempt, log_session
 from proxycore.actions import RunFilter
+from proxycore.codec import NO_BODY, SIZED_BODY
 from proxycore.errors import ErrorSource, ErrorType, HTTPParseError, ProxyError
 from proxycore.h1.parse import (
     BODY_CHUNKED,
@@ -42,16 +43,14 @@ from proxycore.h1.parse import (
     find_head_end,
     parse_response_head,
 )
-from proxycore.h1.write import (
-    HOP_BY_HOP,
-    encode_chunk,
-    serialize_request_fields,
-    serialize_response_fields,
-    serialize_response_head,
-    serialize_trailers,
-)
-from proxycore.http import Headers, RequestHeader, ResponseHeader, reason_phrase
+from proxycore.http import Headers, RequestHeader, ResponseHeader
 from proxycore.peer import Peer
+from proxycore.semantics import (
+    append_forwarded,
+    end_to_end,
+    error_body,
+    trailer_fields,
+)
 from proxycore.upstream import ACTIVE, Upstream
 
 if TYPE_CHECKING:
@@ -59,14 +58,6 @@ if TYPE_CHECKING:
     from proxycore.tls import TlsInfo
 
 __all__ = ["Session"]
-
-# RFC 9110 §6.5.1: fields a trailer section must not carry (framing, routing, content format,
-# and the hop-by-hop ones); they are dropped rather than forwarded, so a trailer can never
-# re-frame a message for the next hop.
-_NOT_IN_TRAILERS: Final = HOP_BY_HOP | {
-    "content-length", "host", "trailer", "content-encoding", "content-type", "content-range",
-    "expect", "max-forwards", "cache-control", "authorization", "set-cookie", "cookie",
-}  # fmt: skip
 
 # Types of phase results known not to be awaitable (skips inspect.isawaitable on the hot path):
 # seeded with the usual ones, then every type isawaitable said no to (a type is awaitable or
@@ -111,14 +102,15 @@ _K_FAIL_TO_PROXY: Final = 13
 _K_REQUEST_BODY_FILTER: Final = 14  # the body filters run through a _BodyPipe
 _K_RESPONSE_BODY_FILTER: Final = 15
 _K_UPSTREAM_RESPONSE_BODY_FILTER: Final = 16
-_KEEP_ALIVE: Final = frozenset({"keep-alive"})
 # The exchange's timers, by the names it gives them on its stream (ServerStream.arm).
 _REQUEST_TIMERS: Final = ("connect", "read", "write", "send", "body")
 _UPSTREAM_TIMERS: Final = ("connect", "read", "write")
-_KEEP_ALIVE_LINE: Final = b"\r\nConnection: keep-alive\r\n"
 
 # Past this many unread request-body bytes after an early response, close instead of skipping.
 _MAX_DISCARD: Final = 1 << 20
+_TIMEOUTS: Final = frozenset(
+    {ErrorType.CONNECT_TIMEDOUT, ErrorType.READ_TIMEDOUT, ErrorType.WRITE_TIMEDOUT}
+)
 
 _CONNECT_ERRORS: Final = {
     "refused": ErrorType.CONNECT_REFUSED,
@@ -184,7 +176,6 @@ class Session:
     __slots__ = (
         "_cont",
         "_cont_pipe",
-        "_down_length",
         "_down_mode",
         "_finished",
         "_forwarding",
@@ -196,11 +187,9 @@ class Session:
         "_local",
         "_meta",
         "_pending",
-        "_req_decoder",
         "_req_done",
+        "_req_kind",
         "_req_pipe",
-        "_req_remaining",
-        "_req_trailers",
         "_resp",
         "_resp_decoder",
         "_resp_done",
@@ -210,7 +199,6 @@ class Session:
         "_resp_remaining",
         "_retry_buf",
         "_retry_size",
-        "_sent_down",
         "_t_conn",
         "_t_head",
         "_t_peer",
@@ -264,11 +252,8 @@ class Session:
         self._local = False
         self._keep_alive = meta.keep_alive
         # request body
-        body = meta.body
-        self._req_remaining = meta.length if body == BODY_LENGTH else 0
-        self._req_decoder = ChunkedDecoder(engine.conf.limits) if body == BODY_CHUNKED else None
-        self._req_done = body == BODY_NONE
-        self._req_trailers: Headers | None = None
+        self._req_kind = down.request_body_kind()
+        self._req_done = self._req_kind == NO_BODY
         self._req_pipe: _BodyPipe | None = None
         self._forwarding = False
         self._last_client_read = engine.now
@@ -287,8 +272,6 @@ class Session:
         self._resp_pipes: _BodyPipe | None = None
         self._resp_done = False
         self._down_mode = BODY_NONE
-        self._down_length = 0
-        self._sent_down = 0
         # for the access log (proxycore.accesslog): the current upstream attempt's start,
         # connect and response-head times (-1: not yet), and the earlier attempts
         self._t_peer = -1.0
@@ -360,15 +343,9 @@ class Session:
             self._keep_alive = False
         if not self._keep_alive or self.engine.draining:
             self._keep_alive = False
-            h.add("Connection", "close")
-        elif self.req_header.version == "HTTP/1.0":
-            h.add("Connection", "keep-alive")
-        head = serialize_response_head(status, reason_phrase(status), h.items())
-        e = self.engine
-        e.send(self.down, head)
-        if body and not no_body and self.req_header.method != "HEAD":
-            e.send(self.down, bytes(body))
-            self.response_body_bytes += len(body)
+        send = bytes(body) if body and not no_body and self.req_header.method != "HEAD" else b""
+        self.down.send_local_response(self, status, h, send, self._keep_alive)
+        self.response_body_bytes += len(send)
         self.response_started = True
         self.response_status = status
         self.response_header = ResponseHeader(status, h)
@@ -378,6 +355,43 @@ class Session:
     def client_conn(self) -> int:
         """The id of the connection that carries this exchange's client side."""
         return self.down.id
+
+    def raw_request_head(self) -> bytes:
+        """The request head as it was received (request line and fields, bytes)."""
+        return self._meta.raw
+
+    def upstream_attempts(self) -> tuple[Attempt, ...]:
+        """Every upstream attempt of this request so far, in order, the current one as it
+        stands: (address, upstream status, connect time, header time), what the access log
+        shows. Times run from the attempt's start (``upstream_peer`` answered) as nginx's do
+        (connect time 0 on a pooled connection; below 0 when absent). The status is the
+        upstream's (not what a filter made of it); an attempt that got no response head shows
+        504 if it timed out and 502 for any other upstream error, as nginx does, and 0 if it
+        was cut short otherwise (the client left)."""
+        tries = self._tries
+        if self._t_peer >= 0.0:
+            current = self._attempt(self.error)
+            return (*tries, current) if tries else (current,)
+        return tuple(tries) if tries else ()
+
+    def _attempt(self, err: ProxyError | None) -> Attempt:
+        start = self._t_peer
+        resp = self._resp
+        if resp is not None:
+            status = resp.status
+        elif err is not None and err.source is ErrorSource.UPSTREAM:
+            status = 504 if err.etype in _TIMEOUTS else 502
+        else:
+            status = 0
+        conn = self._t_conn
+        head = self._t_head
+        peer = self.peer
+        return (
+            peer.address if peer is not None else "-",
+            status,
+            conn - start if conn >= 0.0 else -1.0,
+            head - start if head >= 0.0 else -1.0,
+        )
 
     def __repr__(self) -> str:
         r = self.req_header
@@ -700,18 +714,18 @@ class Session:
                 xfh = b"X-Forwarded-Host: %b\r\n" % fhost.encode("latin-1") if fhost else b""
                 raw = b"%b%b%b\r\n" % (raw[:-2], down.forwarded_fields(), xfh)
             self._up_chunked = False
-            self._up_length = meta.length if meta.body == BODY_LENGTH else None
+            self._up_length = meta.length if self._req_kind == SIZED_BODY else None
             self._upstream_head_ready(raw)
             return
-        items = _end_to_end(req.headers._items, meta, edited)
+        items = end_to_end(req.headers._items, meta.hop, meta.connection_tokens, edited)
         if e.conf.add_forwarded_headers:
             host = req.headers.get("host") if edited else meta.host
             if meta.forwarded or edited:
                 h = Headers._from_parsed(items)
-                _append_forwarded(h, "X-Forwarded-For", self.down.client_addr[0])
-                _append_forwarded(h, "X-Forwarded-Proto", self.down.scheme)
+                append_forwarded(h, "X-Forwarded-For", self.down.client_addr[0])
+                append_forwarded(h, "X-Forwarded-Proto", self.down.scheme)
                 if host:
-                    _append_forwarded(h, "X-Forwarded-Host", host)
+                    append_forwarded(h, "X-Forwarded-Host", host)
                 items = h._items
             else:
                 items.append(("x-forwarded-for", "X-Forwarded-For", self.down.client_addr[0]))
@@ -743,13 +757,12 @@ class Session:
         up = self.upstream
         if up is None or self._finished:
             return
-        meta = self._meta
         h = up_req.headers
         if filtered and "transfer-encoding" in h:
             h.remove("transfer-encoding")  # framing is ours to decide
         self._up_chunked = False
         self._up_length = None
-        if meta.body != BODY_NONE:
+        if self._req_kind != NO_BODY:
             cl = h.get("content-length")
             if cl is not None and cl.isdigit():
                 self._up_length = int(cl)
@@ -757,15 +770,13 @@ class Session:
                 h.remove("content-length")
                 h.add("Transfer-Encoding", "chunked")
                 self._up_chunked = True
-        self._upstream_head_ready(
-            serialize_request_fields(up_req.method, up_req.path, h._items, "HTTP/1.1")
-        )
+        up.send_request_head(self.engine, up_req.method, up_req.path, h._items)
+        self._upstream_head_ready(b"")
 
     def _upstream_head_ready(self, head: bytes) -> None:
         up = self.upstream
         if up is None:
             return
-        meta = self._meta
         e = self.engine
         e.send(up, head)
         self._up_sent = 0
@@ -775,7 +786,7 @@ class Session:
             for piece in self._retry_buf:
                 self._write_upstream_piece(piece, False)
         if self._req_done:
-            if meta.body != BODY_NONE:
+            if self._req_kind != NO_BODY:
                 self._end_upstream_body()
             return
         self._forwarding = True
@@ -794,63 +805,42 @@ class Session:
 
     # ------------------------------------------------------------------ request body
 
-    def on_downstream_data(self, data: bytes) -> None:
-        down = self.down
+    def on_client_bytes(self) -> bool:
+        """The client sent bytes (body or pipelined requests): the body timer counts from
+        here. True if the session takes body pieces straight away (no filter, no buffer)."""
         self._last_client_read = self.engine.now
-        if (
-            self._forwarding
-            and not down.buf
-            and self._req_decoder is None
-            and self._req_pipe is None
-            and self.upstream is not None
-        ):
-            # Fast path: Content-Length body, nothing buffered, no filter.
-            n = self._req_remaining
-            if len(data) <= n:
-                self._req_remaining = n - len(data)
-                self._req_piece(data, self._req_remaining == 0)
-                down.request_pause_changed()
-                return
-        down.buf += data
+        return self._forwarding and self._req_pipe is None and self.upstream is not None
+
+    def takes_request_body(self) -> bool:
+        """Whether the stream may hand over a body piece now."""
+        pipe = self._req_pipe
+        return self._forwarding and not (pipe is not None and pipe.busy)
+
+    def request_data_buffered(self) -> None:
+        """The stream buffered client bytes it did not hand over."""
         if self._forwarding:
             self._pump_request_body()
         elif self._resp_done and not self._req_done and not self._forwarding:
             self._discard_request_body()
-        down.request_pause_changed()
 
     def _pump_request_body(self) -> None:
         if not self._forwarding or self._finished:
             return
-        pipe = self._req_pipe
-        buf = self.down.buf
-        while self._forwarding and buf and not (pipe is not None and pipe.busy):
-            dec = self._req_decoder
-            if dec is None:
-                n = min(self._req_remaining, len(buf))
-                piece = bytes(buf[:n])
-                del buf[:n]
-                self._req_remaining -= n
-                self._req_piece(piece, self._req_remaining == 0)
-                continue
-            try:
-                pieces = dec.feed(buf)
-            except HTTPParseError as err:
-                self._bad_request_body(err)
-                return
-            if not pieces and not dec.done:
-                break
-            tr = self._req_trailers = dec.trailers
-            if tr and self.engine.conf.headers_with_underscores != "allow":
-                if not self._underscored_trailers(tr):
-                    return
-            last = len(pieces) - 1
-            if dec.done and last < 0:
-                self._req_piece(b"", True)
-            for i, piece in enumerate(pieces):
-                self._req_piece(piece, dec.done and i == last)
-        self.down.request_pause_changed()
+        down = self.down
+        if down.push_request_body(self):
+            down.request_pause_changed()
 
-    def _req_piece(self, piece: bytes, eos: bool) -> None:
+    def on_request_trailers(self, tr: Headers) -> bool:
+        """The request's trailer section arrived; False if it failed the request."""
+        if self.engine.conf.headers_with_underscores != "allow":
+            return self._underscored_trailers(tr)
+        return True
+
+    def on_request_body_error(self, err: HTTPParseError) -> None:
+        self._bad_request_body(err)
+
+    def on_request_body(self, piece: bytes, eos: bool) -> None:
+        """A piece of the request body from the stream (``eos``: the last one)."""
         self.request_body_bytes += len(piece)
         limit = self.engine.conf.max_request_body_size
         if limit is not None and self.request_body_bytes > limit:
@@ -884,7 +874,7 @@ class Session:
         if up is None or not piece:
             return
         self._up_sent += len(piece)
-        self.engine.send(up, encode_chunk(piece) if self._up_chunked else piece)
+        up.send_body(self.engine, piece, self._up_chunked)
 
     def _arm_read_timeout(self) -> None:
         """Start waiting for the response (proxy_read_timeout runs from here, once the whole
@@ -904,9 +894,8 @@ class Session:
         if not self.down.armed("read") and not self._resp_done:
             self._arm_read_timeout()
         if self._up_chunked:
-            tr = self._req_trailers
-            fields = [(n, v) for k, n, v in tr._items if k not in _NOT_IN_TRAILERS] if tr else []
-            self.engine.send(up, serialize_trailers(fields))
+            tr = self.down.request_trailers()
+            up.end_body(self.engine, trailer_fields(tr) if tr else [])
         elif self._up_length is not None and self._up_sent != self._up_length:
             self._fail(
                 ProxyError(
@@ -969,21 +958,10 @@ class Session:
     def _discard_request_body(self) -> None:
         """After an early response: read and drop the rest of the request body so the
         connection can carry the next request."""
-        buf = self.down.buf
-        dec = self._req_decoder
-        try:
-            if dec is None:
-                n = min(self._req_remaining, len(buf))
-                del buf[:n]
-                self._req_remaining -= n
-                done = self._req_remaining == 0
-            else:
-                dec.feed(buf)
-                done = dec.done
-        except HTTPParseError:
+        r = self.down.discard_request_body()
+        if r < 0:
             self._keep_alive = False
-            done = True
-        if done:
+        if r != 0:
             self._req_done = True
             if self._finished:
                 self.down.exchange_done(self, self._keep_alive)
@@ -1140,19 +1118,9 @@ class Session:
                     "answered 101 Switching Protocols to a request without Upgrade",
                 )
                 return False
-            # RFC 9110 §15.2: forward 1xx, except to HTTP/1.0 clients.
-            if self.req_header.version != "HTTP/1.0" and not self.response_started:
-                fields = [
-                    (n, v)
-                    for k, n, v in resp.headers._items
-                    if k not in HOP_BY_HOP and k not in meta.connection_tokens
-                ]
-                e.send(
-                    self.down,
-                    serialize_response_head(
-                        resp.status, resp.reason or reason_phrase(resp.status), fields
-                    ),
-                )
+            # RFC 9110 §15.2: forward 1xx (the codec knows who cannot take one).
+            if not self.response_started:
+                self.down.send_informational(self, resp, meta.connection_tokens)
             return True
         self._resp_head_done = True
         self._resp = resp
@@ -1191,75 +1159,28 @@ class Session:
         resp = self._resp
         meta = self._resp_meta
         assert resp is not None and meta is not None
-        req = self.req_header
         e = self.engine
         ph = e.phases
         edited = ph.upstream_response_filter is not None or ph.response_filter is not None
-        fields: list[tuple[str, str, str]] = []  # built below only if the head is rewritten
-        status = resp.status
-        client10 = req.version == "HTTP/1.0"
         keep = self._keep_alive and not e.draining and not self.down.peer_eof
-        drop_cl = False
-        if req.method == "HEAD" or status == 204 or status == 304:
-            mode = BODY_NONE
-        else:
-            cl = resp.headers.get("content-length") if edited else meta.content_length
-            if cl is not None and cl.isdigit():
-                mode = BODY_LENGTH
-                self._down_length = int(cl)
-            else:
-                drop_cl = cl is not None
-                if client10:
-                    mode = BODY_CLOSE
-                    keep = False
-                else:
-                    mode = BODY_CHUNKED
         if not self._req_done and (
             (self._meta.expect_continue and self._up_sent == 0)  # no body will come to skip
-            or (self._req_decoder is None and self._req_remaining > _MAX_DISCARD)
+            or self.down.request_body_left() > _MAX_DISCARD
         ):
             keep = False  # an early answer (RFC 9112 §9.5): announce the close that follows
+        # What the head says is decided; how it is framed is the client codec's (it may have
+        # to end the body by closing the connection).
+        mode = self.down.send_response_head(self, resp, meta, edited, keep)
         self._down_mode = mode
-        if (
-            keep
-            and not edited
-            and not meta.hop_other
-            and mode != BODY_CHUNKED
-            and not client10
-            and resp.version == "HTTP/1.1"
-        ):
-            # Untouched, same framing, and at most a "Connection: keep-alive" line to drop
-            # (what nginx and most origins send): the head goes down verbatim.
-            raw = meta.raw
-            if meta.hop:
-                one = meta.connection_fields == 1 and meta.connection_tokens == _KEEP_ALIVE
-                cut = raw.replace(_KEEP_ALIVE_LINE, b"\r\n", 1) if one else raw
-                raw = cut if len(cut) < len(raw) else b""
-            if raw:
-                self._keep_alive = True
-                self._response_head_ready(raw, resp)
-                return
-        fields = _end_to_end(resp.headers._items, meta, edited)
-        if mode == BODY_CHUNKED or mode == BODY_CLOSE:
-            if drop_cl:
-                fields = [it for it in fields if it[0] != "content-length"]
-            if mode == BODY_CHUNKED:
-                fields.append(("transfer-encoding", "Transfer-Encoding", "chunked"))
-        if not keep:
-            fields.append(("connection", "Connection", "close"))
-        elif client10:
-            fields.append(("connection", "Connection", "keep-alive"))
-        self._keep_alive = keep
-        head = serialize_response_fields(status, resp.reason or reason_phrase(status), fields)
-        self._response_head_ready(head, resp)
+        self._keep_alive = keep and mode != BODY_CLOSE
+        self._response_head_ready(resp)
 
-    def _response_head_ready(self, head: bytes, resp: ResponseHeader) -> None:
+    def _response_head_ready(self, resp: ResponseHeader) -> None:
         e = self.engine
         ph = e.phases
         meta = self._resp_meta
         assert meta is not None
         status = resp.status
-        e.send(self.down, head)
         self.response_started = True
         self.response_status = status
         self.response_header = resp
@@ -1354,30 +1275,24 @@ class Session:
         if self._finished:
             return
         if piece:
-            mode = self._down_mode
             self.response_body_bytes += len(piece)
-            if mode == BODY_CHUNKED:
-                self.engine.send(self.down, encode_chunk(piece))
-            elif mode != BODY_NONE:
-                self._sent_down += len(piece)
-                if mode == BODY_LENGTH and self._sent_down > self._down_length:
-                    self._abort_downstream(
-                        ProxyError(
-                            ErrorType.INTERNAL,
-                            ErrorSource.INTERNAL,
-                            "response body longer than its Content-Length "
-                            "(remove Content-Length in response_filter when changing the body)",
-                        )
+            if not self.down.send_body(piece):
+                self._abort_downstream(
+                    ProxyError(
+                        ErrorType.INTERNAL,
+                        ErrorSource.INTERNAL,
+                        "response body longer than its Content-Length "
+                        "(remove Content-Length in response_filter when changing the body)",
                     )
-                    return
-                self.engine.send(self.down, piece)
+                )
+                return
         if eos:
             self._resp_done = True
             self._end_response_body()
 
     def _end_response_body(self) -> None:
-        mode = self._down_mode
-        if mode == BODY_CHUNKED:
+        down = self.down
+        if down.takes_trailers():
             dec = self._resp_decoder
             trailers = dec.trailers if dec is not None and dec.trailers else Headers()
             ph = self.engine.phases
@@ -1391,22 +1306,21 @@ class Session:
                 return
             self._send_trailers(trailers)
             return
-        if mode == BODY_LENGTH and self._sent_down != self._down_length:
+        if not down.end_response(None):
             self._abort_downstream(
                 ProxyError(
                     ErrorType.INTERNAL,
                     ErrorSource.INTERNAL,
-                    f"response body is {self._sent_down} bytes but Content-Length says "
-                    f"{self._down_length} (remove Content-Length in response_filter when changing "
-                    "the body)",
+                    f"response body is {down.response_sent()} bytes but Content-Length says "
+                    f"{down.response_length()} (remove Content-Length in response_filter when "
+                    "changing the body)",
                 )
             )
             return
         self._response_complete()
 
     def _send_trailers(self, trailers: Headers) -> None:
-        fields = [(n, v) for k, n, v in trailers._items if k not in _NOT_IN_TRAILERS]
-        self.engine.send(self.down, serialize_trailers(fields))
+        self.down.end_response(trailers)
         self._response_complete()
 
     def _response_complete(self) -> None:
@@ -1622,7 +1536,7 @@ class Session:
         tries = self._tries
         if tries is None:
             tries = self._tries = []
-        tries.append(attempt(self, err))
+        tries.append(self._attempt(err))
 
     def _reset_response_state(self) -> None:
         self._resp = None
@@ -1638,7 +1552,7 @@ class Session:
     # ------------------------------------------------------------------ ending
 
     def _respond_error(self, status: int) -> None:
-        body = f"{status} {reason_phrase(status)}\n".encode()
+        body = error_body(status)
         self._keep_alive = self._keep_alive and self._req_done
         self.respond(status, body)
 
@@ -1718,11 +1632,7 @@ class Session:
     def _after_logging(self, _: Any) -> None:
         down = self.down
         if not down.closed:
-            if (
-                not self._req_done
-                and self._req_decoder is None
-                and self._req_remaining > _MAX_DISCARD
-            ):
+            if not self._req_done and self.down.request_body_left() > _MAX_DISCARD:
                 self._keep_alive = False
             if not self._req_done and self._keep_alive:
                 # Read and drop the rest of the request body, then carry on.
@@ -1803,23 +1713,3 @@ def _respond_headers(headers: object) -> Headers:
         else:
             raise TypeError(f"{_RESPOND_HEADERS}; got the item {pair!r:.60}")
     return h
-
-
-def _end_to_end(
-    items: list[tuple[str, str, str]], meta: RequestMeta | ResponseMeta, edited: bool
-) -> list[tuple[str, str, str]]:
-    """A new list of the fields without hop-by-hop ones (RFC 9110 §7.6.1: the fixed set plus
-    those the Connection field names); a plain copy when the parser saw none and no filter
-    edited the headers."""
-    if meta.hop or edited:
-        tokens = meta.connection_tokens
-        return [it for it in items if it[0] not in HOP_BY_HOP and it[0] not in tokens]
-    return items.copy()
-
-
-def _append_forwarded(h: Headers, name: str, value: str) -> None:
-    existing = h.get_all(name)
-    if existing:
-        h[name] = ", ".join([*existing, value])
-    else:
-        h.add(name, value)
