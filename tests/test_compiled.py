@@ -89,11 +89,13 @@ def test_the_installed_compiled_core_passes_the_unit_tests(tmp_path: Path) -> No
         capture_output=True, text=True, timeout=60, cwd=tmp_path, check=True,
     ).stdout.strip()  # fmt: skip
     # The installed package (and mypyc's shared group module beside it) and this checkout's
-    # tests, nothing else: ``import proxycore`` must find the install.
+    # tests and test apps, nothing else: ``import proxycore`` must find the install.
     (tmp_path / "proxycore").symlink_to(Path(site) / "proxycore")
     for so in Path(site).glob("*__mypyc*"):
         (tmp_path / so.name).symlink_to(so)
     (tmp_path / "tests").symlink_to(ROOT / "tests")
+    # (test-side apps some unit tests name, e.g. `proxycore run conformance.apps:...`)
+    (tmp_path / "conformance").symlink_to(ROOT / "conformance")
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     _assert_compiled(tmp_path)
     _unit_tests(tmp_path)
