@@ -85,6 +85,24 @@ def _backend(text: str) -> str:
     return text
 
 
+def _source_address(text: str) -> str:
+    """An IPv4 or IPv6 address (``--client-bind-to``), as written."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an IPv4 or IPv6 address, got {text!r}"
+        ) from None
+    return text
+
+
+def split_families(addrs: list[str]) -> tuple[list[str], list[str]]:
+    """``--client-bind-to`` values -> (IPv4 addresses, IPv6 addresses), in order."""
+    return [a for a in addrs if ":" not in a], [a for a in addrs if ":" in a]
+
+
 def _checked(check: Callable[[str], object]) -> Callable[[str], str]:
     """An argparse type that runs ``check`` (which raises ValueError naming the bad value) and
     keeps the text."""
@@ -262,6 +280,15 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         "traffic; default 0.0002; 0 = off)",
     )
     p.add_argument(
+        "--client-bind-to",
+        action="append",
+        type=_source_address,
+        metavar="ADDR",
+        help="local source address for connections to origins, bound before connecting "
+        "(repeatable; IPv4 and IPv6, each used for origins of its family; several of a family: "
+        "one per connection; Pingora's client_bind_to_ipv4/ipv6; default: the kernel chooses)",
+    )
+    p.add_argument(
         "--no-forwarded-headers",
         action="store_true",
         help="do not append X-Forwarded-For/-Proto/-Host",
@@ -379,6 +406,8 @@ def _conf(args: argparse.Namespace) -> ServerConf:
         if v is not None:
             setattr(conf, attr, v)
     conf.add_forwarded_headers = not args.no_forwarded_headers
+    if args.client_bind_to:
+        conf.client_bind_to_ipv4, conf.client_bind_to_ipv6 = split_families(args.client_bind_to)
     conf.record_dir = args.record
     conf.access_log, conf.access_log_format = args.access_log, args.access_log_format
     if args.tls_cert or args.tls_key or args.tls_sni_cert:
