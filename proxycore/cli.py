@@ -17,7 +17,7 @@ from typing import NoReturn
 
 from proxycore._version import __version__
 from proxycore.builtin import parse_backend, parse_hash_key
-from proxycore.config import ServerConf, TlsSettings
+from proxycore.config import ServerConf, TlsSettings, source_address_problem
 from proxycore.confschema import parse_size
 from proxycore.health import HealthCheck
 from proxycore.lb import SELECTORS
@@ -86,15 +86,12 @@ def _backend(text: str) -> str:
 
 
 def _source_address(text: str) -> str:
-    """An IPv4 or IPv6 address (``--client-bind-to``), as written."""
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected an IPv4 or IPv6 address, got {text!r}"
-        ) from None
+    """A unicast IPv4 or IPv6 address (``--client-bind-to``), as written."""
+    problem = source_address_problem(text, 6 if ":" in text else 4)
+    if problem is not None:
+        if problem.startswith("expected an IPv"):
+            problem = "expected an IPv4 or IPv6 address"
+        raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
     return text
 
 

@@ -177,11 +177,18 @@ def test_the_flag_sorts_addresses_by_family(command: list[str]) -> None:
     assert default.client_bind_to_ipv4 == [] and default.client_bind_to_ipv6 == []
 
 
-def test_the_flag_refuses_what_is_not_an_address(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("bad", "words"),
+    [("lo", "expected an IPv4 or IPv6 address"), ("127.0.0.1:80", "expected an IPv4 or IPv6"),
+     ("224.0.0.1", "expected a unicast address"), ("ff02::1", "expected a unicast address")],
+)  # fmt: skip
+def test_the_flag_refuses_what_cannot_be_a_source_address(
+    bad: str, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as e:
-        _parser().parse_args(["reverse-proxy", "--to", "127.0.0.1:1", "--client-bind-to", "lo"])
+        _parser().parse_args(["reverse-proxy", "--to", "127.0.0.1:1", "--client-bind-to", bad])
     assert e.value.code == 2
-    assert "expected an IPv4 or IPv6 address, got 'lo'" in capsys.readouterr().err
+    assert f"{words}" in capsys.readouterr().err
 
 
 def test_the_file_sets_them_and_the_flag_replaces_both(tmp_path: Path) -> None:
