@@ -36,6 +36,7 @@ CORE = [
     "proxycore/events.py",
     "proxycore/actions.py",
     "proxycore/peer.py",
+    "proxycore/bind.py",
     "proxycore/errors.py",
     "proxycore/config.py",
     "proxycore/trace.py",

@@ -28,6 +28,7 @@ import logging
 import os
 import selectors
 import struct
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -135,6 +136,43 @@ def bind_listeners(addrs: Sequence[tuple[str, int]], reuse_port: bool = False) -
             s.close()
         raise
     return socks
+
+
+# Linux's IP_BIND_ADDRESS_NO_PORT (socket.h; in Python's socket module from 3.12): a socket
+# bound to a source address before connect gets its port at connect time, so the four-tuple,
+# not the port alone, must be unique (as Pingora binds).
+_BIND_NO_PORT: int | None = (
+    getattr(_socket, "IP_BIND_ADDRESS_NO_PORT", 24) if sys.platform.startswith("linux") else None
+)
+
+
+def _source(bind: tuple[str, ...], family: int) -> str | None:
+    """The address of ``bind`` (Connect.bind: at most one per family) of this family."""
+    v6 = family == _socket.AF_INET6
+    for addr in bind:
+        if (":" in addr) == v6:
+            return addr
+    return None
+
+
+def check_source_addresses(conf: ServerConf) -> None:
+    """Bind a socket to each of ``client_bind_to_ipv4/ipv6`` (port 0) and close it: an address
+    that is not one of this host's is a :class:`StartupError` naming it, before serving."""
+    for name, family in (
+        ("client_bind_to_ipv4", _socket.AF_INET),
+        ("client_bind_to_ipv6", _socket.AF_INET6),
+    ):
+        for addr in getattr(conf, name):
+            s = _socket.socket(family, _socket.SOCK_STREAM)
+            try:
+                s.bind((addr, 0))
+            except OSError as e:
+                raise StartupError(
+                    f"cannot bind connections to origins to {addr} ({name} / "
+                    f"--client-bind-to): {_bind_reason(e, 0)}"
+                ) from None
+            finally:
+                s.close()
 
 
 class Conn:
@@ -488,17 +526,17 @@ class SocketDriver:
     def _connect(self, a: Connect) -> None:
         c = Conn(a.conn, None)
         self.conns[a.conn] = c
-        host, port = a.peer.host, a.peer.port
+        host, port, bind = a.peer.host, a.peer.port, a.bind
         try:
             family = (
                 _socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else (_socket.AF_INET)
             )
         except ValueError:
-            self.resolve(host, port, lambda res: self._resolved(c, res))
+            self.resolve(host, port, lambda res: self._resolved(c, res, bind))
             return
-        self._start_connect(c, family, (host, port))
+        self._start_connect(c, family, (host, port), bind)
 
-    def _resolved(self, c: Conn, res: Any) -> None:
+    def _resolved(self, c: Conn, res: Any, bind: tuple[str, ...]) -> None:
         if self.conns.get(c.cid) is not c:
             return  # closed meanwhile
         if isinstance(res, BaseException) or not res:
@@ -511,21 +549,32 @@ class SocketDriver:
             self.feed(ConnectFailed(c.cid, self.now(), "error", words))
             return
         family, _, _, _, addr = res[0]
-        self._start_connect(c, family, addr)
+        self._start_connect(c, family, addr, bind)
 
-    def _start_connect(self, c: Conn, family: int, addr: Any) -> None:
+    def _start_connect(self, c: Conn, family: int, addr: Any, bind: tuple[str, ...]) -> None:
         sock = _socket.socket(family, _socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         c.sock = sock
         c.fd = sock.fileno()
+        if bind:
+            source = _source(bind, family)
+            if source is not None:
+                try:
+                    if _BIND_NO_PORT is not None:
+                        sock.setsockopt(_socket.IPPROTO_IP, _BIND_NO_PORT, 1)
+                    sock.bind((source, 0))
+                except OSError as e:
+                    why = f"could not be connected from source address {source}: "
+                    self._fail_connect(c, e.errno or 0, why + _bind_reason(e, 0))
+                    return
         err = sock.connect_ex(addr)
         if err in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
             self._want_write(c, True)
         else:
             self._fail_connect(c, err)
 
-    def _fail_connect(self, c: Conn, err: int) -> None:
+    def _fail_connect(self, c: Conn, err: int, message: str = "") -> None:
         self.conns.pop(c.cid, None)
         self._discard(c)
         reason = (
@@ -533,7 +582,7 @@ class SocketDriver:
             if err == errno.ECONNREFUSED
             else ("timeout" if err == errno.ETIMEDOUT else "error")
         )
-        message = socket_error_words(OSError(err, os.strerror(err)))
+        message = message or socket_error_words(OSError(err, os.strerror(err)))
         ev = ConnectFailed(c.cid, self.now(), reason, message)
         if self._busy:
             self._queue.append(ev)
@@ -603,6 +652,7 @@ class SocketDriver:
         """Bind every address (all or none: :class:`StartupError` if one fails), start
         accepting, feed Started, then run :data:`listening_hooks`."""
         bound: list[tuple[str, int]] = []
+        check_source_addresses(self.engine.conf)
         for s in bind_listeners(addrs, self.engine.conf.reuse_port):
             self.listeners.append(s)
             self.watch_listener(s, True)

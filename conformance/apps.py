@@ -278,3 +278,10 @@ class ConfiguredApp(proxycore.Proxy):
 
     def upstream_peer(self, session, ctx):
         return proxycore.Peer("127.0.0.1", self.port)
+
+
+class BindToApp(Base):
+    """Every upstream connection from the source address in BIND_TO (Peer(bind_to=...))."""
+
+    def upstream_peer(self, session, ctx):
+        return proxycore.Peer("127.0.0.1", self.port, bind_to=os.environ["BIND_TO"])

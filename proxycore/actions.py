@@ -87,14 +87,21 @@ class Connect(Action):
 
     The adapter answers Connected or ConnectFailed(reason="refused"|"timeout"|"error"). The
     connect timeout is enforced by the core's timer, so the adapter needs none of its own.
+
+    ``bind``: local source addresses (``client_bind_to_ipv4/ipv6``, chosen by
+    :mod:`proxycore.bind`), at most one per address family. The adapter binds the socket (port
+    0) to the one of the family it connects with, before connecting; none of that family, or
+    an empty tuple (the setting off): no bind. A bind that fails is a ConnectFailed("error")
+    whose message names the address.
     """
 
-    __slots__ = ("peer",)
-    _fields_: ClassVar[tuple[str, ...]] = ("conn", "peer")
+    __slots__ = ("bind", "peer")
+    _fields_: ClassVar[tuple[str, ...]] = ("conn", "peer", "bind")
 
-    def __init__(self, conn: int, peer: Peer) -> None:
+    def __init__(self, conn: int, peer: Peer, bind: tuple[str, ...] = ()) -> None:
         self.conn = conn
         self.peer = peer
+        self.bind = bind
 
 
 class PauseReading(Action):

@@ -17,7 +17,7 @@ from typing import NoReturn
 
 from proxycore._version import __version__
 from proxycore.builtin import parse_backend, parse_hash_key
-from proxycore.config import ServerConf, TlsSettings
+from proxycore.config import ServerConf, TlsSettings, source_address_problem
 from proxycore.confschema import parse_size
 from proxycore.health import HealthCheck
 from proxycore.lb import SELECTORS
@@ -83,6 +83,21 @@ def _backend(text: str) -> str:
     except (ValueError, ImportError) as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
+
+
+def _source_address(text: str) -> str:
+    """A unicast IPv4 or IPv6 address (``--client-bind-to``), as written."""
+    problem = source_address_problem(text, 6 if ":" in text else 4)
+    if problem is not None:
+        if problem.startswith("expected an IPv"):
+            problem = "expected an IPv4 or IPv6 address"
+        raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
+    return text
+
+
+def split_families(addrs: list[str]) -> tuple[list[str], list[str]]:
+    """``--client-bind-to`` values -> (IPv4 addresses, IPv6 addresses), in order."""
+    return [a for a in addrs if ":" not in a], [a for a in addrs if ":" in a]
 
 
 def _checked(check: Callable[[str], object]) -> Callable[[str], str]:
@@ -262,6 +277,15 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         "traffic; default 0.0002; 0 = off)",
     )
     p.add_argument(
+        "--client-bind-to",
+        action="append",
+        type=_source_address,
+        metavar="ADDR",
+        help="local source address for connections to origins, bound before connecting "
+        "(repeatable; IPv4 and IPv6, each used for origins of its family; several of a family: "
+        "one per connection; Pingora's client_bind_to_ipv4/ipv6; default: the kernel chooses)",
+    )
+    p.add_argument(
         "--no-forwarded-headers",
         action="store_true",
         help="do not append X-Forwarded-For/-Proto/-Host",
@@ -379,6 +403,8 @@ def _conf(args: argparse.Namespace) -> ServerConf:
         if v is not None:
             setattr(conf, attr, v)
     conf.add_forwarded_headers = not args.no_forwarded_headers
+    if args.client_bind_to:
+        conf.client_bind_to_ipv4, conf.client_bind_to_ipv6 = split_families(args.client_bind_to)
     conf.record_dir = args.record
     conf.access_log, conf.access_log_format = args.access_log, args.access_log_format
     if args.tls_cert or args.tls_key or args.tls_sni_cert:

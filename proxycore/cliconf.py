@@ -89,6 +89,11 @@ def _override(conf: dict[str, Any], args: argparse.Namespace, given: set[str]) -
             server[name] = getattr(args, dest)
     if "no_forwarded_headers" in given and args.no_forwarded_headers:
         server["add_forwarded_headers"] = False
+    if "client_bind_to" in given:  # replaces both of the file's lists
+        from proxycore.cli import split_families
+
+        v4, v6 = split_families(args.client_bind_to)
+        server["client_bind_to_ipv4"], server["client_bind_to_ipv6"] = v4, v6
     listeners = conf["listeners"]
     file_tls = next((lst["tls"] for lst in listeners if conffile.tls_settings(lst["tls"])), None)
     plain_tls = _plain()

@@ -334,6 +334,8 @@ def build(conf: dict[str, Any]) -> RunArgs:
         size = parse_size(size)
     sc.max_request_body_size = size
     sc.record_dir = s["record"]
+    sc.client_bind_to_ipv4 = list(s["client_bind_to_ipv4"])
+    sc.client_bind_to_ipv6 = list(s["client_bind_to_ipv6"])
     sc.limits = Limits(s["max_request_line"], s["max_header_bytes"], s["max_headers"])
     sc.limits.max_chunk_line = s["max_chunk_line"]
     listen: list[str] = []
@@ -355,10 +357,7 @@ def build(conf: dict[str, Any]) -> RunArgs:
 
 
 # Accepted, checked and kept, not acted on yet (see the README's field table).
-_STORED = (
-    "upgrade_sock", "grace_period_seconds", "work_stealing", "client_bind_to_ipv4",
-    "client_bind_to_ipv6",
-)  # fmt: skip
+_STORED = ("upgrade_sock", "grace_period_seconds", "work_stealing")
 
 
 def routed_proxy_kwargs(conf: dict[str, Any]) -> dict[str, Any]:

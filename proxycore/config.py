@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from proxycore.h1.parse import UNDERSCORE_ACTIONS, Limits
 
-__all__ = ["ServerConf", "TlsSettings"]
+__all__ = ["ServerConf", "TlsSettings", "source_address_problem"]
 
 
 @dataclass
@@ -75,13 +75,39 @@ class ServerConf:
     # ("-": standard output) through the "proxycore.access" logger; None = off.
     access_log: str | None = None
     access_log_format: str = "combined"  # or "json"
+    # Pingora's client_bind_to_ipv4/ipv6: local addresses that connections to origins bind to
+    # before connecting, one per connection of the origin address's family (proxycore.bind).
+    client_bind_to_ipv4: list[str] = field(default_factory=list)
+    client_bind_to_ipv6: list[str] = field(default_factory=list)
 
     def check(self) -> None:
         """Raise ValueError naming a setting whose value the core cannot use (the engine calls
         this, and :func:`proxycore.run` before anything starts)."""
+        for name, version in (("client_bind_to_ipv4", 4), ("client_bind_to_ipv6", 6)):
+            for addr in getattr(self, name):
+                problem = source_address_problem(addr, version)
+                if problem is not None:
+                    raise ValueError(f"{name}: {problem}, got {addr!r}")
         action = self.headers_with_underscores
         if action not in UNDERSCORE_ACTIONS:
             raise ValueError(
                 f"headers_with_underscores must be one of {', '.join(UNDERSCORE_ACTIONS)}, "
                 f"not {action!r}"
             )
+
+
+def source_address_problem(text: object, version: int) -> str | None:
+    """Why ``text`` cannot be a source address of IP ``version`` (None: it can), without the
+    value. A multicast or broadcast address is refused: Linux lets a TCP socket bind to one,
+    then connects from another address as if there had been no bind."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(text) if isinstance(text, str) else None
+    except ValueError:
+        ip = None
+    if ip is None or ip.version != version:
+        return f"expected an IPv{version} address"
+    if ip.is_multicast or (version == 4 and text == "255.255.255.255"):
+        return "expected a unicast address (a multicast or broadcast one cannot be a source)"
+    return None

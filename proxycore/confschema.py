@@ -217,15 +217,10 @@ def _health_check(v: Any) -> str | None:
 
 
 def _ip(version: int) -> Check:
-    import ipaddress
+    from proxycore.config import source_address_problem
 
     def check(v: Any) -> str | None:
-        try:
-            if ipaddress.ip_address(v).version == version:
-                return None
-        except ValueError:
-            pass
-        return f"expected an IPv{version} address"
+        return source_address_problem(v, version)
 
     return check
 
@@ -411,15 +406,15 @@ SERVER = Section(
             [],
             _ip(4),
             "list of IPv4",
-            "Pingora: source addresses for connections to origins; accepted and checked, "
-            "not applied yet",
+            "Pingora: local addresses that connections to IPv4 origins bind to before "
+            "connecting; several: one per connection, spread by connection id (--client-bind-to)",
             scalar_list=True,
         ),
         "client_bind_to_ipv6": Field(
             [],
             _ip(6),
             "list of IPv6",
-            "Pingora: as client_bind_to_ipv4, for IPv6",
+            "Pingora: as client_bind_to_ipv4, for IPv6 origins",
             scalar_list=True,
         ),
         # proxycore's own settings.

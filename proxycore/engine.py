@@ -25,6 +25,7 @@ from inspect import iscoroutinefunction
 from typing import TYPE_CHECKING, Any, Final
 
 from proxycore.actions import Action, Close, Connect, PauseReading, ResumeReading, Send, SetTimer
+from proxycore.bind import SourceAddresses
 from proxycore.config import ServerConf
 from proxycore.downstream import Downstream
 from proxycore.events import (
@@ -158,6 +159,13 @@ class Engine:
         self.log = logger or logging.getLogger("proxycore")
         self.access_log: logging.Logger | Any = access_log
         self.phases = PhaseTable(app, blocking_phases)
+        sc = self.conf
+        # Source addresses for connections to origins (None: the setting is off).
+        self._bind: SourceAddresses | None = (
+            SourceAddresses(sc.client_bind_to_ipv4, sc.client_bind_to_ipv6)
+            if sc.client_bind_to_ipv4 or sc.client_bind_to_ipv6
+            else None
+        )
         self.pool = ConnectionPool(
             self.conf.upstream_keepalive_pool_size, self.conf.upstream_keepalive_per_peer
         )
@@ -422,7 +430,13 @@ class Engine:
             self.pool.stats.opened += 1
         if peer.tls and self.tls is not None:
             self.tls.client_open(up.id, peer)
-        self.out.append(Connect(up.id, peer))
+        bind = self._bind
+        if peer.bind_to is not None:  # the peer's own source address (Pingora's bind_to)
+            self.out.append(Connect(up.id, peer, (peer.bind_to,)))
+        elif bind is None:
+            self.out.append(Connect(up.id, peer))
+        else:
+            self.out.append(Connect(up.id, peer, bind.choose(up.id, peer.host)))
         return up
 
     def close_upstream(self, up: Upstream, abort: bool = False) -> None:

@@ -14,7 +14,7 @@ __all__ = ["PEER_OPTIONS", "Peer"]
 # The constructor's keyword options (explicit: compiled classes have no __slots__ to read).
 PEER_OPTIONS = (
     "tls", "sni", "connect_timeout", "read_timeout", "write_timeout", "idle_timeout", "verify",
-    "verify_hostname", "ca", "client_cert", "alpn",
+    "verify_hostname", "ca", "client_cert", "alpn", "bind_to",
 )  # fmt: skip
 
 
@@ -29,11 +29,17 @@ class Peer:
     ``verify=False`` accepts any certificate; ``verify_hostname=False`` checks the chain but
     not the name; ``ca`` is a PEM bundle to trust instead of the system store; ``client_cert``
     is a ``(cert_file, key_file)`` pair for upstream mTLS; ``alpn`` the protocols offered.
+
+    ``bind_to``: the local source address of connections to this peer, instead of the server's
+    ``client_bind_to_ipv4/ipv6`` (Pingora's ``PeerOptions.bind_to``); it is part of the pool
+    key, so a pooled connection is only reused from the same source. An address of the other
+    family than the peer's is not used.
     """
 
     __slots__ = (
         "_address",
         "alpn",
+        "bind_to",
         "ca",
         "client_cert",
         "connect_timeout",
@@ -65,6 +71,7 @@ class Peer:
         ca: str | None = None,
         client_cert: tuple[str, str] | None = None,
         alpn: tuple[str, ...] = ("http/1.1",),
+        bind_to: str | None = None,
     ) -> None:
         if not isinstance(port, int) or not 0 < port < 65536:
             raise ValueError(f"invalid port {port!r}")
@@ -82,11 +89,15 @@ class Peer:
         self.ca = ca
         self.client_cert = tuple(client_cert) if client_cert is not None else None
         self.alpn = tuple(alpn)
-        self.key: tuple[object, ...] = (
+        self.bind_to = bind_to
+        key: tuple[object, ...] = (
             (host, port, True, sni, verify, verify_hostname, ca, self.client_cert, self.alpn)
             if tls
             else (host, port, False)
         )
+        if bind_to is not None:
+            key = (*key, "bind_to", bind_to)
+        self.key = key
 
     @classmethod
     def parse(cls, text: str, **options: object) -> Peer:

@@ -150,7 +150,10 @@ _LIMIT_FIELDS = ("max_request_line", "max_header_bytes", "max_headers", "max_chu
 
 
 def peer_to_json(p: Peer) -> dict[str, Any]:
-    return {s: getattr(p, s) for s in _PEER_FIELDS}
+    d = {s: getattr(p, s) for s in _PEER_FIELDS}
+    if d["bind_to"] is None:
+        del d["bind_to"]  # as traces recorded before the option existed
+    return d
 
 
 def peer_from_json(d: dict[str, Any]) -> Peer:
@@ -259,6 +262,8 @@ def encode_action(a: Action) -> tuple[int, int, bytes]:
         return kind, conn, b"1" if x.abort else b"0"
     if t is Connect:
         payload: Any = peer_to_json(x.peer)
+        if x.bind:  # the source address (client_bind_to_ipv4/6); absent when the setting is off
+            payload["bind"] = list(x.bind)
     elif t is SetTimer:
         payload = x.deadline
     elif t is RunFilter:
