@@ -540,10 +540,38 @@ def _combined(e: AccessEntry, nl: str) -> str:
     )
 
 
+def _line(e: AccessEntry) -> str:
+    return _combined(e, "\n")
+
+
+def _load_c_batch() -> Any:
+    """The C line formatter's ``combined_batch`` (built by ``pip install .`` with a C
+    compiler, proxycore/_alogfmt.c), or None."""
+    try:
+        from proxycore import _alogfmt
+    except ImportError:
+        return None
+    return _alogfmt.combined_batch
+
+
+# Where it is built, combined batches are formatted in C (the same text as _combined, which
+# it calls for the lines it leaves to Python: tests/test_accesslog_c.py).
+_C_BATCH: Final[Callable[[list[AccessEntry], float, Any, Any], str | None] | None] = _load_c_batch()
+
+
 def format_batch(entries: list[AccessEntry], json: bool, offset: float = 0.0) -> str:
     """Lines for ``entries``, each ending in a newline (a writer's batch, see
     :class:`AccessBuffer`). An entry not stamped yet (``created`` 0) is stamped
     ``at + offset``: ``offset`` is the writer's wall clock minus the event clock."""
+    if not json and _C_BATCH is not None:
+        text = _C_BATCH(entries, offset, _clock.get, _line)
+        if text is not None:
+            return text
+    return _format_batch_py(entries, json, offset)
+
+
+def _format_batch_py(entries: list[AccessEntry], json: bool, offset: float) -> str:
+    """:func:`format_batch` in Python (the reference for the C formatter's batches)."""
     out: list[str] = []
     for e in entries:
         if e.created == 0.0:

@@ -1,0 +1,469 @@
+/* The access log's combined lines in C: proxycore/accesslog.py's _combined (the reference,
+ * and the fallback where this module is not built) for a whole batch, in one pass and one
+ * buffer. tests/test_accesslog_c.py checks both give the same text, byte for byte.
+ *
+ * combined_batch(entries, offset, clock_get, line) -> str | None
+ *   entries    a list of AccessEntry; one whose ``created`` is 0.0 is stamped at + offset
+ *              first (as format_batch does)
+ *   clock_get  accesslog._clock.get: (second, local, iso, ' - - [local] "') for a time
+ *   line       the reference for one entry (``_combined(e, "\n")``): called for an entry this
+ *              code does not format itself (Basic auth to decode, a value of an unexpected
+ *              type or range)
+ * Returns the lines, each ending in a newline, or None if a piece is not ASCII (the caller
+ * formats the batch with the reference then). No I/O here: the text is the caller's. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <string.h>
+
+#define MAX_LINE 2048 /* accesslog._MAX_LINE */
+#define SCAN_LINES 6  /* accesslog._SCAN_LINES: past it, empty lines do not end the search */
+
+typedef struct {
+    char *p;
+    Py_ssize_t len, cap;
+} buf_t;
+
+static int grow(buf_t *b, Py_ssize_t more) {
+    if (b->len + more <= b->cap)
+        return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 8192;
+    while (cap < b->len + more) {
+        if (cap > PY_SSIZE_T_MAX / 2) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        cap *= 2;
+    }
+    char *p = PyMem_Realloc(b->p, (size_t)cap);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+/* callers reserve room first: these never grow the buffer */
+static inline void put(buf_t *b, const char *s, Py_ssize_t n) {
+    memcpy(b->p + b->len, s, (size_t)n);
+    b->len += n;
+}
+
+#define PUTS(b, lit) put((b), (lit), (Py_ssize_t)(sizeof(lit) - 1))
+
+static void put_ll(buf_t *b, long long v) {
+    char tmp[24];
+    int i = 24;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        tmp[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        tmp[--i] = '-';
+    put(b, tmp + i, 24 - i);
+}
+
+/* accesslog._secs for a finite t below 1e15: seconds with millisecond resolution, "-" below 0.
+ * The same double arithmetic as int(t * 1000.0 + 0.5) (truncation toward zero). */
+static void put_secs(buf_t *b, double t) {
+    if (t < 0.0) {
+        PUTS(b, "-");
+        return;
+    }
+    long long ms = (long long)(t * 1000.0 + 0.5);
+    put_ll(b, ms / 1000);
+    char tmp[4] = {'.', (char)('0' + ms % 1000 / 100), (char)('0' + ms % 100 / 10),
+                   (char)('0' + ms % 10)};
+    put(b, tmp, 4);
+}
+
+/* nginx's escaping (accesslog._escape for latin-1 text): '"', '\\' and bytes outside
+ * printable ASCII become \xHH (upper-case hex). Needs 4 * n bytes of room. */
+static void put_escaped(buf_t *b, const unsigned char *s, Py_ssize_t n) {
+    static const char hex[] = "0123456789ABCDEF";
+    char *o = b->p + b->len;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        unsigned char c = s[k];
+        if (c < 0x20 || c > 0x7E || c == '"' || c == '\\') {
+            o[0] = '\\';
+            o[1] = 'x';
+            o[2] = hex[c >> 4];
+            o[3] = hex[c & 15];
+            o += 4;
+        } else {
+            *o++ = (char)c;
+        }
+    }
+    b->len = o - b->p;
+}
+
+static Py_ssize_t find_crlf(const unsigned char *h, Py_ssize_t i, Py_ssize_t n) {
+    while (i + 1 < n) {
+        const unsigned char *cr = memchr(h + i, '\r', (size_t)(n - 1 - i));
+        if (cr == NULL)
+            return -1;
+        i = cr - h;
+        if (h[i + 1] == '\n')
+            return i;
+        i++;
+    }
+    return -1;
+}
+
+/* whether h[i:j] starts with name (lower case letters, '-' and ':') in any case */
+static int named(const unsigned char *h, Py_ssize_t i, Py_ssize_t j, const char *name,
+                 Py_ssize_t k) {
+    if (j - i < k)
+        return 0;
+    for (Py_ssize_t m = 0; m < k; m++) {
+        unsigned char ch = h[i + m], o = (unsigned char)name[m];
+        if (ch != o && (o < 0x61 || ch != o - 0x20))
+            return 0;
+    }
+    return 1;
+}
+
+typedef struct {
+    Py_ssize_t at, end; /* at < 0: absent */
+} span_t;
+
+static span_t trim(const unsigned char *h, Py_ssize_t i, Py_ssize_t j) {
+    while (i < j && (h[i] == ' ' || h[i] == '\t'))
+        i++;
+    while (j > i && (h[j - 1] == ' ' || h[j - 1] == '\t'))
+        j--;
+    span_t s = {i, j};
+    return s;
+}
+
+/* accesslog._head_fields on the head's bytes: the request line's length and the first
+ * Authorization, Referer and User-Agent values. */
+static Py_ssize_t head_fields(const unsigned char *h, Py_ssize_t n, span_t *auth, span_t *ref,
+                              span_t *agent) {
+    Py_ssize_t end = find_crlf(h, 0, n);
+    if (end < 0)
+        end = n;
+    auth->at = ref->at = agent->at = -1;
+    auth->end = ref->end = agent->end = -1;
+    Py_ssize_t i = end + 2;
+    int lines = 0;
+    while (i < n) {
+        if (lines < SCAN_LINES && h[i] == '\r' && i + 1 < n && h[i + 1] == '\n')
+            break; /* the empty line */
+        Py_ssize_t j = find_crlf(h, i, n);
+        if (j < 0)
+            j = n;
+        unsigned char c = h[i] | 0x20;
+        if (c == 'u') {
+            if (agent->at < 0 && named(h, i, j, "user-agent:", 11))
+                *agent = trim(h, i + 11, j);
+        } else if (c == 'r') {
+            if (ref->at < 0 && named(h, i, j, "referer:", 8))
+                *ref = trim(h, i + 8, j);
+        } else if (c == 'a' && auth->at < 0 && named(h, i, j, "authorization:", 14)) {
+            *auth = trim(h, i + 14, j);
+        }
+        i = j + 2;
+        lines++;
+    }
+    return end < MAX_LINE ? end : MAX_LINE;
+}
+
+/* an ASCII str's bytes, or NULL (not an exact str, or not ASCII) */
+static const char *ascii(PyObject *o, Py_ssize_t *n) {
+    if (!PyUnicode_CheckExact(o) || !PyUnicode_IS_ASCII(o))
+        return NULL;
+    *n = PyUnicode_GET_LENGTH(o);
+    return (const char *)PyUnicode_1BYTE_DATA(o);
+}
+
+static int get_ll(PyObject *o, long long *v) {
+    if (!PyLong_CheckExact(o))
+        return 0;
+    int overflow;
+    *v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow || (*v == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+/* a float this code formats as _secs does: finite and below 1e15 (NaN, inf and huge values go
+ * to the reference, which raises or formats them as Python does) */
+static int get_secs(PyObject *o, double *t) {
+    if (!PyFloat_CheckExact(o))
+        return 0;
+    *t = PyFloat_AS_DOUBLE(o);
+    return !isnan(*t) && *t < 1e15;
+}
+
+typedef struct {
+    PyObject *head, *parsed, *addr, *status, *sent, *rt, *upstream, *cut;
+} fields_t;
+
+static PyObject *s_head, *s_parsed, *s_remote_addr, *s_status, *s_sent, *s_rt, *s_upstream,
+    *s_cut, *s_created, *s_at;
+
+static void fields_clear(fields_t *f) {
+    Py_CLEAR(f->head);
+    Py_CLEAR(f->parsed);
+    Py_CLEAR(f->addr);
+    Py_CLEAR(f->status);
+    Py_CLEAR(f->sent);
+    Py_CLEAR(f->rt);
+    Py_CLEAR(f->upstream);
+    Py_CLEAR(f->cut);
+}
+
+/* One entry's line into b, or 0 when the reference should format it, -1 on an error. */
+static int format_one(buf_t *b, const fields_t *f, const char *start, Py_ssize_t start_n) {
+    if (!PyBytes_CheckExact(f->head))
+        return 0;
+    const unsigned char *h = (const unsigned char *)PyBytes_AS_STRING(f->head);
+    Py_ssize_t n = PyBytes_GET_SIZE(f->head);
+    Py_ssize_t addr_n;
+    const char *addr = ascii(f->addr, &addr_n);
+    long long status, sent;
+    double rt;
+    if (addr == NULL || !get_ll(f->status, &status) || !get_ll(f->sent, &sent) ||
+        !get_secs(f->rt, &rt) || !PyTuple_CheckExact(f->upstream))
+        return 0;
+    int parsed = PyObject_IsTrue(f->parsed);
+    int cut = PyObject_IsTrue(f->cut);
+    if (parsed < 0 || cut < 0)
+        return -1;
+    span_t auth, ref, agent;
+    Py_ssize_t req_n = head_fields(h, n, &auth, &ref, &agent);
+    if (auth.at >= 0)
+        return 0; /* the Basic-auth user (base64) is the reference's */
+    Py_ssize_t nup = PyTuple_GET_SIZE(f->upstream);
+    Py_ssize_t room = start_n + addr_n + 4 * (req_n + 1) + 4 * (ref.end - ref.at) +
+                      4 * (agent.end - agent.at) + 200;
+    for (Py_ssize_t k = 0; k < nup; k++) {
+        PyObject *a = PyTuple_GET_ITEM(f->upstream, k);
+        Py_ssize_t ua_n;
+        long long us;
+        double ct, ht;
+        if (!PyTuple_CheckExact(a) || PyTuple_GET_SIZE(a) != 4 ||
+            ascii(PyTuple_GET_ITEM(a, 0), &ua_n) == NULL ||
+            !get_ll(PyTuple_GET_ITEM(a, 1), &us) || !get_secs(PyTuple_GET_ITEM(a, 2), &ct) ||
+            !get_secs(PyTuple_GET_ITEM(a, 3), &ht))
+            return 0;
+        room += ua_n + 80;
+    }
+    if (grow(b, room) < 0)
+        return -1;
+    /* a parsed head holds no control character but HTAB (RFC 9112 §5.5): one look at the
+     * whole head tells whether any field needs escaping, as the reference decides */
+    int plain = parsed;
+    for (Py_ssize_t k = 0; plain && k < n; k++) {
+        unsigned char c = h[k];
+        if (c == '"' || c == '\\' || c == '\t' || c >= 0x80)
+            plain = 0;
+    }
+    put(b, addr, addr_n);
+    put(b, start, start_n);
+    if (req_n == 0)
+        PUTS(b, "-");
+    else if (plain)
+        put(b, (const char *)h, req_n);
+    else
+        put_escaped(b, h, req_n);
+    PUTS(b, "\" ");
+    put_ll(b, status);
+    PUTS(b, " ");
+    put_ll(b, sent);
+    if (ref.at < 0) {
+        PUTS(b, " \"-\" \"");
+    } else {
+        PUTS(b, " \"");
+        if (plain)
+            put(b, (const char *)h + ref.at, ref.end - ref.at);
+        else
+            put_escaped(b, h + ref.at, ref.end - ref.at);
+        PUTS(b, "\" \"");
+    }
+    if (agent.at < 0)
+        PUTS(b, "-");
+    else if (plain)
+        put(b, (const char *)h + agent.at, agent.end - agent.at);
+    else
+        put_escaped(b, h + agent.at, agent.end - agent.at);
+    PUTS(b, "\" rt=");
+    put_secs(b, rt);
+    if (nup == 0) {
+        PUTS(b, " uaddr=- us=- uct=- uht=-");
+    } else {
+        static const char *const names[4] = {" uaddr=", " us=", " uct=", " uht="};
+        for (int field = 0; field < 4; field++) {
+            put(b, names[field], (Py_ssize_t)strlen(names[field]));
+            for (Py_ssize_t k = 0; k < nup; k++) {
+                PyObject *a = PyTuple_GET_ITEM(f->upstream, k);
+                PyObject *v = PyTuple_GET_ITEM(a, field);
+                if (k)
+                    PUTS(b, ", ");
+                if (field == 0) {
+                    Py_ssize_t ua_n;
+                    const char *ua = ascii(v, &ua_n);
+                    put(b, ua, ua_n);
+                } else if (field == 1) {
+                    long long us = 0;
+                    get_ll(v, &us);
+                    if (us == 0)
+                        PUTS(b, "-");
+                    else
+                        put_ll(b, us);
+                } else {
+                    put_secs(b, PyFloat_AS_DOUBLE(v));
+                }
+            }
+        }
+    }
+    if (cut)
+        PUTS(b, " cut=1");
+    PUTS(b, "\n");
+    return 1;
+}
+
+static PyObject *combined_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "combined_batch(entries: list, offset: float, clock_get, line)");
+        return NULL;
+    }
+    PyObject *entries = args[0], *clock_get = args[2], *line = args[3];
+    double offset = PyFloat_AsDouble(args[1]);
+    if (offset == -1.0 && PyErr_Occurred())
+        return NULL;
+    buf_t b = {NULL, 0, 0};
+    PyObject *clock = NULL; /* the clock's tuple for `second` */
+    long long second = 0;
+    PyObject *result = NULL;
+    fields_t f = {NULL};
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(entries); i++) {
+        PyObject *e = PyList_GET_ITEM(entries, i);
+        Py_INCREF(e);
+        PyObject *created_o = PyObject_GetAttr(e, s_created);
+        if (created_o == NULL)
+            goto fail_e;
+        double created = PyFloat_AsDouble(created_o);
+        Py_DECREF(created_o);
+        if (created == -1.0 && PyErr_Occurred())
+            goto fail_e;
+        if (created == 0.0) { /* e.created = e.at + offset */
+            PyObject *at_o = PyObject_GetAttr(e, s_at);
+            if (at_o == NULL)
+                goto fail_e;
+            double at = PyFloat_AsDouble(at_o);
+            Py_DECREF(at_o);
+            if (at == -1.0 && PyErr_Occurred())
+                goto fail_e;
+            created = at + offset;
+            PyObject *c = PyFloat_FromDouble(created);
+            if (c == NULL || PyObject_SetAttr(e, s_created, c) < 0) {
+                Py_XDECREF(c);
+                goto fail_e;
+            }
+            Py_DECREF(c);
+        }
+        int done = 0;
+        const char *start = NULL;
+        Py_ssize_t start_n = 0;
+        if (!isnan(created) && created > -9e18 && created < 9e18) {
+            long long sec = (long long)created; /* int(created): toward zero */
+            if (clock == NULL || sec != second) {
+                PyObject *c = PyFloat_FromDouble(created);
+                if (c == NULL)
+                    goto fail_e;
+                PyObject *t = PyObject_CallOneArg(clock_get, c);
+                Py_DECREF(c);
+                if (t == NULL)
+                    goto fail_e;
+                Py_XSETREF(clock, t);
+                second = sec;
+            }
+            if (PyTuple_CheckExact(clock) && PyTuple_GET_SIZE(clock) == 4)
+                start = ascii(PyTuple_GET_ITEM(clock, 3), &start_n);
+        }
+        if (start != NULL) {
+            if ((f.head = PyObject_GetAttr(e, s_head)) == NULL ||
+                (f.parsed = PyObject_GetAttr(e, s_parsed)) == NULL ||
+                (f.addr = PyObject_GetAttr(e, s_remote_addr)) == NULL ||
+                (f.status = PyObject_GetAttr(e, s_status)) == NULL ||
+                (f.sent = PyObject_GetAttr(e, s_sent)) == NULL ||
+                (f.rt = PyObject_GetAttr(e, s_rt)) == NULL ||
+                (f.upstream = PyObject_GetAttr(e, s_upstream)) == NULL ||
+                (f.cut = PyObject_GetAttr(e, s_cut)) == NULL)
+                goto fail_e;
+            done = format_one(&b, &f, start, start_n);
+            fields_clear(&f);
+            if (done < 0)
+                goto fail_e;
+        }
+        if (!done) { /* the reference formats this one */
+            PyObject *text = PyObject_CallOneArg(line, e);
+            if (text == NULL)
+                goto fail_e;
+            Py_ssize_t n;
+            const char *s = ascii(text, &n);
+            if (s == NULL) { /* not ASCII (or not a str): the caller formats the batch */
+                Py_DECREF(text);
+                Py_DECREF(e);
+                result = Py_None;
+                Py_INCREF(result);
+                goto out;
+            }
+            if (grow(&b, n) < 0) {
+                Py_DECREF(text);
+                goto fail_e;
+            }
+            put(&b, s, n);
+            Py_DECREF(text);
+        }
+        Py_DECREF(e);
+        continue;
+    fail_e:
+        fields_clear(&f);
+        Py_DECREF(e);
+        goto out;
+    }
+    result = PyUnicode_New(b.len, 127);
+    if (result != NULL && b.len)
+        memcpy(PyUnicode_1BYTE_DATA(result), b.p, (size_t)b.len);
+out:
+    Py_XDECREF(clock);
+    PyMem_Free(b.p);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"combined_batch", (PyCFunction)(void (*)(void))combined_batch, METH_FASTCALL,
+     "The combined lines of a batch of access entries (None: format it in Python)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_alogfmt", "The access log's combined lines in C.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__alogfmt(void) {
+    struct {
+        PyObject **s;
+        const char *name;
+    } names[] = {
+        {&s_head, "head"},           {&s_parsed, "parsed"},   {&s_remote_addr, "remote_addr"},
+        {&s_status, "status"},       {&s_sent, "body_bytes_sent"},
+        {&s_rt, "request_time"},     {&s_upstream, "upstream"}, {&s_cut, "cut"},
+        {&s_created, "created"},     {&s_at, "at"},
+    };
+    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
+        if (*names[k].s == NULL && (*names[k].s = PyUnicode_InternFromString(names[k].name)) == NULL)
+            return NULL;
+    }
+    return PyModule_Create(&module);
+}
