@@ -2,12 +2,12 @@
  * and the fallback where this module is not built) for a whole batch, in one pass and one
  * buffer. tests/test_accesslog_c.py checks both give the same text, byte for byte.
  *
- * combined_batch(flat, clock_get, line) -> str | None
- *   flat       the batch's entries, FIELDS items each: the AccessEntry and its created,
- *              head, parsed, remote_addr, status, body_bytes_sent, request_time, upstream
- *              and cut (accesslog._flat: read by compiled code, a load each, where a read
- *              from C is a generic attribute lookup of ~150 instructions); ``created`` is
- *              already stamped
+ * combined_batch(entries, offset, clock_get, line) -> str | None
+ *   entries    a list of AccessEntry; one whose ``created`` is 0.0 is stamped at + offset
+ *              first (as format_batch does). Their attributes are read through their
+ *              type's descriptors directly (the getter a generic attribute lookup would
+ *              find and call, found once per batch: a lookup per read costs ~150
+ *              instructions, ten per line)
  *   clock_get  accesslog._clock.get: (second, local, iso, ' - - [local] "') for a time
  *   line       the reference for one entry (``_combined(e, "\n")``): called for an entry this
  *              code does not format itself (Basic auth to decode, a value of an unexpected
@@ -17,6 +17,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -50,39 +51,62 @@ static int grow(buf_t *b, Py_ssize_t more) {
     return 0;
 }
 
-/* callers reserve room first: these never grow the buffer */
+/* callers reserve room first: these never grow the buffer. Short pieces (most of a line)
+ * are copied with fixed-size moves, not a call to memcpy. */
 static inline __attribute__((always_inline)) void put(buf_t *b, const char *s, Py_ssize_t n) {
-    memcpy(b->p + b->len, s, (size_t)n);
+    char *o = b->p + b->len;
+    if (n >= 8 && n <= 16) {
+        memcpy(o, s, 8);
+        memcpy(o + n - 8, s + n - 8, 8);
+    } else if (n >= 4 && n < 8) {
+        memcpy(o, s, 4);
+        memcpy(o + n - 4, s + n - 4, 4);
+    } else if (n < 4) {
+        for (Py_ssize_t k = 0; k < n; k++)
+            o[k] = s[k];
+    } else {
+        memcpy(o, s, (size_t)n);
+    }
     b->len += n;
 }
 
 #define PUTS(b, lit) put((b), (lit), (Py_ssize_t)(sizeof(lit) - 1))
 
-static void put_ll(buf_t *b, long long v) {
-    char tmp[24];
-    int i = 24;
+/* v in decimal, written in place */
+static inline void put_ll(buf_t *b, long long v) {
+    char *o = b->p + b->len;
     unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-    do {
-        tmp[--i] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
     if (v < 0)
-        tmp[--i] = '-';
-    put(b, tmp + i, 24 - i);
+        *o++ = '-';
+    int digits = 1;
+    for (unsigned long long x = u; x >= 10; x /= 10)
+        digits++;
+    for (int k = digits - 1; k >= 0; k--) {
+        o[k] = (char)('0' + u % 10);
+        u /= 10;
+    }
+    b->len = o + digits - b->p;
 }
 
 /* accesslog._secs for a finite t below 1e15: seconds with millisecond resolution, "-" below 0.
  * The same double arithmetic as int(t * 1000.0 + 0.5) (truncation toward zero). */
-static void put_secs(buf_t *b, double t) {
+static inline void put_secs(buf_t *b, double t) {
     if (t < 0.0) {
-        PUTS(b, "-");
+        b->p[b->len++] = '-';
         return;
     }
     long long ms = (long long)(t * 1000.0 + 0.5);
-    put_ll(b, ms / 1000);
-    char tmp[4] = {'.', (char)('0' + ms % 1000 / 100), (char)('0' + ms % 100 / 10),
-                   (char)('0' + ms % 10)};
-    put(b, tmp, 4);
+    if (ms < 1000)
+        b->p[b->len++] = '0';
+    else
+        put_ll(b, ms / 1000);
+    char *o = b->p + b->len;
+    int frac = (int)(ms % 1000);
+    o[0] = '.';
+    o[1] = (char)('0' + frac / 100);
+    o[2] = (char)('0' + frac / 10 % 10);
+    o[3] = (char)('0' + frac % 10);
+    b->len += 4;
 }
 
 /* nginx's escaping (accesslog._escape for latin-1 text): '"', '\\' and bytes outside
@@ -228,8 +252,67 @@ static int get_secs(PyObject *o, double *t) {
     return !isnan(*t) && *t < 1e15;
 }
 
-enum { F_ENTRY, F_CREATED, F_HEAD, F_PARSED, F_ADDR, F_STATUS, F_SENT, F_RT, F_UPSTREAM, F_CUT,
-       FIELDS };
+/* the attributes read, in this order */
+enum { A_CREATED, A_AT, A_HEAD, A_PARSED, A_ADDR, A_STATUS, A_SENT, A_RT, A_UPSTREAM, A_CUT, NATTR };
+static const char *const attr_names[NATTR] = {
+    "created", "at", "head", "parsed", "remote_addr", "status", "body_bytes_sent",
+    "request_time", "upstream", "cut",
+};
+static PyObject *attr_str[NATTR]; /* interned at import */
+
+/* How to read the attributes of one type: its data descriptors (a compiled class's getset
+ * descriptors, a slotted class's member descriptors) or, for anything else, the generic
+ * lookup. */
+typedef struct {
+    PyTypeObject *type;
+    PyObject *descr[NATTR]; /* owned; NULL: use PyObject_GetAttr */
+} reader_t;
+
+static void reader_clear(reader_t *r) {
+    for (int k = 0; k < NATTR; k++)
+        Py_CLEAR(r->descr[k]);
+    r->type = NULL;
+}
+
+static void reader_for(reader_t *r, PyTypeObject *type) {
+    reader_clear(r);
+    r->type = type;
+    if (type->tp_getattro != PyObject_GenericGetAttr || type->tp_setattro != PyObject_GenericSetAttr)
+        return;
+    for (int k = 0; k < NATTR; k++) {
+        PyObject *d = _PyType_Lookup(type, attr_str[k]); /* borrowed */
+        if (d != NULL &&
+            ((Py_IS_TYPE(d, &PyGetSetDescr_Type) &&
+              ((PyGetSetDescrObject *)d)->d_getset->get != NULL) ||
+             Py_IS_TYPE(d, &PyMemberDescr_Type))) {
+            Py_INCREF(d);
+            r->descr[k] = d;
+        }
+    }
+}
+
+/* getattr(e, attr_names[k]), a new reference */
+static PyObject *get(const reader_t *r, PyObject *e, int k) {
+    PyObject *d = r->descr[k];
+    if (d == NULL)
+        return PyObject_GetAttr(e, attr_str[k]);
+    if (Py_IS_TYPE(d, &PyMemberDescr_Type))
+        return PyMember_GetOne((const char *)e, ((PyMemberDescrObject *)d)->d_member);
+    PyGetSetDef *g = ((PyGetSetDescrObject *)d)->d_getset;
+    return g->get(e, g->closure);
+}
+
+/* setattr(e, attr_names[k], v) */
+static int set(const reader_t *r, PyObject *e, int k, PyObject *v) {
+    PyObject *d = r->descr[k];
+    if (d != NULL && Py_IS_TYPE(d, &PyMemberDescr_Type))
+        return PyMember_SetOne((char *)e, ((PyMemberDescrObject *)d)->d_member, v);
+    if (d != NULL && ((PyGetSetDescrObject *)d)->d_getset->set != NULL) {
+        PyGetSetDef *g = ((PyGetSetDescrObject *)d)->d_getset;
+        return g->set(e, v, g->closure);
+    }
+    return PyObject_SetAttr(e, attr_str[k], v);
+}
 
 typedef struct {
     PyObject *head, *parsed, *addr, *status, *sent, *rt, *upstream, *cut;
@@ -341,20 +424,63 @@ static int format_one(buf_t *b, const fields_t *f, const char *start, Py_ssize_t
     return 1;
 }
 
+static void fields_clear(fields_t *f) {
+    Py_CLEAR(f->head);
+    Py_CLEAR(f->parsed);
+    Py_CLEAR(f->addr);
+    Py_CLEAR(f->status);
+    Py_CLEAR(f->sent);
+    Py_CLEAR(f->rt);
+    Py_CLEAR(f->upstream);
+    Py_CLEAR(f->cut);
+}
+
+/* e.created, stamped at + offset if it is 0.0 (-1.0 with an exception set on an error) */
+static double created_of(const reader_t *r, PyObject *e, double offset) {
+    PyObject *o = get(r, e, A_CREATED);
+    if (o == NULL)
+        return -1.0;
+    double created = PyFloat_AsDouble(o);
+    Py_DECREF(o);
+    if (created != 0.0)
+        return created;
+    if ((o = get(r, e, A_AT)) == NULL)
+        return -1.0;
+    double at = PyFloat_AsDouble(o);
+    Py_DECREF(o);
+    if (at == -1.0 && PyErr_Occurred())
+        return -1.0;
+    created = at + offset;
+    if ((o = PyFloat_FromDouble(created)) == NULL)
+        return -1.0;
+    int err = set(r, e, A_CREATED, o);
+    Py_DECREF(o);
+    return err < 0 ? -1.0 : created;
+}
+
 static PyObject *combined_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 || !PyList_CheckExact(args[0]) || PyList_GET_SIZE(args[0]) % FIELDS) {
-        PyErr_SetString(PyExc_TypeError, "combined_batch(flat: list, clock_get, line)");
+    if (nargs != 4 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "combined_batch(entries: list, offset: float, clock_get, line)");
         return NULL;
     }
-    PyObject *flat = args[0], *clock_get = args[1], *line = args[2];
+    PyObject *entries = args[0], *clock_get = args[2], *line = args[3];
+    double offset = PyFloat_AsDouble(args[1]);
+    if (offset == -1.0 && PyErr_Occurred())
+        return NULL;
     buf_t b = {NULL, 0, 0};
     PyObject *clock = NULL; /* the clock's tuple for `second` */
     long long second = 0;
     PyObject *result = NULL;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(flat); i += FIELDS) {
-        /* (the callbacks below cannot reach `flat`: the caller's own list) */
-        PyObject *const *item = &PyList_GET_ITEM(flat, i);
-        double created = PyFloat_AsDouble(item[F_CREATED]);
+    reader_t r = {NULL, {NULL}};
+    fields_t f = {NULL};
+    PyObject *e = NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(entries); i++) {
+        e = PyList_GET_ITEM(entries, i);
+        Py_INCREF(e);
+        if (Py_TYPE(e) != r.type)
+            reader_for(&r, Py_TYPE(e));
+        double created = created_of(&r, e, offset);
         if (created == -1.0 && PyErr_Occurred())
             goto out;
         int done = 0;
@@ -377,14 +503,21 @@ static PyObject *combined_batch(PyObject *self, PyObject *const *args, Py_ssize_
                 start = ascii(PyTuple_GET_ITEM(clock, 3), &start_n);
         }
         if (start != NULL) {
-            fields_t f = {item[F_HEAD], item[F_PARSED], item[F_ADDR],     item[F_STATUS],
-                          item[F_SENT], item[F_RT],     item[F_UPSTREAM], item[F_CUT]};
+            if ((f.head = get(&r, e, A_HEAD)) == NULL ||
+                (f.parsed = get(&r, e, A_PARSED)) == NULL ||
+                (f.addr = get(&r, e, A_ADDR)) == NULL ||
+                (f.status = get(&r, e, A_STATUS)) == NULL ||
+                (f.sent = get(&r, e, A_SENT)) == NULL || (f.rt = get(&r, e, A_RT)) == NULL ||
+                (f.upstream = get(&r, e, A_UPSTREAM)) == NULL ||
+                (f.cut = get(&r, e, A_CUT)) == NULL)
+                goto out;
             done = format_one(&b, &f, start, start_n);
+            fields_clear(&f);
             if (done < 0)
                 goto out;
         }
         if (!done) { /* the reference formats this one */
-            PyObject *text = PyObject_CallOneArg(line, item[F_ENTRY]);
+            PyObject *text = PyObject_CallOneArg(line, e);
             if (text == NULL)
                 goto out;
             Py_ssize_t n;
@@ -402,11 +535,15 @@ static PyObject *combined_batch(PyObject *self, PyObject *const *args, Py_ssize_
             put(&b, s, n);
             Py_DECREF(text);
         }
+        Py_CLEAR(e);
     }
     result = PyUnicode_New(b.len, 127);
     if (result != NULL && b.len)
         memcpy(PyUnicode_1BYTE_DATA(result), b.p, (size_t)b.len);
 out:
+    fields_clear(&f);
+    Py_XDECREF(e);
+    reader_clear(&r);
     Py_XDECREF(clock);
     PyMem_Free(b.p);
     return result;
@@ -422,4 +559,10 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_alogfmt", "The access log's combined lines in C.", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__alogfmt(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__alogfmt(void) {
+    for (int k = 0; k < NATTR; k++) {
+        if (attr_str[k] == NULL && (attr_str[k] = PyUnicode_InternFromString(attr_names[k])) == NULL)
+            return NULL;
+    }
+    return PyModule_Create(&module);
+}

@@ -556,7 +556,7 @@ def _load_c_batch() -> Any:
 
 # Where it is built, combined batches are formatted in C (the same text as _combined, which
 # it calls for the lines it leaves to Python: tests/test_accesslog_c.py).
-_C_BATCH: Final[Callable[[list[object], Any, Any], str | None] | None] = _load_c_batch()
+_C_BATCH: Final[Callable[[list[AccessEntry], float, Any, Any], str | None] | None] = _load_c_batch()
 
 
 def format_batch(entries: list[AccessEntry], json: bool, offset: float = 0.0) -> str:
@@ -564,30 +564,11 @@ def format_batch(entries: list[AccessEntry], json: bool, offset: float = 0.0) ->
     :class:`AccessBuffer`). An entry not stamped yet (``created`` 0) is stamped
     ``at + offset``: ``offset`` is the writer's wall clock minus the event clock."""
     c_batch = _C_BATCH
-    if json or c_batch is None:
-        return _format_batch_py(entries, json, offset)
-    text = c_batch(_flat(entries, offset), _clock.get, _line)
-    return text if text is not None else _format_batch_py(entries, json, offset)
-
-
-def _flat(entries: list[AccessEntry], offset: float) -> list[object]:
-    """The entries stamped, and the fields the C formatter reads, in the order its ``F_*``
-    constants name (read here: compiled, a load each; from C, a generic attribute lookup)."""
-    flat: list[object] = []
-    for e in entries:
-        if e.created == 0.0:
-            e.created = e.at + offset
-        flat.append(e)
-        flat.append(e.created)
-        flat.append(e.head)
-        flat.append(e.parsed)
-        flat.append(e.remote_addr)
-        flat.append(e.status)
-        flat.append(e.body_bytes_sent)
-        flat.append(e.request_time)
-        flat.append(e.upstream)
-        flat.append(e.cut)
-    return flat
+    if not json and c_batch is not None:
+        text = c_batch(entries, offset, _clock.get, _line)
+        if text is not None:
+            return text
+    return _format_batch_py(entries, json, offset)
 
 
 def _format_batch_py(entries: list[AccessEntry], json: bool, offset: float) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from proxycore import accesslog
-from proxycore.accesslog import AccessEntry, _clock, _flat, _format_batch_py, _line, format_json
+from proxycore.accesslog import AccessEntry, _clock, _format_batch_py, _line, format_json
 
 SOURCE = Path(accesslog.__file__).with_name("_alogfmt.c")
 
@@ -145,7 +145,7 @@ def test_c_batches_equal_the_reference(cfmt: ModuleType) -> None:
     for seed in range(600):
         a, b = twins(seed, rng.choice((1, 7, 64)))
         offset = rng.choice((0.0, 1764624000.5))
-        got = cfmt.combined_batch(_flat(a, offset), _clock.get, _line)
+        got = cfmt.combined_batch(a, offset, _clock.get, _line)
         assert got == _format_batch_py(b, False, offset), seed
         assert [e.created for e in a] == [e.created for e in b]
 
@@ -156,7 +156,7 @@ def test_non_ascii_batches_are_left_to_the_reference(cfmt: ModuleType) -> None:
     left = 0
     for seed in range(300):
         a, b = twins(seed, 8, ascii_only=False)
-        got = cfmt.combined_batch(_flat(a, 5.0), _clock.get, _line)
+        got = cfmt.combined_batch(a, 5.0, _clock.get, _line)
         want = _format_batch_py(b, False, 5.0)
         if got is None:
             left += 1
@@ -173,7 +173,7 @@ def test_values_python_refuses_raise_the_same_way(cfmt: ModuleType) -> None:
         with pytest.raises((ValueError, OverflowError)) as want:
             _format_batch_py(b, False, 0.0)
         with pytest.raises(want.type):
-            cfmt.combined_batch(_flat(a, 0.0), _clock.get, _line)
+            cfmt.combined_batch(a, 0.0, _clock.get, _line)
 
 
 def test_a_real_line_the_way_the_log_writes_it(cfmt: ModuleType) -> None:
@@ -186,10 +186,47 @@ def test_a_real_line_the_way_the_log_writes_it(cfmt: ModuleType) -> None:
         (("127.0.0.1:9000", 200, 0.0005, 0.012),),
     )
     e.created = 1764624037.25
-    assert cfmt.combined_batch(_flat([e], 0.0), _clock.get, _line) == (
+    assert cfmt.combined_batch([e], 0.0, _clock.get, _line) == (
         f'10.0.0.1 - - [{accesslog.time_local(e.created)}] "GET /a?b=1 HTTP/1.1" 200 53 '
         '"http://r/" "t/1" rt=0.013 uaddr=127.0.0.1:9000 us=200 uct=0.001 uht=0.012\n'
     )
+
+
+class _Plain:
+    """An object with an AccessEntry's attributes in a __dict__ (no slot descriptors)."""
+
+    def __init__(self, e: AccessEntry) -> None:
+        for name in ("at", "body_bytes_sent", "created", "cut", "head", "parsed",
+                     "remote_addr", "request_time", "status", "upstream"):  # fmt: skip
+            setattr(self, name, getattr(e, name))
+
+
+def test_attributes_read_through_any_type(cfmt: ModuleType) -> None:
+    """The C code reads attributes through the type's own descriptors, found again when the
+    type changes within a batch; a type without such descriptors is read the generic way."""
+    for seed in range(100):
+        a, b = twins(seed, 9)
+        probe, _ = twins(seed, 9)
+        mine = [i for i in range(9) if _line_is_c(cfmt, probe[i])]  # (no call to the reference)
+        mixed: list[Any] = [_Plain(a[i]) if i % 3 else a[i] for i in mine]
+        ref = [b[i] for i in mine]
+        assert cfmt.combined_batch(mixed, 2.0, _clock.get, _line) == _format_batch_py(
+            ref, False, 2.0
+        ), seed
+        assert [e.created for e in mixed] == [e.created for e in ref]
+
+
+def _line_is_c(cfmt: ModuleType, e: Any) -> bool:
+    """Whether the C code formats ``e`` itself (it never calls ``line`` for it)."""
+
+    def refuse(_: object) -> str:
+        raise LookupError
+
+    try:
+        cfmt.combined_batch([e], 0.0, _clock.get, refuse)
+    except LookupError:
+        return False
+    return True
 
 
 def test_format_batch_uses_the_c_formatter_where_it_is_built() -> None:
@@ -222,13 +259,13 @@ _ASAN_FUZZ = r"""
 import random, sys
 sys.path.insert(0, sys.argv[1])
 import _alogfmt
-from proxycore.accesslog import _clock, _flat, _format_batch_py, _line
+from proxycore.accesslog import _clock, _format_batch_py, _line
 from tests.test_accesslog_c import twins
 rng = random.Random(int(sys.argv[2]))
 for seed in range(int(sys.argv[3])):
     ascii_only = seed % 4 != 0
     a, b = twins(seed, rng.choice((1, 7, 64)), ascii_only)
-    got = _alogfmt.combined_batch(_flat(a, 2.5), _clock.get, _line)
+    got = _alogfmt.combined_batch(a, 2.5, _clock.get, _line)
     want = _format_batch_py(b, False, 2.5)
     assert got == want or (got is None and not want.isascii()), seed
 print("ok")
