@@ -78,6 +78,15 @@ static inline void put_ll(buf_t *b, long long v) {
     unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
     if (v < 0)
         *o++ = '-';
+    if (u < 1000) { /* a status, a small size: most numbers of a line */
+        if (u >= 100)
+            *o++ = (char)('0' + u / 100);
+        if (u >= 10)
+            *o++ = (char)('0' + u / 10 % 10);
+        *o++ = (char)('0' + u % 10);
+        b->len = o - b->p;
+        return;
+    }
     int digits = 1;
     for (unsigned long long x = u; x >= 10; x /= 10)
         digits++;
@@ -469,6 +478,8 @@ static PyObject *combined_batch(PyObject *self, PyObject *const *args, Py_ssize_
     if (offset == -1.0 && PyErr_Occurred())
         return NULL;
     buf_t b = {NULL, 0, 0};
+    if (grow(&b, 256 * PyList_GET_SIZE(entries)) < 0) /* (a usual line: ~150 bytes) */
+        return NULL;
     PyObject *clock = NULL; /* the clock's tuple for `second` */
     long long second = 0;
     PyObject *result = NULL;
