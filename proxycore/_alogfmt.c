@@ -3,7 +3,8 @@
  * buffer. tests/test_accesslog_c.py checks both give the same text, byte for byte.
  *
  * combined_batch(entries, offset, clock_get, line) -> str | None
- *   entries    a list of AccessEntry; one whose ``created`` is 0.0 is stamped at + offset
+ *   entries    a list of AccessEntry (with retries, i.e. earlier attempts in ``tries``, a
+ *              line is the reference's); one whose ``created`` is 0.0 is stamped at + offset
  *              first (as format_batch does). Their attributes are read through their
  *              type's descriptors directly (the getter a generic attribute lookup would
  *              find and call, found once per batch: a lookup per read costs ~150
@@ -262,10 +263,13 @@ static int get_secs(PyObject *o, double *t) {
 }
 
 /* the attributes read, in this order */
-enum { A_CREATED, A_AT, A_HEAD, A_PARSED, A_ADDR, A_STATUS, A_SENT, A_RT, A_UPSTREAM, A_CUT, NATTR };
+enum {
+    A_CREATED, A_AT, A_HEAD, A_PARSED, A_ADDR, A_STATUS, A_SENT, A_RT, A_TRIES, A_UADDR,
+    A_USTATUS, A_UCT, A_UHT, A_CUT, NATTR
+};
 static const char *const attr_names[NATTR] = {
     "created", "at", "head", "parsed", "remote_addr", "status", "body_bytes_sent",
-    "request_time", "upstream", "cut",
+    "request_time", "tries", "uaddr", "ustatus", "uct", "uht", "cut",
 };
 static PyObject *attr_str[NATTR]; /* interned at import */
 
@@ -324,7 +328,8 @@ static int set(const reader_t *r, PyObject *e, int k, PyObject *v) {
 }
 
 typedef struct {
-    PyObject *head, *parsed, *addr, *status, *sent, *rt, *upstream, *cut;
+    PyObject *head, *parsed, *addr, *status, *sent, *rt, *tries, *uaddr, *ustatus, *uct, *uht,
+        *cut;
 } fields_t;
 
 /* One entry's line into b, or 0 when the reference should format it, -1 on an error. */
@@ -338,7 +343,19 @@ static int format_one(buf_t *b, const fields_t *f, const char *start, Py_ssize_t
     long long status, sent;
     double rt;
     if (addr == NULL || !get_ll(f->status, &status) || !get_ll(f->sent, &sent) ||
-        !get_secs(f->rt, &rt) || !PyTuple_CheckExact(f->upstream))
+        !get_secs(f->rt, &rt))
+        return 0;
+    /* the upstream attempts: with retries (earlier attempts in `tries`) the reference
+     * writes the line; else none (uaddr None) or one, in the entry's fields */
+    if (!PyTuple_CheckExact(f->tries) || PyTuple_GET_SIZE(f->tries) != 0)
+        return 0;
+    int up = f->uaddr != Py_None;
+    Py_ssize_t ua_n = 0;
+    const char *ua = NULL;
+    long long us = 0;
+    double ct = 0.0, ht = 0.0;
+    if (up && ((ua = ascii(f->uaddr, &ua_n)) == NULL || !get_ll(f->ustatus, &us) ||
+               !get_secs(f->uct, &ct) || !get_secs(f->uht, &ht)))
         return 0;
     int parsed = PyObject_IsTrue(f->parsed);
     int cut = PyObject_IsTrue(f->cut);
@@ -348,21 +365,8 @@ static int format_one(buf_t *b, const fields_t *f, const char *start, Py_ssize_t
     Py_ssize_t req_n = head_fields(h, n, &auth, &ref, &agent);
     if (auth.at >= 0)
         return 0; /* the Basic-auth user (base64) is the reference's */
-    Py_ssize_t nup = PyTuple_GET_SIZE(f->upstream);
     Py_ssize_t room = start_n + addr_n + 4 * (req_n + 1) + 4 * (ref.end - ref.at) +
-                      4 * (agent.end - agent.at) + 200;
-    for (Py_ssize_t k = 0; k < nup; k++) {
-        PyObject *a = PyTuple_GET_ITEM(f->upstream, k);
-        Py_ssize_t ua_n;
-        long long us;
-        double ct, ht;
-        if (!PyTuple_CheckExact(a) || PyTuple_GET_SIZE(a) != 4 ||
-            ascii(PyTuple_GET_ITEM(a, 0), &ua_n) == NULL ||
-            !get_ll(PyTuple_GET_ITEM(a, 1), &us) || !get_secs(PyTuple_GET_ITEM(a, 2), &ct) ||
-            !get_secs(PyTuple_GET_ITEM(a, 3), &ht))
-            return 0;
-        room += ua_n + 80;
-    }
+                      4 * (agent.end - agent.at) + ua_n + 200;
     if (grow(b, room) < 0)
         return -1;
     /* a parsed head holds no control character but HTAB (RFC 9112 §5.5): one look at the
@@ -398,34 +402,20 @@ static int format_one(buf_t *b, const fields_t *f, const char *start, Py_ssize_t
         put_escaped(b, h + agent.at, agent.end - agent.at);
     PUTS(b, "\" rt=");
     put_secs(b, rt);
-    if (nup == 0) {
+    if (!up) {
         PUTS(b, " uaddr=- us=- uct=- uht=-");
     } else {
-        static const char *const names[4] = {" uaddr=", " us=", " uct=", " uht="};
-        static const Py_ssize_t lens[4] = {7, 4, 5, 5};
-        for (int field = 0; field < 4; field++) {
-            put(b, names[field], lens[field]);
-            for (Py_ssize_t k = 0; k < nup; k++) {
-                PyObject *a = PyTuple_GET_ITEM(f->upstream, k);
-                PyObject *v = PyTuple_GET_ITEM(a, field);
-                if (k)
-                    PUTS(b, ", ");
-                if (field == 0) {
-                    Py_ssize_t ua_n;
-                    const char *ua = ascii(v, &ua_n);
-                    put(b, ua, ua_n);
-                } else if (field == 1) {
-                    long long us = 0;
-                    get_ll(v, &us);
-                    if (us == 0)
-                        PUTS(b, "-");
-                    else
-                        put_ll(b, us);
-                } else {
-                    put_secs(b, PyFloat_AS_DOUBLE(v));
-                }
-            }
-        }
+        PUTS(b, " uaddr=");
+        put(b, ua, ua_n);
+        PUTS(b, " us=");
+        if (us == 0)
+            PUTS(b, "-");
+        else
+            put_ll(b, us);
+        PUTS(b, " uct=");
+        put_secs(b, ct);
+        PUTS(b, " uht=");
+        put_secs(b, ht);
     }
     if (cut)
         PUTS(b, " cut=1");
@@ -440,7 +430,11 @@ static void fields_clear(fields_t *f) {
     Py_CLEAR(f->status);
     Py_CLEAR(f->sent);
     Py_CLEAR(f->rt);
-    Py_CLEAR(f->upstream);
+    Py_CLEAR(f->tries);
+    Py_CLEAR(f->uaddr);
+    Py_CLEAR(f->ustatus);
+    Py_CLEAR(f->uct);
+    Py_CLEAR(f->uht);
     Py_CLEAR(f->cut);
 }
 
@@ -519,7 +513,10 @@ static PyObject *combined_batch(PyObject *self, PyObject *const *args, Py_ssize_
                 (f.addr = get(&r, e, A_ADDR)) == NULL ||
                 (f.status = get(&r, e, A_STATUS)) == NULL ||
                 (f.sent = get(&r, e, A_SENT)) == NULL || (f.rt = get(&r, e, A_RT)) == NULL ||
-                (f.upstream = get(&r, e, A_UPSTREAM)) == NULL ||
+                (f.tries = get(&r, e, A_TRIES)) == NULL ||
+                (f.uaddr = get(&r, e, A_UADDR)) == NULL ||
+                (f.ustatus = get(&r, e, A_USTATUS)) == NULL ||
+                (f.uct = get(&r, e, A_UCT)) == NULL || (f.uht = get(&r, e, A_UHT)) == NULL ||
                 (f.cut = get(&r, e, A_CUT)) == NULL)
                 goto out;
             done = format_one(&b, &f, start, start_n);

@@ -108,7 +108,10 @@ class AccessEntry:
     outside the core (0.0 until then); ``at``: the event-clock time the line was logged at
     (the engine's ``now``; below 0 when unknown), from which a writer stamps ``created``;
     ``request_time`` and the upstream times are seconds; an attempt's status is 0 and its
-    times below 0 when absent."""
+    times below 0 when absent. ``upstream`` (every attempt, in order) is kept as the
+    attempts before the last (``tries``) and the last one's fields (``uaddr``, None when
+    nothing went upstream, ``ustatus``, ``uct``, ``uht``): a request that went upstream once
+    builds no tuple for its line."""
 
     __slots__ = (
         "at",
@@ -120,7 +123,11 @@ class AccessEntry:
         "remote_addr",
         "request_time",
         "status",
-        "upstream",
+        "tries",
+        "uaddr",
+        "uct",
+        "uht",
+        "ustatus",
     )
 
     def __init__(
@@ -137,11 +144,37 @@ class AccessEntry:
         self.status = status
         self.body_bytes_sent = body_bytes_sent
         self.request_time = request_time if request_time > 0.0 else 0.0
-        self.upstream = upstream
+        self.tries: tuple[Attempt, ...] = ()
+        self.uaddr: str | None = None
+        self.ustatus = 0
+        self.uct = -1.0
+        self.uht = -1.0
+        if upstream:
+            self.upstream = upstream
         self.created = 0.0
         self.at = -1.0
         self.parsed = True  # False: a rejected head (it may hold any byte)
         self.cut = False  # True: the shutdown cut the exchange (its grace period ran out)
+
+    @property
+    def upstream(self) -> tuple[Attempt, ...]:
+        """Every upstream attempt, in order: (address, status or 0, connect time, header
+        time); ``()`` when nothing went upstream."""
+        uaddr = self.uaddr
+        if uaddr is None:
+            return self.tries
+        return (*self.tries, (uaddr, self.ustatus, self.uct, self.uht))
+
+    @upstream.setter
+    def upstream(self, attempts: tuple[Attempt, ...]) -> None:
+        if not attempts:
+            self.tries = ()
+            self.uaddr = None
+            self.ustatus = 0
+            self.uct = self.uht = -1.0
+            return
+        self.tries = tuple(attempts[:-1])
+        self.uaddr, self.ustatus, self.uct, self.uht = attempts[-1]
 
     @property
     def request(self) -> str:
@@ -248,13 +281,6 @@ def attempt(s: Session, err: ProxyError | None) -> Attempt:
 def log_session(logger: Any, s: Session) -> None:
     """The record of a request that had a session (everything but rejected heads)."""
     err = s.error
-    tries = s._tries
-    upstream: tuple[Attempt, ...]
-    if s._t_peer >= 0.0:
-        current = attempt(s, err)
-        upstream = (*tries, current) if tries else (current,)
-    else:
-        upstream = tuple(tries) if tries else ()
     now = s.engine.now
     entry = AccessEntry(
         s.down.client_addr[0],
@@ -262,8 +288,25 @@ def log_session(logger: Any, s: Session) -> None:
         s.response_status or (err.status if err is not None else 0),
         s.response_body_bytes,
         now - s.start_time,
-        upstream,
     )
+    tries = s._tries
+    if s._t_peer >= 0.0:  # the current attempt, as attempt() gives it, in the entry's fields
+        if tries:
+            entry.tries = tuple(tries)
+        start = s._t_peer
+        resp = s._resp
+        if resp is not None:
+            entry.ustatus = resp.status
+        elif err is not None and err.source is ErrorSource.UPSTREAM:
+            entry.ustatus = 504 if err.etype in _TIMEOUTS else 502
+        conn = s._t_conn
+        head = s._t_head
+        peer = s.peer
+        entry.uaddr = peer.address if peer is not None else "-"
+        entry.uct = conn - start if conn >= 0.0 else -1.0
+        entry.uht = head - start if head >= 0.0 else -1.0
+    elif tries:
+        entry.upstream = tuple(tries)
     entry.at = now
     if err is not None and err.etype is ErrorType.SHUTDOWN:
         entry.cut = True

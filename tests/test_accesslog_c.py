@@ -197,7 +197,8 @@ class _Plain:
 
     def __init__(self, e: AccessEntry) -> None:
         for name in ("at", "body_bytes_sent", "created", "cut", "head", "parsed",
-                     "remote_addr", "request_time", "status", "upstream"):  # fmt: skip
+                     "remote_addr", "request_time", "status", "tries", "uaddr", "ustatus",
+                     "uct", "uht"):  # fmt: skip
             setattr(self, name, getattr(e, name))
 
 
