@@ -628,19 +628,26 @@ def _json_opt(text: str | None) -> str:
     return "null" if text is None else _json_str(text)
 
 
+def _json_attempt(addr: str, status: int, ct: float, ht: float) -> str:
+    return (
+        f'{{"addr":{_json_str(addr)},"status":{str(status) if status else "null"},'
+        f'"connect_time":{_json_secs(ct)},"header_time":{_json_secs(ht)}}}'
+    )
+
+
 def format_json(e: AccessEntry) -> str:
     """One JSON object (one line) with the combined format's fields: ``time`` (ISO 8601,
     local), ``remote_addr``, ``remote_user``, ``request``, ``status``, ``body_bytes_sent``,
     ``http_referer``, ``http_user_agent``, ``request_time`` (seconds), and ``upstream``: one
     object per attempt, in order (``addr``, ``status``, ``connect_time``, ``header_time``;
     ``[]`` when nothing went upstream). Absent values are null."""
-    attempts = ",".join(
-        [
-            f'{{"addr":{_json_str(addr)},"status":{str(status) if status else "null"},'
-            f'"connect_time":{_json_secs(ct)},"header_time":{_json_secs(ht)}}}'
-            for addr, status, ct, ht in e.upstream
-        ]
-    )
+    uaddr = e.uaddr
+    if e.tries:
+        attempts = ",".join([_json_attempt(a[0], a[1], a[2], a[3]) for a in e.upstream])
+    elif uaddr is not None:  # one attempt: no tuple built for it
+        attempts = _json_attempt(uaddr, e.ustatus, e.uct, e.uht)
+    else:
+        attempts = ""
     request, user, referer, agent = request_fields(e.head)
     return (
         f'{{"time":"{time_iso8601(e.created)}","remote_addr":{_json_str(e.remote_addr)},'

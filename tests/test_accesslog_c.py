@@ -25,7 +25,21 @@ from typing import Any
 import pytest
 
 from proxycore import accesslog
-from proxycore.accesslog import AccessEntry, _clock, _format_batch_py, _line, format_json
+from proxycore.accesslog import (
+    AccessEntry,
+    _clock,
+    _format_batch_py,
+    _json_opt,
+    _json_secs,
+    _json_str,
+    _line,
+    format_json,
+    request_fields,
+    time_iso8601,
+)
+from proxycore.accesslog import (
+    _secs as secs,
+)
 
 SOURCE = Path(accesslog.__file__).with_name("_alogfmt.c")
 
@@ -190,6 +204,49 @@ def test_a_real_line_the_way_the_log_writes_it(cfmt: ModuleType) -> None:
         f'10.0.0.1 - - [{accesslog.time_local(e.created)}] "GET /a?b=1 HTTP/1.1" 200 53 '
         '"http://r/" "t/1" rt=0.013 uaddr=127.0.0.1:9000 us=200 uct=0.001 uht=0.012\n'
     )
+
+
+_JSON_CUT = ',"cut":true'
+
+
+def _json_before(e: AccessEntry) -> str:
+    """format_json as it was before entries kept their last attempt in fields (read through
+    ``upstream``, one tuple per attempt): the reference for the JSON lines."""
+    attempts = ",".join(
+        [
+            f'{{"addr":{_json_str(addr)},"status":{str(status) if status else "null"},'
+            f'"connect_time":{_json_secs(ct)},"header_time":{_json_secs(ht)}}}'
+            for addr, status, ct, ht in e.upstream
+        ]
+    )
+    request, user, referer, agent = request_fields(e.head)
+    return (
+        f'{{"time":"{time_iso8601(e.created)}","remote_addr":{_json_str(e.remote_addr)},'
+        f'"remote_user":{_json_opt(user)},"request":{_json_str(request)},'
+        f'"status":{e.status},"body_bytes_sent":{e.body_bytes_sent},'
+        f'"http_referer":{_json_opt(referer)},"http_user_agent":{_json_opt(agent)},'
+        f'"request_time":{secs(e.request_time)},"upstream":[{attempts}]'
+        f"{_JSON_CUT if e.cut else ''}}}"
+    )
+
+
+def test_json_batches_equal_the_reference() -> None:
+    for seed in range(400):
+        a, b = twins(seed, 7, ascii_only=seed % 3 != 0)
+        for e in b:
+            if e.created == 0.0:
+                e.created = e.at + 4.0
+        want = "".join(_json_before(e) + "\n" for e in b if not _raises(e))
+        if len(want.splitlines()) == len(b):
+            assert accesslog.format_batch(a, True, 4.0) == want, seed
+
+
+def _raises(e: AccessEntry) -> bool:
+    try:
+        _json_before(e)
+    except (ValueError, OverflowError):
+        return True
+    return False
 
 
 class _Plain:
