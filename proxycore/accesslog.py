@@ -25,6 +25,12 @@ the combined line, handed to ``Logger.handle``, as an engine given a logger does
 entry (:func:`emit`); :class:`CombinedFormatter` and :class:`JsonFormatter` format such
 records for any handler.
 
+Where the compiled install is built with its C extensions, :func:`format_batch` formats
+combined lines with ``proxycore._alogfmt`` (C, no I/O): the same bytes as :func:`_combined`,
+which stays the reference and formats, one line at a time, what the C code leaves to it (Basic
+auth, retries, values of an unexpected type or range); tests/test_accesslog_c.py compares the
+two on random entries.
+
 Times: durations come from the event clock (the ``now`` of the events, which the core already
 has). The wall-clock time of a line (nginx's ``$time_local``: when the request was logged) is
 stamped outside the core: for a record, when it is made (``LogRecord.created``); for an entry
