@@ -107,7 +107,7 @@ def test_a_locally_compiled_core_passes_unit_tests_and_conformance(tmp_path: Pat
     pytest.importorskip("mypyc")
     if shutil.which("gcc") is None and shutil.which("cc") is None:
         pytest.skip("no C compiler")
-    for name in ("proxycore", "tests", "conformance", "adapters", "bench", "examples"):
+    for name in ("proxycore", "tests", "conformance", "adapters", "bench", "examples", "scripts"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("*.so"))
     for name in ("pyproject.toml", "README.md", "setup.py"):
         shutil.copy(ROOT / name, tmp_path)
