@@ -7,7 +7,8 @@
 
 The compiled build needs a C compiler and mypy (mypyc, a build requirement) at build time. It
 compiles the pure core modules and the built-in ReverseProxy with its selectors (open to
-interpreted subclasses), and builds the C head scanner (proxycore/h1/_hscan.c); the filter
+interpreted subclasses), and builds the C head scanner (proxycore/h1/_hscan.c) and the access log's line formatter
+(proxycore/_alogfmt.c); the filter
 API base class (phases.py) stays interpreted so user classes can subclass it, and the
 adapters stay Python. Both builds pass the same tests
 (tests/test_compiled.py builds one and runs the unit tests and a conformance subset on it). See
@@ -80,6 +81,14 @@ if want_compiled():
     # The HTTP/1.1 head scanner in C (parse.py falls back to its Python reference without it).
     ext_modules.append(
         Extension("proxycore.h1._hscan", ["proxycore/h1/_hscan.c"], extra_compile_args=["-O2"])
+    )
+    # The access log's combined lines in C (accesslog.py falls back to its Python reference).
+    ext_modules.append(
+        Extension(
+            "proxycore._alogfmt",
+            ["proxycore/_alogfmt.c"],
+            extra_compile_args=["-O2", "-ffp-contract=off"],
+        )
     )
 
 setup(ext_modules=ext_modules)

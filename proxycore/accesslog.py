@@ -25,6 +25,12 @@ the combined line, handed to ``Logger.handle``, as an engine given a logger does
 entry (:func:`emit`); :class:`CombinedFormatter` and :class:`JsonFormatter` format such
 records for any handler.
 
+Where the compiled install is built with its C extensions, :func:`format_batch` formats
+combined lines with ``proxycore._alogfmt`` (C, no I/O): the same bytes as :func:`_combined`,
+which stays the reference and formats, one line at a time, what the C code leaves to it (Basic
+auth, retries, values of an unexpected type or range); tests/test_accesslog_c.py compares the
+two on random entries.
+
 Times: durations come from the event clock (the ``now`` of the events, which the core already
 has). The wall-clock time of a line (nginx's ``$time_local``: when the request was logged) is
 stamped outside the core: for a record, when it is made (``LogRecord.created``); for an entry
@@ -107,7 +113,10 @@ class AccessEntry:
     outside the core (0.0 until then); ``at``: the event-clock time the line was logged at
     (the engine's ``now``; below 0 when unknown), from which a writer stamps ``created``;
     ``request_time`` and the upstream times are seconds; an attempt's status is 0 and its
-    times below 0 when absent."""
+    times below 0 when absent. ``upstream`` (every attempt, in order) is kept as the
+    attempts before the last (``tries``) and the last one's fields (``uaddr``, None when
+    nothing went upstream, ``ustatus``, ``uct``, ``uht``): a request that went upstream once
+    builds no tuple for its line."""
 
     __slots__ = (
         "at",
@@ -119,7 +128,11 @@ class AccessEntry:
         "remote_addr",
         "request_time",
         "status",
-        "upstream",
+        "tries",
+        "uaddr",
+        "uct",
+        "uht",
+        "ustatus",
     )
 
     def __init__(
@@ -136,11 +149,37 @@ class AccessEntry:
         self.status = status
         self.body_bytes_sent = body_bytes_sent
         self.request_time = request_time if request_time > 0.0 else 0.0
-        self.upstream = upstream
+        self.tries: tuple[Attempt, ...] = ()
+        self.uaddr: str | None = None
+        self.ustatus = 0
+        self.uct = -1.0
+        self.uht = -1.0
+        if upstream:
+            self.upstream = upstream
         self.created = 0.0
         self.at = -1.0
         self.parsed = True  # False: a rejected head (it may hold any byte)
         self.cut = False  # True: the shutdown cut the exchange (its grace period ran out)
+
+    @property
+    def upstream(self) -> tuple[Attempt, ...]:
+        """Every upstream attempt, in order: (address, status or 0, connect time, header
+        time); ``()`` when nothing went upstream."""
+        uaddr = self.uaddr
+        if uaddr is None:
+            return self.tries
+        return (*self.tries, (uaddr, self.ustatus, self.uct, self.uht))
+
+    @upstream.setter
+    def upstream(self, attempts: tuple[Attempt, ...]) -> None:
+        if not attempts:
+            self.tries = ()
+            self.uaddr = None
+            self.ustatus = 0
+            self.uct = self.uht = -1.0
+            return
+        self.tries = tuple(attempts[:-1])
+        self.uaddr, self.ustatus, self.uct, self.uht = attempts[-1]
 
     @property
     def request(self) -> str:
@@ -225,8 +264,8 @@ def log_session(logger: Any, s: Session) -> None:
         s.response_status or (err.status if err is not None else 0),
         s.response_body_bytes,
         now - s.start_time,
-        s.upstream_attempts(),
     )
+    s.fill_upstream(entry)  # the attempts, in the entry's fields (no tuple for one attempt)
     entry.at = now
     if err is not None and err.etype is ErrorType.SHUTDOWN:
         entry.cut = True
@@ -503,10 +542,39 @@ def _combined(e: AccessEntry, nl: str) -> str:
     )
 
 
+def _line(e: AccessEntry) -> str:
+    return _combined(e, "\n")
+
+
+def _load_c_batch() -> Any:
+    """The C line formatter's ``combined_batch`` (built by ``pip install .`` with a C
+    compiler, proxycore/_alogfmt.c), or None."""
+    try:
+        from proxycore import _alogfmt
+    except ImportError:
+        return None
+    return _alogfmt.combined_batch
+
+
+# Where it is built, combined batches are formatted in C (the same text as _combined, which
+# it calls for the lines it leaves to Python: tests/test_accesslog_c.py).
+_C_BATCH: Final[Callable[[list[AccessEntry], float, Any, Any], str | None] | None] = _load_c_batch()
+
+
 def format_batch(entries: list[AccessEntry], json: bool, offset: float = 0.0) -> str:
     """Lines for ``entries``, each ending in a newline (a writer's batch, see
     :class:`AccessBuffer`). An entry not stamped yet (``created`` 0) is stamped
     ``at + offset``: ``offset`` is the writer's wall clock minus the event clock."""
+    c_batch = _C_BATCH
+    if not json and c_batch is not None:
+        text = c_batch(entries, offset, _clock.get, _line)
+        if text is not None:
+            return text
+    return _format_batch_py(entries, json, offset)
+
+
+def _format_batch_py(entries: list[AccessEntry], json: bool, offset: float) -> str:
+    """:func:`format_batch` in Python (the reference for the C formatter's batches)."""
     out: list[str] = []
     for e in entries:
         if e.created == 0.0:
@@ -519,19 +587,26 @@ def _json_opt(text: str | None) -> str:
     return "null" if text is None else _json_str(text)
 
 
+def _json_attempt(addr: str, status: int, ct: float, ht: float) -> str:
+    return (
+        f'{{"addr":{_json_str(addr)},"status":{str(status) if status else "null"},'
+        f'"connect_time":{_json_secs(ct)},"header_time":{_json_secs(ht)}}}'
+    )
+
+
 def format_json(e: AccessEntry) -> str:
     """One JSON object (one line) with the combined format's fields: ``time`` (ISO 8601,
     local), ``remote_addr``, ``remote_user``, ``request``, ``status``, ``body_bytes_sent``,
     ``http_referer``, ``http_user_agent``, ``request_time`` (seconds), and ``upstream``: one
     object per attempt, in order (``addr``, ``status``, ``connect_time``, ``header_time``;
     ``[]`` when nothing went upstream). Absent values are null."""
-    attempts = ",".join(
-        [
-            f'{{"addr":{_json_str(addr)},"status":{str(status) if status else "null"},'
-            f'"connect_time":{_json_secs(ct)},"header_time":{_json_secs(ht)}}}'
-            for addr, status, ct, ht in e.upstream
-        ]
-    )
+    uaddr = e.uaddr
+    if e.tries:
+        attempts = ",".join([_json_attempt(a[0], a[1], a[2], a[3]) for a in e.upstream])
+    elif uaddr is not None:  # one attempt: no tuple built for it
+        attempts = _json_attempt(uaddr, e.ustatus, e.uct, e.uht)
+    else:
+        attempts = ""
     request, user, referer, agent = request_fields(e.head)
     return (
         f'{{"time":"{time_iso8601(e.created)}","remote_addr":{_json_str(e.remote_addr)},'

@@ -28,7 +28,7 @@ from inspect import isawaitable
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any, Final
 
-from proxycore.accesslog import Attempt, log_session
+from proxycore.accesslog import AccessEntry, Attempt, log_session
 from proxycore.actions import RunFilter
 from proxycore.codec import NO_BODY, SIZED_BODY
 from proxycore.errors import ErrorSource, ErrorType, HTTPParseError, ProxyError
@@ -373,6 +373,30 @@ class Session:
             current = self._attempt(self.error)
             return (*tries, current) if tries else (current,)
         return tuple(tries) if tries else ()
+
+    def fill_upstream(self, entry: AccessEntry) -> None:
+        """Fill an access-log entry's upstream fields, as :meth:`upstream_attempts` says them:
+        the earlier attempts in ``tries``, the current one in ``uaddr``, ``ustatus``, ``uct``,
+        ``uht`` (so a request with one attempt builds no tuple for its line)."""
+        tries = self._tries
+        if self._t_peer >= 0.0:
+            if tries:
+                entry.tries = tuple(tries)
+            start = self._t_peer
+            resp = self._resp
+            err = self.error
+            if resp is not None:
+                entry.ustatus = resp.status
+            elif err is not None and err.source is ErrorSource.UPSTREAM:
+                entry.ustatus = 504 if err.etype in _TIMEOUTS else 502
+            conn = self._t_conn
+            head = self._t_head
+            peer = self.peer
+            entry.uaddr = peer.address if peer is not None else "-"
+            entry.uct = conn - start if conn >= 0.0 else -1.0
+            entry.uht = head - start if head >= 0.0 else -1.0
+        elif tries:
+            entry.upstream = tuple(tries)
 
     def _attempt(self, err: ProxyError | None) -> Attempt:
         start = self._t_peer

@@ -69,6 +69,8 @@ def _assert_compiled(where: Path) -> None:
     assert core.stdout.strip().endswith(".so"), core.stdout + core.stderr
     scan = _run(["-c", "import proxycore.h1.parse as p; print(p._HSCAN.__file__)"], where, 60)
     assert scan.stdout.strip().endswith(".so"), scan.stdout + scan.stderr
+    fmt = _run(["-c", "import proxycore.accesslog as a; print(a._C_BATCH)"], where, 60)
+    assert "built-in function combined_batch" in fmt.stdout, fmt.stdout + fmt.stderr
 
 
 def _unit_tests(where: Path) -> None:
@@ -114,7 +116,10 @@ def test_a_locally_compiled_core_passes_unit_tests_and_conformance(tmp_path: Pat
     (tmp_path / "proxycore" / "adapters").symlink_to("../adapters")  # as package-dir maps it
     build = _run(["-m", "mypyc", *_core_modules()], tmp_path, 600)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    assert compile_hscan(tmp_path / "proxycore" / "h1") is not None  # setup.py's C extension
+    assert compile_hscan(tmp_path / "proxycore" / "h1") is not None  # setup.py's C extensions
+    from tests.test_accesslog_c import build as compile_alogfmt
+
+    assert compile_alogfmt(tmp_path / "proxycore") is not None
     _assert_compiled(tmp_path)
     _unit_tests(tmp_path)
     conf = _run(

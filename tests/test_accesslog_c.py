@@ -1,0 +1,359 @@
+"""The access log's C line formatter (proxycore/_alogfmt.c) writes exactly the text of its
+Python reference (accesslog._combined, through accesslog._format_batch_py), byte for byte,
+on random entries: heads with and without the three fields, in any case, past the first six
+field lines, with quotes, backslashes, tabs, control and non-ASCII bytes, rejected heads,
+long request lines, Basic auth (left to the reference), retries, cut exchanges, odd numbers
+and times. The editable checkout runs pure Python, so this compiles the C file itself (one
+gcc call) as tests/test_h1_scan.py does for the head scanner."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import math
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from proxycore import accesslog
+from proxycore.accesslog import (
+    AccessEntry,
+    _clock,
+    _format_batch_py,
+    _json_opt,
+    _json_secs,
+    _json_str,
+    _line,
+    format_json,
+    request_fields,
+    time_iso8601,
+)
+from proxycore.accesslog import (
+    _secs as secs,
+)
+
+SOURCE = Path(accesslog.__file__).with_name("_alogfmt.c")
+
+
+def build(out_dir: Path, *flags: str) -> Path | None:
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        return None
+    out = out_dir / ("_alogfmt" + sysconfig.get_config_var("EXT_SUFFIX"))
+    run = subprocess.run(
+        [cc, "-shared", "-fPIC", "-O2", "-ffp-contract=off", "-Wall", "-Werror",
+         "-Wno-unused-parameter", *flags, f"-I{sysconfig.get_paths()['include']}",
+         str(SOURCE), "-o", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def cfmt(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
+    out = build(tmp_path_factory.mktemp("alogfmt"))
+    if out is None:
+        pytest.skip("no C compiler")
+    spec = importlib.util.spec_from_file_location("_alogfmt", out)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_NAMES = [
+    "User-Agent", "user-agent", "USER-AGENT", "uSER-aGENT", "User-Agen", "User-Agent2",
+    "Referer", "REFERER", "referer", "Referrer", "Authorization", "Authorizatio",
+    "Host", "Accept", "X", "R", "U", "A", "Range", "Upgrade", "Accept-Encoding", "Cookie",
+]  # fmt: skip
+_ALPHA = list(b' \t"\\\x00\x01\x1f\x7f\x80\xe9\xff:;/=-_.,abcXYZ019')
+
+
+def _value(rng: random.Random) -> bytes:
+    if rng.random() < 0.5:
+        return rng.choice([b"wrk", b"curl/8.5.0", b"http://r/x?y=1", b" t/1 ", b"\tx\t", b""])
+    return bytes(rng.choice(_ALPHA) for _ in range(rng.randint(0, rng.choice((4, 30)))))
+
+
+def _auth(rng: random.Random) -> bytes:
+    user = bytes(rng.choice(_ALPHA) for _ in range(rng.randint(0, 6)))
+    creds = base64.b64encode(user + rng.choice([b":pw", b"", b":"]))
+    return rng.choice([b"Basic ", b"basic ", b"Bearer ", b"Basic"]) + creds
+
+
+def random_head(rng: random.Random) -> bytes:
+    target = rng.choice([b"/", b"/a?b=1", b"/" + b"p" * rng.choice((10, 2100)), b'/"q\\'])
+    line = rng.choice([b"GET ", b"POST ", b"", b"G\x80T "]) + target + b" HTTP/1.1"
+    lines = [line]
+    for _ in range(rng.randint(0, 12)):
+        r = rng.random()
+        if r < 0.05:
+            lines.append(b"")  # an empty line in the middle
+        elif r < 0.1:
+            lines.append(_value(rng))  # no name at all
+        else:
+            name = rng.choice(_NAMES).encode()
+            auth = name.lower() == b"authorization" and r < 0.3
+            value = _auth(rng) if auth else _value(rng)
+            lines.append(name + rng.choice([b":", b": ", b":\t", b" :"]) + value)
+    head = b"\r\n".join(lines)
+    end = rng.random()
+    if end < 0.8:
+        head += b"\r\n\r\n"
+    elif end < 0.9:
+        head += b"\r\n"
+    if rng.random() < 0.05:
+        head = head.replace(b"\r\n", b"\n", 1)  # a bare LF (a rejected head)
+    return head
+
+
+def _num(rng: random.Random) -> int:
+    if rng.random() < 0.03:
+        return rng.choice([10**20, 2**63 - 1, -(2**63)])  # (10**20: left to the reference)
+    return rng.choice([0, 200, 404, 499, 502, 999, 1000, 12345, -1])
+
+
+def _secs(rng: random.Random) -> float:
+    if rng.random() < 0.03:
+        return rng.choice([1e14, 1e15, 1e300, -math.inf])  # (1e15 up: left to the reference)
+    return rng.choice(
+        [-1.0, 0.0, 0.0005, 0.0004999, 0.0125, 0.9995, 1.0, 3.14159, 999.9995, rng.random(),
+         rng.random() * 100, -rng.random()]
+    )  # fmt: skip
+
+
+def random_entry(rng: random.Random, ascii_only: bool) -> AccessEntry:
+    addrs = ["10.0.0.1", "::1", "127.0.0.1:9000", "-", ""] + ([] if ascii_only else ["h\xe9"])
+    upstream = tuple(
+        (rng.choice(addrs), rng.choice([0, 200, 502, 504, 1000, -7]), _secs(rng), _secs(rng))
+        for _ in range(rng.choice((0, 1, 1, 1, 2, 3)))
+    )
+    e = AccessEntry(rng.choice(addrs), random_head(rng), _num(rng), _num(rng), _secs(rng), upstream)
+    e.parsed = rng.random() < 0.7
+    e.cut = rng.random() < 0.1
+    e.at = rng.choice([12.5, 1000.999, 0.0])
+    e.created = rng.choice([0.0, 0.0, 1764624037.25, 1764624038.0, 1764624099.75])
+    return e
+
+
+def twins(seed: int, n: int, ascii_only: bool = True) -> tuple[list[Any], list[Any]]:
+    """The same random batch twice (format_batch stamps the entries it formats)."""
+    return (
+        [random_entry(random.Random(seed * 1000 + i), ascii_only) for i in range(n)],
+        [random_entry(random.Random(seed * 1000 + i), ascii_only) for i in range(n)],
+    )
+
+
+def test_c_batches_equal_the_reference(cfmt: ModuleType) -> None:
+    rng = random.Random(26)
+    for seed in range(600):
+        a, b = twins(seed, rng.choice((1, 7, 64)))
+        offset = rng.choice((0.0, 1764624000.5))
+        got = cfmt.combined_batch(a, offset, _clock.get, _line)
+        assert got == _format_batch_py(b, False, offset), seed
+        assert [e.created for e in a] == [e.created for e in b]
+
+
+def test_non_ascii_batches_are_left_to_the_reference(cfmt: ModuleType) -> None:
+    """A piece that is not ASCII (an address here: the head's bytes are escaped) returns
+    None, and format_batch formats that batch in Python."""
+    left = 0
+    for seed in range(300):
+        a, b = twins(seed, 8, ascii_only=False)
+        got = cfmt.combined_batch(a, 5.0, _clock.get, _line)
+        want = _format_batch_py(b, False, 5.0)
+        if got is None:
+            left += 1
+            assert not want.isascii()
+        else:
+            assert got == want, seed
+    assert left > 50
+
+
+def test_values_python_refuses_raise_the_same_way(cfmt: ModuleType) -> None:
+    for bad in (math.nan, math.inf):
+        a, b = twins(1, 1)
+        a[0].request_time = b[0].request_time = bad
+        with pytest.raises((ValueError, OverflowError)) as want:
+            _format_batch_py(b, False, 0.0)
+        with pytest.raises(want.type):
+            cfmt.combined_batch(a, 0.0, _clock.get, _line)
+
+
+def test_a_real_line_the_way_the_log_writes_it(cfmt: ModuleType) -> None:
+    e = AccessEntry(
+        "10.0.0.1",
+        b"GET /a?b=1 HTTP/1.1\r\nHost: h\r\nReferer: http://r/\r\nUser-Agent: t/1\r\n\r\n",
+        200,
+        53,
+        0.0125,
+        (("127.0.0.1:9000", 200, 0.0005, 0.012),),
+    )
+    e.created = 1764624037.25
+    assert cfmt.combined_batch([e], 0.0, _clock.get, _line) == (
+        f'10.0.0.1 - - [{accesslog.time_local(e.created)}] "GET /a?b=1 HTTP/1.1" 200 53 '
+        '"http://r/" "t/1" rt=0.013 uaddr=127.0.0.1:9000 us=200 uct=0.001 uht=0.012\n'
+    )
+
+
+_JSON_CUT = ',"cut":true'
+
+
+def _json_before(e: AccessEntry) -> str:
+    """format_json as it was before entries kept their last attempt in fields (read through
+    ``upstream``, one tuple per attempt): the reference for the JSON lines."""
+    attempts = ",".join(
+        [
+            f'{{"addr":{_json_str(addr)},"status":{str(status) if status else "null"},'
+            f'"connect_time":{_json_secs(ct)},"header_time":{_json_secs(ht)}}}'
+            for addr, status, ct, ht in e.upstream
+        ]
+    )
+    request, user, referer, agent = request_fields(e.head)
+    return (
+        f'{{"time":"{time_iso8601(e.created)}","remote_addr":{_json_str(e.remote_addr)},'
+        f'"remote_user":{_json_opt(user)},"request":{_json_str(request)},'
+        f'"status":{e.status},"body_bytes_sent":{e.body_bytes_sent},'
+        f'"http_referer":{_json_opt(referer)},"http_user_agent":{_json_opt(agent)},'
+        f'"request_time":{secs(e.request_time)},"upstream":[{attempts}]'
+        f"{_JSON_CUT if e.cut else ''}}}"
+    )
+
+
+def test_json_batches_equal_the_reference() -> None:
+    for seed in range(400):
+        a, b = twins(seed, 7, ascii_only=seed % 3 != 0)
+        for e in b:
+            if e.created == 0.0:
+                e.created = e.at + 4.0
+        want = "".join(_json_before(e) + "\n" for e in b if not _raises(e))
+        if len(want.splitlines()) == len(b):
+            assert accesslog.format_batch(a, True, 4.0) == want, seed
+
+
+def _raises(e: AccessEntry) -> bool:
+    try:
+        _json_before(e)
+    except (ValueError, OverflowError):
+        return True
+    return False
+
+
+class _Plain:
+    """An object with an AccessEntry's attributes in a __dict__ (no slot descriptors)."""
+
+    def __init__(self, e: AccessEntry) -> None:
+        for name in ("at", "body_bytes_sent", "created", "cut", "head", "parsed",
+                     "remote_addr", "request_time", "status", "tries", "uaddr", "ustatus",
+                     "uct", "uht"):  # fmt: skip
+            setattr(self, name, getattr(e, name))
+
+
+def test_attributes_read_through_any_type(cfmt: ModuleType) -> None:
+    """The C code reads attributes through the type's own descriptors, found again when the
+    type changes within a batch; a type without such descriptors is read the generic way."""
+    for seed in range(100):
+        a, b = twins(seed, 9)
+        probe, _ = twins(seed, 9)
+        mine = [i for i in range(9) if _line_is_c(cfmt, probe[i])]  # (no call to the reference)
+        mixed: list[Any] = [_Plain(a[i]) if i % 3 else a[i] for i in mine]
+        ref = [b[i] for i in mine]
+        assert cfmt.combined_batch(mixed, 2.0, _clock.get, _line) == _format_batch_py(
+            ref, False, 2.0
+        ), seed
+        assert [e.created for e in mixed] == [e.created for e in ref]
+
+
+def _line_is_c(cfmt: ModuleType, e: Any) -> bool:
+    """Whether the C code formats ``e`` itself (it never calls ``line`` for it)."""
+
+    def refuse(_: object) -> str:
+        raise LookupError
+
+    try:
+        cfmt.combined_batch([e], 0.0, _clock.get, refuse)
+    except LookupError:
+        return False
+    return True
+
+
+def test_format_batch_uses_the_c_formatter_where_it_is_built() -> None:
+    built = importlib.util.find_spec("proxycore._alogfmt") is not None
+    assert (accesslog._C_BATCH is not None) == built
+    a, b = twins(7, 64)
+    assert accesslog.format_batch(a, False, 3.0) == _format_batch_py(b, False, 3.0)
+    a, b = twins(8, 64)
+    assert accesslog.format_batch(a, True, 3.0) == "".join(
+        format_json(e) + "\n" for e in _stamped(b, 3.0)
+    )
+
+
+def _stamped(entries: list[AccessEntry], offset: float) -> list[AccessEntry]:
+    for e in entries:
+        if e.created == 0.0:
+            e.created = e.at + offset
+    return entries
+
+
+def test_the_formatter_does_no_io() -> None:
+    src = SOURCE.read_text()
+    banned = (
+        r"\b(f?open|read|write|send|recv|socket|printf|fprintf|time|clock_gettime|rand|getenv)\s*\("
+    )
+    assert re.search(banned, re.sub(r"/\*.*?\*/", "", src, flags=re.S)) is None
+
+
+_ASAN_FUZZ = r"""
+import random, sys
+sys.path.insert(0, sys.argv[1])
+import _alogfmt
+from proxycore.accesslog import _clock, _format_batch_py, _line
+from tests.test_accesslog_c import twins
+rng = random.Random(int(sys.argv[2]))
+for seed in range(int(sys.argv[3])):
+    ascii_only = seed % 4 != 0
+    a, b = twins(seed, rng.choice((1, 7, 64)), ascii_only)
+    got = _alogfmt.combined_batch(a, 2.5, _clock.get, _line)
+    want = _format_batch_py(b, False, 2.5)
+    assert got == want or (got is None and not want.isascii()), seed
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_the_formatter_under_address_and_undefined_behaviour_sanitizers(tmp_path: Path) -> None:
+    """Memory safety of the C code that reads untrusted heads: built with ASan + UBSan and
+    fed ~100,000 random entries (compared with the reference on each batch). ~1 min; runs
+    with ``scripts/test -m slow``."""
+    cc = shutil.which("gcc")
+    if cc is None:
+        pytest.skip("needs gcc")
+    libs = [
+        subprocess.run([cc, f"-print-file-name={n}"], capture_output=True, text=True).stdout.strip()
+        for n in ("libasan.so", "libubsan.so")
+    ]
+    if not all(Path(lib).is_file() for lib in libs):
+        pytest.skip("gcc's sanitizer runtimes are not installed")
+    out = build(tmp_path, "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                "-fno-omit-frame-pointer")  # fmt: skip
+    assert out is not None
+    env = dict(
+        os.environ, ASAN_OPTIONS="detect_leaks=0", LD_PRELOAD=" ".join(libs), PYTHONMALLOC="malloc"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    run = subprocess.run(
+        [sys.executable, "-c", _ASAN_FUZZ, str(tmp_path), "1", "3000"],
+        capture_output=True, text=True, timeout=900, env=env, cwd=root,
+    )  # fmt: skip
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
