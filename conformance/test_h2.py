@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from conformance.origins import HOST, pattern_sha256
+from conformance.test_tls import Pki
 
 CURL = shutil.which("curl") or "/usr/bin/curl"
 needs_curl = pytest.mark.skipif(not shutil.which("curl"), reason="curl not installed")
@@ -147,3 +148,26 @@ def test_no_h2c_answers_the_preface_with_505(echo, proxy):
     with socket.create_connection((HOST, p.port), timeout=5) as s:
         s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.1 505 ")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+@needs_curl
+def test_curl_http2_over_tls_by_alpn_and_no_h2(echo, proxy, pki):
+    """TLS listeners offer h2 then http/1.1 by ALPN (RFC 9113 §3.2); --no-h2 offers only
+    http/1.1."""
+    for extra, want in (([], b"2"), (["--no-h2"], b"1.1")):
+        p = proxy(to=[echo.port], extra=[*pki.pair("default"), *extra])
+        r = curl(
+            "--http2", "--cacert", pki["ca.pem"], "-w", "\n%{http_version}",
+            "--resolve", f"localhost:{p.port}:127.0.0.1", f"https://localhost:{p.port}/t",
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr.decode()
+        body, version = r.stdout.rsplit(b"\n", 1)
+        assert version == want
+        seen = json.loads(body)
+        assert seen["target"] == "/t"
+        assert ["X-Forwarded-Proto", "https"] in seen["headers"]

@@ -368,7 +368,7 @@ def _check_tls(args: argparse.Namespace, conf: ServerConf) -> str | None:
         return "--tls-client-auth needs --tls-client-ca"
     try:
         if conf.tls is not None:
-            load_server_tls(conf.tls)
+            load_server_tls(conf.tls, conf.h2)
         for peer in getattr(args, "tls_peers", []):
             ClientContextCache.build(peer)
     except TlsConfigError as e:

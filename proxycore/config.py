@@ -35,7 +35,7 @@ class TlsSettings:
     sni_certs: dict[str, tuple[str, str]] = field(default_factory=dict)
     client_ca: str | None = None
     client_auth: str = "none"
-    alpn: tuple[str, ...] = ("http/1.1",)
+    alpn: tuple[str, ...] = ("h2", "http/1.1")  # (h2 left out when ServerConf.h2 is off)
     handshake_timeout: float = 10.0
     ports: list[int] = field(default_factory=list)
 

@@ -673,7 +673,7 @@ class Downstream(ServerStream):
     def h2c_preface(self) -> bool:
         """The connection opened with the HTTP/2 preface (prior knowledge, RFC 9113 §3.3):
         hand it to :mod:`proxycore.h2` (unless ``h2c`` is off: then it is a 505)."""
-        if self.requests or not self.engine.conf.h2c:
+        if self.requests or self.tls is not None or not self.engine.conf.h2c:
             return False
         from proxycore.h2.server import PREFACE_HEAD, switch_to_h2
 
