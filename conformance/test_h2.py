@@ -4,6 +4,7 @@ on every backend: curl, httpx with http2=True, and raw h2 on a socket."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import shutil
 import socket
@@ -171,3 +172,88 @@ def test_curl_http2_over_tls_by_alpn_and_no_h2(echo, proxy, pki):
         seen = json.loads(body)
         assert seen["target"] == "/t"
         assert ["X-Forwarded-Proto", "https"] in seen["headers"]
+
+
+H2LOAD = shutil.which("h2load")
+
+
+@pytest.mark.skipif(H2LOAD is None, reason="h2load not installed (nghttp2-client)")
+def test_h2load_no_failed_requests(echo, echo_proxy):
+    r = subprocess.run(
+        [H2LOAD, "-n", "2000", "-c", "4", "-m", "10", f"http://{HOST}:{echo_proxy.port}/x"],
+        capture_output=True, timeout=60, check=False, text=True,
+    )  # fmt: skip
+    assert "2000 succeeded, 0 failed, 0 errored, 0 timeout" in r.stdout, r.stdout + r.stderr
+
+
+def test_50mib_each_way_on_one_stream_while_others_flow(echo, echo_proxy):
+    size = 50 << 20
+    base = f"http://{HOST}:{echo_proxy.port}"
+    small_done: list[float] = []
+    big_done: list[float] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with httpx.AsyncClient(http1=False, http2=True, timeout=60) as c:
+
+            async def download() -> None:
+                n = 0
+                h = hashlib.sha256()
+                async with c.stream("GET", f"{base}/bytes/{size}") as r:
+                    async for piece in r.aiter_bytes():
+                        n += len(piece)
+                        h.update(piece)
+                assert n == size and h.hexdigest() == pattern_sha256(size)
+                big_done.append(loop.time())
+
+            async def upload() -> None:
+                async def body():
+                    for _ in range(size // 65536):
+                        yield b"u" * 65536
+
+                r = await c.post(f"{base}/up", content=body())
+                assert json.loads(r.content)["body_len"] == size
+                big_done.append(loop.time())
+
+            async def small() -> None:
+                await asyncio.sleep(0.2)
+                for i in range(20):
+                    r = await c.get(f"{base}/small{i}")
+                    assert r.status_code == 200 and r.http_version == "HTTP/2"
+                small_done.append(loop.time())
+
+            await asyncio.gather(download(), upload(), small())
+
+    asyncio.run(main())
+    assert len(big_done) == 2
+    assert small_done[0] < min(big_done)  # the small streams were not held behind the big ones
+
+
+def test_slow_reader_on_one_stream_does_not_stall_the_others(echo, echo_proxy):
+    s, c = _h2_socket(echo_proxy.port)
+    auth = f"{HOST}:{echo_proxy.port}"
+    hdrs = [(":method", "GET"), (":scheme", "http"), (":authority", auth)]
+    with s:
+        c.send_headers(1, [*hdrs, (":path", "/bytes/20000000")], end_stream=True)
+        s.sendall(c.data_to_send())
+        got = 0
+        done: set[int] = set()
+        sid = 3
+        while len(done) < 10:
+            data = s.recv(65536)
+            assert data, "the proxy closed the connection"
+            for e in c.receive_data(data):
+                if isinstance(e, h2.events.DataReceived):
+                    if e.stream_id == 1:
+                        got += len(e.data)
+                        # stream 1's window stays shut; the connection's re-opens
+                        c.increment_flow_control_window(e.flow_controlled_length)
+                    else:
+                        c.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+                elif isinstance(e, h2.events.StreamEnded):
+                    done.add(e.stream_id)
+            if got >= 65535 and sid < 23:  # stream 1 is stalled: the others must go on
+                c.send_headers(sid, [*hdrs, (":path", f"/o{sid}")], end_stream=True)
+                sid += 2
+            s.sendall(c.data_to_send())
+        assert 1 not in done and got == 65535

@@ -325,3 +325,25 @@ def test_request_window_reopens_only_as_upstream_takes() -> None:
     assert cl.c.local_flow_control_window(1) == w0 - 3 * 16384  # ...no WINDOW_UPDATE yet
     cl.take(h.feed(proxycore.events.WriteResumed(up, h.now)))
     assert cl.c.local_flow_control_window(1) == w0  # re-opened once the upstream takes more
+
+
+def test_response_finished_behind_a_shut_window_still_drains() -> None:
+    """The exchange ends (the origin sent everything) while the stream's window holds part of
+    the response back: the stream stays until it is sent, then ends, with no RST_STREAM."""
+    h = Harness(Simple())
+    cl = Client(h)
+    up = origin(h, cl.request(1))
+    h.connected(up)
+    size = 150_000
+    cl.take(h.data(up, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"z" * size))
+    got = 0
+    for _ in range(10):
+        got += len(cl.body(1))
+        cl.events = [e for e in cl.events if not isinstance(e, h2.events.DataReceived)]
+        cl.flush()
+        if cl.ended(1):
+            break
+    got += len(cl.body(1))
+    assert got == size and cl.ended(1) and cl.reset(1) is None
+    assert h.engine.downstreams[cl.conn].active_exchanges() == 0
+    assert not h.engine.downstreams[cl.conn].streams  # type: ignore[attr-defined]

@@ -383,6 +383,10 @@ class H2Stream(ServerStream):
             out.clear()
             self._out_size = 0
         conn.output()
+        if self.session is None:
+            if not out and not self._ending:
+                conn.stream_done(self, 0)  # its exchange ended before its output drained
+            return
         self.update_write_pause()
 
     def _sent_end(self) -> bool:
@@ -545,13 +549,14 @@ class H2Conn(Downstream):
         sid = st.sid
         if self.streams.get(sid) is not st:
             return
-        del self.streams[sid]
-        s = st.session
-        st.session = None
-        if s is not None:
+        if st.session is not None:
+            st.session = None
+            self.requests += 1
             for t in [t for t, v in self.tokens.items() if v is st]:
                 del self.tokens[t]
-        self.requests += 1
+        if not code and (st._out or st._ending) and not self.closed and not st.closed:
+            return  # the response is still going out (flow control): H2Stream._drain ends it
+        del self.streams[sid]
         if self.closed:
             return
         h2s = self.h2.streams.get(sid)
@@ -631,6 +636,9 @@ class H2Conn(Downstream):
             if st is not None:
                 st.closed = True
                 st._out.clear()
+                st._out_size = 0
+                st._ending = False
+                st._trailers = None
                 s = st.session
                 if s is not None:
                     s.on_client_lost("reset the stream")
@@ -834,7 +842,7 @@ class H2Conn(Downstream):
             st.filter_done(token, result, error)
 
     def active_exchanges(self) -> int:
-        return len(self.streams)
+        return sum(1 for st in self.streams.values() if st.session is not None)
 
     def stop(self, grace: float) -> int:
         cut = 0
