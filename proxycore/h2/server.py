@@ -678,7 +678,7 @@ class H2Conn(Downstream):
             name = name_b.decode("latin-1")
             value = value_b.decode("latin-1")
             size += len(name) + len(value) + 4
-            if name[0] == ":":
+            if name[:1] == ":":
                 if name == ":method":
                     method = value
                 elif name == ":path":
