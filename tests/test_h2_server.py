@@ -12,7 +12,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 import proxycore
-from proxycore.actions import Action, Close, PauseReading
+from proxycore.actions import Action, Close, PauseReading, ResumeReading
 from proxycore.testing import Harness
 from tests.helpers import Simple, connect_id, sent
 
@@ -347,3 +347,33 @@ def test_response_finished_behind_a_shut_window_still_drains() -> None:
     assert got == size and cl.ended(1) and cl.reset(1) is None
     assert h.engine.downstreams[cl.conn].active_exchanges() == 0
     assert not h.engine.downstreams[cl.conn].streams  # type: ignore[attr-defined]
+
+
+def test_read_timeout_is_504_on_that_stream_only() -> None:
+    h = Harness(Simple(), conf=proxycore.ServerConf(read_timeout=5.0, keepalive_timeout=100.0))
+    cl = Client(h)
+    up1 = origin(h, cl.request(1))
+    h.connected(up1)
+    h.now = 3.0
+    up3 = origin(h, cl.request(3))
+    h.connected(up3)
+    cl.take(h.advance(2.5, cl.conn))  # stream 1's read timeout (at 5.0), not stream 3's (8.0)
+    assert cl.headers(1)[b":status"] == b"504" and cl.ended(1)
+    assert not cl.of(3, h2.events.ResponseReceived)
+    cl.take(h.data(up3, OK))
+    assert cl.body(3) == b"hello"
+
+
+def test_client_not_reading_the_connection_pauses_every_upstream() -> None:
+    h = Harness(Simple())
+    cl = Client(h)
+    ups = []
+    for sid in (1, 3):
+        up = origin(h, cl.request(sid))
+        h.connected(up)
+        h.data(up, b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nabc")
+        ups.append(up)
+    acts = h.feed(proxycore.events.WritePaused(cl.conn, h.now))
+    assert {a.conn for a in acts if isinstance(a, PauseReading)} == set(ups)
+    acts = h.feed(proxycore.events.WriteResumed(cl.conn, h.now))
+    assert {a.conn for a in acts if isinstance(a, ResumeReading)} == set(ups)
