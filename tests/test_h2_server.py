@@ -377,3 +377,28 @@ def test_client_not_reading_the_connection_pauses_every_upstream() -> None:
     assert {a.conn for a in acts if isinstance(a, PauseReading)} == set(ups)
     acts = h.feed(proxycore.events.WriteResumed(cl.conn, h.now))
     assert {a.conn for a in acts if isinstance(a, ResumeReading)} == set(ups)
+
+
+def test_access_log_line_of_an_http2_request() -> None:
+    import logging
+
+    from proxycore.accesslog import AccessEntry
+
+    got: list[AccessEntry] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            got.append(record.msg)  # type: ignore[arg-type]
+
+    log = logging.getLogger("test-h2-access")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(Grab())
+    h = Harness(Simple(), access_log=log)
+    cl = Client(h)
+    up = origin(h, cl.request(1, path="/q?x=1", extra=[("user-agent", "h2-test")]))
+    h.connected(up)
+    cl.take(h.data(up, OK))
+    assert len(got) == 1
+    e = got[0]
+    assert (e.request, e.status, e.user_agent) == ("GET /q?x=1 HTTP/2.0", 200, "h2-test")

@@ -725,6 +725,12 @@ class H2Conn(Downstream):
                 meta.forwarded = True
         meta.host = host
         meta.has_host = host is not None
+        if e.access_log is not None:
+            # The access log reads the request line and a few fields from the head as
+            # received: HTTP/2's, written out as nginx logs it ("GET /a HTTP/2.0").
+            lines = [f"{method} {path} HTTP/2.0"]
+            lines += [f"{k}: {v}" for k, _, v in items]
+            meta.raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         st = H2Stream(self, sid)
         if ended:
             st._body_kind = NO_BODY
