@@ -453,7 +453,11 @@ class H2Conn(Downstream):
         conf = engine.conf
         h2 = ServerConnection(
             config=H2Configuration(
-                client_side=False, header_encoding=None, validate_inbound_headers=True
+                client_side=False,
+                header_encoding=None,
+                validate_inbound_headers=True,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
             )
         )
         h2.local_settings = type(h2.local_settings)(
