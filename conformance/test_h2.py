@@ -203,6 +203,7 @@ def test_50mib_each_way_on_one_stream_while_others_flow(echo, echo_proxy):
                     async for piece in r.aiter_bytes():
                         n += len(piece)
                         h.update(piece)
+                        await asyncio.sleep(0.002)  # (a reader that takes seconds over it)
                 assert n == size and h.hexdigest() == pattern_sha256(size)
                 big_done.append(loop.time())
 
@@ -210,6 +211,7 @@ def test_50mib_each_way_on_one_stream_while_others_flow(echo, echo_proxy):
                 async def body():
                     for _ in range(size // 65536):
                         yield b"u" * 65536
+                        await asyncio.sleep(0.003)  # (a sender that takes seconds over it)
 
                 r = await c.post(f"{base}/up", content=body())
                 assert json.loads(r.content)["body_len"] == size
