@@ -31,6 +31,10 @@ CORE = [
     "proxycore/codec.py",
     "proxycore/semantics.py",
     "proxycore/downstream.py",
+    # HTTP/2 from clients: H2Conn and H2Stream subclass compiled classes (Downstream,
+    # ServerStream). proxycore/h2/_lib.py subclasses the pure-Python h2 library's connection
+    # and stays interpreted.
+    "proxycore/h2/server.py",
     "proxycore/engine.py",
     "proxycore/pool.py",
     "proxycore/upstream.py",

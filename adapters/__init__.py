@@ -146,7 +146,7 @@ def make_engine(app: Any, conf: Any, logger: Any, backend: str = "", **options: 
     from proxycore.engine import Engine
     from proxycore.tlsconfig import ClientContextCache, load_server_tls
 
-    server = load_server_tls(conf.tls) if conf.tls is not None else None
+    server = load_server_tls(conf.tls, conf.h2) if conf.tls is not None else None
     engine = Engine(
         app,
         conf,
@@ -172,7 +172,7 @@ def reload_tls(engine: Any) -> bool:
         return False
     conf = engine.conf
     try:
-        server = load_server_tls(conf.tls) if conf.tls is not None else None
+        server = load_server_tls(conf.tls, conf.h2) if conf.tls is not None else None
     except TlsConfigError as e:
         log.error("TLS reload failed, keeping the current certificates: %s", e)
         print("proxycore tls reload failed", flush=True)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """proxycore benchmark harness.
 
-    python bench/run.py [--duration 10] [--only name,name] [--scenarios rps,stream,idle,workers,tls]
+    python bench/run.py [--duration 10] [--only name,name]
+                        [--scenarios rps,stream,idle,workers,tls,h2]
                         [--backends uvloop,...] [--tls-duration 5] [--json out.json]
 
 Starts an nginx origin (1 worker, CPU 1), then measures, one after another with
@@ -13,7 +14,8 @@ Scenarios: rps (GET /small, wrk c50 + c1), stream (1 GiB GET), idle (RSS per idl
 keep-alive connection), workers (a proxycore --workers 2 row), tls (nginx and every
 proxycore backend terminating TLS with the same ECDSA P-256 certificate, generated once
 per run: keep-alive req/s over TLS, and new connections/s with resumed and with full
-handshakes).
+handshakes), h2 (nginx as an HTTP/2 proxy, listen ... http2, and every proxycore backend
+taking h2c by prior knowledge: h2load -c10 -m10 and -c1 -m100 to GET /small).
 
 Everything listens on 127.0.0.1 only. Every process started here is stopped on exit,
 including on Ctrl-C / SIGTERM. See bench/README.md.
@@ -87,11 +89,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--scenarios",
-        default="rps,stream,idle,workers,tls",
+        default="rps,stream,idle,workers,tls,h2",
         help="comma list: rps (GET /small c50 + c1), stream (1 GiB GET: MB/s + peak RSS), "
         "idle (RSS per idle keep-alive conn), workers (proxycore-uvloop-w2 row, rps only), "
         "tls (nginx + proxycore terminating TLS: keep-alive req/s, new conns/s with resumed "
-        "and full handshakes)",
+        "and full handshakes), h2 (HTTP/2 by prior knowledge to nginx and proxycore: h2load "
+        "-c10 -m10 and -c1 -m100 req/s)",
     )
     ap.add_argument(
         "--tls-duration",
@@ -263,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"{t.name}/{sname}: starting")
                     tls = sname == "tls"
                     start = t.tls_start if tls else t.start
+                    if sname == "h2" and t.h2_start is not None:
+                        start = t.h2_start
                     assert start is not None
                     port, proc = start(ctx)  # a fresh process for every scenario
                     row["tls_port" if tls else "port"] = port
@@ -272,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                     if tls:
                         assert ctx.tls is not None
                         checked = check_small_tls(port, ctx.tls["ca"])
-                    else:
+                    elif sname != "h2":  # (h2load counts the h2 answers itself)
                         check_small(port)
                     res = row[sname] = SCENARIOS[sname](ctx, port, proc)
                     if checked is not None:

@@ -297,6 +297,24 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         "(default drop, as nginx)",
     )
     p.add_argument(
+        "--no-h2c",
+        action="store_true",
+        help="do not take HTTP/2 by prior knowledge on cleartext listeners (the connection "
+        "preface then gets a 505; default: HTTP/1.1 and h2c on the same port)",
+    )
+    p.add_argument(
+        "--no-h2",
+        action="store_true",
+        help="do not offer HTTP/2 (ALPN h2) on TLS listeners (default: h2, then http/1.1)",
+    )
+    p.add_argument(
+        "--h2-max-concurrent-streams",
+        type=_count,
+        metavar="N",
+        help="HTTP/2 streams one client connection may have open at once; more are refused "
+        "with REFUSED_STREAM (default 100)",
+    )
+    p.add_argument(
         "--workers",
         type=_workers,
         default=1,
@@ -405,6 +423,10 @@ def _conf(args: argparse.Namespace) -> ServerConf:
     conf.add_forwarded_headers = not args.no_forwarded_headers
     if args.client_bind_to:
         conf.client_bind_to_ipv4, conf.client_bind_to_ipv6 = split_families(args.client_bind_to)
+    conf.h2c = not args.no_h2c
+    conf.h2 = not args.no_h2
+    if args.h2_max_concurrent_streams is not None:
+        conf.h2_max_concurrent_streams = args.h2_max_concurrent_streams
     conf.record_dir = args.record
     conf.access_log, conf.access_log_format = args.access_log, args.access_log_format
     if args.tls_cert or args.tls_key or args.tls_sni_cert:
@@ -432,7 +454,7 @@ def _check_tls(args: argparse.Namespace, conf: ServerConf) -> str | None:
         return "--tls-client-auth needs --tls-client-ca"
     try:
         if conf.tls is not None:
-            load_server_tls(conf.tls)
+            load_server_tls(conf.tls, conf.h2)
         for peer in getattr(args, "tls_peers", []):
             ClientContextCache.build(peer)
     except TlsConfigError as e:

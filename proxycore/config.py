@@ -35,7 +35,7 @@ class TlsSettings:
     sni_certs: dict[str, tuple[str, str]] = field(default_factory=dict)
     client_ca: str | None = None
     client_auth: str = "none"
-    alpn: tuple[str, ...] = ("http/1.1",)
+    alpn: tuple[str, ...] = ("h2", "http/1.1")  # (h2 left out when ServerConf.h2 is off)
     handshake_timeout: float = 10.0
     ports: list[int] = field(default_factory=list)
 
@@ -63,6 +63,13 @@ class ServerConf:
     # underscores_in_headers off) or "reject" (400), as Envoy's headers_with_underscores_action.
     headers_with_underscores: str = "drop"
     read_buffer_limit: int = 262144
+    # HTTP/2 from clients (proxycore.h2): h2c by prior knowledge on cleartext listeners
+    # (RFC 9113 §3.3), "h2" offered by ALPN on TLS listeners (§3.2), and the streams one
+    # connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS; more are refused
+    # with REFUSED_STREAM).
+    h2c: bool = True
+    h2: bool = True
+    h2_max_concurrent_streams: int = 100
     limits: Limits = field(default_factory=Limits)
     record_dir: str | None = None  # write one session trace per client connection here
     reuse_port: bool = False  # bind listeners with SO_REUSEPORT (set when running workers)
@@ -88,6 +95,9 @@ class ServerConf:
                 problem = source_address_problem(addr, version)
                 if problem is not None:
                     raise ValueError(f"{name}: {problem}, got {addr!r}")
+        streams = self.h2_max_concurrent_streams
+        if streams < 1:
+            raise ValueError(f"h2_max_concurrent_streams must be at least 1, not {streams}")
         action = self.headers_with_underscores
         if action not in UNDERSCORE_ACTIONS:
             raise ValueError(

@@ -633,6 +633,8 @@ class Downstream(ServerStream):
             if limit is not None and meta.length > limit:
                 raise HTTPParseError("request body too large", 413)
         except HTTPParseError as err:
+            if err.status == 505 and head == b"PRI * HTTP/2.0\r\n\r\n" and self.h2c_preface():
+                return False
             self.reject(err, head)
             return False
         if meta.dropped is not None:
@@ -666,6 +668,18 @@ class Downstream(ServerStream):
         s = Session(self, req, meta)
         self.current = s
         s.start()
+        return True
+
+    def h2c_preface(self) -> bool:
+        """The connection opened with the HTTP/2 preface (prior knowledge, RFC 9113 §3.3):
+        hand it to :mod:`proxycore.h2` (unless ``h2c`` is off: then it is a 505)."""
+        if self.requests or self.tls is not None or not self.engine.conf.h2c:
+            return False
+        from proxycore.h2.server import PREFACE_HEAD, switch_to_h2
+
+        rest = bytes(self.buf)
+        self.buf.clear()
+        switch_to_h2(self, PREFACE_HEAD + rest)
         return True
 
     def request_done(self, s: Session, keep_alive: bool) -> None:

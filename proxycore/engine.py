@@ -484,7 +484,14 @@ class Engine:
     def _on_accepted(self, ev: Accepted) -> None:
         if ev.conn >= self._next_id:
             self._next_id = ev.conn + 1
-        down = Downstream(self, ev.conn, ev.client, ev.server, ev.scheme, ev.tls)
+        tls = ev.tls
+        if tls is not None and tls.alpn == "h2" and self.conf.h2:
+            # HTTP/2 negotiated by ALPN (RFC 9113 §3.2)
+            from proxycore.h2.server import H2Conn
+
+            down: Downstream = H2Conn(self, ev.conn, ev.client, ev.server, ev.scheme, tls)
+        else:
+            down = Downstream(self, ev.conn, ev.client, ev.server, ev.scheme, tls)
         self.downstreams[ev.conn] = down
         if self.draining:
             down.close()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from proxycore.accesslog import AccessEntry, Attempt, log_session
 from proxycore.actions import RunFilter
-from proxycore.codec import NO_BODY, SIZED_BODY
+from proxycore.codec import NO_BODY, SIZED_BODY, ServerStream
 from proxycore.errors import ErrorSource, ErrorType, HTTPParseError, ProxyError
 from proxycore.h1.parse import (
     BODY_CHUNKED,
@@ -54,7 +54,6 @@ from proxycore.semantics import (
 from proxycore.upstream import ACTIVE, Upstream
 
 if TYPE_CHECKING:
-    from proxycore.downstream import Downstream
     from proxycore.tls import TlsInfo
 
 __all__ = ["Session"]
@@ -224,7 +223,7 @@ class Session:
         "upstream_reused",
     )
 
-    def __init__(self, down: Downstream, req: RequestHeader, meta: RequestMeta) -> None:
+    def __init__(self, down: ServerStream, req: RequestHeader, meta: RequestMeta) -> None:
         engine = down.engine
         self.down = down
         self.engine = engine
@@ -308,6 +307,11 @@ class Session:
         if ph.early_request_filter is None and ph.request_filter is None:
             return self._meta.host
         return self.req_header.host
+
+    @property
+    def http_version(self) -> str:
+        """The client's HTTP version: ``"1.0"``, ``"1.1"`` or ``"2"``."""
+        return self.req_header.version[5:]
 
     @property
     def downstream_requests(self) -> int:

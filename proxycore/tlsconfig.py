@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import ssl
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from proxycore.config import TlsSettings
@@ -162,9 +163,12 @@ def _server_context(settings: TlsSettings, cert: str | None, key: str | None) ->
     return ctx
 
 
-def load_server_tls(settings: TlsSettings) -> ServerTls:
+def load_server_tls(settings: TlsSettings, h2: bool = True) -> ServerTls:
     """Read every certificate and key in ``settings`` and build the contexts; raises
-    TlsConfigError naming the first file that cannot be used."""
+    TlsConfigError naming the first file that cannot be used. ``h2`` False (``--no-h2``):
+    ALPN does not offer ``h2`` (RFC 9113 §3.2)."""
+    if not h2 and "h2" in settings.alpn:
+        settings = replace(settings, alpn=tuple(p for p in settings.alpn if p != "h2"))
     if settings.cert is None and not settings.sni_certs:
         raise TlsConfigError("TLS needs a certificate (cert/key or at least one SNI certificate)")
     if settings.client_auth not in ("none", "optional", "required"):

@@ -171,7 +171,7 @@ def request(eng: Engine, client: TlsClient, conn: int = 1) -> list[Action]:
 
 def test_termination_end_to_end(pki: dict[str, Any]) -> None:
     eng, app = make_engine(pki)
-    client = TlsClient(pki, alpn=["h2", "http/1.1"])
+    client = TlsClient(pki, alpn=["http/1.1"])
     first = handshake(eng, client)
     assert client.done and client.error is None
     assert first[0] == SetTimer(1, 10.0)  # the handshake timeout
@@ -589,3 +589,21 @@ def test_upstream_eof_during_handshake_closes_the_socket_and_502s(pki: dict[str,
     acts = client.receive(eng.feed(EofReceived(up, 0.4)), 1)
     assert Close(up, True) in acts  # the adapter's socket is not left open
     assert client.read_all().startswith(b"HTTP/1.1 502 ")
+
+
+def test_alpn_offers_h2_unless_turned_off(pki: dict[str, Any]) -> None:
+    """RFC 9113 §3.2: "h2" by ALPN makes the connection an HTTP/2 one; without it (or with
+    h2 off: --no-h2) a client offering h2 and http/1.1 gets http/1.1."""
+    from proxycore.h2.server import H2Conn
+
+    eng, _ = make_engine(pki)
+    client = TlsClient(pki, alpn=["h2", "http/1.1"])
+    handshake(eng, client)
+    assert client.obj.selected_alpn_protocol() == "h2"
+    assert isinstance(eng.downstreams[1], H2Conn)
+    server = load_server_tls(settings(pki), h2=False)
+    eng = Engine(App(), ServerConf(), NullLog(), server_tls=server, client_tls=ClientContextCache())
+    client = TlsClient(pki, alpn=["h2", "http/1.1"])
+    handshake(eng, client)
+    assert client.obj.selected_alpn_protocol() == "http/1.1"
+    assert not isinstance(eng.downstreams[1], H2Conn)

@@ -547,6 +547,12 @@ def _brief(sname: str, res: dict[str, Any]) -> str:
             f"{res['opened']} open in {res['setup_s']}s, RSS {_mib(res['rss_before_kib'])} -> "
             f"{_mib(res['rss_with_kib'])} MiB, {res['kib_per_conn']} KiB/conn"
         )
+    if sname == "h2":
+        return ", ".join(
+            f"h2load {k} {res[k]['rps']:,.0f} req/s ({res[k]['failed']} failed)"
+            for k in ("c10m10", "c1m100")
+            if k in res
+        ) + (f" ({res['error']})" if res.get("error") else "")
     if sname == "tls":
         ka = res["keepalive"]
         out = f"keep-alive {ka['rps']:,.0f} req/s, p99 {_lat(ka['p99_ms'])}"

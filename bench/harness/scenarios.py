@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .common import BENCH, BIG_BYTES, HOST, LOAD_CPU, log
+from .h2load import H2_SHAPES, run_h2load
 from .procs import CpuMeter, Proc, RssSampler, check_small, tree, tree_fds, tree_mem
 from .targets import Ctx, Target
 from .tlsprobe import HandshakeProbe
@@ -248,16 +249,40 @@ def scenario_tls(ctx: Ctx, port: int, proc: Proc | None) -> dict[str, Any]:
     return res
 
 
+def scenario_h2(ctx: Ctx, port: int, proc: Proc | None) -> dict[str, Any]:
+    """HTTP/2 (h2c by prior knowledge) GET /small with h2load: -c10 -m10 and -c1 -m100, each
+    after a short warm-up; any failed, errored or timed-out request is an error."""
+    a = ctx.args
+    pids = {"origin": ctx.origin.pid} if ctx.origin else {}
+    if proc is not None:
+        pids["proxy"] = proc.pid
+    out: dict[str, Any] = {}
+    for key, (conns, streams) in H2_SHAPES.items():
+        run_h2load(port, conns, streams, min(a.warmup, 2.0))
+        with CpuMeter(pids) as cpu:
+            res = out[key] = run_h2load(port, conns, streams, a.duration)
+        res["cpu"] = cpu.result
+        out.setdefault("cpu", cpu.result)  # (the -c10 -m10 window: what noise checks read)
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{proc.name} died during the h2load {key} run:\n{proc.log_tail()}")
+        bad = res["failed"] + res["errored"] + res["timeout"]
+        if bad or not res["succeeded"]:
+            out["error"] = f"h2load {key}: {bad} requests failed, errored or timed out"
+    return out
+
+
 # Scenario registry: name -> fn(ctx, port, proc) -> metrics dict, stored as row[name].
 # Every scenario gets a freshly started target (so one scenario's heap growth can't hide
 # or inflate the next one's RSS). --scenarios maps rps->small, stream, idle, tls; "workers"
 # adds the proxycore-uvloop-w2 row (which runs "small" only). "tls" starts the target
-# with Target.tls_start (nginx and proxycore rows only).
+# with Target.tls_start (nginx and proxycore rows only); "h2" with Target.h2_start where a
+# target has one (nginx: listen ... http2), else Target.start (proxycore takes h2c on its port).
 SCENARIOS: dict[str, Callable[[Ctx, int, Proc | None], dict[str, Any]]] = {
     "small": scenario_small,
     "stream": scenario_stream,
     "idle": scenario_idle,
     "tls": scenario_tls,
+    "h2": scenario_h2,
 }
 SCENARIO_FLAGS = {
     "rps": "small",
@@ -265,6 +290,7 @@ SCENARIO_FLAGS = {
     "idle": "idle",
     "workers": None,
     "tls": "tls",
+    "h2": "h2",
 }
 
 

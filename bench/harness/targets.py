@@ -138,6 +138,9 @@ class Target:
     meta: dict[str, Any] = field(default_factory=dict)
     # Starts the same target terminating TLS with ctx.tls (the "tls" scenario).
     tls_start: Callable[[Ctx], tuple[int, Proc | None]] | None = None
+    # Starts the same target speaking HTTP/2 by prior knowledge (the "h2" scenario), if its
+    # usual start does not.
+    h2_start: Callable[[Ctx], tuple[int, Proc | None]] | None = None
 
 
 def start_origin(ctx: Ctx) -> None:
@@ -172,9 +175,9 @@ def t_direct(ctx: Ctx) -> tuple[int, Proc | None]:
     return ctx.origin_port, None
 
 
-def t_nginx(ctx: Ctx, tls: bool = False) -> tuple[int, Proc | None]:
+def t_nginx(ctx: Ctx, tls: bool = False, h2: bool = False) -> tuple[int, Proc | None]:
     port = free_port()
-    name = "nginx-proxy-tls" if tls else "nginx-proxy"
+    name = "nginx-proxy-tls" if tls else "nginx-proxy-h2" if h2 else "nginx-proxy"
     ssl_conf = ""
     if tls:
         assert ctx.tls is not None
@@ -183,6 +186,7 @@ def t_nginx(ctx: Ctx, tls: bool = False) -> tuple[int, Proc | None]:
             ssl_certificate_key {ctx.tls["key"]};
             ssl_protocols TLSv1.2 TLSv1.3;
             ssl_session_cache shared:SSL:10m;"""
+    listen_opts = (" ssl" if tls else "") + (" http2" if h2 else "")
     server = f"""\
         upstream origin {{
             server {HOST}:{ctx.origin_port};
@@ -190,7 +194,7 @@ def t_nginx(ctx: Ctx, tls: bool = False) -> tuple[int, Proc | None]:
             keepalive_requests 1000000;
         }}
         server {{
-            listen {HOST}:{port}{" ssl" if tls else ""} backlog=4096;{ssl_conf}
+            listen {HOST}:{port}{listen_opts} backlog=4096;{ssl_conf}
             location / {{
                 proxy_pass http://origin;
                 proxy_http_version 1.1;
@@ -202,6 +206,11 @@ def t_nginx(ctx: Ctx, tls: bool = False) -> tuple[int, Proc | None]:
     """
     conf = nginx_conf(ctx.workdir, name, server, conns=ctx.nginx_conns)
     return port, start_nginx(ctx, name, conf, PROXY_CPU, port)
+
+
+def t_nginx_h2(ctx: Ctx) -> tuple[int, Proc | None]:
+    """The nginx target, same config plus listen ... http2 (h2c by prior knowledge)."""
+    return t_nginx(ctx, h2=True)
 
 
 def t_nginx_tls(ctx: Ctx) -> tuple[int, Proc | None]:
@@ -355,7 +364,7 @@ def t_proxycore(
 
 
 def build_targets(backends: list[str], workers_row: bool = True) -> list[Target]:
-    with_tls = ("small", "stream", "idle", "tls")
+    with_tls = ("small", "stream", "idle", "tls", "h2")
     targets = [
         Target("direct", t_direct, "wrk -> origin (ceiling; no proxy)", ("small", "stream")),
         Target(
@@ -364,6 +373,7 @@ def build_targets(backends: list[str], workers_row: bool = True) -> list[Target]
             "nginx reverse proxy, 1 worker, upstream keepalive 64",
             with_tls,
             tls_start=t_nginx_tls,
+            h2_start=t_nginx_h2,
         ),
         Target("haproxy", t_haproxy, "haproxy, nbthread 1, http-reuse always"),
         Target("aiohttp", t_aiohttp, "plain aiohttp+uvloop proxy (bench/aiohttp_proxy.py)"),
@@ -420,7 +430,8 @@ def _ok(r: dict[str, Any], scen: str) -> dict[str, Any] | None:
     res = r.get(scen)
     if not isinstance(res, dict):
         return None
-    key = {"small": "c50", "stream": "mb_s", "idle": "kib_per_conn", "tls": "keepalive"}[scen]
+    key = {"small": "c50", "stream": "mb_s", "idle": "kib_per_conn", "tls": "keepalive",
+           "h2": "c10m10"}[scen]  # fmt: skip
     return res if res.get(key) is not None else None
 
 
@@ -503,4 +514,10 @@ def evaluate_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         add(f"{tr} idle RSS per conn", g(tr, "idle_kib_per_conn"), "<=", 4, "KiB")
     add(f"{uv} TLS keep-alive req/s vs nginx (TLS)", g(uv, "tls_ratio_nginx"), ">=", 0.25,
         "x", ((uv, "tls"), ("nginx", "tls")))  # fmt: skip
+    h2_uv, h2_ng = _ok(by.get(uv, {}), "h2"), _ok(by.get("nginx", {}), "h2")
+    h2_ratio = None
+    if h2_uv and h2_ng and h2_ng["c10m10"]["rps"]:
+        h2_ratio = round(h2_uv["c10m10"]["rps"] / h2_ng["c10m10"]["rps"], 3)
+    add(f"{uv} HTTP/2 req/s vs nginx (h2load -c10 -m10)", h2_ratio, ">=", 0.15, "x",
+        ((uv, "h2"), ("nginx", "h2")))  # fmt: skip
     return out

@@ -1,0 +1,880 @@
+"""HTTP/2 from clients (RFC 9113): the connection (:class:`H2Conn`) and its streams.
+
+Theory of operation: a client connection that opened with the HTTP/2 connection preface
+(prior knowledge, RFC 9113 §3.3; or ALPN ``h2``, §3.2) is an :class:`H2Conn`. It feeds what
+it reads to an ``h2`` server connection and turns the events into calls on its streams; what
+the streams send leaves as one ``data_to_send()`` per input. Each stream is an
+:class:`H2Stream`, the :class:`proxycore.codec.ServerStream` of one exchange
+(:class:`proxycore.session.Session`), so filters see the same session API as on HTTP/1.1
+(``session.http_version`` is ``"2"``).
+
+Flow control is the request body's backpressure (RFC 9113 §5.2): a stream's receive window
+re-opens only for the data its exchange took and its upstream connection is not refusing
+(``Session.wants_request_paused``), so a stream never buffers more than its window (64 KiB);
+the connection's window is bounded too. On the way out, what a stream's send window does not
+take waits in the stream; while it waits, the stream is ``write_paused`` and its exchange
+stops reading its upstream connection, without pausing any other stream.
+
+The connection is a :class:`proxycore.downstream.Downstream` for the engine (its timer table,
+write buffer and events), never one for an exchange: its HTTP/1.1 methods are not used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from h2.config import H2Configuration
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError
+from h2.settings import SettingCodes
+
+from proxycore.actions import Close, SetTimer
+from proxycore.codec import NO_BODY, OPEN_BODY, SIZED_BODY, ServerStream
+from proxycore.downstream import Downstream
+from proxycore.h1.parse import (
+    BODY_CHUNKED,
+    BODY_LENGTH,
+    BODY_NONE,
+    RequestMeta,
+    ResponseMeta,
+)
+from proxycore.h2._lib import ServerConnection
+from proxycore.http import Headers, RequestHeader, ResponseHeader
+from proxycore.semantics import HOP_BY_HOP, error_body, response_has_body, trailer_fields
+from proxycore.session import Session
+
+if TYPE_CHECKING:
+    from proxycore.engine import Engine
+    from proxycore.tls import TlsInfo
+
+__all__ = ["PREFACE", "H2Conn", "H2Stream"]
+
+_INF: Final = float("inf")
+# The client connection preface (RFC 9113 §3.4).
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# What the HTTP/1.1 head scanner sees of the preface: a request head of its own.
+PREFACE_HEAD: Final = b"PRI * HTTP/2.0\r\n\r\n"
+# Each stream's receive window (the default, SETTINGS_INITIAL_WINDOW_SIZE) bounds what one
+# stream buffers; the connection's receive window, raised to this, bounds them all.
+CONN_WINDOW: Final = 1 << 20
+# Fields a message must not carry on HTTP/2 (RFC 9113 §8.2.2), beyond the hop-by-hop set.
+_CONNECTION_SPECIFIC: Final = HOP_BY_HOP | frozenset({"proxy-connection", "host"})
+
+
+def _fields(items: list[tuple[str, str, str]]) -> list[tuple[bytes, bytes]]:
+    """Response or trailer fields as HTTP/2 wants them: lower-case names, no
+    connection-specific fields (RFC 9113 §8.2.2)."""
+    return [
+        (k.encode("latin-1"), v.encode("latin-1"))
+        for k, _, v in items
+        if k not in _CONNECTION_SPECIFIC
+    ]
+
+
+class H2Stream(ServerStream):
+    """One HTTP/2 stream: the client side of one exchange."""
+
+    __slots__ = (
+        "_body_kind",
+        "_body_left",
+        "_ending",
+        "_eos_given",
+        "_in",
+        "_in_ended",
+        "_out",
+        "_out_size",
+        "_resp_length",
+        "_resp_mode",
+        "_resp_sent",
+        "_trailers",
+        "_unacked",
+        "client_addr",
+        "closed",
+        "conn",
+        "engine",
+        "id",
+        "peer_eof",
+        "req_trailers",
+        "requests",
+        "scheme",
+        "server_addr",
+        "session",
+        "sid",
+        "tls",
+        "write_paused",
+    )
+
+    def __init__(self, conn: H2Conn, sid: int) -> None:
+        self.conn = conn
+        self.engine = conn.engine
+        self.id = conn.id
+        self.sid = sid
+        self.client_addr = conn.client_addr
+        self.server_addr = conn.server_addr
+        self.scheme = conn.scheme
+        self.tls = conn.tls
+        self.requests = conn.requests
+        self.write_paused = conn.write_paused
+        self.peer_eof = False
+        self.closed = False
+        self.session: Session | None = None
+        self._body_kind = NO_BODY
+        self._body_left = 0
+        self._in: list[tuple[bytes, int]] = []  # body pieces not handed over, with their
+        self._in_ended = False  # flow-controlled lengths; END_STREAM seen
+        self._eos_given = False
+        self._unacked = 0  # bytes handed over whose window is not re-opened yet
+        self.req_trailers: Headers | None = None
+        self._out: list[bytes | memoryview] = []  # DATA the send window did not take yet
+        self._out_size = 0
+        self._ending = False  # the response ends once _out is sent
+        self._trailers: list[tuple[bytes, bytes]] | None = None
+        self._resp_mode = BODY_NONE
+        self._resp_length = 0
+        self._resp_sent = 0
+
+    def forwarded_fields(self) -> bytes:
+        return self.conn.forwarded_fields()
+
+    # -- timers: the connection's table, under "<stream id>:<name>"
+
+    def arm(self, name: str, deadline: float) -> None:
+        self.conn.arm(f"{self.sid}:{name}", deadline)
+
+    def disarm(self, name: str) -> None:
+        timers = self.conn.timers
+        key = f"{self.sid}:{name}"
+        if key in timers:
+            del timers[key]
+
+    def disarm_all(self, names: tuple[str, ...]) -> None:
+        timers = self.conn.timers
+        if timers:
+            for name in names:
+                key = f"{self.sid}:{name}"
+                if key in timers:
+                    del timers[key]
+
+    def armed(self, name: str) -> bool:
+        return f"{self.sid}:{name}" in self.conn.timers
+
+    # -- deferred filter results: the connection routes tokens to streams
+
+    def filter_token(self, s: Session) -> int:
+        token = self.engine.new_token()
+        self.conn.tokens[token] = self
+        return token
+
+    def filter_done(self, token: int, result: object, error: BaseException | None) -> None:
+        s = self.session
+        if s is not None:
+            s.on_filter_done(token, result, error)
+
+    # -- the request body
+
+    def request_body_kind(self) -> int:
+        return self._body_kind
+
+    def request_pause_changed(self) -> None:
+        s = self.session
+        if s is None or self.closed:
+            return
+        if self._unacked and not s.wants_request_paused():
+            self.conn.ack(self.sid, self._unacked)
+            self._unacked = 0
+        if self._in or (self._in_ended and not self._eos_given):
+            self.push_request_body(s)
+
+    def push_request_body(self, s: Session) -> bool:
+        """Hand ``s`` the pieces it takes now; the window re-opens for what its upstream takes
+        (RFC 9113 §5.2: flow control as the request body's backpressure)."""
+        queue = self._in
+        while (queue or (self._in_ended and not self._eos_given)) and s.takes_request_body():
+            if queue:
+                piece, flow = queue.pop(0)
+                last = not queue and self._in_ended
+            else:
+                piece, flow, last = b"", 0, True
+            if last:
+                self._eos_given = True
+            if self._body_kind == SIZED_BODY:
+                self._body_left -= len(piece)
+            self._unacked += flow
+            s.on_request_body(piece, last)
+            if self.closed or self.session is None:
+                return False
+        if self._unacked and not s.wants_request_paused():
+            self.conn.ack(self.sid, self._unacked)
+            self._unacked = 0
+        return True
+
+    def request_trailers(self) -> Headers | None:
+        return self.req_trailers
+
+    def request_body_left(self) -> int:
+        return self._body_left if self._body_kind == SIZED_BODY else -1
+
+    def discard_request_body(self) -> int:
+        # An early answer ends the exchange; exchange_done resets the rest of the request
+        # (RST_STREAM NO_ERROR, RFC 9113 §8.1): nothing is left to skip.
+        self._drop_input()
+        return 1
+
+    def _drop_input(self) -> None:
+        flow = self._unacked + sum(f for _, f in self._in)
+        self._in.clear()
+        self._unacked = 0
+        if flow:
+            self.conn.ack(self.sid, flow)
+
+    # -- client data, from the connection
+
+    def on_body(self, data: bytes, flow: int) -> None:
+        s = self.session
+        if s is None or self._eos_given:
+            if flow:
+                self.conn.ack(self.sid, flow)
+            return
+        self._in.append((data, flow))
+        s.on_client_bytes()
+        s.request_data_buffered()
+
+    def on_end(self) -> None:
+        self.peer_eof = True
+        self._in_ended = True
+        s = self.session
+        if s is not None and not self._eos_given:
+            s.request_data_buffered()
+
+    # -- writing the response
+
+    def send_informational(self, s: Session, resp: ResponseHeader, tokens: frozenset[str]) -> None:
+        fields = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, _, v in resp.headers._items
+            if k not in _CONNECTION_SPECIFIC and k not in tokens
+        ]
+        fields.insert(0, (b":status", str(resp.status).encode()))
+        self.conn.send_headers(self.sid, fields, False)
+
+    def send_response_head(
+        self, s: Session, resp: ResponseHeader, meta: ResponseMeta, edited: bool, keep: bool
+    ) -> int:
+        """The response head as a HEADERS frame (RFC 9113 §8.3.2): connection-specific fields
+        dropped, a valid Content-Length kept; a chunked or close-delimited origin body becomes
+        DATA frames ended by END_STREAM. Returns the body framing (``BODY_*``)."""
+        status = resp.status
+        items = [it for it in resp.headers._items if it[0] not in tokens_of(meta)]
+        mode = BODY_NONE
+        length = 0
+        if response_has_body(s.req_header.method, status):
+            cl = resp.headers.get("content-length")
+            if cl is not None and cl.isdigit():
+                mode = BODY_LENGTH
+                length = int(cl)
+            else:
+                mode = BODY_CHUNKED
+                if cl is not None:
+                    items = [it for it in items if it[0] != "content-length"]
+        self._resp_mode = mode
+        self._resp_length = length
+        self._resp_sent = 0
+        fields = _fields(items)
+        fields.insert(0, (b":status", str(status).encode()))
+        self.conn.send_headers(self.sid, fields, False)
+        return mode
+
+    def send_local_response(
+        self, s: Session, status: int, h: Headers, body: bytes, keep: bool
+    ) -> None:
+        fields = _fields(h._items)
+        fields.insert(0, (b":status", str(status).encode()))
+        self._resp_mode = BODY_LENGTH
+        self._resp_length = len(body)
+        self._resp_sent = len(body)
+        self.conn.send_headers(self.sid, fields, not body)
+        if body:
+            self._queue(body)
+            self._ending = True
+            self._drain()
+
+    def send_body(self, piece: bytes) -> bool:
+        mode = self._resp_mode
+        if mode == BODY_NONE:
+            return True
+        self._resp_sent += len(piece)
+        if mode == BODY_LENGTH and self._resp_sent > self._resp_length:
+            return False
+        self._queue(piece)
+        self._drain()
+        return True
+
+    def takes_trailers(self) -> bool:
+        return self._resp_mode == BODY_CHUNKED
+
+    def end_response(self, trailers: Headers | None) -> bool:
+        if trailers is not None and len(trailers):
+            fields = [
+                (n.lower().encode("latin-1"), v.encode("latin-1"))
+                for n, v in trailer_fields(trailers)
+                if n.lower() not in _CONNECTION_SPECIFIC
+            ]
+            if fields:
+                self._trailers = fields
+        self._ending = True
+        self._drain()
+        return not (self._resp_mode == BODY_LENGTH and self._resp_sent != self._resp_length)
+
+    def response_sent(self) -> int:
+        return self._resp_sent
+
+    def response_length(self) -> int:
+        return self._resp_length
+
+    def _queue(self, piece: bytes) -> None:
+        if piece:
+            self._out.append(piece)
+            self._out_size += len(piece)
+
+    def _drain(self) -> None:
+        """Send what the stream's and the connection's send windows take (RFC 9113 §6.9)."""
+        if self.closed:
+            return
+        conn = self.conn
+        h2 = conn.h2
+        sid = self.sid
+        out = self._out
+        try:
+            while out:
+                window = h2.local_flow_control_window(sid)
+                if window <= 0:
+                    break
+                size = min(window, h2.max_outbound_frame_size)
+                chunk = out[0]
+                if len(chunk) <= size:
+                    del out[0]
+                    self._out_size -= len(chunk)
+                    end = self._ending and not out and not self._trailers
+                    h2.send_data(sid, chunk, end_stream=end)
+                else:
+                    view = memoryview(chunk)
+                    h2.send_data(sid, view[:size])
+                    out[0] = view[size:]
+                    self._out_size -= size
+            if not out and self._ending:
+                self._ending = False
+                if self._trailers:
+                    h2.send_headers(sid, self._trailers, end_stream=True)
+                    self._trailers = None
+                elif self._out_size == 0 and not self._sent_end():
+                    h2.send_data(sid, b"", end_stream=True)
+        except ProtocolError:
+            # The stream was closed under us (the client reset it): nothing more goes out.
+            out.clear()
+            self._out_size = 0
+        conn.output()
+        if self.session is None:
+            if not out and not self._ending:
+                conn.stream_done(self, 0)  # its exchange ended before its output drained
+            return
+        self.update_write_pause()
+
+    def _sent_end(self) -> bool:
+        st = self.conn.h2.streams.get(self.sid)
+        return (
+            st is None
+            or st.closed
+            or st.state_machine.state.name
+            in (
+                "HALF_CLOSED_LOCAL",
+                "CLOSED",
+            )
+        )
+
+    def update_write_pause(self) -> None:
+        paused = bool(self._out) or self.conn.write_paused
+        if paused != self.write_paused:
+            self.write_paused = paused
+            s = self.session
+            if s is not None:
+                s.on_downstream_write_paused(paused)
+
+    # -- the end of the exchange
+
+    def exchange_done(self, s: Session, keep_alive: bool) -> None:
+        self.conn.stream_done(self, 0)
+
+    def client_gone(self, s: Session) -> None:
+        self.conn.stream_done(self, ErrorCodes.CANCEL)
+
+    def abort_response(self, s: Session) -> None:
+        # RFC 9113 §8.1: a response that cannot be completed ends with RST_STREAM.
+        self.conn.stream_done(self, ErrorCodes.INTERNAL_ERROR)
+
+    def active_exchanges(self) -> int:
+        return 0 if self.session is None else 1
+
+    def stop(self, grace: float) -> int:
+        s = self.session
+        return 1 if s is not None and s.on_stop(grace) else 0
+
+
+def tokens_of(meta: ResponseMeta) -> frozenset[str]:
+    """The fields an origin response must lose on HTTP/2: the hop-by-hop set and those its
+    Connection field named."""
+    return HOP_BY_HOP | meta.connection_tokens if meta.connection_tokens else HOP_BY_HOP
+
+
+class H2Conn(Downstream):
+    """One HTTP/2 client connection: the ``h2`` state machine and its streams."""
+
+    __slots__ = ("_in_input", "_streams_done", "h2", "streams", "tokens")
+
+    def __init__(
+        self,
+        engine: Engine,
+        conn_id: int,
+        client: tuple[str, int],
+        server: tuple[str, int],
+        scheme: str,
+        tls: TlsInfo | None = None,
+    ) -> None:
+        super().__init__(engine, conn_id, client, server, scheme, tls)
+        conf = engine.conf
+        h2 = ServerConnection(
+            config=H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                validate_inbound_headers=True,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
+        )
+        h2.local_settings = type(h2.local_settings)(
+            client=False,
+            initial_values={
+                SettingCodes.MAX_CONCURRENT_STREAMS: conf.h2_max_concurrent_streams,
+                SettingCodes.MAX_HEADER_LIST_SIZE: h2.DEFAULT_MAX_HEADER_LIST_SIZE,
+                SettingCodes.ENABLE_PUSH: 0,
+            },
+        )
+        self.h2 = h2
+        self.streams: dict[int, H2Stream] = {}
+        self.tokens: dict[int, H2Stream] = {}
+        self._in_input = False
+        self._streams_done = 0
+        self.state = 1  # (ACTIVE for the HTTP/1.1 code paths it inherits: none read it)
+
+    # -- output: one data_to_send() per input
+
+    def output(self) -> None:
+        if not self._in_input and not self.closed:
+            data = self.h2.data_to_send()
+            if data:
+                self.engine.send(self, data)
+
+    def ack(self, sid: int, flow: int) -> None:
+        try:
+            self.h2.acknowledge_received_data(flow, sid)
+        except (ProtocolError, ValueError, KeyError):
+            pass  # the stream is gone: its data still counts for the connection (h2 does it)
+        self.output()
+
+    def send_headers(self, sid: int, fields: list[tuple[bytes, bytes]], end: bool) -> None:
+        try:
+            self.h2.send_headers(sid, fields, end_stream=end)
+        except ProtocolError:
+            return  # the client reset the stream
+        self.output()
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        """Send our SETTINGS (and open the connection's receive window)."""
+        h2 = self.h2
+        h2.initiate_connection()
+        h2.increment_flow_control_window(CONN_WINDOW - 65535)
+        self.output()
+        self._idle()
+
+    def _idle(self) -> None:
+        if not self.streams and not self.closed:
+            e = self.engine
+            self.arm("idle", e.now + e.conf.keepalive_timeout)
+
+    def goaway(self, code: int = 0) -> None:
+        if self.closed:
+            return
+        try:
+            self.h2.close_connection(code)
+        except ProtocolError:
+            return
+        self.output()
+
+    def close(self, abort: bool = False) -> None:
+        if self.closed:
+            return
+        if not abort:
+            self.goaway()
+        self.closed = True
+        self.state = 3
+        e = self.engine
+        for st in list(self.streams.values()):
+            st.closed = True
+            s = st.session
+            if s is not None:
+                s.on_downstream_gone("connection closed by proxy")
+        self.streams.clear()
+        self.tokens.clear()
+        e.downstreams.pop(self.id, None)
+        if abort:
+            self.wbuf.clear()
+        else:
+            e.flush(self)
+        self.timers.clear()
+        if self.scheduled != _INF:
+            self.scheduled = _INF
+            e.emit(SetTimer(self.id, None))
+        e.emit(Close(self.id, abort))
+
+    def stream_done(self, st: H2Stream, code: int) -> None:
+        """The exchange of ``st`` ended: forget it; reset what is left of the stream (a request
+        body not read, RFC 9113 §8.1: NO_ERROR; a response cut short: ``code``)."""
+        sid = st.sid
+        if self.streams.get(sid) is not st:
+            return
+        if st.session is not None:
+            st.session = None
+            self.requests += 1
+            for t in [t for t, v in self.tokens.items() if v is st]:
+                del self.tokens[t]
+        if not code and (st._out or st._ending) and not self.closed and not st.closed:
+            return  # the response is still going out (flow control): H2Stream._drain ends it
+        del self.streams[sid]
+        if self.closed:
+            return
+        h2s = self.h2.streams.get(sid)
+        if h2s is not None and not h2s.closed:
+            if code or st._out or st._ending:
+                st._out.clear()
+                st._out_size = 0
+                self._reset(sid, code or ErrorCodes.CANCEL)
+            elif not st._in_ended:
+                st._drop_input()
+                self._reset(sid, ErrorCodes.NO_ERROR)
+        st.closed = True
+        self.output()
+        if not self.streams:
+            if self.peer_eof or self.engine.draining:
+                self.close()
+            else:
+                self._idle()
+
+    def _reset(self, sid: int, code: int) -> None:
+        try:
+            self.h2.reset_stream(sid, code)
+        except ProtocolError:
+            pass
+
+    # -- events
+
+    def on_data(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self._in_input = True
+        try:
+            try:
+                events = self.h2.receive_data(data)
+            except ProtocolError as err:
+                self.engine.log.info("client %s: HTTP/2 error: %s", self.peer_name(), err)
+                self._in_input = False
+                self.output()  # (h2 queued the GOAWAY)
+                self.close()
+                return
+            for ev in events:
+                if self.closed:
+                    return
+                self._event(ev)
+        finally:
+            self._in_input = False
+        self.output()
+
+    def _event(self, ev: object) -> None:
+        if isinstance(ev, DataReceived):
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                st.on_body(ev.data, ev.flow_controlled_length)
+            else:
+                self.ack(ev.stream_id, ev.flow_controlled_length)
+        elif isinstance(ev, RequestReceived):
+            self._request(ev.stream_id, ev.headers, ev.stream_ended is not None)
+        elif isinstance(ev, StreamEnded):
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                st.on_end()
+        elif isinstance(ev, WindowUpdated):
+            if ev.stream_id:
+                st = self.streams.get(ev.stream_id)
+                if st is not None:
+                    st._drain()
+            else:
+                for st in list(self.streams.values()):
+                    if st._out or st._ending:
+                        st._drain()
+        elif isinstance(ev, TrailersReceived):
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                self._trailers(st, ev.headers)
+        elif isinstance(ev, StreamReset):
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                st.closed = True
+                st._out.clear()
+                st._out_size = 0
+                st._ending = False
+                st._trailers = None
+                s = st.session
+                if s is not None:
+                    s.on_client_lost("reset the stream")
+                self.stream_done(st, 0)
+        elif isinstance(ev, RemoteSettingsChanged):
+            for st in list(self.streams.values()):
+                if st._out or st._ending:
+                    st._drain()
+        elif isinstance(ev, ConnectionTerminated):
+            self.peer_eof = True
+            if not self.streams:
+                self.close()
+
+    def _trailers(self, st: H2Stream, headers: object) -> None:
+        h = Headers()
+        for name, value in headers:  # type: ignore[attr-defined]
+            if name[:1] != b":":
+                h.add(name.decode("latin-1"), value.decode("latin-1"))
+        st.req_trailers = h
+        s = st.session
+        if s is not None and not s.on_request_trailers(h):
+            return
+
+    def _request(self, sid: int, headers: object, ended: bool) -> None:
+        """A request head (RFC 9113 §8.3.1): the pseudo-fields, cookie crumbs joined
+        (§8.2.3), Host from :authority (§8.3.1), the HTTP/1.1 size limits (431)."""
+        e = self.engine
+        conf = e.conf
+        limits = conf.limits
+        method = path = scheme = authority = ""
+        items: list[tuple[str, str, str]] = []
+        cookies: list[str] = []
+        size = 0
+        count = 0
+        dropped: list[str] | None = None
+        for name_b, value_b in headers:  # type: ignore[attr-defined]
+            name = name_b.decode("latin-1")
+            value = value_b.decode("latin-1")
+            size += len(name) + len(value) + 4
+            if name[:1] == ":":
+                if name == ":method":
+                    method = value
+                elif name == ":path":
+                    path = value
+                elif name == ":scheme":
+                    scheme = value
+                elif name == ":authority":
+                    authority = value
+                continue
+            count += 1
+            if name == "cookie":
+                cookies.append(value)
+                continue
+            if "_" in name and conf.headers_with_underscores != "allow":
+                if conf.headers_with_underscores == "reject":
+                    self._answer(sid, 400, ended)
+                    return
+                if dropped is None:
+                    dropped = []
+                dropped.append(name)
+                continue
+            items.append((name, name, value))
+        if size > limits.max_header_bytes or count > limits.max_headers:
+            self._answer(sid, 431, ended)
+            return
+        if method == "CONNECT":
+            self._answer(sid, 501, ended)  # extended CONNECT (RFC 8441) is not offered
+            return
+        if cookies:
+            items.append(("cookie", "cookie", "; ".join(cookies)))
+        if authority:
+            items = [it for it in items if it[0] != "host"]
+            items.append(("host", "host", authority))
+        meta = RequestMeta()
+        meta.hop = True
+        meta.dropped = dropped
+        host: str | None = authority or None
+        for k, _, v in items:
+            if k == "host":
+                host = v
+            elif k == "expect":
+                meta.expect_continue = v.lower() == "100-continue"
+            elif k[:12] == "x-forwarded-":
+                meta.forwarded = True
+        meta.host = host
+        meta.has_host = host is not None
+        if e.access_log is not None:
+            # The access log reads the request line and a few fields from the head as
+            # received: HTTP/2's, written out as nginx logs it ("GET /a HTTP/2.0").
+            lines = [f"{method} {path} HTTP/2.0"]
+            lines += [f"{k}: {v}" for k, _, v in items]
+            meta.raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        st = H2Stream(self, sid)
+        if ended:
+            st._body_kind = NO_BODY
+            st._in_ended = True
+            st._eos_given = True
+            st.peer_eof = True
+        else:
+            cl = next((v for k, _, v in items if k == "content-length"), None)
+            if cl is not None and cl.isdigit():
+                st._body_kind = SIZED_BODY
+                st._body_left = meta.length = int(cl)
+            else:
+                st._body_kind = OPEN_BODY
+            limit = conf.max_request_body_size
+            if limit is not None and meta.length > limit:
+                self._answer(sid, 413, ended)
+                return
+        req = RequestHeader(
+            method,
+            path,
+            Headers._from_parsed(items),
+            "HTTP/2",
+            scheme=scheme or None,
+            authority=authority or None,
+        )
+        timers = self.timers
+        if "idle" in timers:
+            del timers["idle"]
+        self.streams[sid] = st
+        s = Session(st, req, meta)
+        st.session = s
+        s.start()
+
+    def _answer(self, sid: int, status: int, ended: bool) -> None:
+        """Answer a request refused before any exchange (431, 400, 413, 501), then end the
+        stream (the rest of its request with RST_STREAM NO_ERROR, RFC 9113 §8.1)."""
+        body = error_body(status)
+        self.engine.log.info("client %s: rejected HTTP/2 request (%d)", self.peer_name(), status)
+        h2 = self.h2
+        try:
+            h2.send_headers(
+                sid,
+                [
+                    (b":status", str(status).encode()),
+                    (b"content-type", b"text/plain"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            )
+            h2.send_data(sid, body, end_stream=True)
+            if not ended:
+                h2.reset_stream(sid, ErrorCodes.NO_ERROR)
+        except ProtocolError:
+            self._reset(sid, ErrorCodes.REFUSED_STREAM)
+        self.output()
+
+    def on_eof(self) -> None:
+        self.peer_eof = True
+        if not self.streams:
+            self.close()
+            return
+        for st in list(self.streams.values()):
+            s = st.session
+            if s is not None and not st._in_ended:
+                s.on_downstream_eof()
+
+    def on_closed(self, error: str | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.state = 3
+        self.engine.downstreams.pop(self.id, None)
+        self.wbuf.clear()
+        self.timers.clear()
+        for st in list(self.streams.values()):
+            st.closed = True
+            s = st.session
+            if s is not None:
+                s.on_client_lost(error or "closed the connection")
+        self.streams.clear()
+
+    def on_write_failed(self, error: str) -> None:
+        if self.closed:
+            return
+        self.wbuf.clear()
+        self.peer_eof = True
+        for st in list(self.streams.values()):
+            s = st.session
+            if s is not None:
+                s.on_client_lost(error)
+        self.close(abort=True)
+
+    def on_write_paused(self, paused: bool) -> None:
+        """The client stopped (resumed) reading the connection: every stream stops (resumes)
+        reading its upstream."""
+        self.write_paused = paused
+        for st in list(self.streams.values()):
+            st.update_write_pause()
+
+    def on_timer(self, name: str) -> None:
+        if name == "idle":
+            self.close()
+            return
+        sid, _, what = name.partition(":")
+        st = self.streams.get(int(sid)) if sid.isdigit() else None
+        if st is not None and st.session is not None:
+            st.session.on_timer(what)
+
+    def on_drain(self) -> None:
+        if not self.streams:
+            self.close()
+
+    def filter_done(self, token: int, result: object, error: BaseException | None) -> None:
+        st = self.tokens.pop(token, None)
+        if st is not None:
+            st.filter_done(token, result, error)
+
+    def active_exchanges(self) -> int:
+        return sum(1 for st in self.streams.values() if st.session is not None)
+
+    def stop(self, grace: float) -> int:
+        cut = 0
+        for st in list(self.streams.values()):
+            cut += st.stop(grace)
+        self.streams.clear()
+        self.close(abort=True)
+        return cut
+
+    def update_read_pause(self) -> None:
+        """Flow control paces each stream (RFC 9113 §5.2); the socket keeps being read."""
+
+
+def switch_to_h2(down: Downstream, first: bytes) -> None:
+    """The HTTP/1.1 connection ``down`` received the HTTP/2 connection preface before any
+    request (prior knowledge, RFC 9113 §3.3): the connection becomes an :class:`H2Conn`,
+    fed ``first`` (what was read so far)."""
+    e = down.engine
+    conn = H2Conn(e, down.id, down.client_addr, down.server_addr, down.scheme, down.tls)
+    conn.scheduled = down.scheduled
+    down.closed = True
+    down.timers.clear()
+    e.downstreams[down.id] = conn
+    conn.start()
+    conn.on_data(first)
