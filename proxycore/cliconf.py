@@ -36,6 +36,7 @@ SERVER_FLAGS = {
     "pool_size": "upstream_keepalive_pool_size",
     "busy_poll": "busy_poll",
     "headers_with_underscores": "headers_with_underscores",
+    "h2_max_concurrent_streams": "h2_max_concurrent_streams",
     "workers": "threads",
     "record": "record",
     "access_log": "access_log",
@@ -95,6 +96,10 @@ def _override(conf: dict[str, Any], args: argparse.Namespace, given: set[str]) -
         v4, v6 = split_families(args.client_bind_to)
         server["client_bind_to_ipv4"], server["client_bind_to_ipv6"] = v4, v6
     listeners = conf["listeners"]
+    for flag, switch in (("no_h2c", "h2c"), ("no_h2", "h2")):  # on every listener
+        if flag in given and getattr(args, flag):
+            for lst in listeners:
+                lst[switch] = False
     file_tls = next((lst["tls"] for lst in listeners if conffile.tls_settings(lst["tls"])), None)
     plain_tls = _plain()
     tls_given = any(d in given for d in (*TLS_FLAGS, "tls_sni_cert"))
@@ -119,7 +124,14 @@ def _override(conf: dict[str, Any], args: argparse.Namespace, given: set[str]) -
             scheme = listen_scheme(text)
             address = text[len(scheme) + 3 :] if scheme else text
             tls = file_tls if scheme == "https" or (scheme is None and file_tls) else None
-            new.append({"address": address, "tls": dict(tls or plain_tls)})
+            new.append(
+                {
+                    "address": address,
+                    "tls": dict(tls or plain_tls),
+                    "h2c": not getattr(args, "no_h2c", False),
+                    "h2": not getattr(args, "no_h2", False),
+                }
+            )
         conf["listeners"] = new
     elif tls_given and file_tls is not None:
         # the listeners that were TLS, or with none, all of them (as the flags do alone)

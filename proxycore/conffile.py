@@ -325,6 +325,7 @@ def build(conf: dict[str, Any]) -> RunArgs:
         "upstream_keepalive_pool_size", "upstream_keepalive_per_peer", "max_retries",
         "retry_buffer_size", "read_buffer_limit", "add_forwarded_headers",
         "headers_with_underscores", "access_log", "access_log_format", "reuse_port",
+        "h2_max_concurrent_streams",
     ):  # fmt: skip
         setattr(sc, name, s[name])
     size = s["max_request_body_size"]
@@ -339,6 +340,9 @@ def build(conf: dict[str, Any]) -> RunArgs:
     sc.limits = Limits(s["max_request_line"], s["max_header_bytes"], s["max_headers"])
     sc.limits.max_chunk_line = s["max_chunk_line"]
     listen: list[str] = []
+    if conf["listeners"]:
+        sc.h2c = conf["listeners"][0]["h2c"]
+        sc.h2 = conf["listeners"][0]["h2"]
     for listener in conf["listeners"]:
         settings = tls_settings(listener["tls"])
         if settings is not None:

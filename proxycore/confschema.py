@@ -254,7 +254,7 @@ def _route_return(v: Any) -> str | None:
 
 
 def _alpn(v: Any) -> str | None:
-    return None if v == "http/1.1" else "expected http/1.1 (h2 comes with HTTP/2)"
+    return None if v in ("h2", "http/1.1") else "expected h2 or http/1.1"
 
 
 # -- the tree ---------------------------------------------------------------------------------
@@ -496,6 +496,12 @@ SERVER = Section(
             "record one session trace per client connection into this directory",
             nullable=True,
         ),
+        "h2_max_concurrent_streams": Field(
+            100,
+            integer(1),
+            "int",
+            "HTTP/2 streams a client connection may have open at once (more: REFUSED_STREAM)",
+        ),
         "reuse_port": Field(
             False, boolean, "bool", "bind with SO_REUSEPORT (always on with threads > 1)"
         ),
@@ -529,7 +535,11 @@ TLS = Section(
             nullable=True,
         ),
         "alpn": Field(
-            ["http/1.1"], _alpn, "list of str", "protocols offered by ALPN", scalar_list=True
+            ["h2", "http/1.1"],
+            _alpn,
+            "list of str",
+            "protocols offered by ALPN, in order (h2 left out when the listener's h2 is off)",
+            scalar_list=True,
         ),
         "handshake_timeout": Field(10.0, seconds, "seconds", "time to finish the handshake"),
     },
@@ -540,8 +550,15 @@ LISTENER = Section(
     {
         "address": Field(None, _listen, "HOST:PORT", "address to listen on", required=True),
         "tls": Section(TLS.fields, TLS.doc),
+        "h2c": Field(
+            True,
+            boolean,
+            "bool",
+            "cleartext: take HTTP/2 by prior knowledge on this port (same for every listener)",
+        ),
+        "h2": Field(True, boolean, "bool", "TLS: offer h2 by ALPN (same for every listener)"),
     },
-    "a listening address; later switches (h2, h2c, PROXY protocol) join here",
+    "a listening address; later switches (PROXY protocol) join here",
 )
 
 BACKEND = Section(
@@ -827,6 +844,16 @@ def _cross_checks(conf: dict[str, Any], bad: set[tuple[str | int, ...]]) -> list
             out.append(((*path, "tls"), "cert and key go together"))
     tls_blocks = [lst["tls"] for lst in conf["listeners"] if _tls_on(lst["tls"])]
     for i, lst in enumerate(conf["listeners"]):
+        first = conf["listeners"][0]
+        for switch in ("h2", "h2c"):  # (ServerConf.h2 / h2c: one value per process today)
+            if lst[switch] != first[switch]:
+                out.append(
+                    (
+                        ("listeners", i, switch),
+                        f"every listener has the same {switch} today (the first says "
+                        f"{str(first[switch]).lower()})",
+                    )
+                )
         t = lst["tls"]
         if _tls_on(t):
             if t != tls_blocks[0]:

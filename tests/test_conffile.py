@@ -295,3 +295,55 @@ def test_tls_flags_make_the_files_listeners_tls(tmp_path: Path) -> None:
     conf, _ = conffile.checked(conffile.load(path))
     cliconf._override(conf, args, cliconf.given_flags(parser.commands["reverse-proxy"], argv[1:]))
     assert conffile.build(conf).listen == ["http://127.0.0.1:8081", "https://127.0.0.1:8443"]
+
+
+def test_http2_switches_from_the_file_and_the_flags(tmp_path: Path) -> None:
+    built = conffile.build(conffile.checked(conffile.read(GOOD, "f.yaml"))[0])
+    assert (built.conf.h2c, built.conf.h2, built.conf.h2_max_concurrent_streams) == (
+        True,
+        True,
+        100,
+    )
+    text = GOOD.replace(
+        "  - address: 127.0.0.1:8080\n",
+        "  - address: 127.0.0.1:8080\n    h2c: false\n    h2: false\n",
+    ).replace("  max_headers: 50\n", "  max_headers: 50\n  h2_max_concurrent_streams: 7\n")
+    built = conffile.build(conffile.checked(conffile.read(text, "f.yaml"))[0])
+    assert (built.conf.h2c, built.conf.h2, built.conf.h2_max_concurrent_streams) == (
+        False,
+        False,
+        7,
+    )
+    # the flags typed with -c switch HTTP/2 off on every listener, and set the stream limit
+    path = write(tmp_path, GOOD)
+    argv = ["reverse-proxy", "-c", path, "--no-h2c", "--h2-max-concurrent-streams", "3"]
+    parser = _parser()
+    args = parser.parse_args(argv)
+    given = cliconf.given_flags(parser.commands["reverse-proxy"], argv[1:])
+    conf, problems = conffile.checked(conffile.load(path))
+    assert not problems
+    cliconf._override(conf, args, given)
+    built = conffile.build(conf)
+    assert (built.conf.h2c, built.conf.h2, built.conf.h2_max_concurrent_streams) == (False, True, 3)
+
+
+def test_listeners_must_agree_on_the_http2_switches() -> None:
+    text = """\
+listeners:
+  - address: 127.0.0.1:8080
+    h2c: false
+  - address: 127.0.0.1:8081
+  - address: 127.0.0.1:8082
+    h2c: false
+"""
+    assert problems_of(text) == [
+        "f.yaml:4: listeners[1].h2c: every listener has the same h2c today (the first says false)"
+    ]
+    text = """\
+listeners:
+  - address: 127.0.0.1:8443
+    tls: {cert: a.pem, key: a.key, alpn: [h2, http/1.1, spdy/3]}
+"""
+    assert problems_of(text) == [
+        'f.yaml:3: listeners[0].tls.alpn[2]: expected h2 or http/1.1, got "spdy/3"'
+    ]
