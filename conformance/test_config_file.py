@@ -268,3 +268,30 @@ def test_bad_files_are_one_line_per_problem(backend, tmp_path, workers) -> None:
             assert len(lines) == len(expected), what
             for line, text in zip(lines, expected, strict=True):
                 assert line.startswith("proxycore reverse-proxy: error: ") and text in line, what
+
+
+def test_http2_switches_from_the_file(backend, origins, proxy, tmp_path) -> None:
+    """The example file serves HTTP/1.1 and h2c on one port; ``h2c: false`` on its listener
+    makes the HTTP/2 connection preface a 505, as ``--no-h2c`` does."""
+    import shutil
+
+    if not shutil.which("curl"):
+        pytest.skip("curl not installed")
+    api = [origins(EchoOrigin, name="api1"), origins(EchoOrigin, name="api2")]
+    web = origins(EchoOrigin, name="web")
+    conf = example_for([o.port for o in api], web.port)
+    on = proxy(extra=["-c", write(tmp_path, conf)])
+    conf["listeners"][0]["h2c"] = False
+    off = proxy(extra=["-c", write(tmp_path, conf, "off.yaml")])
+    for p, version in ((on, "2"), (off, None)):
+        r = subprocess.run(
+            ["curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w",
+             "%{http_code} %{http_version}", "-H", "Host: www.example.com",
+             f"http://{HOST}:{p.port}/index.html"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        if version is not None:
+            assert r.stdout == "200 2", r
+        else:
+            assert not r.stdout.startswith("200"), r  # the preface is refused (505), no h2
+        assert get(p.port, "/index.html", [("Host", "www.example.com")]).status == 200

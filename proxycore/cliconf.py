@@ -128,8 +128,9 @@ def _override(conf: dict[str, Any], args: argparse.Namespace, given: set[str]) -
                 {
                     "address": address,
                     "tls": dict(tls or plain_tls),
-                    "h2c": not getattr(args, "no_h2c", False),
-                    "h2": not getattr(args, "no_h2", False),
+                    # the file's switches (one value for every listener), or the flags'
+                    "h2c": listeners[0]["h2c"] if listeners else True,
+                    "h2": listeners[0]["h2"] if listeners else True,
                 }
             )
         conf["listeners"] = new
