@@ -18,6 +18,7 @@ docs/performance.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
@@ -172,7 +173,22 @@ class AsyncioServer(SocketDriver):
             pass
         # Listen only once the handlers are in: a SIGTERM sent as soon as the port accepts
         # must drain, not kill the process with the default action.
-        self.listen(addrs)
+        try:
+            self.listen(addrs)
+        except BaseException:
+            # A start-up error: the process exits 2 with its one line. Take the handlers out
+            # now and ignore SIGTERM/SIGINT (a supervisor stopping its other workers): closing
+            # the loop closes its signal wake-up pipe before it removes its handlers, and a
+            # signal in between prints "Exception ignored ... signal wakeup fd" with a traceback.
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+                try:
+                    self.loop.remove_signal_handler(sig)
+                except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
+                    pass
+            with contextlib.suppress(ValueError):  # (not the main thread)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            raise
         print(f"proxycore ready backend={type(self.loop).__module__}", flush=True)
         await stop.wait()
         log.info("shutting down (%s)", "graceful" if mode["graceful"] else "fast")
