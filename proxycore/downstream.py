@@ -414,10 +414,15 @@ class Downstream(ServerStream):
             return
         self.closed = True
         self.state = CLOSED
-        e = self.engine
         s = self.current
         if s is not None:
             s.on_downstream_gone("connection closed by proxy")
+        self._release(abort)
+
+    def _release(self, abort: bool) -> None:
+        """The end of :meth:`close`, once its exchanges are told: forget the connection, send
+        or drop what is pending, cancel its timer, and ask the adapter to close it."""
+        e = self.engine
         e.downstreams.pop(self.id, None)
         if abort:
             self.wbuf.clear()

@@ -364,45 +364,24 @@ class Session:
         """The request head as it was received (request line and fields, bytes)."""
         return self._meta.raw
 
-    def upstream_attempts(self) -> tuple[Attempt, ...]:
-        """Every upstream attempt of this request so far, in order, the current one as it
-        stands: (address, upstream status, connect time, header time), what the access log
-        shows. Times run from the attempt's start (``upstream_peer`` answered) as nginx's do
-        (connect time 0 on a pooled connection; below 0 when absent). The status is the
-        upstream's (not what a filter made of it); an attempt that got no response head shows
-        504 if it timed out and 502 for any other upstream error, as nginx does, and 0 if it
-        was cut short otherwise (the client left)."""
-        tries = self._tries
-        if self._t_peer >= 0.0:
-            current = self._attempt(self.error)
-            return (*tries, current) if tries else (current,)
-        return tuple(tries) if tries else ()
-
     def fill_upstream(self, entry: AccessEntry) -> None:
-        """Fill an access-log entry's upstream fields, as :meth:`upstream_attempts` says them:
-        the earlier attempts in ``tries``, the current one in ``uaddr``, ``ustatus``, ``uct``,
-        ``uht`` (so a request with one attempt builds no tuple for its line)."""
+        """Fill an access-log entry's upstream fields: the earlier attempts in ``tries``, the
+        current one (see :meth:`_attempt`) in ``uaddr``, ``ustatus``, ``uct``, ``uht``."""
         tries = self._tries
         if self._t_peer >= 0.0:
             if tries:
                 entry.tries = tuple(tries)
-            start = self._t_peer
-            resp = self._resp
-            err = self.error
-            if resp is not None:
-                entry.ustatus = resp.status
-            elif err is not None and err.source is ErrorSource.UPSTREAM:
-                entry.ustatus = 504 if err.etype in _TIMEOUTS else 502
-            conn = self._t_conn
-            head = self._t_head
-            peer = self.peer
-            entry.uaddr = peer.address if peer is not None else "-"
-            entry.uct = conn - start if conn >= 0.0 else -1.0
-            entry.uht = head - start if head >= 0.0 else -1.0
+            entry.uaddr, entry.ustatus, entry.uct, entry.uht = self._attempt(self.error)
         elif tries:
             entry.upstream = tuple(tries)
 
     def _attempt(self, err: ProxyError | None) -> Attempt:
+        """The current upstream attempt as the access log shows it: (address, upstream status,
+        connect time, header time). Times run from the attempt's start (``upstream_peer``
+        answered) as nginx's do (connect time 0 on a pooled connection; below 0 when absent).
+        The status is the upstream's (not what a filter made of it); an attempt that got no
+        response head shows 504 if it timed out and 502 for any other upstream error, as nginx
+        does, and 0 if it was cut short otherwise (the client left)."""
         start = self._t_peer
         resp = self._resp
         if resp is not None:
@@ -1017,10 +996,7 @@ class Session:
         why = f"the grace period of {grace:g} s ran out" if grace > 0 else "a fast shutdown"
         self._keep_alive = False
         self._forwarding = False
-        up = self.upstream
-        if up is not None:
-            self.engine.close_upstream(up, abort=True)
-            self.upstream = None
+        # (_finish closes the upstream connection, unfinished, before the log entry is written)
         self._finish(ProxyError(ErrorType.SHUTDOWN, ErrorSource.INTERNAL, f"cut: {why}"))
         return True
 

@@ -9,7 +9,8 @@ a response (RFC 9110 §5.5 forbids CR, LF and NUL in field values).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final
+
+from proxycore.semantics import HOP_BY_HOP  # (defined with the other RFC 9110 rules)
 
 __all__ = [
     "HOP_BY_HOP",
@@ -20,20 +21,6 @@ __all__ = [
     "serialize_response_head",
     "serialize_trailers",
 ]
-
-# RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones every proxy strips.
-HOP_BY_HOP: Final = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "te",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-    }
-)
 
 
 def _finish(lines: list[str], nlines: int) -> bytes:

@@ -38,7 +38,6 @@ from h2.events import (
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 
-from proxycore.actions import Close, SetTimer
 from proxycore.codec import NO_BODY, OPEN_BODY, SIZED_BODY, ServerStream
 from proxycore.downstream import Downstream
 from proxycore.h1.parse import (
@@ -59,7 +58,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PREFACE", "H2Conn", "H2Stream"]
 
-_INF: Final = float("inf")
 # The client connection preface (RFC 9113 §3.4).
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # What the HTTP/1.1 head scanner sees of the preface: a request head of its own.
@@ -528,7 +526,6 @@ class H2Conn(Downstream):
             self.goaway()
         self.closed = True
         self.state = 3
-        e = self.engine
         for st in list(self.streams.values()):
             st.closed = True
             s = st.session
@@ -536,16 +533,7 @@ class H2Conn(Downstream):
                 s.on_downstream_gone("connection closed by proxy")
         self.streams.clear()
         self.tokens.clear()
-        e.downstreams.pop(self.id, None)
-        if abort:
-            self.wbuf.clear()
-        else:
-            e.flush(self)
-        self.timers.clear()
-        if self.scheduled != _INF:
-            self.scheduled = _INF
-            e.emit(SetTimer(self.id, None))
-        e.emit(Close(self.id, abort))
+        self._release(abort)
 
     def stream_done(self, st: H2Stream, code: int) -> None:
         """The exchange of ``st`` ended: forget it; reset what is left of the stream (a request
