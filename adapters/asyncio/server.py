@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from proxycore.adapters import print_stats, reload_tls
+from proxycore.adapters import print_stats, reload_config
 from proxycore.adapters._sockets import Conn, SocketDriver
 from proxycore.config import ServerConf
 from proxycore.phases import Proxy
@@ -164,7 +164,7 @@ class AsyncioServer(SocketDriver):
         try:
             self.loop.add_signal_handler(signal.SIGTERM, on_signal, True)
             self.loop.add_signal_handler(signal.SIGINT, on_signal, False)
-            self.loop.add_signal_handler(signal.SIGHUP, reload_tls, self.engine)
+            self.loop.add_signal_handler(signal.SIGHUP, reload_config, self)
             self.loop.add_signal_handler(
                 signal.SIGUSR1,
                 lambda: print_stats(self.engine, tasks=len(asyncio.all_tasks(self.loop))),

@@ -25,7 +25,7 @@ import gevent.event
 import gevent.socket
 import greenlet
 
-from proxycore.adapters import print_stats, reload_tls
+from proxycore.adapters import print_stats, reload_config
 from proxycore.adapters._sockets import Conn, SocketDriver
 from proxycore.config import ServerConf
 from proxycore.phases import Proxy
@@ -160,7 +160,7 @@ def serve(
 
     gevent.signal_handler(signal.SIGTERM, on_signal, True)
     gevent.signal_handler(signal.SIGINT, on_signal, False)
-    gevent.signal_handler(signal.SIGHUP, reload_tls, srv.engine)
+    gevent.signal_handler(signal.SIGHUP, reload_config, srv)
     gevent.signal_handler(
         signal.SIGUSR1,
         lambda: print_stats(

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from proxycore.adapters import print_stats, reload_tls
+from proxycore.adapters import print_stats, reload_config
 from proxycore.adapters._sockets import SelectorWatch, SocketDriver
 from proxycore.config import ServerConf
 from proxycore.phases import Proxy
@@ -181,5 +181,5 @@ def serve(
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGUSR1, lambda *_: srv._post(lambda: print_stats(srv.engine)))
-        signal.signal(signal.SIGHUP, lambda *_: srv._post(lambda: reload_tls(srv.engine)))
+        signal.signal(signal.SIGHUP, lambda *_: srv._post(lambda: reload_config(srv)))
     srv.serve_forever(addrs, grace)

@@ -34,8 +34,8 @@ busy anyway it waits as usual for ``BusyPoll.BACKOFF``, then polls on until the 
 
 Signals come through ``trio.open_signal_receiver``: SIGTERM drains (at most ``grace``
 seconds), SIGINT (or a second SIGTERM) aborts at once, SIGUSR1 prints the stats line
-(``tasks``: every trio task; none belongs to a connection), SIGHUP reloads the TLS
-certificates. This file makes no protocol decision.
+(``tasks``: every trio task; none belongs to a connection), SIGHUP reloads the
+configuration (``reload_config``). This file makes no protocol decision.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from typing import Any
 
 import trio
 
-from proxycore.adapters import print_stats, reload_tls
+from proxycore.adapters import print_stats, reload_config
 from proxycore.adapters._sockets import Conn, SelectorWatch, SocketDriver
 from proxycore.config import ServerConf
 from proxycore.phases import Proxy
@@ -251,7 +251,7 @@ class TrioServer(SelectorWatch, SocketDriver):
         with trio.CancelScope() as running:
             async for signum in received:
                 if signum == signal.SIGHUP:
-                    reload_tls(self.engine)
+                    reload_config(self)
                 elif signum == signal.SIGUSR1:
                     print_stats(self.engine, tasks=self._count_tasks())
                 elif signum == signal.SIGTERM and self.listeners:
