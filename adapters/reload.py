@@ -241,7 +241,7 @@ def _apply(driver: Any, src: _Source, new: _Prepared) -> None:
     _reopen_error_log(src.start.daemon.get("error_log"))
     if new.changed:
         log.warning(
-            "configuration reload: settings changed that need an upgrade "
+            "configuration reload: settings changed, needs an upgrade "
             "(proxycore %s -c %s -u), not reloaded: %s",
             src.command,
             src.path,
