@@ -667,6 +667,9 @@ class Engine:
             if ev.client_tls is not None:
                 tls.client = ev.client_tls
             tls.sessions.clear()
+        rec = self._recorder
+        if rec is not None:
+            rec.describe(self)
         services = ev.services if ev.services is not None else list(app.services())
         keep = {id(svc) for svc in services}
         for svc in list(self.services.values()):

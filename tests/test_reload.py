@@ -317,3 +317,22 @@ def test_access_log_reopened_after_a_rename(tmp_path: Path) -> None:
                 logger.removeHandler(h)
                 h.close()
         logger.propagate, logger.level = saved[1], saved[2]
+
+
+def test_traces_begun_after_a_reload_name_the_new_app() -> None:
+    from proxycore.replay import load_trace
+    from proxycore.trace import Recorder
+
+    h = Harness(routed(9001))
+    out: dict[int, bytes] = {}
+    h.engine.recorder = Recorder(h.engine, lambda conn, data: out.update({conn: data}))
+    first = start_request(h)[0]
+    reconfigure(h, routed(9002))
+    second = start_request(h)[0]
+    h.engine.recorder.flush_all()
+
+    def backends(conn: int) -> list[str]:
+        backends: list[str] = load_trace(out[conn]).header["app_init"]["upstreams"]["g"]["backends"]
+        return backends
+
+    assert backends(first) == ["127.0.0.1:9001"] and backends(second) == ["127.0.0.1:9002"]
