@@ -239,3 +239,33 @@ def test_both_workers_reload(served, origins) -> None:
     s.reload(count=2)
     # SO_REUSEPORT spreads new connections over both workers: all of them use the new route
     assert {get(s.port, "/").header("X-Origin") for _ in range(16)} == {"second"}
+
+
+def test_run_app_gets_its_new_section(backend, origins, proxy, tmp_path) -> None:
+    """``proxycore run APP -c FILE``: a new instance of the class gets the new sections
+    (Proxy.configure); a section it refuses is refused like a bad file."""
+    echo = origins(EchoOrigin, name="up")
+    path = tmp_path / "app.yaml"
+
+    def argv(port: int) -> list[str]:
+        conf = {
+            "server": {"backend": backend},
+            "listeners": [{"address": f"{HOST}:{port}"}],
+            "greeting": {"text": "hi there", "upstream": echo.port},
+        }
+        path.write_text(yaml.safe_dump(conf, sort_keys=False))
+        app = "conformance.apps:ConfiguredApp"
+        return [*python_cmd(), "-m", "proxycore", "run", app, "-c", str(path)]
+
+    p = _start(argv, backend, None)
+    proxy.started.append(p)
+    s = Served(p, path, yaml.safe_load(path.read_text()))
+    assert get(s.port, "/hello").body == b"hi there"
+    s.write({**s.conf, "greeting": {"text": "hello again", "upstream": echo.port}})
+    s.reload()
+    assert get(s.port, "/hello").body == b"hello again"
+    s.write({**s.conf, "greeting": {"text": 5, "upstream": echo.port}})
+    s.reload(REFUSED)
+    assert "greeting.text: expected a string" in s.p.stderr()
+    assert get(s.port, "/hello").body == b"hello again"
+    assert get(s.port, "/x").header("X-Origin") == "up"
