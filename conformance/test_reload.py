@@ -10,6 +10,8 @@ processes started from a file (no --listen or timeout flags: the file decides).
 - The access log is reopened: renamed away (logrotate), the next lines go to a new file.
 - A changed read timeout takes effect; a health check added starts probing, removed stops.
 - With ``--workers 2`` both workers reload.
+- ``run APP -c FILE``: a new instance gets the new sections.
+- A TLS listener's certificates are re-read (new handshakes), a broken one refuses the reload.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ import yaml
 from conformance.client import Conn, get
 from conformance.origins import HOST, EchoOrigin, SlowOrigin
 from conformance.proxy import ProxyProcess, _start, python_cmd, wait_workers_serving
+from conformance.test_tls import peer_cn, pki, tls_get
+
+__all__ = ["pki"]  # the fixture, shared with test_tls.py
 
 RELOADED = "proxycore config reloaded"
 REFUSED = "proxycore config reload refused"
@@ -75,14 +80,20 @@ class Served:
 @pytest.fixture
 def served(backend, proxy, tmp_path):
     """``served(origin_port, **server_fields)`` starts ``proxycore reverse-proxy -c FILE``
-    (the listener in the file); ``extra``: more flags."""
+    (the listener in the file, with ``listener``'s fields); ``extra``: more flags."""
 
-    def start(origin: int, extra: list[str] | None = None, **server: Any) -> Served:
+    def start(
+        origin: int,
+        extra: list[str] | None = None,
+        listener: dict[str, Any] | None = None,
+        **server: Any,
+    ) -> Served:
         path = tmp_path / "proxycore.yaml"
         holder: dict[str, Any] = {}
 
         def argv(port: int) -> list[str]:
             conf = conf_for(port, origin, backend, **server)
+            conf["listeners"][0].update(listener or {})
             holder["conf"] = conf
             path.write_text(yaml.safe_dump(conf, sort_keys=False))
             return [
@@ -269,3 +280,27 @@ def test_run_app_gets_its_new_section(backend, origins, proxy, tmp_path) -> None
     assert "greeting.text: expected a string" in s.p.stderr()
     assert get(s.port, "/hello").body == b"hello again"
     assert get(s.port, "/x").header("X-Origin") == "up"
+
+
+def test_certificates_are_reloaded_and_a_broken_one_refused(served, origins, pki, tmp_path):
+    import shutil
+
+    echo = origins(EchoOrigin)
+    cert, key = tmp_path / "live.pem", tmp_path / "live.key"
+    shutil.copy(pki["default.pem"], cert)
+    shutil.copy(pki["default.key"], key)
+    s = served(echo.port, listener={"tls": {"cert": str(cert), "key": str(key)}})
+    nocheck = pki.client_context()
+    nocheck.check_hostname = False
+    status, _, old = tls_get(s.port, pki.client_context())
+    assert status == 200 and peer_cn(nocheck, s.port, "x.test") == "localhost"
+    shutil.copy(pki["other.pem"], cert)
+    shutil.copy(pki["other.key"], key)
+    s.reload()
+    assert "proxycore tls reloaded" in s.p.stdout()
+    assert peer_cn(nocheck, s.port, "x.test") == "other.test"  # new handshakes: new cert
+    old.close()
+    cert.write_text("garbage")
+    s.reload(REFUSED)
+    assert "configuration reload refused" in s.p.stderr() and "PEM" in s.p.stderr()
+    assert peer_cn(nocheck, s.port, "x.test") == "other.test"
