@@ -8,6 +8,7 @@ processes started from a file (no --listen or timeout flags: the file decides).
 - A changed listener (and backend) is named in one WARNING line (needs an upgrade); the rest
   of the file is applied and the old listener keeps serving.
 - The access log is reopened: renamed away (logrotate), the next lines go to a new file.
+- So is the error log (``error_log``): standard error goes to a new file at the path.
 - A changed read timeout takes effect; a health check added starts probing, removed stops.
 - With ``--workers 2`` both workers reload.
 - ``run APP -c FILE``: a new instance gets the new sections.
@@ -304,3 +305,17 @@ def test_certificates_are_reloaded_and_a_broken_one_refused(served, origins, pki
     s.reload(REFUSED)
     assert "configuration reload refused" in s.p.stderr() and "PEM" in s.p.stderr()
     assert peer_cn(nocheck, s.port, "x.test") == "other.test"
+
+
+def test_the_error_log_is_reopened(served, origins, tmp_path) -> None:
+    echo = origins(EchoOrigin)
+    log = tmp_path / "error.log"
+    s = served(echo.port, error_log=str(log))
+    log.rename(tmp_path / "error.log.1")
+    s.reload()
+    deadline = time.monotonic() + 5
+    while not log.exists() or "configuration reloaded" not in log.read_text():
+        assert time.monotonic() < deadline, s.p.report()
+        time.sleep(0.02)
+    assert "listening on" in (tmp_path / "error.log.1").read_text()
+    assert "listening on" not in log.read_text()
