@@ -13,6 +13,7 @@ processes started from a file (no --listen or timeout flags: the file decides).
 - With ``--workers 2`` both workers reload.
 - ``run APP -c FILE``: a new instance gets the new sections.
 - A TLS listener's certificates are re-read (new handshakes), a broken one refuses the reload.
+- Without a file (flags only), SIGHUP still reopens the access log.
 """
 
 from __future__ import annotations
@@ -319,3 +320,23 @@ def test_the_error_log_is_reopened(served, origins, tmp_path) -> None:
         time.sleep(0.02)
     assert "listening on" in (tmp_path / "error.log.1").read_text()
     assert "listening on" not in log.read_text()
+
+
+def test_without_a_file_sighup_reopens_the_access_log(proxy, origins, tmp_path) -> None:
+    echo = origins(EchoOrigin)
+    log = tmp_path / "access.log"
+    p = proxy(to=[echo.port], extra=["--access-log", str(log)])
+    s = Served(p, tmp_path / "unused.yaml", {})
+    assert get(p.port, "/one").status == 200
+    deadline = time.monotonic() + 5
+    while "/one" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, p.report()
+        time.sleep(0.02)
+    log.rename(tmp_path / "access.log.1")
+    s.reload("proxycore tls reloaded")
+    assert get(p.port, "/two").status == 200
+    deadline = time.monotonic() + 5
+    while not log.exists() or "/two" not in log.read_text():
+        assert time.monotonic() < deadline, p.report()
+        time.sleep(0.02)
+    assert RELOADED not in p.stdout()
