@@ -64,14 +64,33 @@ def _start(proxy, origin: EchoOrigin, sock: Path, workers: int) -> _proxy.ProxyP
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_five_upgrades_under_load_lose_nothing(tmp_path: Path, origins, proxy, workers: int):
+    # (each client pauses 5 ms between requests: the suite runs tests side by side on two
+    # cores; the soak below runs them flat out)
+    _upgrades_under_load(tmp_path, origins, proxy, workers, UPGRADES, pause=0.005)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 3])
+def test_soak_twenty_upgrades_flat_out(tmp_path: Path, origins, proxy, workers: int):
+    _upgrades_under_load(tmp_path, origins, proxy, workers, 20, pause=0.0, clients=2)
+
+
+def _upgrades_under_load(
+    tmp_path: Path, origins, proxy, workers: int, upgrades: int, pause: float, clients: int = 1
+) -> None:
     origin = origins(EchoOrigin, "A")
     sock = tmp_path / "upgrade.sock"
     current = _start(proxy, origin, sock, workers)
-    load = Load(current.port, [KeepAlive(2), NewConnections(2), Uploads(1)]).start()
+    kinds = [
+        KeepAlive(2 * clients, pause),
+        NewConnections(2 * clients, pause),
+        Uploads(clients, pause),
+    ]
+    load = Load(current.port, kinds).start()
     generations = [current]
     try:
         time.sleep(0.3)
-        for _ in range(UPGRADES):
+        for _ in range(upgrades):
             new = _successor(current, workers)
             proxy.started.append(new)  # (stopped with the others if the test fails)
             heads = origin.heads
@@ -100,7 +119,7 @@ def test_five_upgrades_under_load_lose_nothing(tmp_path: Path, origins, proxy, w
         load.stop()
     assert not load.failures, load.summary() + "\n" + "\n".join(load.failures[:20])
     assert load.count("upload") > 0 and load.count("new-connection") > 0
-    print(f"\n[{current.backend}, --workers {workers}] {UPGRADES} upgrades: {load.summary()}")
+    print(f"\n[{current.backend}, --workers {workers}] {upgrades} upgrades: {load.summary()}")
     # the last generation serves, and only it
     assert_serving(current.port)
     assert all(not g.alive() for g in generations[:-1])
