@@ -7,12 +7,11 @@
 
 The compiled build needs a C compiler and mypy (mypyc, a build requirement) at build time. It
 compiles the pure core modules and the built-in ReverseProxy with its selectors (open to
-interpreted subclasses), and builds the C head scanner (proxycore/h1/_hscan.c) and the access log's line formatter
-(proxycore/_alogfmt.c); the filter
-API base class (phases.py) stays interpreted so user classes can subclass it, and the
-adapters stay Python. Both builds pass the same tests
-(tests/test_compiled.py builds one and runs the unit tests and a conformance subset on it). See
-docs/performance.md for the numbers.
+interpreted subclasses), and builds the C head scanner (proxycore/h1/_hscan.c) and the access
+log's line formatter (proxycore/_alogfmt.c); the filter API base class (phases.py) stays
+interpreted so user classes can subclass it, and the adapters stay Python. Both builds pass
+the same tests (tests/test_compiled.py builds one and runs the unit tests and a conformance
+subset on it). See docs/performance.md for the numbers.
 """
 
 from __future__ import annotations

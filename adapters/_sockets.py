@@ -27,6 +27,7 @@ import ipaddress
 import logging
 import os
 import selectors
+import signal
 import struct
 import sys
 import time
@@ -47,7 +48,7 @@ from proxycore.actions import (
     SetTimer,
     ShutdownWrite,
 )
-from proxycore.adapters import BusyPoll, make_engine
+from proxycore.adapters import BusyPoll, make_engine, print_stats, reload_config
 from proxycore.config import ServerConf
 from proxycore.errors import os_error_reason, socket_error_words
 from proxycore.events import (
@@ -80,6 +81,11 @@ HIGH_WATER = 65536
 LOW_WATER = 16384
 READ_SIZE = 262144
 
+# The signals every adapter routes to SocketDriver.on_signal, on its loop.
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1)
+# "worker" in a --workers worker: SIGQUIT is the supervisor's business.
+upgrade_role = ""
+
 
 # Called with the bound (host, port) addresses each time a driver has bound all its listeners:
 # ``proxycore demo`` prints its banner, a ``--workers`` child tells its supervisor it serves.
@@ -107,11 +113,33 @@ def _bind_reason(e: OSError, port: int) -> str:
     return reason
 
 
+# Listening sockets this process did not bind: handed over by the process it replaces (``-u``,
+# adapters/upgrade.py) or bound by the ``--workers`` supervisor before it forked.
+# :func:`bind_listeners` takes the one bound to the address asked for instead of binding.
+inherited: list[Any] = []
+# True in a ``--workers`` worker: the inherited sockets are the supervisor's, kept for the next
+# worker; otherwise the ones no address asked for are closed once the listeners are bound.
+inherited_shared = False
+
+
+def _take_inherited(family: int, sockaddr: Any, taken: set[int]) -> Any | None:
+    for i, s in enumerate(inherited):
+        if i in taken or s.family != family:
+            continue
+        name = s.getsockname()
+        if name[0] == sockaddr[0] and (name[1] == sockaddr[1] or sockaddr[1] == 0):
+            taken.add(i)
+            return s
+    return None
+
+
 def bind_listeners(addrs: Sequence[tuple[str, int]], reuse_port: bool = False) -> list[Any]:
     """Bind and listen on every address (a name resolves to its first address, IPv4 first);
-    non-blocking sockets in order. On any failure the sockets bound so far are closed and
-    :class:`StartupError` names the address and the reason in words."""
+    non-blocking sockets in order. An :data:`inherited` socket bound to the address is used
+    as it is. On any failure the sockets bound so far are closed and :class:`StartupError`
+    names the address and the reason in words."""
     socks: list[Any] = []
+    taken: set[int] = set()
     try:
         for host, port in addrs:
             try:
@@ -119,6 +147,11 @@ def bind_listeners(addrs: Sequence[tuple[str, int]], reuse_port: bool = False) -
                     host, port, _socket.AF_UNSPEC, _socket.SOCK_STREAM, 0, _socket.AI_PASSIVE
                 )
                 family, _, _, _, sockaddr = min(infos, key=lambda i: i[0] != _socket.AF_INET)
+                s = _take_inherited(family, sockaddr, taken)
+                if s is not None:
+                    socks.append(s)
+                    s.setblocking(False)
+                    continue
                 s = _socket.socket(family, _socket.SOCK_STREAM)
                 socks.append(s)
                 s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
@@ -135,6 +168,12 @@ def bind_listeners(addrs: Sequence[tuple[str, int]], reuse_port: bool = False) -
         for s in socks:
             s.close()
         raise
+    if not inherited_shared:
+        for i, s in enumerate(inherited):
+            if i not in taken:
+                log.info("no longer listening on %s (not configured)", _show(*s.getsockname()[:2]))
+                s.close()
+        inherited.clear()
     return socks
 
 
@@ -273,6 +312,13 @@ class SocketDriver:
         self._queue: deque[Event] = deque()
         self._busy = False
         self.busy = BusyPoll.from_conf(conf, self.engine.upstreams_in_use)
+        # lifecycle (request_stop / shutdown_step / upgrade)
+        self.stop_mode: str | None = None  # "graceful" or "fast" once a stop was requested
+        self.grace_used = 0.0  # the grace period the stop gives (0 when fast)
+        self.cut_at = 0.0  # when the exchanges still in flight are cut (Stop)
+        self.end_at: float | None = None  # when the last bytes are given up (after Stop)
+        self.stopped = False  # Stop was fed
+        self.handing_over = False  # SIGQUIT: a handover is under way
         self._engine_feed = self.engine.feed
         self._engine_data = self.engine.data
         self._dispatch: dict[type, Callable[[Any], None]] = {
@@ -292,6 +338,8 @@ class SocketDriver:
 
     def feed(self, ev: Event) -> None:
         """Feed ``ev`` and execute actions; events raised meanwhile are fed after, in order."""
+        if self.stopped:  # (after Stop: the core has ended)
+            return
         self._queue.append(ev)
         if not self._busy:
             self._run(None)
@@ -663,6 +711,99 @@ class SocketDriver:
         for hook in list(listening_hooks):
             hook(bound)
 
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_signal(self, signum: int) -> None:
+        """The adapter calls this on its loop for each of :data:`SIGNALS`: SIGTERM drains
+        (graceful), SIGINT stops fast (also during a drain), SIGQUIT hands the listeners over
+        to a new process (adapters/upgrade.py) and then drains, SIGHUP reloads, SIGUSR1
+        prints the stats line."""
+        if signum == signal.SIGTERM:
+            self.request_stop(True)
+        elif signum == signal.SIGINT:
+            self.request_stop(False)
+        elif signum == signal.SIGQUIT:
+            self.upgrade()
+        elif signum == signal.SIGHUP:
+            reload_config(self)
+        elif signum == signal.SIGUSR1:
+            print_stats(self.engine, **self.stats_extra())
+
+    def request_stop(self, graceful: bool) -> None:
+        """Begin (or speed up) the shutdown: stop accepting, feed Drain, and wake the serve
+        loop, which then calls :meth:`shutdown_step` until it returns None. Graceful: the
+        exchanges in flight get ``conf.grace_period`` seconds, then the cut ones' last bytes
+        ``conf.shutdown_timeout`` more. Fast: both at once."""
+        if self.stop_mode == "fast" or (graceful and self.stop_mode is not None):
+            return
+        now = self.now()
+        if self.stop_mode is None:
+            conf = self.engine.conf
+            self.grace_used = conf.grace_period if graceful else 0.0
+            self.cut_at = now + self.grace_used
+            self.begin_drain()
+        else:  # SIGINT during a graceful drain: cut now
+            self.grace_used = 0.0
+            self.cut_at = now
+        self.stop_mode = "graceful" if graceful else "fast"
+        log.info("shutting down (%s)", self.stop_mode)
+        self.wake_main()
+
+    def shutdown_step(self) -> float | None:
+        """One turn of the shutdown (the serve loop calls it until it returns None, waiting
+        the returned seconds in between, while the loop keeps running). Until the grace period
+        ends or nothing is left in the core: wait. Then feed Stop (the core cuts and logs what
+        is still in flight and closes every connection). Then connections the core closed
+        gracefully earlier may flush their last bytes for ``conf.shutdown_timeout`` seconds
+        (none in a fast stop). Then whatever is left is discarded: None."""
+        now = self.now()
+        if self.end_at is None:
+            if not self.drained and now < self.cut_at:
+                return 0.05
+            self.feed(Stop(0, now, self.grace_used))
+            self.stopped = True  # later events (timers, filters, reads) are not fed
+            last = self.engine.conf.shutdown_timeout if self.stop_mode == "graceful" else 0.0
+            self.end_at = now + last
+        if self.flushing and now < self.end_at:
+            return 0.05
+        for c in [*self.conns.values(), *self.flushing]:
+            self.conns.pop(c.cid, None)
+            if c.sock is not None:
+                self._discard(c)
+        if self.engine.recorder is not None:
+            self.engine.recorder.flush_all()
+        return None
+
+    def upgrade(self) -> None:
+        """SIGQUIT: hand every listening socket to the new process waiting on
+        ``conf.upgrade_sock`` (on a worker thread; the loop keeps serving), and drain once it
+        serves. Nobody waiting, or the new process failing: logged, and this one goes on."""
+        from proxycore.adapters import upgrade
+
+        if upgrade_role == "worker":
+            return  # (the supervisor hands the sockets over)
+        if self.stop_mode is not None or self.handing_over:
+            log.warning(
+                "upgrade: SIGQUIT ignored (%s)",
+                (self.stop_mode and "shutting down") or "already handing over",
+            )
+            return
+        path = self.engine.conf.upgrade_sock
+        socks = list(self.listeners)
+        self.handing_over = True
+        log.info("upgrade: handing the listening sockets over on %s", path)
+
+        def done(result: Any = None, error: BaseException | None = None) -> None:
+            self.handing_over = False
+            ok, message = result if error is None else (False, f"upgrade failed: {error!r}")
+            if ok:
+                log.info("%s", message)
+                self.request_stop(True)
+            else:
+                log.error("%s", message)
+
+        self.run_in_thread(lambda: upgrade.hand_over(path, socks), done)
+
     def begin_drain(self) -> None:
         for s in self.listeners:
             self.watch_listener(s, False)
@@ -675,17 +816,14 @@ class SocketDriver:
         """No client connection left in the core and no graceful close still flushing."""
         return self.engine.idle and not self.flushing
 
-    def abort_all(self, grace: float = 0.0) -> None:
-        """The shutdown's end (``grace``: the grace period that ran out, 0 for a fast
-        shutdown): feed Stop, so the core cuts and logs every exchange still in flight and
-        closes every connection, then discard whatever is left."""
-        self.feed(Stop(0, self.now(), grace))
-        for c in [*self.conns.values(), *self.flushing]:
-            self.conns.pop(c.cid, None)
-            if c.sock is not None:
-                self._discard(c)
-        if self.engine.recorder is not None:
-            self.engine.recorder.flush_all()
+    def wake_main(self) -> None:
+        """A stop was requested: wake the adapter's serve loop (it then drives
+        :meth:`shutdown_step`)."""
+        raise NotImplementedError
+
+    def stats_extra(self) -> dict[str, Any]:
+        """Adapter-specific counts for the SIGUSR1 stats line."""
+        return {}
 
     # ------------------------------------------------------------------ reactor hooks
 

@@ -130,10 +130,11 @@ def _running(pid: int) -> bool:
     return True
 
 
-def check_pid_file(path: str) -> None:
+def check_pid_file(path: str, upgrade: bool = False) -> None:
     """Refuse (:class:`StartupError`) a pid file that names a running process other than this
-    one, or whose directory cannot take the file. A missing file, or one naming a process that
-    is gone (or holding no pid), is fine: it will be replaced."""
+    one (unless ``upgrade``: that is the process this one replaces), or whose directory cannot
+    take the file. A missing file, or one naming a process that is gone (or holding no pid),
+    is fine: it will be replaced."""
     try:
         with open(path, encoding="ascii", errors="replace") as f:
             text = f.read(64).strip()
@@ -143,7 +144,13 @@ def check_pid_file(path: str) -> None:
         if e.errno == errno.EISDIR:
             raise StartupError(f"pid file {path!r} is a directory") from None
         raise StartupError(f"cannot read pid file {path!r}: {_reason(e)}") from None
-    if text.isdigit() and int(text) > 0 and int(text) != os.getpid() and _running(int(text)):
+    if (
+        not upgrade
+        and text.isdigit()
+        and int(text) > 0
+        and int(text) != os.getpid()
+        and _running(int(text))
+    ):
         raise StartupError(
             f"pid file {path!r} names a running process (pid {text}): is proxycore already "
             "running? (stop it, or remove the file if that process is not proxycore)"
@@ -168,8 +175,12 @@ class Lifecycle:
         error_log: str | None = None,
         user: str | None = None,
         group: str | None = None,
+        upgrade: bool = False,
     ) -> None:
         self.daemon = daemon
+        # -u: the pid file names the process this one replaces until this one serves; it is
+        # written then (ready), not before.
+        self.upgrade = upgrade
         self.pid_file = pid_file if pid_file is not None or not daemon else DEFAULT_PID_FILE
         self.error_log = error_log
         self.user = user
@@ -184,7 +195,7 @@ class Lifecycle:
         """Every check that can fail before anything binds or forks (StartupError)."""
         self.uid, self.gid = resolve_identity(self.user, self.group)
         if self.pid_file is not None:
-            check_pid_file(self.pid_file)
+            check_pid_file(self.pid_file, self.upgrade)
         if self.error_log is not None:
             try:
                 self._log_fd = os.open(
@@ -211,8 +222,12 @@ class Lifecycle:
         if hooks:
             added.append(self._ready_hook)
             listening_hooks.append(added[-1])
+            if self.upgrade and self.pid_file is not None:  # (while still allowed to write it)
+                path = self.pid_file
+                added.append(lambda _addrs: self._write_pid_file(path))
+                listening_hooks.insert(0, added[-1])
         try:
-            if self.pid_file is not None:
+            if self.pid_file is not None and not self.upgrade:
                 self._write_pid_file(self.pid_file)
             start()
         except BaseException as e:
@@ -237,7 +252,13 @@ class Lifecycle:
         self.ready()
 
     def ready(self) -> None:
-        """The server serves: tell the waiting parent (daemon mode), once."""
+        """The server serves: tell the waiting parent (daemon mode), once. After an upgrade,
+        the pid file is written now."""
+        if self.upgrade and self.pid_file is not None and self._wrote_pid is None:
+            try:
+                self._write_pid_file(self.pid_file)
+            except StartupError as e:
+                log.error("%s", e)
         fd, self._report = self._report, None
         if fd is not None:
             with contextlib.suppress(OSError):

@@ -16,7 +16,7 @@ the signal and each worker reloads on its own (the supervisor, which serves noth
    changes.
 2. Back on the loop: settings that only a new process can apply (the listeners, the backend,
    the workers, daemon, user and group, the pid file, the error log's path, the upgrade
-   socket, ``record``, ``busy_poll``, ``reuse_port``, the grace periods) keep their running
+   socket, ``record``, ``busy_poll``, ``reuse_port``) keep their running
    values, and if the file changed them, one WARNING line names them; everything else is
    applied. The upstream groups whose settings did not change are taken over with their
    state and health checks (:meth:`proxycore.builtin.RoutedProxy.keep_groups`); the access
@@ -49,8 +49,7 @@ log = logging.getLogger("proxycore")
 # The file's settings a reload cannot apply (a new process must: ``-u``).
 UPGRADE_ONLY = (
     "listeners", "backend", "threads", "daemon", "pid_file", "error_log", "user", "group",
-    "upgrade_sock", "graceful_shutdown_timeout_seconds", "grace_period_seconds",
-    "work_stealing", "record", "busy_poll", "reuse_port",
+    "upgrade_sock", "work_stealing", "record", "busy_poll", "reuse_port",
 )  # fmt: skip
 
 
@@ -169,6 +168,7 @@ def _prepare(src: _Source, current: Any) -> _Prepared | str:
     sc.reuse_port = current.reuse_port
     sc.record_dir = current.record_dir
     sc.busy_poll = current.busy_poll
+    sc.upgrade_sock = current.upgrade_sock  # (the supervisor's is fixed at start-up)
     if current.tls is None:
         sc.tls = None  # no TLS listener is bound: a new one needs an upgrade
     elif sc.tls is None:

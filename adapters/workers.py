@@ -1,9 +1,15 @@
 """Running N worker processes that share the listening ports, under a supervisor.
 
-Theory of operation: the supervisor forks ``n`` children; each child runs the chosen adapter's
-``serve`` exactly as a single-process server would, binding its listening sockets with
-``SO_REUSEPORT`` so the kernel spreads new connections across workers (no accept thundering
-herd, no shared accept lock). The supervisor does no I/O on client traffic.
+Theory of operation: the supervisor binds the listening sockets once (or takes them over from
+the process it replaces, ``-u``), then forks ``n`` children; each child runs the chosen
+adapter's ``serve`` exactly as a single-process server would, and its driver takes the
+inherited sockets instead of binding (:data:`proxycore.adapters._sockets.inherited`): every
+worker accepts from the same sockets, as nginx's workers do. One set of sockets is what makes a
+zero-downtime upgrade possible: on SIGQUIT the supervisor hands them to the new process
+(adapters/upgrade.py) and, once that one serves, tells its workers to drain; a connection
+waiting in an accept queue is never lost, which per-worker ``SO_REUSEPORT`` sockets cannot
+promise (closing one resets the connections queued on it). The supervisor does no I/O on
+client traffic.
 
 Start-up is a handshake over one pipe per worker: once the worker's driver has bound its
 listeners it writes ``R`` (a hook in :data:`proxycore.adapters._sockets.listening_hooks`); a
@@ -20,8 +26,9 @@ doubling up to ``BACKOFF_MAX``; back to the first step once a worker has served 
 that fails before serving is logged and retried on the same back-off while the other workers
 go on serving. The supervisor sleeps in ``select`` on the pipes and a wake-up pipe written by
 its signal handlers (``signal.set_wakeup_fd``; SIGCHLD wakes it when a worker exits), and
-forwards SIGTERM (graceful), SIGINT (fast), SIGUSR1 (stats) and SIGHUP (TLS reload) to every
-worker. It returns when all workers have exited after a shutdown signal.
+forwards SIGTERM (graceful), SIGINT (fast), SIGUSR1 (stats) and SIGHUP (reload) to every
+worker; SIGQUIT is its own (the upgrade). It returns when all workers have exited after a
+shutdown signal.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from proxycore.adapters._sockets import listening_hooks
 from proxycore.runner import StartupError
@@ -108,11 +116,19 @@ def _worker_main(index: int, serve_one: Callable[[int], None], wfd: int) -> int:
 
 
 def supervise(
-    n: int, serve_one: Callable[[int], None], on_ready: Callable[[], None] | None = None
+    n: int,
+    serve_one: Callable[[int], None],
+    on_ready: Callable[[], None] | None = None,
+    listeners: Sequence[Any] = (),
+    upgrade_sock: str | None = None,
 ) -> int:
     """Run ``serve_one(index)`` in ``n`` forked worker processes until a shutdown signal.
     ``on_ready`` is called once, when every first-generation worker serves (daemon mode tells
-    the starting process so).
+    the starting process so). ``listeners``: the listening sockets the workers serve (bound
+    by the caller, inherited through the fork); on SIGQUIT they are handed to the new
+    process waiting on ``upgrade_sock`` (adapters/upgrade.py), and once it serves every
+    worker is told to drain (SIGTERM). If nobody waits or the new process fails, that is
+    logged and the workers go on serving.
 
     Returns 0 after a requested shutdown; raises :class:`StartupError` (every worker stopped)
     when a worker fails before all of them are serving.
@@ -134,7 +150,7 @@ def supervise(
             code = 1
             try:
                 signal.set_wakeup_fd(-1)
-                for sig in (*_FORWARDED, signal.SIGCHLD):
+                for sig in (*_FORWARDED, signal.SIGQUIT, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
                 for fd in (rfd, wake_r, wake_w, *(w.pipe for w in workers.values() if w.pipe)):
                     os.close(fd)
@@ -148,7 +164,12 @@ def supervise(
         os.set_blocking(rfd, False)
         workers[pid] = _Worker(index, pid, rfd)
 
+    upgrades: list[int] = []  # SIGQUIT received, handover not done yet
+
     def forward(signum: int, _frame: object) -> None:
+        if signum == signal.SIGQUIT:
+            upgrades.append(signum)
+            return
         if signum in (signal.SIGTERM, signal.SIGINT):
             stopping.append(signum)
         for pid in list(workers):
@@ -156,7 +177,7 @@ def supervise(
                 os.kill(pid, signum)
 
     old_wakeup = signal.set_wakeup_fd(wake_w)
-    old_handlers = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
+    old_handlers = {sig: signal.signal(sig, forward) for sig in (*_FORWARDED, signal.SIGQUIT)}
     old_handlers[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda *_: None)
     try:
         for i in range(n):
@@ -186,6 +207,10 @@ def supervise(
                 log.info("supervisor %d: %d workers serving", os.getpid(), n)
                 if on_ready is not None:
                     on_ready()
+            if upgrades:
+                upgrades.clear()
+                if _hand_over(listeners, upgrade_sock, stopping):
+                    forward(signal.SIGTERM, None)
             now = time.monotonic()
             for index, when in list(due.items()):
                 if when <= now and not stopping:
@@ -201,6 +226,27 @@ def supervise(
             signal.signal(sig, handler)
         os.close(wake_r)
         os.close(wake_w)
+
+
+def _hand_over(listeners: Sequence[Any], path: str | None, stopping: list[int]) -> bool:
+    """SIGQUIT in the supervisor: hand the listeners over (blocking; the workers serve on
+    meanwhile). True when the new process serves and the workers must drain."""
+    from proxycore.adapters.upgrade import hand_over
+
+    if stopping or path is None:
+        log.warning(
+            "upgrade: SIGQUIT ignored (%s)", "shutting down" if stopping else "no upgrade_sock"
+        )
+        return False
+    log.info("upgrade: handing the listening sockets over on %s", path)
+    ok, message = hand_over(path, listeners)
+    if not ok:
+        log.error("%s", message)
+        return False
+    log.info("%s", message)
+    for s in listeners:
+        s.close()
+    return True
 
 
 def _reap(workers: dict[int, _Worker]) -> list[tuple[_Worker, int]]:

@@ -474,3 +474,39 @@ def test_a_switch_only_root_can_make_is_refused():
         "(None, None)",
         "(None, None)",
     ]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_daemon_upgrade_hands_over_and_rewrites_the_pid_file(daemons, origins, tmp_path, workers):
+    """``-d -u`` while a daemon runs (the systemd ExecReload recipe): the new starter waits on
+    the upgrade socket, the old daemon's SIGQUIT hands the listeners over, the starter exits 0
+    once the new daemon serves, the pid file names the new daemon, the old one is gone."""
+    echo = origins()
+    port = free_port()
+    pid_file = tmp_path / "proxycore.pid"
+    sock = tmp_path / "upgrade.sock"
+    extra = ["--upgrade-sock", str(sock), "--workers", str(workers)]
+    old = _started(daemons.start(echo.port, port, extra=extra), pid_file)
+    result: dict[str, subprocess.CompletedProcess[str]] = {}
+    t = threading.Thread(
+        target=lambda: result.update(r=daemons.start(echo.port, port, extra=[*extra, "-u"]))
+    )
+    t.start()
+    deadline = time.monotonic() + 15
+    while not sock.exists():
+        assert time.monotonic() < deadline, "the new daemon never waited on the upgrade socket"
+        time.sleep(0.02)
+    assert int(pid_file.read_text()) == old  # (until the new one serves)
+    assert_serving(port)
+    os.kill(old, signal.SIGQUIT)
+    t.join(30)
+    r = result["r"]
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    new = int(pid_file.read_text())
+    assert new != old and _alive(new)
+    assert _wait_gone(old), "the old daemon did not exit after handing over"
+    assert_serving(port)
+    assert int(pid_file.read_text()) == new  # (the old one left the new one's file alone)
+    os.kill(new, signal.SIGTERM)
+    assert _wait_gone(new)
+    assert not pid_file.exists()

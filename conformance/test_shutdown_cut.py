@@ -1,4 +1,4 @@
-"""When the shutdown's grace period runs out (SIGTERM, ``--grace S``) with exchanges still in
+"""When the shutdown's grace period runs out (SIGTERM, ``--grace-period S``) with exchanges still in
 flight, or on a fast shutdown (SIGINT), the proxy cuts them: one error line says how many, and
 each gets its access-log entry, flagged as cut (combined: `` cut=1`` at the end; JSON:
 ``"cut":true``), written before the process exits, with exit status 0. On every backend.
@@ -55,12 +55,12 @@ def _rest(c: Conn, timeout: float = 5.0) -> bytes:
 
 def test_grace_period_over_cuts_and_logs_in_flight_exchanges(tmp_path: Path, origins, proxy):
     """Two responses stalled mid-body (one proxy) and one request waiting for its head
-    (another, same log file), ``--grace 0.5``: each proxy's error line counts its own, and
+    (another, same log file), a grace period of 0.5 s: each proxy's error line counts its own, and
     the three lines are flagged ``cut=1``."""
     slow = origins(SlowOrigin, chunk_delay=30, chunks=2, piece=1000)
     silent = origins(SilentOrigin)
     log = tmp_path / "access.log"
-    mid = proxy(to=[slow.port], extra=["--access-log", str(log), "--grace", "0.5"])
+    mid = proxy(to=[slow.port], extra=["--access-log", str(log), "--grace-period", "0.5"])
     conns = [Conn(mid.port, timeout=5) for _ in range(2)]
     try:
         for i, c in enumerate(conns):
@@ -70,6 +70,7 @@ def test_grace_period_over_cuts_and_logs_in_flight_exchanges(tmp_path: Path, ori
             while data.count(b"\r\n\r\n") < 1 or len(data.split(b"\r\n\r\n", 1)[1]) < 1000:
                 data += c.sock.recv(65536)
             assert data.startswith(b"HTTP/1.1 200 "), data[:100]
+        # (--grace: the older name of --grace-period)
         waiting = proxy(to=[silent.port], extra=["--access-log", str(log), "--grace", "0.5"])
         with Conn(waiting.port, timeout=5) as w:
             w.send(build_request("GET", "/no-answer"))

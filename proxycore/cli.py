@@ -49,6 +49,10 @@ def _seconds(text: str) -> float:
     return _number_of_seconds(text, lambda v: v > 0, "a positive number of seconds")
 
 
+def _non_negative_seconds(text: str) -> float:
+    return _number_of_seconds(text, lambda v: v >= 0, "0 or a positive number of seconds")
+
+
 def _busy_poll(text: str) -> float:
     return _number_of_seconds(text, lambda v: 0 <= v <= 1, "0 (off) to 1 seconds")
 
@@ -167,8 +171,9 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         "-u",
         "--upgrade",
         action="store_true",
-        help="Pingora's graceful upgrade flag: accepted and stored; the upgrade itself comes "
-        "with a later release",
+        help="zero-downtime upgrade: take the listening sockets over from the running proxycore "
+        "instead of binding them (wait on --upgrade-sock, then send SIGQUIT to the running "
+        "one; it drains once this one serves)",
     )
     p.add_argument(
         "--listen",
@@ -371,11 +376,30 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         "line (default combined)",
     )
     p.add_argument(
+        "--grace-period",
         "--grace",
-        type=_seconds,
+        dest="grace_period",
+        type=_non_negative_seconds,
+        default=300.0,
+        metavar="S",
+        help="on SIGTERM (and in the old process after an upgrade), time the requests in flight "
+        "get to finish before they are cut (default 300, Pingora's grace_period_seconds)",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=_non_negative_seconds,
         default=5.0,
         metavar="S",
-        help="on SIGTERM, time allowed for in-flight requests (default 5)",
+        help="after the grace period, time connections still writing their last bytes get "
+        "(default 5, Pingora's graceful_shutdown_timeout_seconds)",
+    )
+    p.add_argument(
+        "--upgrade-sock",
+        default="/tmp/proxycore_upgrade.sock",
+        metavar="PATH",
+        help="the Unix socket of the zero-downtime upgrade: a new process started with -u "
+        "waits there for the running one's listening sockets, sent on its SIGQUIT "
+        "(default /tmp/proxycore_upgrade.sock)",
     )
     p.add_argument(
         "--log-level",
@@ -428,6 +452,8 @@ def _conf(args: argparse.Namespace) -> ServerConf:
     if args.h2_max_concurrent_streams is not None:
         conf.h2_max_concurrent_streams = args.h2_max_concurrent_streams
     conf.record_dir = args.record
+    conf.grace_period, conf.shutdown_timeout = args.grace_period, args.shutdown_timeout
+    conf.upgrade_sock = args.upgrade_sock
     conf.access_log, conf.access_log_format = args.access_log, args.access_log_format
     if args.tls_cert or args.tls_key or args.tls_sni_cert:
         conf.tls = TlsSettings(
@@ -780,7 +806,6 @@ def _main(args: argparse.Namespace) -> int:
         listen,
         args.backend,
         conf,
-        grace=args.grace,
         workers=args.workers,
         exit_on_error=False,
         daemon=args.daemon,
@@ -788,5 +813,6 @@ def _main(args: argparse.Namespace) -> int:
         error_log=args.error_log,
         user=args.user,
         group=args.group,
+        upgrade=args.upgrade,
     )
     return 0

@@ -41,7 +41,9 @@ SERVER_FLAGS = {
     "record": "record",
     "access_log": "access_log",
     "access_log_format": "access_log_format",
-    "grace": "graceful_shutdown_timeout_seconds",
+    "grace_period": "grace_period_seconds",
+    "shutdown_timeout": "graceful_shutdown_timeout_seconds",
+    "upgrade_sock": "upgrade_sock",
     "log_level": "log_level",
     "backend": "backend",
     # the daemon flags (added with daemon mode): the same names as the file's fields
@@ -206,7 +208,6 @@ def run_with_file(args: argparse.Namespace, given: set[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    args.stored = {**built.stored, "upgrade": args.upgrade}  # accepted and stored (-u)
     from proxycore.adapters.reload import set_source
 
     set_source(lambda: load_file(args, given), built, loaded.conf, command, args.conf)
@@ -215,9 +216,9 @@ def run_with_file(args: argparse.Namespace, given: set[str]) -> int:
         built.listen,
         built.backend,
         built.conf,
-        grace=built.grace,
         workers=built.workers,
         exit_on_error=False,
+        upgrade=args.upgrade,
         **built.daemon,
     )
     return 0

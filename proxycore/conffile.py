@@ -305,10 +305,9 @@ class RunArgs:
     backend: str
     conf: ServerConf
     workers: int
-    grace: float
     log_level: str
     daemon: dict[str, Any]  # daemon, pid_file, error_log, user, group
-    stored: dict[str, Any]  # accepted and stored (upgrade_sock, grace_period_seconds, ...)
+    stored: dict[str, Any]  # accepted and stored, not acted on (work_stealing)
 
 
 def build(conf: dict[str, Any]) -> RunArgs:
@@ -335,6 +334,9 @@ def build(conf: dict[str, Any]) -> RunArgs:
         size = parse_size(size)
     sc.max_request_body_size = size
     sc.record_dir = s["record"]
+    sc.grace_period = float(s["grace_period_seconds"])
+    sc.shutdown_timeout = float(s["graceful_shutdown_timeout_seconds"])
+    sc.upgrade_sock = s["upgrade_sock"]
     sc.client_bind_to_ipv4 = list(s["client_bind_to_ipv4"])
     sc.client_bind_to_ipv6 = list(s["client_bind_to_ipv6"])
     sc.limits = Limits(s["max_request_line"], s["max_header_bytes"], s["max_headers"])
@@ -353,7 +355,6 @@ def build(conf: dict[str, Any]) -> RunArgs:
         backend=s["backend"],
         conf=sc,
         workers=s["threads"],
-        grace=float(s["graceful_shutdown_timeout_seconds"]),
         log_level=s["log_level"],
         daemon={k: s[k] for k in ("daemon", "pid_file", "error_log", "user", "group")},
         stored={k: s[k] for k in _STORED},
@@ -361,7 +362,7 @@ def build(conf: dict[str, Any]) -> RunArgs:
 
 
 # Accepted, checked and kept, not acted on yet (see the README's field table).
-_STORED = ("upgrade_sock", "grace_period_seconds", "work_stealing")
+_STORED = ("work_stealing",)
 
 
 def routed_proxy_kwargs(conf: dict[str, Any]) -> dict[str, Any]:

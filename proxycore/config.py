@@ -86,6 +86,13 @@ class ServerConf:
     # before connecting, one per connection of the origin address's family (proxycore.bind).
     client_bind_to_ipv4: list[str] = field(default_factory=list)
     client_bind_to_ipv6: list[str] = field(default_factory=list)
+    # Adapters only: the shutdown (SIGTERM, and the old process after an upgrade): exchanges in
+    # flight get grace_period seconds (Pingora's grace_period_seconds), then connections still
+    # writing their last bytes shutdown_timeout more (graceful_shutdown_timeout_seconds).
+    grace_period: float = 300.0
+    shutdown_timeout: float = 5.0
+    # Adapters only: the Unix socket of the zero-downtime upgrade (proxycore.adapters.upgrade).
+    upgrade_sock: str = "/tmp/proxycore_upgrade.sock"
 
     def check(self) -> None:
         """Raise ValueError naming a setting whose value the core cannot use (the engine calls

@@ -361,8 +361,8 @@ SERVER = Section(
             "/tmp/proxycore_upgrade.sock",
             text,
             "path",
-            "Pingora: Unix socket for the graceful upgrade; stored, used by the upgrade "
-            "(a later issue; Pingora: /tmp/pingora_upgrade.sock)",
+            "Pingora: the Unix socket a new process started with -u waits on for the running "
+            "one's listening sockets (sent on its SIGQUIT; Pingora: /tmp/pingora_upgrade.sock)",
         ),
         "user": Field(None, text, "str", "Pingora: user to switch to after binding", nullable=True),
         "group": Field(
@@ -388,13 +388,17 @@ SERVER = Section(
         ),
         "grace_period_seconds": Field(
             300,
-            integer(0),
-            "int",
-            "Pingora: how long an old process keeps serving during an upgrade; stored, used "
-            "by the upgrade (a later issue)",
+            seconds_or_zero,
+            "seconds",
+            "Pingora: on SIGTERM, and in the old process after an upgrade, time the requests "
+            "in flight get to finish before they are cut (like --grace-period)",
         ),
         "graceful_shutdown_timeout_seconds": Field(
-            5, seconds, "seconds", "Pingora: on SIGTERM, time allowed for in-flight requests"
+            5,
+            seconds_or_zero,
+            "seconds",
+            "Pingora: after the grace period, time connections still writing their last "
+            "bytes get (like --shutdown-timeout)",
         ),
         "upstream_keepalive_pool_size": Field(
             128, integer(0), "int", "Pingora: idle upstream connections kept (0: no pooling)"

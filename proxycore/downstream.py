@@ -67,6 +67,10 @@ ACTIVE: Final = 1  # a request is in progress
 LINGER: Final = 2  # write side shut down; discarding input until EOF/timeout
 CLOSED: Final = 3
 
+# On Drain, a keep-alive connection whose last response ended less than this many seconds ago
+# is not closed at once: its client's next request may be on the way (see on_drain).
+DRAIN_RECENT: Final = 1.0
+
 
 class Downstream(ServerStream):
     """State of one client connection."""
@@ -590,7 +594,21 @@ class Downstream(ServerStream):
                 s.on_timer(name)
 
     def on_drain(self) -> None:
-        if self.current is None and self.state == WAIT and not self.buf:
+        """The graceful shutdown began. An idle keep-alive connection closes now, unless its
+        last response ended less than DRAIN_RECENT ago: a client sending requests back to back
+        may have its next one on the way already, which a close would lose (reset, RFC 9112
+        §9.6 — and it could not know the request was not processed); it gets until then to
+        send it, answered with ``Connection: close``. A new connection that has not sent its
+        first request yet is not idle either: its client connected to be served (during an
+        upgrade, a moment before the listener went to the new process); its request is
+        answered with ``Connection: close`` (the header timeout as usual)."""
+        if self.current is not None or self.state != WAIT or self.buf or not self.requests:
+            return
+        e = self.engine
+        idle_since = self.timers.get("idle", e.now) - e.conf.keepalive_timeout
+        if e.now - idle_since < DRAIN_RECENT:
+            self.arm("idle", idle_since + DRAIN_RECENT)
+        else:
             self.close()
 
     # ------------------------------------------------------------------ request cycle

@@ -120,6 +120,7 @@ def run(
     error_log: str | None = None,
     user: str | None = None,
     group: str | None = None,
+    upgrade: bool = False,
     **options: Any,
 ) -> None:
     """Serve ``app`` on every ``listen`` address until SIGTERM (graceful) or SIGINT (fast).
@@ -144,6 +145,15 @@ def run(
     right after binding its listeners, so ports below 1024 work when started as root; an
     unknown name is a start-up error before anything binds.
 
+    Shutdown (SIGTERM, or the old process after an upgrade): the listeners close, exchanges
+    in flight get ``conf.grace_period`` seconds to finish (``grace=`` sets it too), then
+    connections still writing their last bytes ``conf.shutdown_timeout`` more. SIGINT: at
+    once. SIGHUP reloads the TLS certificates; SIGUSR1 prints a stats line.
+
+    ``upgrade`` (``-u``): take the listening sockets over from the running process instead of
+    binding them: wait on ``conf.upgrade_sock`` until it hands them over (its SIGQUIT), serve
+    on them, then tell it to drain (see :mod:`proxycore.adapters.upgrade`).
+
     A start-up failure writes one line (``proxycore: error: ...``) to stderr and exits with
     status 2 (``SystemExit(2)``, no traceback); with ``exit_on_error=False`` it raises
     :class:`StartupError` instead. Invalid arguments raise ValueError.
@@ -154,6 +164,7 @@ def run(
         "error_log": error_log,
         "user": user,
         "group": group,
+        "upgrade": upgrade,
     }
     if not exit_on_error:
         _run(app, listen, backend, conf, record=record, workers=workers, **managed, **options)
@@ -179,10 +190,14 @@ def _run(
     error_log: str | None = None,
     user: str | None = None,
     group: str | None = None,
+    upgrade: bool = False,
     **options: Any,
 ) -> None:
     addrs = [parse_listen(a) for a in listen]
     conf = conf or ServerConf()
+    grace = options.pop("grace", None)
+    if grace is not None:  # (the older name of grace_period)
+        conf.grace_period = float(grace)
     conf.check()
     assign_tls_ports(listen, addrs, conf)
     if record is not None:
@@ -197,23 +212,59 @@ def _run(
     lifecycle: Any = None
     if daemon or pid_file or error_log or user or group:
         lifecycle = importlib.import_module("proxycore.adapters.daemon").Lifecycle(
-            daemon=daemon, pid_file=pid_file, error_log=error_log, user=user, group=group
+            daemon=daemon,
+            pid_file=pid_file,
+            error_log=error_log,
+            user=user,
+            group=group,
+            upgrade=upgrade,
         )
         lifecycle.prepare()  # before anything binds or forks: one StartupError
     cfg = conf
 
     def start() -> None:
-        if workers == 1:
-            module.serve(app, addrs, cfg, **extra, **options)
-            return
-        supervisor = importlib.import_module("proxycore.adapters.workers")
-        cfg.reuse_port = True
+        sockets = importlib.import_module("proxycore.adapters._sockets")
+        handover: Any = None
+        if upgrade:
+            handover = importlib.import_module("proxycore.adapters.upgrade").Handover.wait(
+                cfg.upgrade_sock,
+                user_uid=None if lifecycle is None else lifecycle.uid,
+                user_gid=None if lifecycle is None else lifecycle.gid,
+            )
+            sockets.inherited[:] = handover.sockets
+        try:
+            if workers == 1:
+                if handover is not None:
+                    sockets.listening_hooks.append(lambda _addrs: handover.ready())
+                module.serve(app, addrs, cfg, **extra, **options)
+                return
+            supervisor = importlib.import_module("proxycore.adapters.workers")
+            # The supervisor binds (or takes over) the listeners; every worker serves them.
+            bound = sockets.bind_listeners(addrs, cfg.reuse_port)
+            sockets.inherited[:] = bound
+            sockets.inherited_shared = True  # type: ignore[attr-defined]  # (kept for each worker)
+            sockets.upgrade_role = "worker"  # type: ignore[attr-defined]  # (SIGQUIT: ours)
 
-        def serve_one(index: int) -> None:
-            module.serve(app, addrs, cfg, **extra, **options)
+            def serve_one(index: int) -> None:
+                module.serve(app, addrs, cfg, **extra, **options)
 
-        on_ready = lifecycle.ready if lifecycle is not None else None
-        supervisor.supervise(workers, serve_one, on_ready=on_ready)
+            def on_ready() -> None:
+                if lifecycle is not None:
+                    lifecycle.ready()
+                if handover is not None:
+                    handover.ready()
+
+            supervisor.supervise(
+                workers,
+                serve_one,
+                on_ready=on_ready,
+                listeners=bound,
+                upgrade_sock=cfg.upgrade_sock,
+            )
+        except BaseException as e:
+            if handover is not None:
+                handover.failed(str(e) if isinstance(e, StartupError) else repr(e))
+            raise
 
     if lifecycle is None:
         start()

@@ -208,7 +208,10 @@ def test_flags_typed_override_the_file_and_defaults_do_not(tmp_path: Path) -> No
     cliconf._override(conf, args, given)
     built = conffile.build(conf)
     assert built.workers == 4 and built.listen == ["http://127.0.0.1:7000"]
-    assert built.grace == 9.0  # --grace's default (5) was not typed: the file's value stays
+    assert (
+        built.conf.shutdown_timeout == 9.0
+    )  # --shutdown-timeout (default 5) not typed: the file's value stays
+    assert built.conf.grace_period == 300.0
     sc = built.conf
     assert (sc.read_timeout, sc.connect_timeout, sc.max_request_body_size) == (11, 3, 512 << 10)
     assert sc.limits.max_headers == 50

@@ -23,6 +23,7 @@ from tests.helpers import ORIGIN, Simple, closed, connect_id, sent, setup_reques
 
 GET = b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+OK_CLOSE = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
 
 
 def test_playbook_simple_get() -> None:
@@ -678,13 +679,35 @@ def test_client_abort_closes_upstream() -> None:
 
 
 def test_drain_closes_idle_and_marks_close() -> None:
+    # (the origin closes after each answer: every request connects anew)
     h = Harness(Simple())
-    d_idle, _ = h.accept()
+    d_idle, up0, _ = setup_request(h, GET)  # served once, then idle for longer than 1 s
+    assert b"200 OK" in sent(h.data(up0, OK_CLOSE), d_idle)
+    h.now += 1.5
+    d_new, _ = h.accept()  # accepted, its first request not sent yet
     down, up, _ = setup_request(h, GET)
     acts = h.feed(proxycore.events.Drain(0, h.now))
-    assert closed(acts, d_idle) and not closed(acts, down)
-    acts = h.data(up, OK)
+    assert closed(acts, d_idle) and not closed(acts, down) and not closed(acts, d_new)
+    acts = h.data(up, OK_CLOSE)
     assert b"Connection: close" in sent(acts, down) and closed(acts, down)
+    acts = h.data(d_new, GET)  # the new connection's request is served, then it closes
+    up2 = connect_id(acts)
+    h.connected(up2)
+    acts = h.data(up2, OK)
+    assert b"Connection: close" in sent(acts, d_new) and closed(acts, d_new)
+    assert h.engine.idle
+
+
+def test_drain_gives_a_connection_active_a_moment_ago_one_second() -> None:
+    """Its client's next request may be on the way: not closed under it (RFC 9112 §9.6)."""
+    h = Harness(Simple())
+    down, up, _ = setup_request(h, GET)
+    h.data(up, OK_CLOSE)
+    h.now += 0.25
+    acts = h.feed(proxycore.events.Drain(0, h.now))
+    assert not closed(acts, down)
+    assert not closed(h.advance(0.5, down), down)
+    assert closed(h.advance(0.3, down), down)  # 1 s after its last response: closed
     assert h.engine.idle
 
 

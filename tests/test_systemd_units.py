@@ -77,7 +77,8 @@ def test_units_grace_fits_in_the_stop_timeout() -> None:
     for path in (FOREGROUND, DAEMON):
         unit = _parse(path)
         args = _parser().parse_args(_exec_start(unit))
-        assert float(unit["Service"]["TimeoutStopSec"][0]) > args.grace, path.name
+        budget = args.grace_period + args.shutdown_timeout  # (the whole shutdown)
+        assert float(unit["Service"]["TimeoutStopSec"][0]) > budget, path.name
 
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:

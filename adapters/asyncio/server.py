@@ -26,8 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from proxycore.adapters import print_stats, reload_config
-from proxycore.adapters._sockets import Conn, SocketDriver
+from proxycore.adapters._sockets import SIGNALS, Conn, SocketDriver
 from proxycore.config import ServerConf
 from proxycore.phases import Proxy
 
@@ -153,22 +152,17 @@ class AsyncioServer(SocketDriver):
 
     # ------------------------------------------------------------------ serving
 
-    async def serve_forever(self, addrs: Sequence[tuple[str, int]], grace: float) -> None:
-        stop = asyncio.Event()
-        mode = {"graceful": True}
+    def wake_main(self) -> None:
+        self._stop_requested.set()
 
-        def on_signal(graceful: bool) -> None:
-            mode["graceful"] = graceful
-            stop.set()
+    def stats_extra(self) -> dict[str, Any]:
+        return {"tasks": len(asyncio.all_tasks(self.loop))}
 
+    async def serve_forever(self, addrs: Sequence[tuple[str, int]]) -> None:
+        self._stop_requested = asyncio.Event()
         try:
-            self.loop.add_signal_handler(signal.SIGTERM, on_signal, True)
-            self.loop.add_signal_handler(signal.SIGINT, on_signal, False)
-            self.loop.add_signal_handler(signal.SIGHUP, reload_config, self)
-            self.loop.add_signal_handler(
-                signal.SIGUSR1,
-                lambda: print_stats(self.engine, tasks=len(asyncio.all_tasks(self.loop))),
-            )
+            for sig in SIGNALS:
+                self.loop.add_signal_handler(sig, self.on_signal, sig)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread
             pass
         # Listen only once the handlers are in: a SIGTERM sent as soon as the port accepts
@@ -180,7 +174,7 @@ class AsyncioServer(SocketDriver):
             # now and ignore SIGTERM/SIGINT (a supervisor stopping its other workers): closing
             # the loop closes its signal wake-up pipe before it removes its handlers, and a
             # signal in between prints "Exception ignored ... signal wakeup fd" with a traceback.
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            for sig in SIGNALS:
                 try:
                     self.loop.remove_signal_handler(sig)
                 except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
@@ -190,14 +184,9 @@ class AsyncioServer(SocketDriver):
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
             raise
         print(f"proxycore ready backend={type(self.loop).__module__}", flush=True)
-        await stop.wait()
-        log.info("shutting down (%s)", "graceful" if mode["graceful"] else "fast")
-        self.begin_drain()
-        grace = grace if mode["graceful"] else 0.0
-        deadline = self.loop.time() + grace
-        while not self.drained and self.loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        self.abort_all(grace)
+        await self._stop_requested.wait()
+        while (delay := self.shutdown_step()) is not None:
+            await asyncio.sleep(delay)
 
 
 def serve(
@@ -205,7 +194,6 @@ def serve(
     addrs: Sequence[tuple[str, int]],
     conf: ServerConf,
     uvloop: bool = False,
-    grace: float = 5.0,
     **_: Any,
 ) -> None:
     """Serve ``app`` on ``addrs`` until a signal; ``uvloop=True`` uses uvloop's loop."""
@@ -218,4 +206,4 @@ def serve(
     with asyncio.Runner(loop_factory=factory) as runner:
         loop = runner.get_loop()
         srv = AsyncioServer(app, conf, loop)
-        runner.run(srv.serve_forever(addrs, grace))
+        runner.run(srv.serve_forever(addrs))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import _socket
 import gc
 import logging
-import signal
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,8 +24,7 @@ import gevent.event
 import gevent.socket
 import greenlet
 
-from proxycore.adapters import print_stats, reload_config
-from proxycore.adapters._sockets import Conn, SocketDriver
+from proxycore.adapters._sockets import SIGNALS, Conn, SocketDriver
 from proxycore.config import ServerConf
 from proxycore.phases import Proxy
 
@@ -43,6 +41,13 @@ class GeventServer(SocketDriver):
         self._listen_watchers: dict[int, Any] = {}
         self._idle: Any = None  # the --busy-poll watcher
         self._spin_pause: Any = None  # its back-off timer
+        self.stop_requested = gevent.event.Event()
+
+    def wake_main(self) -> None:
+        self.stop_requested.set()
+
+    def stats_extra(self) -> dict[str, Any]:
+        return {"greenlets": sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet))}
 
     def now(self) -> float:
         return time.monotonic()
@@ -145,36 +150,15 @@ def serve(
     app: Proxy,
     addrs: Sequence[tuple[str, int]],
     conf: ServerConf,
-    grace: float = 5.0,
     blocking_phases: str = "all",
     **_: Any,
 ) -> None:
     """Serve on gevent's hub until SIGTERM (graceful) or SIGINT (fast)."""
     srv = GeventServer(app, conf, blocking_phases)
-    stop = gevent.event.Event()
-    mode = {"graceful": True}
-
-    def on_signal(graceful: bool) -> None:
-        mode["graceful"] = graceful
-        stop.set()
-
-    gevent.signal_handler(signal.SIGTERM, on_signal, True)
-    gevent.signal_handler(signal.SIGINT, on_signal, False)
-    gevent.signal_handler(signal.SIGHUP, reload_config, srv)
-    gevent.signal_handler(
-        signal.SIGUSR1,
-        lambda: print_stats(
-            srv.engine,
-            greenlets=sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet)),
-        ),
-    )
+    for sig in SIGNALS:
+        gevent.signal_handler(sig, srv.on_signal, sig)
     srv.listen(addrs)  # after the handlers: an early SIGTERM drains instead of killing
     print("proxycore ready backend=gevent", flush=True)
-    stop.wait()
-    log.info("shutting down (%s)", "graceful" if mode["graceful"] else "fast")
-    srv.begin_drain()
-    grace = grace if mode["graceful"] else 0.0
-    deadline = time.monotonic() + grace
-    while not srv.drained and time.monotonic() < deadline:
-        gevent.sleep(0.05)
-    srv.abort_all(grace)
+    srv.stop_requested.wait()
+    while (delay := srv.shutdown_step()) is not None:
+        gevent.sleep(delay)

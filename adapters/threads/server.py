@@ -24,8 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from proxycore.adapters import print_stats, reload_config
-from proxycore.adapters._sockets import SelectorWatch, SocketDriver
+from proxycore.adapters._sockets import SIGNALS, SelectorWatch, SocketDriver
 from proxycore.config import ServerConf
 from proxycore.phases import Proxy
 
@@ -56,7 +55,6 @@ class ThreadsServer(SelectorWatch, SocketDriver):
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self.sel.register(self._wake_r, _R, None)
-        self.stop_mode: str | None = None
 
     # reactor hooks
     def now(self) -> float:
@@ -146,18 +144,16 @@ class ThreadsServer(SelectorWatch, SocketDriver):
                 return
             fn()
 
-    def serve_forever(self, addrs: Sequence[tuple[str, int]], grace: float) -> None:
+    def wake_main(self) -> None:
+        pass  # (request_stop runs on this loop's thread: serve_forever sees stop_mode next turn)
+
+    def serve_forever(self, addrs: Sequence[tuple[str, int]]) -> None:
         self.listen(addrs)
         print("proxycore ready backend=threads", flush=True)
         while self.stop_mode is None:
             self.run_once(0.5)
-        log.info("shutting down (%s)", self.stop_mode)
-        self.begin_drain()
-        grace = grace if self.stop_mode == "graceful" else 0.0
-        deadline = time.monotonic() + grace
-        while not self.drained and time.monotonic() < deadline:
-            self.run_once(0.05)
-        self.abort_all(grace)
+        while (delay := self.shutdown_step()) is not None:
+            self.run_once(delay)
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -165,7 +161,6 @@ def serve(
     app: Proxy,
     addrs: Sequence[tuple[str, int]],
     conf: ServerConf,
-    grace: float = 5.0,
     pool_size: int = 32,
     blocking_phases: str = "all",
     **_: Any,
@@ -174,12 +169,11 @@ def serve(
     srv = ThreadsServer(app, conf, pool_size, blocking_phases)
 
     def on_signal(signum: int, _frame: Any) -> None:
-        srv.stop_mode = "graceful" if signum == signal.SIGTERM else "fast"
-        srv._post(lambda: None)
+        # (Python runs handlers on the main thread between two bytecodes, maybe inside a
+        # feed: the signal is handled on the loop's next turn)
+        srv._post(lambda: srv.on_signal(signum))
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGUSR1, lambda *_: srv._post(lambda: print_stats(srv.engine)))
-        signal.signal(signal.SIGHUP, lambda *_: srv._post(lambda: reload_config(srv)))
-    srv.serve_forever(addrs, grace)
+        for sig in SIGNALS:
+            signal.signal(sig, on_signal)
+    srv.serve_forever(addrs)

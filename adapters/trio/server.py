@@ -32,10 +32,10 @@ selector at every turn, which also spares a re-arm of trio's wait per read; when
 busy anyway it waits as usual for ``BusyPoll.BACKOFF``, then polls on until the window closes
 (about 30 us less added latency at one connection than a separate spinner task).
 
-Signals come through ``trio.open_signal_receiver``: SIGTERM drains (at most ``grace``
-seconds), SIGINT (or a second SIGTERM) aborts at once, SIGUSR1 prints the stats line
-(``tasks``: every trio task; none belongs to a connection), SIGHUP reloads the
-configuration (``reload_config``). This file makes no protocol decision.
+Signals come through ``trio.open_signal_receiver`` and go to the shared driver's
+``on_signal`` (SIGTERM drains, SIGINT stops fast, SIGQUIT hands the listeners to a new
+process, SIGHUP reloads, SIGUSR1 prints the stats line, ``tasks``: every trio task; none
+belongs to a connection). This file makes no protocol decision.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ import itertools
 import logging
 import math
 import selectors
-import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -53,8 +52,7 @@ from typing import Any
 
 import trio
 
-from proxycore.adapters import print_stats, reload_config
-from proxycore.adapters._sockets import Conn, SelectorWatch, SocketDriver
+from proxycore.adapters._sockets import SIGNALS, Conn, SelectorWatch, SocketDriver
 from proxycore.config import ServerConf
 from proxycore.phases import Proxy
 
@@ -87,8 +85,7 @@ class TrioServer(SelectorWatch, SocketDriver):
         self.limiter = trio.CapacityLimiter(threads)
         self.nursery: trio.Nursery | None = None
         self.spinning = False  # --busy-poll: the reactor polls instead of waiting
-        self.stopped = False  # after abort_all: tasks finishing now feed nothing
-        self.grace_used = 0.0  # the grace period a graceful shutdown gave (for abort_all)
+        self._stop_requested = trio.Event()
 
     # ------------------------------------------------------------------ reactor hooks
 
@@ -224,10 +221,15 @@ class TrioServer(SelectorWatch, SocketDriver):
 
     # ------------------------------------------------------------------ serving
 
-    async def serve_forever(self, addrs: Sequence[tuple[str, int]], grace: float) -> None:
-        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+    def wake_main(self) -> None:
+        self._stop_requested.set()
+
+    def stats_extra(self) -> dict[str, Any]:
+        return {"tasks": self._count_tasks()}
+
+    async def serve_forever(self, addrs: Sequence[tuple[str, int]]) -> None:
         failed: BaseException | None = None
-        with trio.open_signal_receiver(*signals) as received:
+        with trio.open_signal_receiver(*SIGNALS) as received:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 nursery.start_soon(self._timers)
@@ -237,38 +239,20 @@ class TrioServer(SelectorWatch, SocketDriver):
                     failed = e
                 else:
                     nursery.start_soon(self._reactor)
+                    nursery.start_soon(self._signals, received)
                     print("proxycore ready backend=trio", flush=True)
-                    await self._until_stopped(received, grace)
-                self.abort_all(self.grace_used)
+                    await self._stop_requested.wait()
+                    while (delay := self.shutdown_step()) is not None:
+                        await trio.sleep(delay)
                 self.stopped = True
                 nursery.cancel_scope.cancel()
         self.sel.close()
         if failed is not None:
             raise failed
 
-    async def _until_stopped(self, received: Any, grace: float) -> None:
-        assert self.nursery is not None
-        with trio.CancelScope() as running:
-            async for signum in received:
-                if signum == signal.SIGHUP:
-                    reload_config(self)
-                elif signum == signal.SIGUSR1:
-                    print_stats(self.engine, tasks=self._count_tasks())
-                elif signum == signal.SIGTERM and self.listeners:
-                    log.info("shutting down (graceful)")
-                    self.grace_used = grace
-                    self.begin_drain()
-                    self.nursery.start_soon(self._drain, grace, running)
-                else:  # SIGINT, or SIGTERM again while draining
-                    log.info("shutting down (fast)")
-                    self.grace_used = 0.0
-                    return
-
-    async def _drain(self, grace: float, running: trio.CancelScope) -> None:
-        deadline = _monotonic() + grace
-        while not self.drained and _monotonic() < deadline:
-            await trio.sleep(0.05)
-        running.cancel()
+    async def _signals(self, received: Any) -> None:
+        async for signum in received:
+            self.on_signal(signum)
 
 
 def _trio_time(deadline: float) -> float:
@@ -290,12 +274,11 @@ def serve(
     app: Proxy,
     addrs: Sequence[tuple[str, int]],
     conf: ServerConf,
-    grace: float = 5.0,
     threads: int = 40,
     blocking_phases: str = "marked",
     **_: Any,
 ) -> None:
-    """Serve ``app`` on ``addrs`` until SIGTERM (graceful, at most ``grace`` seconds) or SIGINT
-    (fast). ``threads`` bounds the worker threads of blocking phases."""
+    """Serve ``app`` on ``addrs`` until SIGTERM (graceful) or SIGINT (fast). ``threads``
+    bounds the worker threads of blocking phases."""
     srv = TrioServer(app, conf, int(threads), blocking_phases)
-    trio.run(srv.serve_forever, list(addrs), grace)
+    trio.run(srv.serve_forever, list(addrs))
