@@ -436,7 +436,7 @@ def tokens_of(meta: ResponseMeta) -> frozenset[str]:
 class H2Conn(Downstream):
     """One HTTP/2 client connection: the ``h2`` state machine and its streams."""
 
-    __slots__ = ("_in_input", "_streams_done", "h2", "streams", "tokens")
+    __slots__ = ("_pending", "_streams_done", "h2", "streams", "tokens")
 
     def __init__(
         self,
@@ -469,17 +469,29 @@ class H2Conn(Downstream):
         self.h2 = h2
         self.streams: dict[int, H2Stream] = {}
         self.tokens: dict[int, H2Stream] = {}
-        self._in_input = False
+        self._pending = False  # output waits for the end of the event (Engine._late)
         self._streams_done = 0
         self.state = 1  # (ACTIVE for the HTTP/1.1 code paths it inherits: none read it)
 
     # -- output: one data_to_send() per input
 
     def output(self) -> None:
-        if not self._in_input and not self.closed:
-            data = self.h2.data_to_send()
-            if data:
-                self.engine.send(self, data)
+        """Frames were queued in ``h2``: they leave at the end of the event, with everything
+        else the event queued, as one ``data_to_send()`` (:meth:`end_event`)."""
+        if not self._pending and not self.closed:
+            self._pending = True
+            self.engine._late.append(self)
+
+    def end_event(self) -> None:
+        if self._pending:
+            self._pending = False
+            if not self.closed:
+                self._write()
+
+    def _write(self) -> None:
+        data = self.h2.data_to_send()
+        if data:
+            self.engine.send(self, data)
 
     def ack(self, sid: int, flow: int) -> None:
         try:
@@ -524,7 +536,9 @@ class H2Conn(Downstream):
             return
         if not abort:
             self.goaway()
+            self._write()  # now: the bytes go out before the Close action
         self.closed = True
+        self._pending = False
         self.state = 3
         for st in list(self.streams.values()):
             st.closed = True
@@ -579,22 +593,16 @@ class H2Conn(Downstream):
     def on_data(self, data: bytes) -> None:
         if self.closed:
             return
-        self._in_input = True
         try:
-            try:
-                events = self.h2.receive_data(data)
-            except ProtocolError as err:
-                self.engine.log.info("client %s: HTTP/2 error: %s", self.peer_name(), err)
-                self._in_input = False
-                self.output()  # (h2 queued the GOAWAY)
-                self.close()
+            events = self.h2.receive_data(data)
+        except ProtocolError as err:
+            self.engine.log.info("client %s: HTTP/2 error: %s", self.peer_name(), err)
+            self.close()  # (h2 queued the GOAWAY: close sends it)
+            return
+        for ev in events:
+            if self.closed:
                 return
-            for ev in events:
-                if self.closed:
-                    return
-                self._event(ev)
-        finally:
-            self._in_input = False
+            self._event(ev)
         self.output()
 
     def _event(self, ev: object) -> None:
