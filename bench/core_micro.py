@@ -9,6 +9,7 @@
     python bench/core_micro.py post-rp 20000   # modes combine: body kind, -rp, count
     python bench/core_micro.py time-rp-al      # with --access-log FILE (any mode: -al, -json)
     python bench/core_micro.py time-routes     # RoutedProxy (-c FILE): 5 routes, the last taken
+    python bench/core_micro.py h2              # HTTP/2 (h2c): a GET per new stream, one connection
     # instructions/request, independent of machine load (difference of two runs):
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 1000
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 3000
@@ -17,6 +18,10 @@ Each iteration feeds the engine one request from the client and one response fro
 (pooled, reused) upstream connection, like the built-in reverse proxy under wrk. In ``post``
 and ``chunked`` modes the request's body arrives in a read of its own after the head, and the
 response's body after its head, so the body paths are measured apart from the head paths.
+In ``h2`` mode the client is one HTTP/2 connection: each iteration opens a stream with the
+same request (a HEADERS frame whose HPACK block only indexes the dynamic table, plus a
+WINDOW_UPDATE giving the connection back the previous answer's 53 bytes) and the pooled
+HTTP/1.1 origin answers it with ``RESP``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import cProfile
 import pstats
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import proxycore
@@ -106,6 +112,82 @@ def main() -> None:
         out = open("/dev/null", "wb")  # the sink a real adapter would use: a file
         e.recorder = Recorder(e, lambda conn, data: out.write(data))
     e.feed(Accepted(1, 0.0, ("127.0.0.1", 5555), ("127.0.0.1", 8080)))
+    if mode.startswith("h2"):
+        loop = h2_loop(e)
+    else:
+        loop = h1_loop(e, mode)
+    if mode.startswith("prof"):
+        pr = cProfile.Profile()
+        pr.enable()
+        loop(n)
+        pr.disable()
+        pstats.Stats(pr).sort_stats("tottime").print_stats(25)
+        return
+    t = time.perf_counter()
+    loop(n)
+    dt = time.perf_counter() - t
+    print(f"{n / dt:,.0f} requests/s through the core alone ({dt / n * 1e6:.2f} us/request)")
+
+
+def h2_loop(e: proxycore.Engine) -> Callable[[int], None]:
+    """Open an h2c connection (prior knowledge) and answer its first two requests; return the
+    loop that sends one more request per iteration and answers it."""
+    import struct
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    c.initiate_connection()
+    hdrs = [
+        (":method", "GET"),
+        (":path", "/small"),
+        (":scheme", "http"),
+        (":authority", "127.0.0.1:8080"),
+        ("user-agent", "h2load"),
+    ]
+    feed = e.feed
+    up = 0
+    for sid in (1, 3):
+        c.send_headers(sid, hdrs, end_stream=True)
+        data = c.data_to_send()
+        acts = feed(DataReceived(1, data, 0.0))
+        if not up:
+            up = next(a.conn for a in acts if isinstance(a, Connect))
+            feed(Connected(up, 0.0))
+        got = b"".join(a.data for a in acts if isinstance(a, Send) and a.conn == 1)
+        for a in feed(DataReceived(up, RESP, 0.0)):
+            if isinstance(a, Send) and a.conn == 1:
+                got += a.data
+        events = c.receive_data(got)
+        assert any(isinstance(ev, h2.events.StreamEnded) for ev in events), events
+        c.increment_flow_control_window(53)
+        more = c.data_to_send()
+        if more:
+            feed(DataReceived(1, more, 0.0))
+    # The second request's HEADERS frame: its block indexes the dynamic table only, so it
+    # stays valid for every later stream.
+    frame = data
+    length = int.from_bytes(frame[:3], "big")
+    assert frame[3] == 1 and len(frame) == 9 + length, frame
+    block = frame[9:]
+    head = length.to_bytes(3, "big") + b"\x01\x05"  # HEADERS, END_STREAM | END_HEADERS
+    window = b"\x00\x00\x04\x08\x00\x00\x00\x00\x00" + struct.pack(">I", 53)
+    state = [5]
+
+    def loop(count: int) -> None:
+        sid = state[0]
+        for _ in range(count):
+            feed(DataReceived(1, head + struct.pack(">I", sid) + block + window, 1.0))
+            feed(DataReceived(up, RESP, 1.0))
+            sid += 2
+        state[0] = sid
+
+    return loop
+
+
+def h1_loop(e: proxycore.Engine, mode: str) -> Callable[[int], None]:
     up = next(a.conn for a in e.feed(DataReceived(1, REQ, 0.0)) if isinstance(a, Connect))
     e.feed(Connected(up, 0.0))
     e.feed(DataReceived(up, RESP, 0.0))
@@ -134,17 +216,7 @@ def main() -> None:
                 feed(DataReceived(1, REQ, 1.0))
                 feed(DataReceived(up, RESP, 1.0))
 
-    if mode.startswith("prof"):
-        pr = cProfile.Profile()
-        pr.enable()
-        loop(n)
-        pr.disable()
-        pstats.Stats(pr).sort_stats("tottime").print_stats(25)
-        return
-    t = time.perf_counter()
-    loop(n)
-    dt = time.perf_counter() - t
-    print(f"{n / dt:,.0f} requests/s through the core alone ({dt / n * 1e6:.2f} us/request)")
+    return loop
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ connection's one request is answered 502 by the proxy itself), opens 50 warm-up 
 reads the proxy's VmRSS, opens ``--conns`` more h2c connections (prior knowledge: preface,
 SETTINGS, one finished request each) and leaves them idle, then reads VmRSS again. Kernel
 socket buffers are not in RSS. The issue's target: <= 32 KiB per idle HTTP/2 connection.
+
+``measure_idle`` is the measurement itself, on a proxy already running; ``bench/run.py``'s h2
+scenario calls it for every proxycore backend (its ``h2_idle`` row).
 """
 
 from __future__ import annotations
@@ -52,6 +55,36 @@ def h2_connection(port: int) -> socket.socket:
     return s
 
 
+TARGET_KIB = 32  # issue 32: memory per idle HTTP/2 connection
+
+
+def measure_idle(pid: int, port: int, conns: int, warm: int = 50) -> dict[str, float | int]:
+    """Open ``warm`` h2c connections to the proxy on ``port``, read the VmRSS of ``pid``,
+    open ``conns`` more, each with one finished request, leave them idle 2 s, read VmRSS
+    again; close them all. KiB per idle HTTP/2 connection."""
+    warmed = [h2_connection(port) for _ in range(warm)]
+    opened: list[socket.socket] = []
+    try:
+        time.sleep(1)
+        before = rss_kib(pid)
+        t = time.monotonic()
+        for _ in range(conns):
+            opened.append(h2_connection(port))
+        setup = time.monotonic() - t
+        time.sleep(2)
+        after = rss_kib(pid)
+    finally:
+        for s in warmed + opened:
+            s.close()
+    return {
+        "conns": len(opened),
+        "setup_s": round(setup, 2),
+        "rss_before_kib": before,
+        "rss_with_kib": after,
+        "kib_per_conn": round((after - before) / len(opened), 2),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--python", default=sys.executable, help="python that runs proxycore")
@@ -70,18 +103,11 @@ def main() -> int:
                 break
             except OSError:
                 time.sleep(0.1)
-        warm = [h2_connection(port) for _ in range(50)]
-        time.sleep(1)
-        before = rss_kib(p.pid)
-        conns = [h2_connection(port) for _ in range(a.conns)]
-        time.sleep(2)
-        after = rss_kib(p.pid)
+        r = measure_idle(p.pid, port, a.conns)
         print(
-            f"{a.backend}: RSS {before} -> {after} KiB with {len(conns)} idle HTTP/2 "
-            f"connections: {(after - before) / len(conns):.1f} KiB per connection"
+            f"{a.backend}: RSS {r['rss_before_kib']} -> {r['rss_with_kib']} KiB with "
+            f"{r['conns']} idle HTTP/2 connections: {r['kib_per_conn']:.1f} KiB per connection"
         )
-        for s in warm + conns:
-            s.close()
     finally:
         p.terminate()
         p.wait(timeout=10)

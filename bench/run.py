@@ -15,7 +15,8 @@ keep-alive connection), workers (a proxycore --workers 2 row), tls (nginx and ev
 proxycore backend terminating TLS with the same ECDSA P-256 certificate, generated once
 per run: keep-alive req/s over TLS, and new connections/s with resumed and with full
 handshakes), h2 (nginx as an HTTP/2 proxy, listen ... http2, and every proxycore backend
-taking h2c by prior knowledge: h2load -c10 -m10 and -c1 -m100 to GET /small).
+taking h2c by prior knowledge: h2load -c10 -m10 and -c1 -m100 to GET /small; before that,
+on proxycore rows, the RSS per idle HTTP/2 connection, --h2-idle-conns of them).
 
 Everything listens on 127.0.0.1 only. Every process started here is stopped on exit,
 including on Ctrl-C / SIGTERM. See bench/README.md.
@@ -94,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "idle (RSS per idle keep-alive conn), workers (proxycore-uvloop-w2 row, rps only), "
         "tls (nginx + proxycore terminating TLS: keep-alive req/s, new conns/s with resumed "
         "and full handshakes), h2 (HTTP/2 by prior knowledge to nginx and proxycore: h2load "
-        "-c10 -m10 and -c1 -m100 req/s)",
+        "-c10 -m10 and -c1 -m100 req/s; proxycore rows: RSS per idle HTTP/2 conn)",
     )
     ap.add_argument(
         "--tls-duration",
@@ -107,6 +108,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--idle-timeout", type=float, default=60, help="max seconds to set them up (60)"
+    )
+    ap.add_argument(
+        "--h2-idle-conns",
+        type=int,
+        default=2000,
+        help="h2 scenario: idle HTTP/2 connections per proxycore row for the RSS per "
+        "connection, bench/h2_idle.py (2000; 0 = skip)",
     )
     ap.add_argument(
         "--stream-timeout", type=float, default=60, help="curl --max-time for the 1 GiB GET (60)"

@@ -9,6 +9,7 @@ import json
 import shutil
 import socket
 import subprocess
+import time
 
 import h2.config
 import h2.connection
@@ -259,3 +260,65 @@ def test_slow_reader_on_one_stream_does_not_stall_the_others(echo, echo_proxy):
                 sid += 2
             s.sendall(c.data_to_send())
         assert 1 not in done and got == 65535
+
+
+@pytest.mark.parametrize("fmt", ["combined", "json"])
+def test_access_log_lines_of_requests_refused_before_their_exchange(echo, proxy, tmp_path, fmt):
+    """A 431, 413 and 501 the HTTP/2 connection answers itself get an access-log line, as an
+    HTTP/1.1 head the connection rejects does; a proxied request its usual line."""
+    log = tmp_path / "access.log"
+    extra = ["--access-log", str(log), "--access-log-format", fmt]
+    p = proxy(to=[echo.port], extra=[*extra, "--max-request-body-size", "10"])
+    s, c = _h2_socket(p.port)
+    with s:
+        auth = f"{HOST}:{p.port}"
+        ua = ("user-agent", "conf-h2")
+        hdrs = [(":method", "GET"), (":scheme", "http"), (":authority", auth)]
+        c.send_headers(1, [*hdrs, (":path", "/ok"), ua], end_stream=True)
+        c.send_headers(3, [*hdrs, (":path", "/big"), ua, *((f"x-f{i}", "v") for i in range(101))])
+        post = [(":method", "POST"), (":scheme", "http"), (":authority", auth)]
+        c.send_headers(5, [*post, (":path", "/up"), ua, ("content-length", "11")])
+        c.send_headers(7, [(":method", "CONNECT"), (":authority", "example.com:443"), ua])
+        s.sendall(c.data_to_send())
+        ev = _pump(
+            s,
+            c,
+            lambda ev: (
+                {e.stream_id for e in ev if isinstance(e, h2.events.StreamEnded)} >= {1, 3, 5, 7}
+            ),
+        )
+        status = {
+            e.stream_id: dict(e.headers)[b":status"]
+            for e in ev
+            if isinstance(e, h2.events.ResponseReceived)
+        }
+        assert status == {1: b"200", 3: b"431", 5: b"413", 7: b"501"}
+    want = {
+        "GET /ok HTTP/2.0": 200,
+        "GET /big HTTP/2.0": 431,
+        "POST /up HTTP/2.0": 413,
+        "CONNECT example.com:443 HTTP/2.0": 501,
+    }
+    deadline = time.monotonic() + 5
+    while True:
+        lines = (
+            [line for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+        )
+        if len(lines) >= 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert len(lines) == 4, lines
+    got = {}
+    for line in lines:
+        if fmt == "json":
+            d = json.loads(line)
+            got[d["request"]] = d["status"]
+            assert d["http_user_agent"] == "conf-h2"
+            assert d["upstream"] == [] or d["status"] == 200
+        else:
+            request, rest = line.split('"', 2)[1:]
+            got[request] = int(rest.split()[0])
+            assert '"conf-h2" rt=' in line
+            assert rest.endswith(" uaddr=- us=- uct=- uht=-") or '" 200 ' in line
+    assert got == want
+    assert p.alive()

@@ -423,6 +423,10 @@ class Downstream(ServerStream):
             s.on_downstream_gone("connection closed by proxy")
         self._release(abort)
 
+    def end_event(self) -> None:
+        """The end of an event that asked for it (:attr:`Engine._late`): produce the output
+        left for then. HTTP/1.1 connections never ask."""
+
     def _release(self, abort: bool) -> None:
         """The end of :meth:`close`, once its exchanges are told: forget the connection, send
         or drop what is pending, cancel its timer, and ask the adapter to close it."""

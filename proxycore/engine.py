@@ -180,6 +180,9 @@ class Engine:
         self._next_id = 1
         self._next_token = 1
         self._dirty: list[Downstream | Upstream] = []
+        # Connections whose output is produced once at the end of the event (HTTP/2: one
+        # data_to_send() per input); _flush calls their end_event() first.
+        self._late: list[Downstream] = []
         self._recorder: Recorder | None = None
         self.tls: TlsLayer | None = TlsLayer(self, server_tls, client_tls) if tls else None
         self._bind_feed()
@@ -310,6 +313,11 @@ class Engine:
     def _flush(self) -> list[Action]:
         """The actions of one event, with every connection's queued bytes as one Send each."""
         out = self.out
+        if self._late:
+            late = self._late
+            self._late = []
+            for c in late:
+                c.end_event()
         dirty = self._dirty
         if dirty:
             for conn in dirty:

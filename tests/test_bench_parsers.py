@@ -162,3 +162,22 @@ def test_targets_access_log_too_slow_and_skipped() -> None:
     skipped = {"name": "proxycore-uvloop-accesslog", "skipped": True, "error": "no --access-log"}
     v = _verdicts([_row("proxycore-uvloop", 60000), skipped])
     assert v["proxycore-uvloop-accesslog req/s vs proxycore-uvloop"] == (None, "n/a")
+
+
+def test_targets_idle_http2_memory_per_backend() -> None:
+    """The h2 scenario's idle-connection measurement (bench/h2_idle.py) is a target per
+    proxycore row: <= 32 KiB per idle HTTP/2 connection (issue 32)."""
+    from harness.report import _brief
+
+    idle = {"conns": 2000, "setup_s": 3.1, "rss_before_kib": 30000, "rss_with_kib": 74000}
+    rows = [_row("proxycore-uvloop"), _row("proxycore-trio"), _row("proxycore-gevent")]
+    rows[0]["h2"] = {"idle": {**idle, "kib_per_conn": 22.0}}
+    rows[1]["h2"] = {"idle": {**idle, "kib_per_conn": 33.5}}
+    rows[2]["h2"] = {"idle": {"error": "OSError: refused"}, "error": "idle HTTP/2 connections"}
+    v = _verdicts(rows)
+    assert v["proxycore-uvloop idle RSS per HTTP/2 conn"] == (22.0, "PASS")
+    assert v["proxycore-trio idle RSS per HTTP/2 conn"] == (33.5, "FAIL")
+    assert "proxycore-gevent idle RSS per HTTP/2 conn" not in v
+    assert "2000 idle h2 conns" in _brief("h2", rows[0]["h2"]) and "22.0 KiB/conn" in _brief(
+        "h2", rows[0]["h2"]
+    )

@@ -402,3 +402,59 @@ def test_access_log_line_of_an_http2_request() -> None:
     assert len(got) == 1
     e = got[0]
     assert (e.request, e.status, e.user_agent) == ("GET /q?x=1 HTTP/2.0", 200, "h2-test")
+
+
+def _access_harness(conf: proxycore.ServerConf | None = None) -> tuple[Harness, list[Any]]:
+    import logging
+
+    got: list[Any] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            got.append(record.access)  # type: ignore[attr-defined]
+
+    log = logging.getLogger(f"test-h2-access-{id(got)}")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(Grab())
+    return Harness(Simple(), conf=conf, access_log=log), got
+
+
+def test_access_log_lines_of_http2_requests_refused_before_their_exchange() -> None:
+    """431, 413, 400 and 501 answered by the connection itself get a line each, as an
+    HTTP/1.1 head the connection rejects does: status, request line, nothing upstream; in
+    both formats."""
+    import json
+
+    from proxycore.accesslog import format_combined, format_json
+
+    conf = proxycore.ServerConf(max_request_body_size=10, headers_with_underscores="reject")
+    h, got = _access_harness(conf)
+    cl = Client(h)
+    ua = [("user-agent", "h2-test"), ("referer", "http://r/")]
+    cl.request(1, path="/big", extra=ua + [(f"x-f{i}", "v") for i in range(101)])
+    cl.request(3, "POST", "/up", [*ua, ("content-length", "11")], end=False)
+    cl.request(5, path="/u", extra=[("user-agent", "h2-test"), ("x_y", "1")])
+    connect = [(":method", "CONNECT"), (":authority", "example.com:443"), ("user-agent", "h2-test")]
+    cl.c.send_headers(7, connect)
+    cl.flush()
+    assert [cl.headers(sid)[b":status"] for sid in (1, 3, 5, 7)] == [b"431", b"413", b"400", b"501"]
+    assert [e.status for e in got] == [431, 413, 400, 501]
+    assert [e.request for e in got] == [
+        "GET /big HTTP/2.0",
+        "POST /up HTTP/2.0",
+        "GET /u HTTP/2.0",
+        "CONNECT example.com:443 HTTP/2.0",
+    ]
+    for e, sid in zip(got, (1, 3, 5, 7), strict=True):
+        assert e.upstream == () and e.body_bytes_sent == len(cl.body(sid)) > 0
+        assert e.user_agent == "h2-test"
+        line = format_combined(e)
+        assert line.startswith("192.0.2.10 - - [")
+        assert f'"{e.request}" {e.status} {e.body_bytes_sent} ' in line
+        assert line.endswith('"h2-test" rt=0.000 uaddr=- us=- uct=- uht=-')
+        d = json.loads(format_json(e))
+        assert (d["request"], d["status"], d["http_user_agent"]) == (e.request, e.status, "h2-test")
+        assert (d["remote_addr"], d["upstream"], d["request_time"]) == ("192.0.2.10", [], 0.0)
+    assert got[0].referer == got[1].referer == "http://r/"
+    assert not Harness.connects(h.log)  # type: ignore[arg-type]

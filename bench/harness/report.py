@@ -68,6 +68,9 @@ def summarize(rows: list[dict[str, Any]]) -> None:
             r["stream_peak_rss_mib"] = st.get("peak_rss_mib")
         if idle := _ok(r, "idle"):
             r["idle_kib_per_conn"] = idle["kib_per_conn"]
+        h2 = r.get("h2")
+        if isinstance(h2, dict) and isinstance(h2.get("idle"), dict):
+            r["h2_idle_kib_per_conn"] = h2["idle"].get("kib_per_conn")
         if tls := _ok(r, "tls"):
             ka = tls["keepalive"]
             r["tls_rps"] = ka["rps"]
@@ -401,6 +404,7 @@ def draw_chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         ("1 GiB stream, MB/s", "stream_mb_s", "{:,.0f}", "stream"),
         ("peak RSS streaming 1 GiB, MiB", "stream_peak_rss_mib", "{:.1f}", ""),
         ("RSS per idle keep-alive conn, KiB", "idle_kib_per_conn", "{:.1f}", ""),
+        ("RSS per idle HTTP/2 conn, KiB", "h2_idle_kib_per_conn", "{:.1f}", ""),
         ("TLS keep-alive req/s, wrk -c50 (ECDSA P-256)", "tls_rps", "{:,.0f}", "tls"),
         ("TLS new conns/s, resumed handshakes", "tls_hs_resumed", "{:,.0f}", "tls"),
         ("TLS new conns/s, full handshakes", "tls_hs_full", "{:,.0f}", "tls"),
@@ -548,11 +552,21 @@ def _brief(sname: str, res: dict[str, Any]) -> str:
             f"{_mib(res['rss_with_kib'])} MiB, {res['kib_per_conn']} KiB/conn"
         )
     if sname == "h2":
-        return ", ".join(
-            f"h2load {k} {res[k]['rps']:,.0f} req/s ({res[k]['failed']} failed)"
-            for k in ("c10m10", "c1m100")
-            if k in res
-        ) + (f" ({res['error']})" if res.get("error") else "")
+        idle = res.get("idle") or {}
+        return (
+            ", ".join(
+                f"h2load {k} {res[k]['rps']:,.0f} req/s ({res[k]['failed']} failed)"
+                for k in ("c10m10", "c1m100")
+                if k in res
+            )
+            + (
+                f"; {idle['conns']} idle h2 conns: RSS {_mib(idle['rss_before_kib'])} -> "
+                f"{_mib(idle['rss_with_kib'])} MiB, {idle['kib_per_conn']} KiB/conn"
+                if "kib_per_conn" in idle
+                else ""
+            )
+            + (f" ({res['error']})" if res.get("error") else "")
+        )
     if sname == "tls":
         ka = res["keepalive"]
         out = f"keep-alive {ka['rps']:,.0f} req/s, p99 {_lat(ka['p99_ms'])}"

@@ -251,12 +251,24 @@ def scenario_tls(ctx: Ctx, port: int, proc: Proc | None) -> dict[str, Any]:
 
 def scenario_h2(ctx: Ctx, port: int, proc: Proc | None) -> dict[str, Any]:
     """HTTP/2 (h2c by prior knowledge) GET /small with h2load: -c10 -m10 and -c1 -m100, each
-    after a short warm-up; any failed, errored or timed-out request is an error."""
+    after a short warm-up; any failed, errored or timed-out request is an error. Before them,
+    on the fresh process, proxycore rows measure the RSS per idle HTTP/2 connection
+    (``bench/h2_idle.py``'s ``measure_idle``, --h2-idle-conns connections; ``idle``)."""
     a = ctx.args
     pids = {"origin": ctx.origin.pid} if ctx.origin else {}
     if proc is not None:
         pids["proxy"] = proc.pid
     out: dict[str, Any] = {}
+    if proc is not None and proc.name.startswith("proxycore") and a.h2_idle_conns > 0:
+        from h2_idle import measure_idle  # bench/ is on sys.path (run.py puts it there)
+
+        try:
+            out["idle"] = measure_idle(proc.pid, port, a.h2_idle_conns)
+        except (OSError, RuntimeError) as e:
+            out["idle"] = {"error": f"{type(e).__name__}: {e}"}
+            out["error"] = f"idle HTTP/2 connections: {e}"
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} died holding idle HTTP/2 connections")
     for key, (conns, streams) in H2_SHAPES.items():
         run_h2load(port, conns, streams, min(a.warmup, 2.0))
         with CpuMeter(pids) as cpu:

@@ -520,4 +520,8 @@ def evaluate_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         h2_ratio = round(h2_uv["c10m10"]["rps"] / h2_ng["c10m10"]["rps"], 3)
     add(f"{uv} HTTP/2 req/s vs nginx (h2load -c10 -m10)", h2_ratio, ">=", 0.15, "x",
         ((uv, "h2"), ("nginx", "h2")))  # fmt: skip
+    for r in rows:  # issue 32: <= 32 KiB per idle HTTP/2 connection, every backend
+        if r["name"].startswith("proxycore-") and r.get("h2_idle_kib_per_conn") is not None:
+            add(f"{r['name']} idle RSS per HTTP/2 conn", r["h2_idle_kib_per_conn"], "<=", 32,
+                "KiB")  # fmt: skip
     return out

@@ -38,6 +38,7 @@ from h2.events import (
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 
+from proxycore.accesslog import log_rejected
 from proxycore.codec import NO_BODY, OPEN_BODY, SIZED_BODY, ServerStream
 from proxycore.downstream import Downstream
 from proxycore.h1.parse import (
@@ -67,6 +68,14 @@ PREFACE_HEAD: Final = b"PRI * HTTP/2.0\r\n\r\n"
 CONN_WINDOW: Final = 1 << 20
 # Fields a message must not carry on HTTP/2 (RFC 9113 §8.2.2), beyond the hop-by-hop set.
 _CONNECTION_SPECIFIC: Final = HOP_BY_HOP | frozenset({"proxy-connection", "host"})
+
+
+def _log_head(method: str, path: str, items: list[tuple[str, str, str]]) -> bytes:
+    """The head the access log reads the request line and a few fields from: HTTP/2's,
+    written out as nginx logs it ("GET /a HTTP/2.0")."""
+    lines = [f"{method} {path} HTTP/2.0"]
+    lines += [f"{k}: {v}" for k, _, v in items]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def _fields(items: list[tuple[str, str, str]]) -> list[tuple[bytes, bytes]]:
@@ -436,7 +445,7 @@ def tokens_of(meta: ResponseMeta) -> frozenset[str]:
 class H2Conn(Downstream):
     """One HTTP/2 client connection: the ``h2`` state machine and its streams."""
 
-    __slots__ = ("_in_input", "_streams_done", "h2", "streams", "tokens")
+    __slots__ = ("_pending", "_streams_done", "h2", "streams", "tokens")
 
     def __init__(
         self,
@@ -469,17 +478,29 @@ class H2Conn(Downstream):
         self.h2 = h2
         self.streams: dict[int, H2Stream] = {}
         self.tokens: dict[int, H2Stream] = {}
-        self._in_input = False
+        self._pending = False  # output waits for the end of the event (Engine._late)
         self._streams_done = 0
         self.state = 1  # (ACTIVE for the HTTP/1.1 code paths it inherits: none read it)
 
     # -- output: one data_to_send() per input
 
     def output(self) -> None:
-        if not self._in_input and not self.closed:
-            data = self.h2.data_to_send()
-            if data:
-                self.engine.send(self, data)
+        """Frames were queued in ``h2``: they leave at the end of the event, with everything
+        else the event queued, as one ``data_to_send()`` (:meth:`end_event`)."""
+        if not self._pending and not self.closed:
+            self._pending = True
+            self.engine._late.append(self)
+
+    def end_event(self) -> None:
+        if self._pending:
+            self._pending = False
+            if not self.closed:
+                self._write()
+
+    def _write(self) -> None:
+        data = self.h2.data_to_send()
+        if data:
+            self.engine.send(self, data)
 
     def ack(self, sid: int, flow: int) -> None:
         try:
@@ -524,7 +545,9 @@ class H2Conn(Downstream):
             return
         if not abort:
             self.goaway()
+            self._write()  # now: the bytes go out before the Close action
         self.closed = True
+        self._pending = False
         self.state = 3
         for st in list(self.streams.values()):
             st.closed = True
@@ -579,22 +602,16 @@ class H2Conn(Downstream):
     def on_data(self, data: bytes) -> None:
         if self.closed:
             return
-        self._in_input = True
         try:
-            try:
-                events = self.h2.receive_data(data)
-            except ProtocolError as err:
-                self.engine.log.info("client %s: HTTP/2 error: %s", self.peer_name(), err)
-                self._in_input = False
-                self.output()  # (h2 queued the GOAWAY)
-                self.close()
+            events = self.h2.receive_data(data)
+        except ProtocolError as err:
+            self.engine.log.info("client %s: HTTP/2 error: %s", self.peer_name(), err)
+            self.close()  # (h2 queued the GOAWAY: close sends it)
+            return
+        for ev in events:
+            if self.closed:
                 return
-            for ev in events:
-                if self.closed:
-                    return
-                self._event(ev)
-        finally:
-            self._in_input = False
+            self._event(ev)
         self.output()
 
     def _event(self, ev: object) -> None:
@@ -686,7 +703,7 @@ class H2Conn(Downstream):
                 continue
             if "_" in name and conf.headers_with_underscores != "allow":
                 if conf.headers_with_underscores == "reject":
-                    self._answer(sid, 400, ended)
+                    self._answer(sid, 400, ended, method, path, items)
                     return
                 if dropped is None:
                     dropped = []
@@ -694,10 +711,11 @@ class H2Conn(Downstream):
                 continue
             items.append((name, name, value))
         if size > limits.max_header_bytes or count > limits.max_headers:
-            self._answer(sid, 431, ended)
+            self._answer(sid, 431, ended, method, path, items)
             return
         if method == "CONNECT":
-            self._answer(sid, 501, ended)  # extended CONNECT (RFC 8441) is not offered
+            # Extended CONNECT (RFC 8441) is not offered; the log shows the target.
+            self._answer(sid, 501, ended, method, path or authority, items)
             return
         if cookies:
             items.append(("cookie", "cookie", "; ".join(cookies)))
@@ -718,11 +736,7 @@ class H2Conn(Downstream):
         meta.host = host
         meta.has_host = host is not None
         if e.access_log is not None:
-            # The access log reads the request line and a few fields from the head as
-            # received: HTTP/2's, written out as nginx logs it ("GET /a HTTP/2.0").
-            lines = [f"{method} {path} HTTP/2.0"]
-            lines += [f"{k}: {v}" for k, _, v in items]
-            meta.raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            meta.raw = _log_head(method, path, items)
         st = H2Stream(self, sid)
         if ended:
             st._body_kind = NO_BODY
@@ -738,7 +752,7 @@ class H2Conn(Downstream):
                 st._body_kind = OPEN_BODY
             limit = conf.max_request_body_size
             if limit is not None and meta.length > limit:
-                self._answer(sid, 413, ended)
+                self._answer(sid, 413, ended, method, path, items)
                 return
         req = RequestHeader(
             method,
@@ -756,11 +770,25 @@ class H2Conn(Downstream):
         st.session = s
         s.start()
 
-    def _answer(self, sid: int, status: int, ended: bool) -> None:
+    def _answer(
+        self,
+        sid: int,
+        status: int,
+        ended: bool,
+        method: str,
+        path: str,
+        items: list[tuple[str, str, str]],
+    ) -> None:
         """Answer a request refused before any exchange (431, 400, 413, 501), then end the
-        stream (the rest of its request with RST_STREAM NO_ERROR, RFC 9113 §8.1)."""
+        stream (the rest of its request with RST_STREAM NO_ERROR, RFC 9113 §8.1). The access
+        log gets its line, as for an HTTP/1.1 head the connection rejects: the request line and
+        the fields read so far (``items``), nothing upstream."""
+        e = self.engine
         body = error_body(status)
-        self.engine.log.info("client %s: rejected HTTP/2 request (%d)", self.peer_name(), status)
+        e.log.info("client %s: rejected HTTP/2 request (%d)", self.peer_name(), status)
+        access = e.access_log
+        if access is not None:
+            log_rejected(access, self, status, _log_head(method, path, items), len(body), e.now)
         h2 = self.h2
         try:
             h2.send_headers(
