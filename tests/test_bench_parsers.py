@@ -162,3 +162,10 @@ def test_targets_access_log_too_slow_and_skipped() -> None:
     skipped = {"name": "proxycore-uvloop-accesslog", "skipped": True, "error": "no --access-log"}
     v = _verdicts([_row("proxycore-uvloop", 60000), skipped])
     assert v["proxycore-uvloop-accesslog req/s vs proxycore-uvloop"] == (None, "n/a")
+
+
+def test_targets_admin_listener_costs_at_most_3_percent() -> None:
+    rows = [_row("proxycore-uvloop", 60000), _row("proxycore-uvloop-admin", 58500)]
+    assert _verdicts(rows)["proxycore-uvloop-admin req/s vs proxycore-uvloop"] == (0.975, "PASS")
+    rows = [_row("proxycore-uvloop", 60000), _row("proxycore-uvloop-admin", 57600)]
+    assert _verdicts(rows)["proxycore-uvloop-admin req/s vs proxycore-uvloop"] == (0.96, "FAIL")
