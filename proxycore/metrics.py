@@ -16,7 +16,6 @@ event times.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, Final
 
 from proxycore.upstream import IDLE
@@ -34,20 +33,27 @@ BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.
 _METHODS: Final = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
-_CLASSES: Final = ("1xx", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class Histogram:
-    """Counts per bucket (not cumulative; the last is +Inf), their sum and count."""
+    """Counts per bucket (not cumulative; the last is +Inf), their sum and count. (The bounds
+    are a list on the instance: a tuple constant would be rebuilt at each use in the compiled
+    core, and the search is a short loop of native comparisons, the small values first.)"""
 
-    __slots__ = ("counts", "sum")
+    __slots__ = ("bounds", "counts", "sum")
 
     def __init__(self) -> None:
+        self.bounds: list[float] = list(BUCKETS)
         self.counts = [0] * (len(BUCKETS) + 1)
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(BUCKETS, value)] += 1
+        bounds = self.bounds
+        i = 0
+        n = len(bounds)
+        while i < n and value > bounds[i]:
+            i += 1
+        self.counts[i] += 1
         self.sum += value
 
     def data(self) -> dict[str, Any]:
@@ -58,7 +64,7 @@ class Metrics:
     """The counters of one engine (see the module docstring)."""
 
     def __init__(self) -> None:
-        # (status class, method, protocol, upstream group) -> requests
+        # (status class, method, HTTP version as in the request line, upstream group) -> n
         self.requests: dict[tuple[str, str, str, str], int] = {}
         self.duration = Histogram()  # request: head received -> exchange over
         self.connect = Histogram()  # upstream connect (new connections only)
@@ -70,32 +76,50 @@ class Metrics:
         self.backends: dict[str, list[int]] = {}
 
     def exchange_done(self, s: Session) -> None:
-        """Count one exchange (its status, times and bytes) as it ends."""
+        """Count one exchange (its status, times and bytes) as it ends. Runs once per request
+        when the admin listener is on: plain comparisons and two dictionary updates (the
+        label values are the request's own strings; the protocol is cut from the version at
+        snapshot time)."""
+        status = s.response_status
         err = s.error
-        status = s.response_status or (err.status if err is not None else 0)
-        cls = _CLASSES[status // 100] if 100 <= status < 600 else "none"
-        method = s.req_header.method
-        if method not in _METHODS:
+        if not status and err is not None:
+            status = err.status
+        if status < 300:
+            cls = "2xx" if status >= 200 else "1xx" if status >= 100 else "none"
+        elif status < 400:
+            cls = "3xx"
+        elif status < 500:
+            cls = "4xx"
+        else:
+            cls = "5xx" if status < 600 else "none"
+        req = s.req_header
+        method = req.method
+        if method != "GET" and method not in _METHODS:
             method = "other"
-        key = (cls, method, s.http_version, s.upstream_group)
+        key = (cls, method, req.version, s.upstream_group)
         requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
+        n = requests.get(key)
+        requests[key] = 1 if n is None else n + 1
         self.duration.observe(s.engine.now - s.start_time)
         self.bytes_in += s.request_body_bytes
         self.bytes_out += s.response_body_bytes
         self.retries += s.retries
         peer = s.peer
         if peer is not None:
-            address, upstream_status, connect, head = s.upstream_attempt()
-            if connect >= 0.0 and not s.upstream_reused:
-                self.connect.observe(connect)
-            if head >= 0.0:
-                self.first_byte.observe(head)
+            # the current attempt's times, as the access log reads them (Session._attempt)
+            start = s._t_peer
+            if s._t_conn >= 0.0 and not s.upstream_reused:
+                self.connect.observe(s._t_conn - start)
+            if s._t_head >= 0.0:
+                self.first_byte.observe(s._t_head - start)
+            resp = s._resp
+            failed = status >= 500 or resp is None or resp.status >= 500
+            address = peer.address
             counts = self.backends.get(address)
             if counts is None:
                 counts = self.backends[address] = [0, 0]
             counts[0] += 1
-            if status >= 500 or upstream_status >= 500 or upstream_status == 0:
+            if failed:
                 counts[1] += 1
 
     def snapshot(self, engine: Engine) -> dict[str, Any]:
@@ -114,7 +138,7 @@ class Metrics:
             if up.state == IDLE:
                 counts[1] += 1
         return {
-            "requests": [[*k, n] for k, n in self.requests.items()],
+            "requests": [[c, m, v[5:], g, n] for (c, m, v, g), n in self.requests.items()],
             "duration": self.duration.data(),
             "connect": self.connect.data(),
             "first_byte": self.first_byte.data(),

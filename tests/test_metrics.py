@@ -40,15 +40,16 @@ def test_each_exchange_is_counted_once_by_class_method_protocol_and_group() -> N
     _exchange(h, GET, FAIL, took=0.3)
     _exchange(h, BREW, OK)
     assert m.requests == {
-        ("2xx", "GET", "1.1", "default"): 1,
-        ("2xx", "POST", "1.1", "default"): 1,
-        ("5xx", "GET", "1.1", "default"): 1,
-        ("2xx", "other", "1.1", "default"): 1,
+        ("2xx", "GET", "HTTP/1.1", "default"): 1,
+        ("2xx", "POST", "HTTP/1.1", "default"): 1,
+        ("5xx", "GET", "HTTP/1.1", "default"): 1,
+        ("2xx", "other", "HTTP/1.1", "default"): 1,
     }
     assert sum(m.duration.counts) == 4
     assert m.duration.counts[BUCKETS.index(0.25) + 1] == 1  # the 0.3 s one: in (0.25, 0.5]
     assert m.bytes_in == 4 and m.bytes_out == 15
     assert m.backends == {"127.0.0.1:9001": [4, 1]}
+    assert ["2xx", "GET", "1.1", "default", 1] in m.snapshot(h.engine)["requests"]
     assert sum(m.connect.counts) == 4 and sum(m.first_byte.counts) == 4
 
 
@@ -63,7 +64,7 @@ def test_a_routed_group_is_named_and_a_local_answer_has_no_group() -> None:
     h.data(down, b"GET /deny HTTP/1.1\r\nHost: x\r\n\r\n")
     m = h.engine.metrics
     assert m is not None
-    assert m.requests == {("2xx", "GET", "1.1", "api"): 1, ("4xx", "GET", "1.1", "-"): 1}
+    assert m.requests == {("2xx", "GET", "HTTP/1.1", "api"): 1, ("4xx", "GET", "HTTP/1.1", "-"): 1}
     snap = m.snapshot(h.engine)
     assert snap["health"] == [
         {
@@ -92,7 +93,7 @@ def test_a_failed_connect_counts_as_a_backend_error() -> None:
     h.connect_failed(up)
     m = h.engine.metrics
     assert m is not None
-    assert m.requests == {("5xx", "GET", "1.1", "default"): 1}
+    assert m.requests == {("5xx", "GET", "HTTP/1.1", "default"): 1}
     assert m.backends == {"127.0.0.1:9001": [1, 1]}
 
 
