@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["BUCKETS", "Histogram", "Metrics", "merge"]
 
 # Seconds: Prometheus' default buckets (client libraries' DEFAULT_BUCKETS), +Inf implied.
-BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 # Methods kept as label values; any other is counted as "other" (bounded label cardinality).
 _METHODS: Final = frozenset(
