@@ -24,10 +24,12 @@ if TYPE_CHECKING:
     from proxycore.engine import Engine
     from proxycore.session import Session
 
-__all__ = ["BUCKETS", "Histogram", "Metrics", "merge"]
+__all__ = ["BUCKETS", "Cell", "Histogram", "Metrics", "merge"]
 
 # Seconds: Prometheus' default buckets (client libraries' DEFAULT_BUCKETS), +Inf implied.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+_FOLD_AT: Final = 4096  # observations kept before they are sorted into buckets
 
 # Methods kept as label values; any other is counted as "other" (bounded label cardinality).
 _METHODS: Final = frozenset(
@@ -36,28 +38,51 @@ _METHODS: Final = frozenset(
 
 
 class Histogram:
-    """Counts per bucket (not cumulative; the last is +Inf), their sum and count. (The bounds
-    are a list on the instance: a tuple constant would be rebuilt at each use in the compiled
-    core, and the search is a short loop of native comparisons, the small values first.)"""
+    """Counts per bucket (not cumulative; the last is +Inf), their sum and count. Values are
+    appended to ``pending`` as they come (one append per observation) and sorted into the
+    buckets by :meth:`fold`: at snapshot time, or when ``_FOLD_AT`` are pending."""
 
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("bounds", "counts", "pending", "sum")
 
     def __init__(self) -> None:
         self.bounds: list[float] = list(BUCKETS)
         self.counts = [0] * (len(BUCKETS) + 1)
         self.sum = 0.0
+        self.pending: list[float] = []
 
     def observe(self, value: float) -> None:
+        pending = self.pending
+        pending.append(value)
+        if len(pending) >= _FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
         bounds = self.bounds
-        i = 0
+        counts = self.counts
         n = len(bounds)
-        while i < n and value > bounds[i]:
-            i += 1
-        self.counts[i] += 1
-        self.sum += value
+        total = self.sum
+        for value in self.pending:
+            i = 0
+            while i < n and value > bounds[i]:
+                i += 1
+            counts[i] += 1
+            total += value
+        self.sum = total
+        self.pending = []
 
     def data(self) -> dict[str, Any]:
+        self.fold()
         return {"counts": list(self.counts), "sum": self.sum}
+
+
+class Cell:
+    """One counter (a native integer: ``cell.n += 1`` costs a few instructions)."""
+
+    __slots__ = ("errors", "n")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.errors = 0
 
 
 class Metrics:
@@ -65,21 +90,26 @@ class Metrics:
 
     def __init__(self) -> None:
         # (status class, method, HTTP version as in the request line, upstream group) -> n
-        self.requests: dict[tuple[str, str, str, str], int] = {}
+        self.requests: dict[tuple[str, str, str, str], Cell] = {}
         self.duration = Histogram()  # request: head received -> exchange over
         self.connect = Histogram()  # upstream connect (new connections only)
         self.first_byte = Histogram()  # upstream attempt start -> response head
         self.bytes_in = 0  # request bodies received
         self.bytes_out = 0  # response bodies sent
         self.retries = 0
-        # backend address -> [requests, errors (5xx or failed)]
-        self.backends: dict[str, list[int]] = {}
+        # backend address -> requests, errors (5xx or failed)
+        self.backends: dict[str, Cell] = {}
+        # The last request's labels and cell, and the last backend's: most requests look like
+        # the one before (compared as strings: a few instructions when they are the same)
+        self._last: tuple[str, str, str, str] = ("", "", "", "")
+        self._last_cell = Cell()
+        self._last_address = ""
+        self._last_backend = Cell()
 
     def exchange_done(self, s: Session) -> None:
         """Count one exchange (its status, times and bytes) as it ends. Runs once per request
-        when the admin listener is on: plain comparisons and two dictionary updates (the
-        label values are the request's own strings; the protocol is cut from the version at
-        snapshot time)."""
+        when the admin listener is on: comparisons, the counters of the labels seen last (a
+        dictionary only when they change), and appends (see :class:`Histogram`)."""
         status = s.response_status
         err = s.error
         if not status and err is not None:
@@ -96,10 +126,19 @@ class Metrics:
         method = req.method
         if method != "GET" and method not in _METHODS:
             method = "other"
-        key = (cls, method, req.version, s.upstream_group)
-        requests = self.requests
-        n = requests.get(key)
-        requests[key] = 1 if n is None else n + 1
+        version = req.version
+        group = s.upstream_group
+        last = self._last
+        if last[0] == cls and last[1] == method and last[2] == version and last[3] == group:
+            cell = self._last_cell
+        else:
+            key = (cls, method, version, group)
+            found = self.requests.get(key)
+            if found is None:
+                found = self.requests[key] = Cell()
+            cell = self._last_cell = found
+            self._last = key
+        cell.n += 1
         self.duration.observe(s.engine.now - s.start_time)
         self.bytes_in += s.request_body_bytes
         self.bytes_out += s.response_body_bytes
@@ -112,15 +151,19 @@ class Metrics:
                 self.connect.observe(s._t_conn - start)
             if s._t_head >= 0.0:
                 self.first_byte.observe(s._t_head - start)
-            resp = s._resp
-            failed = status >= 500 or resp is None or resp.status >= 500
             address = peer.address
-            counts = self.backends.get(address)
-            if counts is None:
-                counts = self.backends[address] = [0, 0]
-            counts[0] += 1
-            if failed:
-                counts[1] += 1
+            if address == self._last_address:
+                backend = self._last_backend
+            else:
+                got = self.backends.get(address)
+                if got is None:
+                    got = self.backends[address] = Cell()
+                backend = self._last_backend = got
+                self._last_address = address
+            backend.n += 1
+            resp = s._resp
+            if status >= 500 or resp is None or resp.status >= 500:
+                backend.errors += 1
 
     def snapshot(self, engine: Engine) -> dict[str, Any]:
         """Everything, as plain data: the counters, and the gauges read from ``engine`` now."""
@@ -138,14 +181,14 @@ class Metrics:
             if up.state == IDLE:
                 counts[1] += 1
         return {
-            "requests": [[c, m, v[5:], g, n] for (c, m, v, g), n in self.requests.items()],
+            "requests": [[c, m, v[5:], g, x.n] for (c, m, v, g), x in self.requests.items()],
             "duration": self.duration.data(),
             "connect": self.connect.data(),
             "first_byte": self.first_byte.data(),
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "retries": self.retries,
-            "backends": {a: list(c) for a, c in self.backends.items()},
+            "backends": {a: [c.n, c.errors] for a, c in self.backends.items()},
             "pools": pools,
             "downstreams": len(engine.downstreams),
             "in_flight": sum(d.active_exchanges() for d in engine.downstreams.values()),

@@ -39,16 +39,19 @@ def test_each_exchange_is_counted_once_by_class_method_protocol_and_group() -> N
     _exchange(h, POST, OK)
     _exchange(h, GET, FAIL, took=0.3)
     _exchange(h, BREW, OK)
-    assert m.requests == {
+    assert {k: c.n for k, c in m.requests.items()} == {
         ("2xx", "GET", "HTTP/1.1", "default"): 1,
         ("2xx", "POST", "HTTP/1.1", "default"): 1,
         ("5xx", "GET", "HTTP/1.1", "default"): 1,
         ("2xx", "other", "HTTP/1.1", "default"): 1,
     }
+    m.duration.fold()
+    m.connect.fold()
+    m.first_byte.fold()
     assert sum(m.duration.counts) == 4
     assert m.duration.counts[BUCKETS.index(0.25) + 1] == 1  # the 0.3 s one: in (0.25, 0.5]
     assert m.bytes_in == 4 and m.bytes_out == 15
-    assert m.backends == {"127.0.0.1:9001": [4, 1]}
+    assert {a: (c.n, c.errors) for a, c in m.backends.items()} == {"127.0.0.1:9001": (4, 1)}
     assert ["2xx", "GET", "1.1", "default", 1] in m.snapshot(h.engine)["requests"]
     assert sum(m.connect.counts) == 4 and sum(m.first_byte.counts) == 4
 
@@ -64,7 +67,10 @@ def test_a_routed_group_is_named_and_a_local_answer_has_no_group() -> None:
     h.data(down, b"GET /deny HTTP/1.1\r\nHost: x\r\n\r\n")
     m = h.engine.metrics
     assert m is not None
-    assert m.requests == {("2xx", "GET", "HTTP/1.1", "api"): 1, ("4xx", "GET", "HTTP/1.1", "-"): 1}
+    assert {k: c.n for k, c in m.requests.items()} == {
+        ("2xx", "GET", "HTTP/1.1", "api"): 1,
+        ("4xx", "GET", "HTTP/1.1", "-"): 1,
+    }
     snap = m.snapshot(h.engine)
     assert snap["health"] == [
         {
@@ -93,14 +99,15 @@ def test_a_failed_connect_counts_as_a_backend_error() -> None:
     h.connect_failed(up)
     m = h.engine.metrics
     assert m is not None
-    assert m.requests == {("5xx", "GET", "HTTP/1.1", "default"): 1}
-    assert m.backends == {"127.0.0.1:9001": [1, 1]}
+    assert {k: c.n for k, c in m.requests.items()} == {("5xx", "GET", "HTTP/1.1", "default"): 1}
+    assert {a: (c.n, c.errors) for a, c in m.backends.items()} == {"127.0.0.1:9001": (1, 1)}
 
 
 def test_histogram_buckets_and_merge_of_worker_snapshots() -> None:
     hist = Histogram()
     for v in (0.001, 0.005, 0.006, 11.0):
         hist.observe(v)
+    hist.fold()
     assert hist.counts[0] == 2 and hist.counts[1] == 1 and hist.counts[-1] == 1
     a = {
         "requests": [["2xx", "GET", "1.1", "default", 3]],
