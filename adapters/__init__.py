@@ -19,6 +19,7 @@ __all__ = [
     "make_engine",
     "prepare_record_dir",
     "print_stats",
+    "reload_config",
     "reload_tls",
 ]
 
@@ -159,6 +160,16 @@ def make_engine(app: Any, conf: Any, logger: Any, backend: str = "", **options: 
     )
     attach_recorder(engine, conf, backend=backend)
     return engine
+
+
+def reload_config(driver: Any) -> None:
+    """What every adapter does on SIGHUP, on the thread that feeds its engine (``driver``:
+    its :class:`~proxycore.adapters._sockets.SocketDriver`): reload the configuration file
+    (``-c FILE``) or, without one, the TLS certificates and the access log. See
+    :mod:`proxycore.adapters.reload`."""
+    from proxycore.adapters.reload import reload
+
+    reload(driver)
 
 
 def reload_tls(engine: Any) -> bool:

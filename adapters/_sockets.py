@@ -48,7 +48,7 @@ from proxycore.actions import (
     SetTimer,
     ShutdownWrite,
 )
-from proxycore.adapters import BusyPoll, make_engine, print_stats, reload_tls
+from proxycore.adapters import BusyPoll, make_engine, print_stats, reload_config
 from proxycore.config import ServerConf
 from proxycore.errors import os_error_reason, socket_error_words
 from proxycore.events import (
@@ -745,7 +745,7 @@ class SocketDriver:
         elif signum == signal.SIGQUIT:
             self.upgrade()
         elif signum == signal.SIGHUP:
-            reload_tls(self.engine)
+            reload_config(self)
         elif signum == signal.SIGUSR1:
             print_stats(self.engine, **self.stats_extra())
 

@@ -41,7 +41,14 @@ from typing import Any
 
 from proxycore.accesslog import FORMATS, AccessBuffer, AccessEntry, format_batch, formatter
 
-__all__ = ["LOGGER", "AccessLogHandler", "access_logger", "check_access_log"]
+__all__ = [
+    "LOGGER",
+    "AccessLogHandler",
+    "access_logger",
+    "check_access_log",
+    "reload_access_log",
+    "reopen_access_log",
+]
 
 LOGGER = "proxycore.access"
 
@@ -206,6 +213,20 @@ class AccessLogHandler(logging.Handler):
             n = os.write(fd, piece)
             data = data[n:]
 
+    def reopen(self) -> None:
+        """Open the path again (SIGHUP): after logrotate renamed the file away, lines go to a
+        new file at the path; what is queued is written to the old one first. Raises OSError
+        (the current file stays) when the path cannot be opened."""
+        if not self._own:
+            return
+        with self.lock:  # type: ignore[union-attr]
+            fd = os.open(self.key[0], _FLAGS, 0o644)
+            self.flush()
+            old, self.fd = self.fd, fd
+            self._chunk = 0 if stat.S_ISREG(os.fstat(fd).st_mode) else _PIPE_BUF
+            if old >= 0:
+                os.close(old)
+
     def close(self) -> None:
         with self.lock:  # type: ignore[union-attr]
             self.flush()
@@ -215,6 +236,46 @@ class AccessLogHandler(logging.Handler):
                 self.fd = -1
         self._wake.set()
         super().close()
+
+
+def reopen_access_log() -> None:
+    """Reopen the files of this process's access log handlers (SIGHUP without a
+    configuration file); a path that cannot be opened is logged and its file kept."""
+    for h in logging.getLogger(LOGGER).handlers:
+        if isinstance(h, AccessLogHandler):
+            try:
+                h.reopen()
+            except OSError as e:
+                logging.getLogger("proxycore").error(
+                    "cannot reopen the access log %r: %s", h.key[0], e.strerror
+                )
+
+
+def reload_access_log(conf: Any) -> AccessBuffer | logging.Logger | None:
+    """What the engine gets after a reload (:mod:`proxycore.adapters.reload`) for
+    ``conf.access_log``: the same path and format reopen the current handler's file (so
+    logrotate works), a new path or format replaces the handler (the old one is flushed and
+    closed), none removes it. Raises OSError or ValueError, with nothing changed, when the
+    new log cannot be opened."""
+    logger = logging.getLogger(LOGGER)
+    path = conf.access_log
+    key = None if path is None else ("-" if path == "-" else os.path.abspath(path))
+    key = None if key is None else (key, conf.access_log_format)
+    mine = [h for h in logger.handlers if isinstance(h, AccessLogHandler)]
+    same = [h for h in mine if h.key == key]
+    if same:
+        same[0].reopen()
+    elif path is not None:
+        if conf.access_log_format not in FORMATS:
+            raise ValueError(f"unknown access log format {conf.access_log_format!r}")
+        handler = AccessLogHandler(path, conf.access_log_format)
+        handler.logger = logger
+        logger.addHandler(handler)
+    for h in mine:
+        if h not in same:
+            logger.removeHandler(h)
+            h.close()
+    return access_logger(conf)
 
 
 def check_access_log(path: str) -> str | None:

@@ -484,6 +484,21 @@ class RoutedProxy(Proxy):
             out.extend(g.services())
         return out
 
+    def keep_groups(self, old: RoutedProxy) -> list[ReverseProxy]:
+        """A reload: take over ``old``'s upstream groups whose settings did not change (the
+        same name and the same arguments), with their state (selector position, health,
+        passive ejections, discovered backends) and their running services; return them."""
+        kept: list[ReverseProxy] = []
+        for name, spec in self.upstream_specs.items():
+            if old.upstream_specs.get(name) == spec and name in old.groups:
+                group = old.groups[name]
+                self.groups[name] = group
+                kept.append(group)
+        self._route_groups = [
+            self.groups[r.upstream] if r.upstream is not None else None for r in self.routes
+        ]
+        return kept
+
     def trace_init(self) -> dict[str, Any]:
         return {"upstreams": self.upstream_specs, "routes": self.route_specs}
 

@@ -20,7 +20,7 @@ from typing import Any
 from proxycore import conffile
 from proxycore.confschema import RESERVED, ConfigError, Problem, markdown_table, validate
 
-__all__ = ["GROUP_FLAGS", "config_command", "given_flags", "run_with_file"]
+__all__ = ["GROUP_FLAGS", "Loaded", "config_command", "given_flags", "load_file", "run_with_file"]
 
 # --dest -> server.<field> (the flag's value, already converted by argparse).
 SERVER_FLAGS = {
@@ -174,9 +174,62 @@ def _report(command: str, lines: list[str]) -> int:
     return 2
 
 
+class Loaded:
+    """A configuration file read, checked and built as start-up does (:func:`load_file`):
+    ``problems`` (the lines start-up prints) or the ``app``, :class:`conffile.RunArgs`
+    ``built`` and the effective configuration ``conf`` (the file with the flags over it)."""
+
+    def __init__(
+        self,
+        problems: list[str],
+        app: Any = None,
+        built: conffile.RunArgs | None = None,
+        conf: dict[str, Any] | None = None,
+    ) -> None:
+        self.problems = problems
+        self.app = app
+        self.built = built
+        self.conf = conf or {}
+
+
 def run_with_file(args: argparse.Namespace, given: set[str]) -> int:
     """``proxycore reverse-proxy|run -c FILE [flags] [-t]``."""
-    from proxycore.runner import assign_tls_ports, parse_listen, run
+    from proxycore.runner import run
+
+    command = args.command
+    loaded = load_file(args, given)
+    if loaded.problems:
+        return _report(command, loaded.problems)
+    built, app = loaded.built, loaded.app
+    assert built is not None
+    if args.test:
+        print("configuration ok", flush=True)
+        return 0
+    logging.basicConfig(
+        level=built.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from proxycore.adapters.reload import set_source
+
+    set_source(lambda: load_file(args, given), built, loaded.conf, command, args.conf)
+    run(
+        app,
+        built.listen,
+        built.backend,
+        built.conf,
+        workers=built.workers,
+        exit_on_error=False,
+        upgrade=args.upgrade,
+        **built.daemon,
+    )
+    return 0
+
+
+def load_file(args: argparse.Namespace, given: set[str]) -> Loaded:
+    """Read ``args.conf``, check it, apply the typed flags (``given``) and build the app: what
+    start-up does before it binds, and what a reload (SIGHUP) does again in each worker."""
+    from proxycore.runner import assign_tls_ports, parse_listen
 
     command = args.command
     routed = command == "reverse-proxy"
@@ -184,13 +237,11 @@ def run_with_file(args: argparse.Namespace, given: set[str]) -> int:
         stray = [d for d in GROUP_FLAGS if d in given]
         if stray:
             flags = ", ".join("--" + d.replace("_", "-") for d in stray)
-            return _report(
-                command, [f"{flags}: with -c the upstreams and routes come from the file"]
-            )
+            return Loaded([f"{flags}: with -c the upstreams and routes come from the file"])
     try:
         cf = conffile.load(args.conf)
     except conffile.FileError as e:
-        return _report(command, [str(e)])
+        return Loaded([str(e)])
     conf, problems = conffile.checked(cf, app_sections=not routed)
     if routed and not problems and not conf["routes"]:
         problems.append((("routes",), "reverse-proxy needs at least one route"))
@@ -221,26 +272,8 @@ def run_with_file(args: argparse.Namespace, given: set[str]) -> int:
             app, more = _configure_app(args.app, conf)
             problems += more
     if problems:
-        return _report(command, [cf.describe(p) for p in conffile.by_line(cf, problems)])
-    if args.test:
-        print("configuration ok", flush=True)
-        return 0
-    logging.basicConfig(
-        level=built.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    run(
-        app,
-        built.listen,
-        built.backend,
-        built.conf,
-        workers=built.workers,
-        exit_on_error=False,
-        upgrade=args.upgrade,
-        **built.daemon,
-    )
-    return 0
+        return Loaded([cf.describe(p) for p in conffile.by_line(cf, problems)])
+    return Loaded([], app, built, conf)
 
 
 def _plain_copy(conf: dict[str, Any]) -> dict[str, Any]:

@@ -48,6 +48,10 @@ class _Service:
     def start(self) -> None:
         self.engine.arm(self, "refresh", self.engine.now)
 
+    def stop(self) -> None:
+        """Removed from the engine (a reload): a pending answer is dropped with its id."""
+        self.closed = True
+
     def on_timer(self, name: str) -> None:
         if name == "refresh":
             self.refresh()

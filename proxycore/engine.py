@@ -39,6 +39,7 @@ from proxycore.events import (
     Event,
     FileRead,
     FilterDone,
+    Reconfigure,
     Resolved,
     Started,
     Stop,
@@ -61,6 +62,12 @@ if TYPE_CHECKING:
 __all__ = ["Engine", "NullLog", "PhaseTable"]
 
 _INF: Final = float("inf")
+
+
+def _source_addresses(sc: ServerConf) -> SourceAddresses | None:
+    if sc.client_bind_to_ipv4 or sc.client_bind_to_ipv6:
+        return SourceAddresses(sc.client_bind_to_ipv4, sc.client_bind_to_ipv6)
+    return None
 
 
 class PhaseTable:
@@ -162,14 +169,10 @@ class Engine:
         self.log = logger or logging.getLogger("proxycore")
         self.access_log: logging.Logger | Any = access_log
         self.metrics: Metrics | None = Metrics() if metrics else None
+        self._blocking_phases = blocking_phases
         self.phases = PhaseTable(app, blocking_phases)
-        sc = self.conf
         # Source addresses for connections to origins (None: the setting is off).
-        self._bind: SourceAddresses | None = (
-            SourceAddresses(sc.client_bind_to_ipv4, sc.client_bind_to_ipv6)
-            if sc.client_bind_to_ipv4 or sc.client_bind_to_ipv6
-            else None
-        )
+        self._bind: SourceAddresses | None = _source_addresses(self.conf)
         self.pool = ConnectionPool(
             self.conf.upstream_keepalive_pool_size, self.conf.upstream_keepalive_per_peer
         )
@@ -201,6 +204,7 @@ class Engine:
             Started: self._on_started,
             Resolved: self._on_service_answer,
             FileRead: self._on_service_answer,
+            Reconfigure: self._on_reconfigure,
         }
         # Background services (health checks): each has an id, named timers and on_timer().
         self.services: dict[int, Any] = {}
@@ -412,6 +416,17 @@ class Engine:
         svc.engine = self
         svc.id = self.new_id()
         self.services[svc.id] = svc
+
+    def remove_service(self, svc: Any) -> None:
+        """Stop a background service: its timer is cancelled, its pending answers (Resolved,
+        FileRead) and probe connections are dropped (``svc.stop()``, if it has one)."""
+        if self.services.pop(svc.id, None) is None:
+            return
+        stop = getattr(svc, "stop", None)
+        if stop is not None:
+            stop()
+        svc.timers.clear()
+        self._rearm(svc, None)
 
     def _start_services(self) -> None:
         self._services_started = True
@@ -632,6 +647,44 @@ class Engine:
         down = self.downstreams.get(ev.conn)
         if down is not None:
             down.filter_done(ev.token, ev.result, ev.error)
+
+    def _on_reconfigure(self, ev: Reconfigure) -> None:
+        """A reload (see :class:`proxycore.events.Reconfigure`): new exchanges use the new app
+        and everything reads the new conf; each exchange in flight keeps the phase table it
+        started with (``Session.phases``). Services not in the new list stop, new ones start
+        (now, if the services already run), the ones in both keep their state."""
+        conf = ev.conf
+        conf.check()
+        app = ev.app
+        phases = PhaseTable(app, self._blocking_phases)
+        self.app = app
+        self.phases = phases
+        self.conf = conf
+        self._bind = _source_addresses(conf)
+        self.pool.max_idle = conf.upstream_keepalive_pool_size
+        self.pool.max_idle_per_key = conf.upstream_keepalive_per_peer
+        self.access_log = ev.access_log
+        tls = self.tls
+        if tls is not None:
+            tls.set_app(app)
+            tls.set_server(ev.server_tls)
+            if ev.client_tls is not None:
+                tls.client = ev.client_tls
+            tls.sessions.clear()
+        rec = self._recorder
+        if rec is not None:
+            rec.describe(self)
+        services = ev.services if ev.services is not None else list(app.services())
+        keep = {id(svc) for svc in services}
+        for svc in list(self.services.values()):
+            if id(svc) not in keep:
+                self.remove_service(svc)
+        running = {id(svc) for svc in self.services.values()}
+        for svc in services:
+            if id(svc) not in running:
+                self.add_service(svc)
+                if self._services_started:
+                    svc.start()
 
     def _on_drain(self, ev: Drain) -> None:
         self.draining = True

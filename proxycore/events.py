@@ -23,6 +23,7 @@ __all__ = [
     "Event",
     "FileRead",
     "FilterDone",
+    "Reconfigure",
     "Resolved",
     "Started",
     "Stop",
@@ -285,3 +286,41 @@ class FileRead(Event):
         self.token = token
         self.content = content
         self.error = error
+
+
+class Reconfigure(Event):
+    """A new configuration (a reload: SIGHUP re-read the configuration file). ``app`` and
+    ``conf`` replace the engine's; exchanges in flight finish with the app (the filter phases,
+    their ``ctx``) they started with, and every exchange, connection and timer armed from now
+    on reads the new ``conf``. ``services``: the background services of the new app (None:
+    ``app.services()``); one already running (the same object) keeps running, the others
+    stop. ``server_tls`` and ``client_tls``: the listener certificates and the upstream
+    client contexts, built outside the core as at start-up (new handshakes use them).
+    ``access_log``: what gets the access entries from now on (see ``Engine``). ``conn`` is
+    0; it is not recorded in traces. The adapter layer builds it
+    (``proxycore.adapters.reload``) and feeds it between two events like any other."""
+
+    __slots__ = ("access_log", "app", "client_tls", "conf", "server_tls", "services")
+    _fields_: ClassVar[tuple[str, ...]] = (
+        "conn", "now", "app", "conf", "services", "server_tls", "client_tls", "access_log",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        conn: int,
+        now: float,
+        app: Any,
+        conf: Any,
+        services: list[Any] | None = None,
+        server_tls: Any = None,
+        client_tls: Any = None,
+        access_log: Any = None,
+    ) -> None:
+        self.conn = conn
+        self.now = now
+        self.app = app
+        self.conf = conf
+        self.services = services
+        self.server_tls = server_tls
+        self.client_tls = client_tls
+        self.access_log = access_log

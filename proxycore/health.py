@@ -182,6 +182,14 @@ class HealthChecker:
         e = self.engine
         e.arm(self, "round", e.now)
 
+    def stop(self) -> None:
+        """Removed from the engine (a reload): the probes in progress are dropped."""
+        e = self.engine
+        for p in list(self.probes.values()):
+            p.done = True
+            e.close_upstream(p.up, abort=True)
+        self.probes.clear()
+
     def on_timer(self, name: str) -> None:
         e = self.engine
         if name == "round":

@@ -54,6 +54,7 @@ from proxycore.semantics import (
 from proxycore.upstream import ACTIVE, Upstream
 
 if TYPE_CHECKING:
+    from proxycore.engine import PhaseTable
     from proxycore.tls import TlsInfo
 
 __all__ = ["Session"]
@@ -211,6 +212,7 @@ class Session:
         "engine",
         "error",
         "peer",
+        "phases",
         "req_header",
         "request_body_bytes",
         "response_body_bytes",
@@ -228,6 +230,9 @@ class Session:
         engine = down.engine
         self.down = down
         self.engine = engine
+        # The app's phases, fixed for this exchange: a reload (Reconfigure) installs a new
+        # table for new exchanges; this one finishes with the app that made its ctx.
+        self.phases: PhaseTable = engine.phases
         self.req_header = req
         self._meta = meta
         self.ctx: Any = None
@@ -307,7 +312,7 @@ class Session:
         """The request's host: the absolute-form authority, else the Host field (None without
         either), as ``req_header.host``; while no early phase can have edited the head, the
         parsed value, without building the header list (route matching reads it)."""
-        ph = self.engine.phases
+        ph = self.phases
         if ph.early_request_filter is None and ph.request_filter is None:
             return self._meta.host
         return self.req_header.host
@@ -420,8 +425,7 @@ class Session:
     ) -> None:
         """Run phase ``_PHASE_NAMES[k]`` (a body filter: for ``pipe``); carry on with
         ``_resume(k, result, pipe)`` now or when the adapter reports back."""
-        e = self.engine
-        blocking = e.phases.blocking
+        blocking = self.phases.blocking
         if blocking and _PHASE_NAMES[k] in blocking:
             self._defer(RunFilter(self.down.id, 0, lambda: fn(*args), "blocking"), k, pipe)
             return
@@ -503,7 +507,7 @@ class Session:
         if error is not None:
             if isinstance(error, Exception):
                 name = _PHASE_NAMES[k]
-                hint = "" if name in self.engine.phases.blocking else _async_hint(error)
+                hint = "" if name in self.phases.blocking else _async_hint(error)
                 self._phase_raised(name, error, hint)
             return
         try:
@@ -548,7 +552,7 @@ class Session:
     # ------------------------------------------------------------------ request phases
 
     def start(self) -> None:
-        ph = self.engine.phases
+        ph = self.phases
         if ph.new_ctx is not None:
             self._call(ph.new_ctx, (), _K_NEW_CTX)
         else:
@@ -556,7 +560,7 @@ class Session:
 
     def _after_new_ctx(self, ctx: Any) -> None:
         self.ctx = ctx
-        ph = self.engine.phases
+        ph = self.phases
         if ph.early_request_filter is not None:
             self._call(
                 ph.early_request_filter,
@@ -567,7 +571,7 @@ class Session:
             self._run_request_filter(None)
 
     def _run_request_filter(self, _: Any) -> None:
-        ph = self.engine.phases
+        ph = self.phases
         if ph.request_filter is not None:
             self._call(ph.request_filter, (self, self.ctx), _K_REQUEST_FILTER)
         else:
@@ -582,7 +586,7 @@ class Session:
         if self.req_header.method == "CONNECT":
             self._fail(ProxyError.http_status(405, "CONNECT is not supported"))
             return
-        ph = self.engine.phases
+        ph = self.phases
         if ph.proxy_upstream_filter is not None:
             self._call(
                 ph.proxy_upstream_filter,
@@ -608,7 +612,7 @@ class Session:
         self._choose_peer()
 
     def _choose_peer(self) -> None:
-        ph = self.engine.phases
+        ph = self.phases
         self._call(ph.upstream_peer, (self, self.ctx), _K_UPSTREAM_PEER)
 
     def _after_peer(self, peer: Any) -> None:
@@ -666,7 +670,7 @@ class Session:
         self._connect_failed(err)
 
     def _connect_failed(self, err: ProxyError) -> None:
-        ph = self.engine.phases
+        ph = self.phases
         peer = self.peer
         assert peer is not None
         if ph.fail_to_connect is not None:
@@ -694,7 +698,7 @@ class Session:
         self.upstream_reused = reused
         up.received = 0
         up.last_read = self._t_conn = self.engine.now
-        ph = self.engine.phases
+        ph = self.phases
         if ph.connected_to_upstream is not None:
             self._call(
                 ph.connected_to_upstream,
@@ -708,7 +712,7 @@ class Session:
         req = self.req_header
         meta = self._meta
         e = self.engine
-        ph = e.phases
+        ph = self.phases
         # The parser's flags describe the head as received; if an early phase could have
         # edited it, take the general path.
         edited = ph.early_request_filter is not None or ph.request_filter is not None
@@ -808,7 +812,7 @@ class Session:
         self._forwarding = True
         self._last_client_read = e.now
         self.down.arm("body", e.now + e.conf.client_body_timeout)
-        ph = e.phases
+        ph = self.phases
         if ph.request_body_filter is not None and self._req_pipe is None:
             self._req_pipe = _BodyPipe(
                 self,
@@ -1143,7 +1147,7 @@ class Session:
             self._resp_remaining = meta.length
         elif meta.body == BODY_CHUNKED:
             self._resp_decoder = ChunkedDecoder(e.conf.limits, error_status=502)
-        ph = e.phases
+        ph = self.phases
         if ph.upstream_response_filter is not None:
             self._call(
                 ph.upstream_response_filter,
@@ -1155,7 +1159,7 @@ class Session:
         return False
 
     def _run_response_filter(self, _: Any) -> None:
-        ph = self.engine.phases
+        ph = self.phases
         if ph.response_filter is not None:
             assert self._resp is not None
             self._call(
@@ -1173,7 +1177,7 @@ class Session:
         meta = self._resp_meta
         assert resp is not None and meta is not None
         e = self.engine
-        ph = e.phases
+        ph = self.phases
         edited = ph.upstream_response_filter is not None or ph.response_filter is not None
         keep = self._keep_alive and not e.draining and not self.down.peer_eof
         if not self._req_done and (
@@ -1189,8 +1193,7 @@ class Session:
         self._response_head_ready(resp)
 
     def _response_head_ready(self, resp: ResponseHeader) -> None:
-        e = self.engine
-        ph = e.phases
+        ph = self.phases
         meta = self._resp_meta
         assert meta is not None
         status = resp.status
@@ -1308,7 +1311,7 @@ class Session:
         if down.takes_trailers():
             dec = self._resp_decoder
             trailers = dec.trailers if dec is not None and dec.trailers else Headers()
-            ph = self.engine.phases
+            ph = self.phases
             if ph.response_trailer_filter is not None and len(trailers):
                 self._held_trailers = trailers
                 self._call(
@@ -1518,7 +1521,7 @@ class Session:
         ):
             err.retry = True  # ReusedOnly: the pooled connection died before answering
             self._fresh_only = True
-        ph = self.engine.phases
+        ph = self.phases
         peer = self.peer
         if ph.error_while_proxy is not None and peer is not None:
             self._call(
@@ -1587,7 +1590,7 @@ class Session:
             return
         if not self._req_done:
             self._keep_alive = False
-        ph = self.engine.phases
+        ph = self.phases
         self._call(ph.fail_to_proxy_fn, (self, err, self.ctx), _K_FAIL_TO_PROXY)
 
     def _after_fail_to_proxy(self, status: Any) -> None:
@@ -1639,7 +1642,7 @@ class Session:
         metrics = self.engine.metrics
         if metrics is not None:
             metrics.exchange_done(self)
-        ph = self.engine.phases
+        ph = self.phases
         if ph.logging is not None:
             self._call(ph.logging, (self, self.error, self.ctx), _K_LOGGING)
         else:

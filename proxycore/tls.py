@@ -270,9 +270,7 @@ class TlsLayer:
         self.sessions: dict[tuple[object, ...], ssl.SSLSession] = {}
         self.server: ServerTls | None = None
         self._select_hook: Callable[..., Any] | None = None
-        app = engine.app
-        if type(app).select_certificate is not Proxy.select_certificate:
-            self._select_hook = app.select_certificate
+        self.set_app(engine.app)
         self._handshaking: _Tls | None = None  # whose handshake OpenSSL is running (SNI)
         # client-side (listener) handshakes completed and failed, for the metrics
         self.handshakes = 0
@@ -280,6 +278,13 @@ class TlsLayer:
         self.set_server(server)
 
     # ------------------------------------------------------------------ configuration
+
+    def set_app(self, app: Proxy) -> None:
+        """The app whose ``select_certificate`` chooses certificates (again on reload)."""
+        hook: Callable[..., Any] | None = None
+        if type(app).select_certificate is not Proxy.select_certificate:
+            hook = app.select_certificate
+        self._select_hook = hook
 
     def set_server(self, server: ServerTls | None) -> None:
         """Install (or replace, on reload) the listener certificates. Handshakes that start

@@ -299,6 +299,19 @@ class Recorder:
     def __init__(
         self, engine: Engine, sink: Callable[[int, bytes], None], *, backend: str = ""
     ) -> None:
+        self._backend = backend
+        self._header_base: dict[str, Any] = {}
+        self.describe(engine)
+        self.sink = sink
+        self.open: dict[int, _Open] = {}
+        self._pool: list[int] = []
+
+    def pool_answer(self, up_id: int) -> None:
+        self._pool.append(up_id)
+
+    def describe(self, engine: Engine) -> None:
+        """The header of the traces that begin from now on: the engine's app and conf (again
+        after a reload; a connection's trace keeps the header it began with)."""
         app = engine.app
         cls = type(app)
         self._header_base = {
@@ -308,15 +321,9 @@ class Recorder:
             "app": f"{cls.__module__}:{cls.__qualname__}",
             "app_version": getattr(app, "version", None),
             "app_init": app.trace_init() if hasattr(app, "trace_init") else None,
-            "backend": backend,
+            "backend": self._backend,
             "conf": conf_to_json(engine.conf),
         }
-        self.sink = sink
-        self.open: dict[int, _Open] = {}
-        self._pool: list[int] = []
-
-    def pool_answer(self, up_id: int) -> None:
-        self._pool.append(up_id)
 
     def _owner(self, engine: Engine, ev: Event) -> int | None:
         conn = ev.conn
