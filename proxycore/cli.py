@@ -799,7 +799,7 @@ def _main(args: argparse.Namespace) -> int:
             return 2
     problem = _check_tls(args, conf)
     if problem is None and conf.admin is not None:
-        from proxycore.runner import admin_address_problem
+        from proxycore.conffile import admin_address_problem
 
         problem = admin_address_problem(conf.admin, False)
         if problem is not None:

@@ -151,6 +151,28 @@ def _readable(path: str) -> str | None:
     return None if os.access(path, os.R_OK) else f"{path!r}: permission denied"
 
 
+def admin_address_problem(address: str, allow_non_loopback: bool) -> str | None:
+    """Why the admin listener may not listen on ``address`` (HOST:PORT), or None: a name that
+    does not resolve, or an address that is not loopback unless explicitly allowed."""
+    import ipaddress
+    import socket
+
+    from proxycore.runner import parse_listen
+
+    host, _ = parse_listen(address)
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError as e:
+        return f"cannot resolve {host!r}: {e}"
+    if not allow_non_loopback and not all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos):
+        return (
+            f"{host} is not a loopback address: the admin listener shows the proxy's "
+            "internals to whoever reaches it (set admin.allow_non_loopback: true in the "
+            "configuration file to allow it)"
+        )
+    return None
+
+
 def check_files(conf: dict[str, Any], *, routes: bool = True) -> list[Problem]:
     """Everything the schema cannot see (nothing is bound or created): the backend loads,
     certificates and keys load and match, CA bundles and discovery files are readable and
@@ -163,7 +185,6 @@ def check_files(conf: dict[str, Any], *, routes: bool = True) -> list[Problem]:
     from proxycore.runner import (
         BACKENDS,
         StartupError,
-        admin_address_problem,
         load_backend,
         resolve_backend,
     )

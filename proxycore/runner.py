@@ -22,7 +22,6 @@ __all__ = [
     "BACKENDS",
     "BACKEND_EXTRAS",
     "StartupError",
-    "admin_address_problem",
     "assign_tls_ports",
     "listen_scheme",
     "load_backend",
@@ -283,26 +282,6 @@ def _run(
         lifecycle.run(start, hooks=workers == 1)
 
 
-def admin_address_problem(address: str, allow_non_loopback: bool) -> str | None:
-    """Why the admin listener may not listen on ``address`` (HOST:PORT), or None: a name that
-    does not resolve, or an address that is not loopback unless explicitly allowed."""
-    import ipaddress
-    import socket
-
-    host, _ = parse_listen(address)
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError as e:
-        return f"cannot resolve {host!r}: {e}"
-    if not allow_non_loopback and not all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos):
-        return (
-            f"{host} is not a loopback address: the admin listener shows the proxy's "
-            "internals to whoever reaches it (set admin.allow_non_loopback: true in the "
-            "configuration file to allow it)"
-        )
-    return None
-
-
 def _start_admin(conf: ServerConf, workers: int) -> Any:
     """The admin listener of ``conf.admin`` (HOST:PORT), serving on a thread of this process
     (with ``workers`` > 1 the supervisor: a file board its workers publish to), or None."""
@@ -310,7 +289,11 @@ def _start_admin(conf: ServerConf, workers: int) -> Any:
         return None
     admin = importlib.import_module("proxycore.adapters.admin")
     host, port = parse_listen(conf.admin)
-    problem = admin_address_problem(conf.admin, conf.admin_allow_non_loopback)
+    # (through importlib: the compiled build's type check follows runner's imports, and
+    # conffile's would bring in tlsconfig and cryptography)
+    problem = importlib.import_module("proxycore.conffile").admin_address_problem(
+        conf.admin, conf.admin_allow_non_loopback
+    )
     if problem is not None:
         raise StartupError(f"admin listener: {problem}")
     board = admin.FileBoard() if workers > 1 else admin.Board()
