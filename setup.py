@@ -47,6 +47,7 @@ CORE = [
     "proxycore/replay.py",
     "proxycore/tls.py",
     "proxycore/accesslog.py",
+    "proxycore/metrics.py",
     # The built-in reverse proxy's phases and the selectors (classes open to interpreted
     # subclasses; their phase markers are kept by name, see phases._COMPILED_MARKS).
     "proxycore/builtin.py",

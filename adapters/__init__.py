@@ -155,6 +155,7 @@ def make_engine(app: Any, conf: Any, logger: Any, backend: str = "", **options: 
         server_tls=server,
         client_tls=ClientContextCache(),
         access_log=access_logger(conf),
+        metrics=conf.admin is not None,
         **options,
     )
     attach_recorder(engine, conf, backend=backend)

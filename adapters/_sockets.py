@@ -302,8 +302,9 @@ class SocketDriver:
     def __init__(
         self, app: Proxy, conf: ServerConf, blocking_phases: str, backend: str = ""
     ) -> None:
+        self.backend_name = backend or type(self).__name__
         self.engine = make_engine(
-            app, conf, log, backend=backend or type(self).__name__, blocking_phases=blocking_phases
+            app, conf, log, backend=self.backend_name, blocking_phases=blocking_phases
         )
         self.conns: dict[int, Conn] = {}
         self.timers: dict[int, Any] = {}
@@ -708,8 +709,27 @@ class SocketDriver:
             bound.append((host, port))
             log.info("listening on %s", (host, port))
         self.feed(Started(0, self.now()))
+        self._publish(0)
         for hook in list(listening_hooks):
             hook(bound)
+
+    def _publish(self, again: int) -> None:
+        """The admin listener: publish the engine's metrics snapshot, and (``again`` 0: the
+        timer's chain) again in PUBLISH_EVERY seconds (adapters/admin.py)."""
+        from proxycore.adapters import admin
+
+        metrics = self.engine.metrics
+        if metrics is None or admin.board is None or self.stopped:
+            return
+        snap = metrics.snapshot(self.engine)
+        snap["process"] = {
+            "pid": os.getpid(),
+            "backend": self.backend_name,
+            "listeners": [_show(*s.getsockname()[:2]) for s in self.listeners],
+        }
+        admin.board.publish(snap)
+        if again == 0:
+            self.call_at(self.now() + admin.PUBLISH_EVERY, self._publish, 0)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -742,6 +762,8 @@ class SocketDriver:
             self.grace_used = conf.grace_period if graceful else 0.0
             self.cut_at = now + self.grace_used
             self.begin_drain()
+            if self.engine.metrics is not None:  # (/healthz says 503 at once)
+                self._publish(-1)
         else:  # SIGINT during a graceful drain: cut now
             self.grace_used = 0.0
             self.cut_at = now

@@ -190,6 +190,8 @@ def upgrade_changes(
     out: list[str] = []
     if start.listen != built.listen:
         out.append("listeners")
+    if (start_conf.get("admin") or {}) != (conf.get("admin") or {}):
+        out.append("admin")  # (the admin listener is bound once, by the process that serves it)
     old = start_conf.get("server", {})
     new = conf.get("server", {})
     for name in UPGRADE_ONLY[1:]:

@@ -76,7 +76,7 @@ def hand_over(path: str, socks: Sequence[Any]) -> tuple[bool, str]:
             f"upgrade: {len(socks)} listening sockets, at most {_MAX_FDS} can be handed over",
         )
     deadline = time.monotonic() + CONNECT_PATIENCE
-    conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    conn: Any = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)  # (send_fds takes it)
     try:
         while True:
             try:

@@ -121,6 +121,7 @@ def supervise(
     on_ready: Callable[[], None] | None = None,
     listeners: Sequence[Any] = (),
     upgrade_sock: str | None = None,
+    admin_board: Any = None,
 ) -> int:
     """Run ``serve_one(index)`` in ``n`` forked worker processes until a shutdown signal.
     ``on_ready`` is called once, when every first-generation worker serves (daemon mode tells
@@ -165,6 +166,8 @@ def supervise(
         workers[pid] = _Worker(index, pid, rfd)
 
     upgrades: list[int] = []  # SIGQUIT received, handover not done yet
+    if admin_board is not None:  # (/healthz: 503 from the moment the stop begins)
+        admin_board.stopping = lambda: bool(stopping)
 
     def forward(signum: int, _frame: object) -> None:
         if signum == signal.SIGQUIT:

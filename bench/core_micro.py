@@ -10,6 +10,7 @@
     python bench/core_micro.py time-rp-al      # with --access-log FILE (any mode: -al, -json)
     python bench/core_micro.py time-routes     # RoutedProxy (-c FILE): 5 routes, the last taken
     python bench/core_micro.py h2              # HTTP/2 (h2c): a GET per new stream, one connection
+    python bench/core_micro.py time-rp-metrics # counting for the admin listener (any mode)
     # instructions/request, independent of machine load (difference of two runs):
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 1000
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/core_micro.py x 3000
@@ -105,7 +106,7 @@ def main() -> None:
         conf.access_log = tempfile.mktemp(prefix="core_micro-", suffix=".log")
         conf.access_log_format = "json" if "-json" in mode else "combined"
         access = access_logger(conf)
-    e = proxycore.Engine(app, None, NullLog(), access_log=access)
+    e = proxycore.Engine(app, None, NullLog(), access_log=access, metrics="-metrics" in mode)
     if mode.startswith("record"):
         from proxycore.trace import Recorder
 

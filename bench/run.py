@@ -80,8 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only",
         default="",
         help="comma list of targets: direct,nginx,haproxy,aiohttp,proxycore-<backend>,"
-        "proxycore-uvloop-w2,proxycore-uvloop-bp0,proxycore-uvloop-accesslog ('proxycore' "
-        "selects all proxycore rows)",
+        "proxycore-uvloop-w2,proxycore-uvloop-bp0,proxycore-uvloop-accesslog,"
+        "proxycore-uvloop-admin ('proxycore' selects all proxycore rows)",
     )
     ap.add_argument(
         "--backends",

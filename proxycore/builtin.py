@@ -148,6 +148,9 @@ class ReverseProxy(Proxy):
             # Without a key every request hashes alike and goes to one backend.
             raise ValueError(f"the {lb} selector needs a hash_key (header:NAME, uri, client_ip)")
         self.lb = LoadBalancer([Backend(p, w) for p, w in parsed], lb)
+        # The group's name in metrics and the status page (RoutedProxy: the file's name).
+        self.name = "default"
+        self.ejections: dict[str, int] = {}  # backend address -> times ejected
         # DNS names among the backends are re-resolved (A and AAAA) every discovery_interval.
         self.dns_names = [(p.host, p.port, w, p) for p, w in parsed if not _is_ip(p.host)]
         self.backends_file = backends_file
@@ -262,7 +265,26 @@ class ReverseProxy(Proxy):
         _set_backend(ctx, b)
         tried.append(b)
         b.inflight += 1
+        session.upstream_group = self.name
         return b.peer
+
+    def backend_states(self, now: float) -> list[dict[str, Any]]:
+        """Each backend as the metrics and the status page show it: its group, address,
+        weight, health (active checks), whether a passive ejection holds it out now and how
+        often one did, and its requests in flight."""
+        ejected = self._ejected_until
+        return [
+            {
+                "group": self.name,
+                "address": b.address,
+                "weight": b.weight,
+                "healthy": b.healthy,
+                "ejected": ejected.get(b.address, 0.0) > now,
+                "ejections": self.ejections.get(b.address, 0),
+                "in_flight": b.inflight,
+            }
+            for b in self.lb.backends
+        ]
 
     def _health_changed(self, b: Backend, healthy: bool) -> None:
         """An active check found the backend healthy again: lift a passive ejection too, so it
@@ -310,6 +332,7 @@ class ReverseProxy(Proxy):
         else:
             return
         self._ejected_until[key] = session.engine.now + self.eject_for
+        self.ejections[key] = self.ejections.get(key, 0) + 1
         failures[key] = 0
         if key in connects:
             del connects[key]
@@ -449,6 +472,11 @@ class RoutedProxy(Proxy):
         self._route_groups: list[ReverseProxy | None] = [
             self.groups[r.upstream] if r.upstream is not None else None for r in self.routes
         ]
+        for name, group in self.groups.items():
+            group.name = name
+
+    def backend_states(self, now: float) -> list[dict[str, Any]]:
+        return [state for g in self.groups.values() for state in g.backend_states(now)]
 
     def services(self) -> list[Any]:
         out: list[Any] = []

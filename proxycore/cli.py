@@ -394,6 +394,13 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         "(default 5, Pingora's graceful_shutdown_timeout_seconds)",
     )
     p.add_argument(
+        "--admin",
+        type=_listen,
+        metavar="HOST:PORT",
+        help="the admin listener: /metrics (Prometheus) and /healthz; a loopback address "
+        "(another needs the file's admin.allow_non_loopback)",
+    )
+    p.add_argument(
         "--upgrade-sock",
         default="/tmp/proxycore_upgrade.sock",
         metavar="PATH",
@@ -454,6 +461,7 @@ def _conf(args: argparse.Namespace) -> ServerConf:
     conf.record_dir = args.record
     conf.grace_period, conf.shutdown_timeout = args.grace_period, args.shutdown_timeout
     conf.upgrade_sock = args.upgrade_sock
+    conf.admin = args.admin
     conf.access_log, conf.access_log_format = args.access_log, args.access_log_format
     if args.tls_cert or args.tls_key or args.tls_sni_cert:
         conf.tls = TlsSettings(
@@ -790,6 +798,12 @@ def _main(args: argparse.Namespace) -> int:
             print(f"proxycore: error: {e}", file=sys.stderr)
             return 2
     problem = _check_tls(args, conf)
+    if problem is None and conf.admin is not None:
+        from proxycore.conffile import admin_address_problem
+
+        problem = admin_address_problem(conf.admin, False)
+        if problem is not None:
+            problem = f"--admin {conf.admin}: {problem}"
     if problem is None:
         try:
             assign_tls_ports(listen, [parse_listen(a) for a in listen], conf)

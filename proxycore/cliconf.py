@@ -97,6 +97,8 @@ def _override(conf: dict[str, Any], args: argparse.Namespace, given: set[str]) -
 
         v4, v6 = split_families(args.client_bind_to)
         server["client_bind_to_ipv4"], server["client_bind_to_ipv6"] = v4, v6
+    if "admin" in given:
+        conf.setdefault("admin", {})["address"] = args.admin
     listeners = conf["listeners"]
     for flag, switch in (("no_h2c", "h2c"), ("no_h2", "h2")):  # on every listener
         if flag in given and getattr(args, flag):
@@ -283,7 +285,9 @@ def _configure_app(spec: str, conf: dict[str, Any]) -> tuple[Any, list[Problem]]
     """Build the user's class and hand it the file's other sections (Proxy.configure)."""
     from proxycore.cli import _load_app
 
-    sections = {k: v for k, v in conf.items() if k not in ("version", "server", "listeners")}
+    sections = {
+        k: v for k, v in conf.items() if k not in ("version", "server", "listeners", "admin")
+    }
     first: tuple[str | int, ...] = (next(iter(sections)),) if sections else ()
     try:
         app = _load_app(spec)

@@ -151,6 +151,28 @@ def _readable(path: str) -> str | None:
     return None if os.access(path, os.R_OK) else f"{path!r}: permission denied"
 
 
+def admin_address_problem(address: str, allow_non_loopback: bool) -> str | None:
+    """Why the admin listener may not listen on ``address`` (HOST:PORT), or None: a name that
+    does not resolve, or an address that is not loopback unless explicitly allowed."""
+    import ipaddress
+    import socket
+
+    from proxycore.runner import parse_listen
+
+    host, _ = parse_listen(address)
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError as e:
+        return f"cannot resolve {host!r}: {e}"
+    if not allow_non_loopback and not all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos):
+        return (
+            f"{host} is not a loopback address: the admin listener shows the proxy's "
+            "internals to whoever reaches it (set admin.allow_non_loopback: true in the "
+            "configuration file to allow it)"
+        )
+    return None
+
+
 def check_files(conf: dict[str, Any], *, routes: bool = True) -> list[Problem]:
     """Everything the schema cannot see (nothing is bound or created): the backend loads,
     certificates and keys load and match, CA bundles and discovery files are readable and
@@ -160,10 +182,20 @@ def check_files(conf: dict[str, Any], *, routes: bool = True) -> list[Problem]:
 
     from proxycore.discovery import parse_backend_lines
     from proxycore.lb import parse_backend
-    from proxycore.runner import BACKENDS, StartupError, load_backend, resolve_backend
+    from proxycore.runner import (
+        BACKENDS,
+        StartupError,
+        load_backend,
+        resolve_backend,
+    )
     from proxycore.tlsconfig import ClientContextCache, TlsConfigError, load_server_tls
 
     out: list[Problem] = []
+    admin = conf.get("admin") or {}
+    if admin.get("address"):
+        problem = admin_address_problem(admin["address"], bool(admin.get("allow_non_loopback")))
+        if problem is not None:
+            out.append((("admin", "address"), problem))
     server = conf["server"]
     try:
         module_name, _ = resolve_backend(server["backend"])
@@ -337,6 +369,9 @@ def build(conf: dict[str, Any]) -> RunArgs:
     sc.grace_period = float(s["grace_period_seconds"])
     sc.shutdown_timeout = float(s["graceful_shutdown_timeout_seconds"])
     sc.upgrade_sock = s["upgrade_sock"]
+    admin = conf.get("admin") or {}
+    sc.admin = admin.get("address")
+    sc.admin_allow_non_loopback = bool(admin.get("allow_non_loopback", False))
     sc.client_bind_to_ipv4 = list(s["client_bind_to_ipv4"])
     sc.client_bind_to_ipv6 = list(s["client_bind_to_ipv6"])
     sc.limits = Limits(s["max_request_line"], s["max_header_bytes"], s["max_headers"])

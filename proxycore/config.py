@@ -93,6 +93,10 @@ class ServerConf:
     shutdown_timeout: float = 5.0
     # Adapters only: the Unix socket of the zero-downtime upgrade (proxycore.adapters.upgrade).
     upgrade_sock: str = "/tmp/proxycore_upgrade.sock"
+    # Adapters only: the admin listener (HOST:PORT; /metrics, /healthz; proxycore.metrics and
+    # proxycore.adapters.admin), None = off; a non-loopback address only if allowed.
+    admin: str | None = None
+    admin_allow_non_loopback: bool = False
 
     def check(self) -> None:
         """Raise ValueError naming a setting whose value the core cannot use (the engine calls

@@ -47,7 +47,7 @@ Check = Callable[[Any], str | None]  # None = fine, else "expected ..."
 
 # Top-level sections proxycore reads itself; ``proxycore run`` hands every other top-level
 # section to the user's class (Proxy.configure).
-RESERVED = ("version", "server", "listeners", "upstreams", "routes")
+RESERVED = ("version", "server", "listeners", "upstreams", "routes", "admin")
 
 
 class ConfigError(ValueError):
@@ -689,6 +689,27 @@ ROUTE = Section(
     "a route, matched in order; the first match wins",
 )
 
+ADMIN = Section(
+    {
+        "address": Field(
+            None,
+            _listen,
+            "HOST:PORT",
+            "the admin listener: /metrics (Prometheus), /healthz, /status and /status.json "
+            "(like --admin; null: off)",
+            nullable=True,
+        ),
+        "allow_non_loopback": Field(
+            False,
+            boolean,
+            "bool",
+            "allow an address that is not loopback (the admin listener shows the proxy's "
+            "internals to whoever reaches it)",
+        ),
+    },
+    "the admin listener",
+)
+
 FILE = Section(
     {
         "version": Field(1, integer(1, 1), "int", "Pingora: the file format's version"),
@@ -696,6 +717,7 @@ FILE = Section(
         "listeners": ListOf(LISTENER, "where to listen", default=[{"address": "127.0.0.1:8080"}]),
         "upstreams": MapOf(UPSTREAM, "upstream groups by name (reverse-proxy)"),
         "routes": ListOf(ROUTE, "routes in order (reverse-proxy)"),
+        "admin": ADMIN,
     },
     "the file",
 )

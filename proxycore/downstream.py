@@ -215,6 +215,10 @@ class Downstream(ServerStream):
         if not self.closed:
             self.close()
 
+    def open_streams(self) -> int:
+        """HTTP/2 streams open on this connection (0 for HTTP/1.1), for the metrics."""
+        return 0
+
     def active_exchanges(self) -> int:
         return 0 if self.current is None else 1
 

@@ -48,6 +48,7 @@ from proxycore.events import (
     WritePaused,
     WriteResumed,
 )
+from proxycore.metrics import Metrics
 from proxycore.peer import Peer
 from proxycore.phases import PHASES, Proxy, is_marked
 from proxycore.pool import ConnectionPool
@@ -147,6 +148,7 @@ class Engine:
         client_tls: ClientContexts | None = None,
         tls: bool = True,
         access_log: logging.Logger | Any = None,
+        metrics: bool = False,
     ) -> None:
         """``blocking_phases="all"`` hands every overridden plain-function phase to the adapter
         as a blocking RunFilter (gevent and threads adapters, where user code may block), except
@@ -159,12 +161,14 @@ class Engine:
 
         ``access_log``: the logger that gets one record per request, or an ``AccessBuffer``
         that queues the entries for a writer (:mod:`proxycore.accesslog`), or None (the
-        default) for no access log."""
+        default) for no access log. ``metrics``: count every exchange for the admin listener
+        (:mod:`proxycore.metrics`; ``Engine.metrics``, None when off)."""
         self.app = app
         self.conf = conf or ServerConf()
         self.conf.check()
         self.log = logger or logging.getLogger("proxycore")
         self.access_log: logging.Logger | Any = access_log
+        self.metrics: Metrics | None = Metrics() if metrics else None
         self._blocking_phases = blocking_phases
         self.phases = PhaseTable(app, blocking_phases)
         # Source addresses for connections to origins (None: the setting is off).

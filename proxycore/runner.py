@@ -224,6 +224,7 @@ def _run(
 
     def start() -> None:
         sockets = importlib.import_module("proxycore.adapters._sockets")
+        admin_server = _start_admin(cfg, workers)
         handover: Any = None
         if upgrade:
             handover = importlib.import_module("proxycore.adapters.upgrade").Handover.wait(
@@ -246,6 +247,9 @@ def _run(
             sockets.upgrade_role = "worker"  # type: ignore[attr-defined]  # (SIGQUIT: ours)
 
             def serve_one(index: int) -> None:
+                if admin_server is not None:  # (the supervisor's: it serves /metrics)
+                    admin_server.httpd.socket.close()
+                    admin_server.board.index = index
                 module.serve(app, addrs, cfg, **extra, **options)
 
             def on_ready() -> None:
@@ -260,16 +264,41 @@ def _run(
                 on_ready=on_ready,
                 listeners=bound,
                 upgrade_sock=cfg.upgrade_sock,
+                admin_board=None if admin_server is None else admin_server.board,
             )
         except BaseException as e:
             if handover is not None:
                 handover.failed(str(e) if isinstance(e, StartupError) else repr(e))
             raise
+        finally:
+            if admin_server is not None:
+                admin_server.stop()
+                if workers > 1:
+                    admin_server.board.remove()
 
     if lifecycle is None:
         start()
     else:
         lifecycle.run(start, hooks=workers == 1)
+
+
+def _start_admin(conf: ServerConf, workers: int) -> Any:
+    """The admin listener of ``conf.admin`` (HOST:PORT), serving on a thread of this process
+    (with ``workers`` > 1 the supervisor: a file board its workers publish to), or None."""
+    if conf.admin is None:
+        return None
+    admin = importlib.import_module("proxycore.adapters.admin")
+    host, port = parse_listen(conf.admin)
+    # (through importlib: the compiled build's type check follows runner's imports, and
+    # conffile's would bring in tlsconfig and cryptography)
+    problem = importlib.import_module("proxycore.conffile").admin_address_problem(
+        conf.admin, conf.admin_allow_non_loopback
+    )
+    if problem is not None:
+        raise StartupError(f"admin listener: {problem}")
+    board = admin.FileBoard() if workers > 1 else admin.Board()
+    admin.board = board  # type: ignore[attr-defined]  # (the drivers publish to it)
+    return admin.AdminServer(host, port, board).start()
 
 
 def assign_tls_ports(

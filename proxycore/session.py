@@ -222,6 +222,7 @@ class Session:
         "retries",
         "start_time",
         "upstream",
+        "upstream_group",
         "upstream_reused",
     )
 
@@ -239,6 +240,9 @@ class Session:
         self.peer: Peer | None = None
         self.upstream: Upstream | None = None
         self.upstream_reused = False
+        # The upstream group's name, for the metrics' ``group`` label: set by the built-in
+        # ReverseProxy (its ``name``; RoutedProxy's groups are named by the file); "-" if none.
+        self.upstream_group = "-"
         self.retries = 0
         self.error: ProxyError | None = None
         self.response_started = False
@@ -379,6 +383,11 @@ class Session:
             entry.uaddr, entry.ustatus, entry.uct, entry.uht = self._attempt(self.error)
         elif tries:
             entry.upstream = tuple(tries)
+
+    def upstream_attempt(self) -> Attempt:
+        """The current upstream attempt: (address, upstream status, connect time, header time)
+        as the access log shows it (see :meth:`_attempt`)."""
+        return self._attempt(self.error)
 
     def _attempt(self, err: ProxyError | None) -> Attempt:
         """The current upstream attempt as the access log shows it: (address, upstream status,
@@ -1630,6 +1639,9 @@ class Session:
         access = self.engine.access_log
         if access is not None:
             log_session(access, self)
+        metrics = self.engine.metrics
+        if metrics is not None:
+            metrics.exchange_done(self)
         ph = self.phases
         if ph.logging is not None:
             self._call(ph.logging, (self, self.error, self.ctx), _K_LOGGING)

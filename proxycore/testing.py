@@ -51,10 +51,12 @@ class Harness:
         now: float = 0.0,
         logger: Any = None,
         access_log: Any = None,
+        metrics: bool = False,
     ) -> None:
-        """``access_log``: a logger for the access records (see proxycore.accesslog)."""
+        """``access_log``: a logger for the access records (see proxycore.accesslog);
+        ``metrics``: count exchanges (``engine.metrics``, see proxycore.metrics)."""
         self.engine = Engine(
-            app, conf, logger or NullLog(), tls=False, access_log=access_log
+            app, conf, logger or NullLog(), tls=False, access_log=access_log, metrics=metrics
         )  # scripted plaintext
         self.now = now
         self.log: list[Event | Action] = []

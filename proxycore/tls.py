@@ -272,6 +272,9 @@ class TlsLayer:
         self._select_hook: Callable[..., Any] | None = None
         self.set_app(engine.app)
         self._handshaking: _Tls | None = None  # whose handshake OpenSSL is running (SNI)
+        # client-side (listener) handshakes completed and failed, for the metrics
+        self.handshakes = 0
+        self.failures = 0
         self.set_server(server)
 
     # ------------------------------------------------------------------ configuration
@@ -532,6 +535,7 @@ class TlsLayer:
         if st.client:
             out = self._pass(Connected(conn, now))
         else:
+            self.handshakes += 1
             info = TlsInfo(
                 version=obj.version(),
                 cipher=(obj.cipher() or ("",))[0],
@@ -555,6 +559,7 @@ class TlsLayer:
             kind = "cert" if isinstance(e, ssl.SSLCertVerificationError) else "tls"
             return self._client_failed(conn, now, kind, f"TLS handshake failed: {reason}", out)
         self.conns.pop(conn, None)
+        self.failures += 1
         client = st.client_addr
         self.engine.log.info("TLS handshake failed from %s:%s: %s", client[0], client[1], reason)
         out.append(SetTimer(conn, None))

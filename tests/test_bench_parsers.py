@@ -181,3 +181,10 @@ def test_targets_idle_http2_memory_per_backend() -> None:
     assert "2000 idle h2 conns" in _brief("h2", rows[0]["h2"]) and "22.0 KiB/conn" in _brief(
         "h2", rows[0]["h2"]
     )
+
+
+def test_targets_admin_listener_costs_at_most_3_percent() -> None:
+    rows = [_row("proxycore-uvloop", 60000), _row("proxycore-uvloop-admin", 58500)]
+    assert _verdicts(rows)["proxycore-uvloop-admin req/s vs proxycore-uvloop"] == (0.975, "PASS")
+    rows = [_row("proxycore-uvloop", 60000), _row("proxycore-uvloop-admin", 57600)]
+    assert _verdicts(rows)["proxycore-uvloop-admin req/s vs proxycore-uvloop"] == (0.96, "FAIL")

@@ -867,6 +867,9 @@ class H2Conn(Downstream):
         if st is not None:
             st.filter_done(token, result, error)
 
+    def open_streams(self) -> int:
+        return len(self.streams)
+
     def active_exchanges(self) -> int:
         return sum(1 for st in self.streams.values() if st.session is not None)
 
