@@ -31,6 +31,16 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "build" / "artifacts"
 
 
+# (the installed proxycore, as the conformance proxies run it)
+_RUN = {
+    "capture_output": True,
+    "text": True,
+    "timeout": 30,
+    "env": _proxy.process_env(),
+    "cwd": _proxy.PROCESS_CWD,
+}
+
+
 def _fetch(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=timeout) as r:
@@ -142,6 +152,7 @@ def test_the_admin_listener_stays_on_loopback_unless_the_file_allows_it(tmp_path
         text=True,
         timeout=30,
         env=_proxy.process_env(),
+        cwd=_proxy.PROCESS_CWD,
     )
     assert r.returncode == 2
     assert "0.0.0.0 is not a loopback address" in r.stderr and "Traceback" not in r.stderr
@@ -152,10 +163,10 @@ def test_the_admin_listener_stays_on_loopback_unless_the_file_allows_it(tmp_path
         "routes: [{upstream: app}]\n"
     )
     conf.write_text(body + f"admin: {{address: '0.0.0.0:{free_port()}'}}\n")
-    r = subprocess.run([*argv, "-c", str(conf), "-t"], capture_output=True, text=True, timeout=30)
+    r = subprocess.run([*argv, "-c", str(conf), "-t"], **_RUN)
     assert r.returncode == 2 and "admin.address: 0.0.0.0 is not a loopback address" in r.stderr
     conf.write_text(body + "admin: {address: '0.0.0.0:9', allow_non_loopback: true}\n")
-    r = subprocess.run([*argv, "-c", str(conf), "-t"], capture_output=True, text=True, timeout=30)
+    r = subprocess.run([*argv, "-c", str(conf), "-t"], **_RUN)
     assert r.returncode == 0 and r.stdout.strip() == "configuration ok", r.stderr
 
 

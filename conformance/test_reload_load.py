@@ -64,7 +64,7 @@ def test_five_reloads_under_load_switch_backends_and_lose_nothing(
             time.sleep(0.3)
             for i in range(RELOADS):
                 old, new = (a, b) if i % 2 == 0 else (b, a)
-                slow = Slow(port, delay=1.0).start()
+                slow = Slow(port, delay=0.5).start()
                 heads = old.heads
                 deadline = time.monotonic() + 5
                 while old.heads == heads and time.monotonic() < deadline:
@@ -75,7 +75,7 @@ def test_five_reloads_under_load_switch_backends_and_lose_nothing(
                 _wait(p, ANNOUNCED, (i + 1) * workers)
                 switches.append((sent, time.monotonic(), new.name))
                 assert slow.result() == old.name  # in flight across the reload, complete
-                time.sleep(0.3)
+                time.sleep(0.15)
         finally:
             load.stop()
         assert not load.failures, load.summary() + "\n" + "\n".join(load.failures[:20])

@@ -94,7 +94,7 @@ def _upgrades_under_load(
             new = _successor(current, workers)
             proxy.started.append(new)  # (stopped with the others if the test fails)
             heads = origin.heads
-            slow = Slow(current.port, delay=1.0).start()
+            slow = Slow(current.port, delay=0.5).start()
             deadline = time.monotonic() + 5
             while origin.heads == heads and time.monotonic() < deadline:
                 time.sleep(0.01)
