@@ -48,7 +48,7 @@ from proxycore.h1.parse import (
     RequestMeta,
     ResponseMeta,
 )
-from proxycore.h2._lib import ServerConnection
+from proxycore.h2._lib import FloodGuard, ServerConnection
 from proxycore.http import Headers, RequestHeader, ResponseHeader
 from proxycore.semantics import HOP_BY_HOP, error_body, response_has_body, trailer_fields
 from proxycore.session import Session
@@ -475,6 +475,7 @@ class H2Conn(Downstream):
                 SettingCodes.ENABLE_PUSH: 0,
             },
         )
+        limit_floods(h2, engine)
         self.h2 = h2
         self.streams: dict[int, H2Stream] = {}
         self.tokens: dict[int, H2Stream] = {}
@@ -883,6 +884,13 @@ class H2Conn(Downstream):
 
     def update_read_pause(self) -> None:
         """Flow control paces each stream (RFC 9113 §5.2); the socket keeps being read."""
+
+
+def limit_floods(h2: ServerConnection, engine: Engine) -> None:
+    """The budgets against HTTP/2 floods (RFC 9113 §10.5) from the server's settings."""
+    conf = engine.conf
+    guard = FloodGuard(conf.h2_max_resets, conf.h2_max_control_frames, conf.h2_flood_window, engine)
+    h2.limit_floods(guard, conf.h2_max_header_block)
 
 
 def switch_to_h2(down: Downstream, first: bytes) -> None:
