@@ -196,3 +196,14 @@ def test_control_frame_flood(echo, proxy, make):
     s.sendall(b"".join(make().serialize() for _ in range(200)))
     calmed(s)
     by.finish()
+
+
+def test_hpack_bomb(echo, proxy):
+    p = proxy(to=[echo.port])
+    by = Bystander(p.port)
+    s, c = attacker(p.port)
+    # one 4,000-byte table entry referenced 20 times: 80 KB decoded from 4 KB sent
+    c.send_headers(1, [*head(c, p.port), *[("x-bomb", "a" * 4000)] * 20], end_stream=True)
+    s.sendall(c.data_to_send())
+    calmed(s)
+    by.finish()

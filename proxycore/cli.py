@@ -348,6 +348,13 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         "ENHANCE_YOUR_CALM and close (default 65536)",
     )
     p.add_argument(
+        "--h2-header-table-size",
+        type=int,
+        metavar="BYTES",
+        help="the HPACK dynamic table HTTP/2 clients may use (SETTINGS_HEADER_TABLE_SIZE, "
+        "default 4096)",
+    )
+    p.add_argument(
         "--workers",
         type=_workers,
         default=1,

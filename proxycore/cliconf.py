@@ -41,6 +41,7 @@ SERVER_FLAGS = {
     "h2_max_control_frames": "h2_max_control_frames",
     "h2_flood_window": "h2_flood_window",
     "h2_max_header_block": "h2_max_header_block",
+    "h2_header_table_size": "h2_header_table_size",
     "workers": "threads",
     "record": "record",
     "access_log": "access_log",

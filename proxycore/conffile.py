@@ -357,7 +357,7 @@ def build(conf: dict[str, Any]) -> RunArgs:
         "retry_buffer_size", "read_buffer_limit", "add_forwarded_headers",
         "headers_with_underscores", "access_log", "access_log_format", "reuse_port",
         "h2_max_concurrent_streams", "h2_max_resets", "h2_max_control_frames",
-        "h2_max_header_block",
+        "h2_max_header_block", "h2_header_table_size",
     ):  # fmt: skip
         setattr(sc, name, s[name])
     size = s["max_request_body_size"]

@@ -80,6 +80,10 @@ class ServerConf:
     h2_max_control_frames: int = 1000
     h2_flood_window: float = 10.0
     h2_max_header_block: int = 65536
+    # HPACK (RFC 7541): the dynamic table the client's encoder may use
+    # (SETTINGS_HEADER_TABLE_SIZE); a decoded header list over twice limits.max_header_bytes
+    # (SETTINGS_MAX_HEADER_LIST_SIZE) is GOAWAY(ENHANCE_YOUR_CALM), over limits is a 431.
+    h2_header_table_size: int = 4096
     limits: Limits = field(default_factory=Limits)
     record_dir: str | None = None  # write one session trace per client connection here
     reuse_port: bool = False  # bind listeners with SO_REUSEPORT (set when running workers)
@@ -132,6 +136,10 @@ class ServerConf:
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, not {value}")
+        if not 0 <= self.h2_header_table_size <= 1 << 20:
+            raise ValueError(
+                f"h2_header_table_size must be from 0 to 1048576, not {self.h2_header_table_size}"
+            )
         if not self.h2_flood_window > 0:
             raise ValueError(f"h2_flood_window must be positive, not {self.h2_flood_window}")
 

@@ -530,6 +530,12 @@ SERVER = Section(
             "an HTTP/2 header block's bytes across CONTINUATION frames (more: GOAWAY "
             "ENHANCE_YOUR_CALM)",
         ),
+        "h2_header_table_size": Field(
+            4096,
+            integer(0, 1 << 20),
+            "int",
+            "the HPACK dynamic table HTTP/2 clients may use (SETTINGS_HEADER_TABLE_SIZE)",
+        ),
         "reuse_port": Field(
             False, boolean, "bool", "bind with SO_REUSEPORT (always on with threads > 1)"
         ),

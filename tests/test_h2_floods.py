@@ -215,3 +215,43 @@ def test_window_updates_earned_by_data_do_not_count() -> None:
         assert not closed(acts, cl.conn)
     got += cl.body(1)
     assert got == body
+
+
+def test_hpack_bomb_past_the_header_list_size_is_goaway() -> None:
+    h = Harness(Simple())  # max_header_bytes 32 KiB: SETTINGS_MAX_HEADER_LIST_SIZE 64 KiB
+    cl = opened(Client(h))
+    # one 4,000-byte entry in the dynamic table, then 1-byte references to it: 80 KB decoded
+    bomb = [("x-bomb", "a" * 4000)] * 20
+    cl.c.send_headers(1, [*REQUEST, *bomb], end_stream=True)
+    data = cl.c.data_to_send()
+    assert len(data) < 4200
+    acts = h.data(cl.conn, data)
+    assert sent(acts, cl.conn) == goaway(0)
+    assert closed(acts, cl.conn) and not h.connects(acts)
+
+
+def test_a_header_list_between_the_limits_is_431_and_hpack_stays_in_step() -> None:
+    h = Harness(Simple())
+    cl = opened(Client(h))
+    cl.request(1, extra=[("x-bomb", "a" * 4000)] * 10)  # 40 KB decoded: over 32 KiB
+    assert cl.headers(1)[b":status"] == b"431"
+    up = connect_id(cl.request(3, extra=[("x-bomb", "a" * 4000)]))  # the table is in step
+    assert b"x-bomb: " + b"a" * 4000 + b"\r\n" in sent(h.connected(up), up)
+    cl.take(h.data(up, OK))
+    assert cl.body(3) == b"hello"
+
+
+def test_our_settings_choose_the_hpack_table_and_the_header_list_size() -> None:
+    conf = proxycore.ServerConf(h2_header_table_size=1024)
+    h = Harness(Simple(), conf=conf)
+    cl = Client(h)
+    cl.flush()
+    got = next(e for e in cl.events if isinstance(e, h2.events.RemoteSettingsChanged))
+    values = {int(k): v.new_value for k, v in got.changed_settings.items()}
+    assert values[0x1] == 1024  # SETTINGS_HEADER_TABLE_SIZE
+    assert values[0x6] == 65536  # SETTINGS_MAX_HEADER_LIST_SIZE: twice max_header_bytes
+    assert values[0x3] == 100 and values[0x2] == 0  # MAX_CONCURRENT_STREAMS, ENABLE_PUSH
+    assert cl.c.encoder.header_table_size == 1024  # the client's encoder obeys it
+
+
+REQUEST = [(":method", "GET"), (":path", "/a"), (":scheme", "http"), (":authority", "x")]

@@ -54,6 +54,7 @@ from proxycore.semantics import HOP_BY_HOP, error_body, response_has_body, trail
 from proxycore.session import Session
 
 if TYPE_CHECKING:
+    from proxycore.config import ServerConf
     from proxycore.engine import Engine
     from proxycore.tls import TlsInfo
 
@@ -471,7 +472,8 @@ class H2Conn(Downstream):
             client=False,
             initial_values={
                 SettingCodes.MAX_CONCURRENT_STREAMS: conf.h2_max_concurrent_streams,
-                SettingCodes.MAX_HEADER_LIST_SIZE: h2.DEFAULT_MAX_HEADER_LIST_SIZE,
+                SettingCodes.MAX_HEADER_LIST_SIZE: header_list_size(conf),
+                SettingCodes.HEADER_TABLE_SIZE: conf.h2_header_table_size,
                 SettingCodes.ENABLE_PUSH: 0,
             },
         )
@@ -891,6 +893,14 @@ def limit_floods(h2: ServerConnection, engine: Engine) -> None:
     conf = engine.conf
     guard = FloodGuard(conf.h2_max_resets, conf.h2_max_control_frames, conf.h2_flood_window, engine)
     h2.limit_floods(guard, conf.h2_max_header_block)
+    h2.decoder.max_header_list_size = header_list_size(conf)
+
+
+def header_list_size(conf: ServerConf) -> int:
+    """SETTINGS_MAX_HEADER_LIST_SIZE (RFC 9113 §6.5.2), enforced by the HPACK decoder (an
+    HPACK bomb past it is GOAWAY(ENHANCE_YOUR_CALM)): twice the HTTP/1.1 head limit, so a
+    list between the two is decoded (HPACK stays in step) and answered 431 on its stream."""
+    return max(2 * conf.limits.max_header_bytes, 16384)
 
 
 def switch_to_h2(down: Downstream, first: bytes) -> None:
