@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import h2.config
 import h2.connection
+import h2.events
+import h2.settings
 import httpx
 import pytest
 from hyperframe.frame import (
@@ -206,4 +209,40 @@ def test_hpack_bomb(echo, proxy):
     c.send_headers(1, [*head(c, p.port), *[("x-bomb", "a" * 4000)] * 20], end_stream=True)
     s.sendall(c.data_to_send())
     calmed(s)
+    by.finish()
+
+
+def test_no_headers_after_the_preface(echo, proxy):
+    p = proxy(to=[echo.port], extra=["--header-timeout", "1", "--keepalive-timeout", "30"])
+    by = Bystander(p.port)
+    s, _c = attacker(p.port)
+    t0 = time.monotonic()
+    with s:
+        frames = frames_until_eof(s)
+    assert time.monotonic() - t0 < 10
+    assert [f.error_code for f in frames if isinstance(f, GoAwayFrame)] == [0]
+    by.finish()
+
+
+def test_zero_window_stall_loses_the_stream_then_the_connection(echo, proxy):
+    p = proxy(to=[echo.port], extra=["--send-timeout", "1", "--keepalive-timeout", "2"])
+    by = Bystander(p.port)
+    s, c = attacker(p.port)
+    c.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    c.send_headers(1, head(c, p.port, "/bytes/5000000"), end_stream=True)
+    s.sendall(c.data_to_send())
+    t0 = time.monotonic()
+    events: list = []
+    while not any(isinstance(e, h2.events.StreamReset) for e in events):
+        data = s.recv(65536)
+        assert data, events
+        events += c.receive_data(data)
+        s.sendall(c.data_to_send())  # (SETTINGS ACK; never a WINDOW_UPDATE for stream 1)
+    assert time.monotonic() - t0 < 10
+    reset = next(e for e in events if isinstance(e, h2.events.StreamReset))
+    assert reset.stream_id == 1 and reset.error_code == 2  # INTERNAL_ERROR
+    assert not any(isinstance(e, h2.events.DataReceived) for e in events)
+    with s:  # then the connection, idle
+        frames = frames_until_eof(s)
+    assert [f.error_code for f in frames if isinstance(f, GoAwayFrame)] == [0]
     by.finish()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 
 import h2.events
+import h2.settings
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
@@ -21,7 +22,7 @@ from hyperframe.frame import (
 )
 
 import proxycore
-from proxycore.actions import Action, Close
+from proxycore.actions import Action, Close, PauseReading
 from proxycore.testing import Harness
 from tests.helpers import Simple, connect_id, sent
 from tests.test_h2_server import OK, Client
@@ -255,3 +256,48 @@ def test_our_settings_choose_the_hpack_table_and_the_header_list_size() -> None:
 
 
 REQUEST = [(":method", "GET"), (":path", "/a"), (":scheme", "http"), (":authority", "x")]
+
+
+def test_no_headers_after_the_preface_within_header_timeout() -> None:
+    conf = proxycore.ServerConf(header_timeout=5.0, keepalive_timeout=75.0)
+    h = Harness(Simple(), conf=conf)
+    cl = opened(Client(h))
+    acts = h.advance(4.9, cl.conn)
+    assert not closed(acts, cl.conn)
+    acts = h.advance(0.1, cl.conn)
+    assert sent(acts, cl.conn) == goaway(0, 0) and closed(acts, cl.conn)
+
+
+def test_keepalive_timeout_between_streams() -> None:
+    conf = proxycore.ServerConf(header_timeout=5.0, keepalive_timeout=20.0)
+    h = Harness(Simple(), conf=conf)
+    cl = opened(Client(h))
+    up = connect_id(cl.request(1))
+    h.connected(up)
+    cl.take(h.data(up, OK))
+    assert cl.body(1) == b"hello"
+    cl.flush()
+    assert not closed(h.advance(19.9, cl.conn), cl.conn)
+    acts = h.advance(0.1, cl.conn)
+    assert sent(acts, cl.conn) == goaway(1, 0) and closed(acts, cl.conn)
+
+
+def test_zero_window_stall_loses_the_stream_then_the_connection() -> None:
+    conf = proxycore.ServerConf(send_timeout=10.0, keepalive_timeout=20.0)
+    h = Harness(Simple(), conf=conf)
+    cl = Client(h, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    cl.flush()
+    up = connect_id(cl.request(1))
+    h.connected(up)
+    acts = h.data(up, b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 30000)
+    cl.take(acts)
+    assert cl.headers(1)[b":status"] == b"200" and not cl.body(1)  # no window: no DATA
+    assert any(isinstance(a, PauseReading) and a.conn == up for a in acts)  # bounded
+    acts = h.advance(9.9, cl.conn)
+    assert not sent(acts, cl.conn)
+    acts = h.advance(0.1, cl.conn)
+    rst = b"\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x02"  # RST_STREAM INTERNAL_ERROR
+    assert sent(acts, cl.conn) == rst
+    assert closed(acts, up) and not closed(acts, cl.conn)
+    acts = h.advance(20.0, cl.conn)
+    assert sent(acts, cl.conn) == goaway(1, 0) and closed(acts, cl.conn)

@@ -527,7 +527,13 @@ class H2Conn(Downstream):
         h2.initiate_connection()
         h2.increment_flow_control_window(CONN_WINDOW - 65535)
         self.output()
-        self._idle()
+        self._first_headers()
+
+    def _first_headers(self) -> None:
+        """The first HEADERS is awaited ``header_timeout`` after the preface (nginx's
+        client_header_timeout), then the connection is idle between streams (``_idle``)."""
+        e = self.engine
+        self.arm("idle", e.now + e.conf.header_timeout)
 
     def _idle(self) -> None:
         if not self.streams and not self.closed:
