@@ -320,6 +320,41 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         "with REFUSED_STREAM (default 100)",
     )
     p.add_argument(
+        "--h2-max-resets",
+        type=_count,
+        metavar="N",
+        help="HTTP/2 streams a client connection may reset (or have refused) per flood window; "
+        "more: GOAWAY ENHANCE_YOUR_CALM and close (rapid reset; default 100)",
+    )
+    p.add_argument(
+        "--h2-max-control-frames",
+        type=_count,
+        metavar="N",
+        help="HTTP/2 PING, SETTINGS, PRIORITY, unearned WINDOW_UPDATE, empty DATA and "
+        "RST_STREAM on closed streams a client connection may send per flood window; more: "
+        "GOAWAY ENHANCE_YOUR_CALM and close (default 1000)",
+    )
+    p.add_argument(
+        "--h2-flood-window",
+        type=float,
+        metavar="SECONDS",
+        help="the window the HTTP/2 flood budgets count in (default 10)",
+    )
+    p.add_argument(
+        "--h2-max-header-block",
+        type=_count,
+        metavar="BYTES",
+        help="an HTTP/2 header block's size across CONTINUATION frames; more: GOAWAY "
+        "ENHANCE_YOUR_CALM and close (default 65536)",
+    )
+    p.add_argument(
+        "--h2-header-table-size",
+        type=int,
+        metavar="BYTES",
+        help="the HPACK dynamic table HTTP/2 clients may use (SETTINGS_HEADER_TABLE_SIZE, "
+        "default 4096)",
+    )
+    p.add_argument(
         "--workers",
         type=_workers,
         default=1,
@@ -458,6 +493,14 @@ def _conf(args: argparse.Namespace) -> ServerConf:
     conf.h2 = not args.no_h2
     if args.h2_max_concurrent_streams is not None:
         conf.h2_max_concurrent_streams = args.h2_max_concurrent_streams
+    for name in (
+        "h2_max_resets",
+        "h2_max_control_frames",
+        "h2_flood_window",
+        "h2_max_header_block",
+    ):
+        if getattr(args, name) is not None:
+            setattr(conf, name, getattr(args, name))
     conf.record_dir = args.record
     conf.grace_period, conf.shutdown_timeout = args.grace_period, args.shutdown_timeout
     conf.upgrade_sock = args.upgrade_sock

@@ -349,14 +349,15 @@ def build(conf: dict[str, Any]) -> RunArgs:
     for name in (
         "connect_timeout", "read_timeout", "write_timeout", "header_timeout",
         "client_body_timeout", "send_timeout", "keepalive_timeout", "upstream_idle_timeout",
-        "linger_timeout", "busy_poll",
+        "linger_timeout", "busy_poll", "h2_flood_window",
     ):  # fmt: skip
         setattr(sc, name, float(s[name]))
     for name in (
         "upstream_keepalive_pool_size", "upstream_keepalive_per_peer", "max_retries",
         "retry_buffer_size", "read_buffer_limit", "add_forwarded_headers",
         "headers_with_underscores", "access_log", "access_log_format", "reuse_port",
-        "h2_max_concurrent_streams",
+        "h2_max_concurrent_streams", "h2_max_resets", "h2_max_control_frames",
+        "h2_max_header_block", "h2_header_table_size",
     ):  # fmt: skip
         setattr(sc, name, s[name])
     size = s["max_request_body_size"]

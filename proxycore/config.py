@@ -70,6 +70,20 @@ class ServerConf:
     h2c: bool = True
     h2: bool = True
     h2_max_concurrent_streams: int = 100
+    # HTTP/2 floods (RFC 9113 §10.5; proxycore.h2._lib.FloodGuard): per client connection and
+    # window of h2_flood_window seconds, at most h2_max_resets streams reset by the client or
+    # refused (rapid reset, CVE-2023-44487) and h2_max_control_frames PING, SETTINGS, PRIORITY,
+    # unearned WINDOW_UPDATE, empty DATA and RST_STREAM on closed streams; a header block is at
+    # most h2_max_header_block bytes across CONTINUATION frames (CVE-2024-27316). Past any:
+    # GOAWAY(ENHANCE_YOUR_CALM) and close.
+    h2_max_resets: int = 100
+    h2_max_control_frames: int = 1000
+    h2_flood_window: float = 10.0
+    h2_max_header_block: int = 65536
+    # HPACK (RFC 7541): the dynamic table the client's encoder may use
+    # (SETTINGS_HEADER_TABLE_SIZE); a decoded header list over twice limits.max_header_bytes
+    # (SETTINGS_MAX_HEADER_LIST_SIZE) is GOAWAY(ENHANCE_YOUR_CALM), over limits is a 431.
+    h2_header_table_size: int = 4096
     limits: Limits = field(default_factory=Limits)
     record_dir: str | None = None  # write one session trace per client connection here
     reuse_port: bool = False  # bind listeners with SO_REUSEPORT (set when running workers)
@@ -109,12 +123,25 @@ class ServerConf:
         streams = self.h2_max_concurrent_streams
         if streams < 1:
             raise ValueError(f"h2_max_concurrent_streams must be at least 1, not {streams}")
+        self._check_h2_floods()
         action = self.headers_with_underscores
         if action not in UNDERSCORE_ACTIONS:
             raise ValueError(
                 f"headers_with_underscores must be one of {', '.join(UNDERSCORE_ACTIONS)}, "
                 f"not {action!r}"
             )
+
+    def _check_h2_floods(self) -> None:
+        for name in ("h2_max_resets", "h2_max_control_frames", "h2_max_header_block"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, not {value}")
+        if not 0 <= self.h2_header_table_size <= 1 << 20:
+            raise ValueError(
+                f"h2_header_table_size must be from 0 to 1048576, not {self.h2_header_table_size}"
+            )
+        if not self.h2_flood_window > 0:
+            raise ValueError(f"h2_flood_window must be positive, not {self.h2_flood_window}")
 
 
 def source_address_problem(text: object, version: int) -> str | None:

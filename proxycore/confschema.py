@@ -506,6 +506,36 @@ SERVER = Section(
             "int",
             "HTTP/2 streams a client connection may have open at once (more: REFUSED_STREAM)",
         ),
+        "h2_max_resets": Field(
+            100,
+            integer(1),
+            "int",
+            "HTTP/2 streams a client connection may reset or have refused per flood window "
+            "(more: GOAWAY ENHANCE_YOUR_CALM)",
+        ),
+        "h2_max_control_frames": Field(
+            1000,
+            integer(1),
+            "int",
+            "HTTP/2 PING, SETTINGS, PRIORITY, unearned WINDOW_UPDATE, empty DATA frames per "
+            "flood window (more: GOAWAY ENHANCE_YOUR_CALM)",
+        ),
+        "h2_flood_window": Field(
+            10.0, seconds, "seconds", "the window the HTTP/2 flood budgets count in"
+        ),
+        "h2_max_header_block": Field(
+            65536,
+            integer(1),
+            "int",
+            "an HTTP/2 header block's bytes across CONTINUATION frames (more: GOAWAY "
+            "ENHANCE_YOUR_CALM)",
+        ),
+        "h2_header_table_size": Field(
+            4096,
+            integer(0, 1 << 20),
+            "int",
+            "the HPACK dynamic table HTTP/2 clients may use (SETTINGS_HEADER_TABLE_SIZE)",
+        ),
         "reuse_port": Field(
             False, boolean, "bool", "bind with SO_REUSEPORT (always on with threads > 1)"
         ),

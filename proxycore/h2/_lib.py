@@ -1,10 +1,18 @@
-"""The ``h2`` library's connection, refusing streams past the limit instead of failing.
+"""The ``h2`` library's connection, refusing streams past the limit instead of failing, and
+the per-connection budgets that cut off the known HTTP/2 floods.
 
 ``h2`` treats a stream opened past our SETTINGS_MAX_CONCURRENT_STREAMS as a connection error;
 RFC 9113 §5.1.2 lets a server answer it with RST_STREAM(REFUSED_STREAM) instead, which a client
 retries (§8.7): the connection lives on. The header block is still decoded, so the HPACK
 state stays in step (RFC 9113 §4.3). This module stays interpreted (it subclasses a class of
 the pure-Python ``h2`` package).
+
+Floods (RFC 9113 §10.5: "an endpoint MAY treat activity that is suspicious as a connection
+error of type ENHANCE_YOUR_CALM") are counted frame by frame, before ``h2`` acts on a frame,
+by :class:`FloodGuard` (the budgets, one fixed window of ``h2_flood_window`` seconds) and
+:class:`BoundedFrameBuffer` (the header block's size across CONTINUATION frames). Past a
+budget, :class:`Flood` is raised inside ``receive_data``: ``h2`` queues GOAWAY with
+ENHANCE_YOUR_CALM and the connection is closed (``H2Conn.on_data``).
 """
 
 from __future__ import annotations
@@ -13,6 +21,107 @@ from typing import Any
 
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
+from h2.exceptions import ProtocolError
+from h2.frame_buffer import FrameBuffer
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    HeadersFrame,
+    PingFrame,
+    PriorityFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
+
+
+class Flood(ProtocolError):
+    """A budget of :class:`FloodGuard` is spent: GOAWAY(ENHANCE_YOUR_CALM), RFC 9113 §10.5."""
+
+    error_code = ErrorCodes.ENHANCE_YOUR_CALM
+
+
+# What each kind of frame costs (the budget it counts against), RFC 9113 §10.5.
+RESET = 0  # a stream the client reset (RST_STREAM on an open stream; rapid reset,
+#            CVE-2023-44487) or one we refused past SETTINGS_MAX_CONCURRENT_STREAMS
+CONTROL = 1  # PING, SETTINGS, PRIORITY, WINDOW_UPDATE not earned by our DATA, DATA with
+#              no payload and no END_STREAM, RST_STREAM on a stream not open
+_KIND_NAMES = ("stream resets", "control frames")
+
+
+class FloodGuard:
+    """The budgets of one client connection: at most ``max_resets`` streams reset (by the
+    client, or refused by us) and ``max_control`` unproductive control frames per window of
+    ``window`` seconds (a fixed window, restarted by the first frame after it; time is the
+    engine's ``now``, so a replay counts the same). Each DATA frame we send earns two
+    WINDOW_UPDATE frames (the stream's and the connection's) that do not count."""
+
+    __slots__ = ("clock", "counts", "credit", "limits", "start", "window")
+
+    def __init__(self, max_resets: int, max_control: int, window: float, clock: Any) -> None:
+        self.limits = (max_resets, max_control)
+        self.window = window
+        self.clock = clock  # anything with a ``now`` (the engine)
+        self.counts = [0, 0]
+        self.start = clock.now
+        self.credit = 0  # WINDOW_UPDATE frames our DATA frames earned
+
+    def hit(self, kind: int) -> None:
+        now = self.clock.now
+        if now - self.start >= self.window:
+            self.start = now
+            self.counts = [0, 0]
+        n = self.counts[kind] + 1
+        self.counts[kind] = n
+        if n > self.limits[kind]:
+            msg = (
+                f"too many {_KIND_NAMES[kind]}: more than {self.limits[kind]} "
+                f"in {self.window:g} s (RFC 9113 §10.5)"
+            )
+            raise Flood(msg)
+
+    def frame(self, conn: H2Connection, f: Any) -> None:
+        """Count the received frame ``f`` against its budget (the table above)."""
+        cls = f.__class__
+        if cls is DataFrame:
+            if not f.data and "END_STREAM" not in f.flags:
+                self.hit(CONTROL)
+        elif cls is WindowUpdateFrame:
+            if self.credit > 0:
+                self.credit -= 1
+            else:
+                self.hit(CONTROL)
+        elif cls is RstStreamFrame:
+            st = conn.streams.get(f.stream_id)
+            self.hit(RESET if st is not None and not st.closed else CONTROL)
+        elif cls is PingFrame or cls is SettingsFrame or cls is PriorityFrame:
+            if cls is not SettingsFrame or "ACK" not in f.flags:
+                self.hit(CONTROL)
+
+
+class BoundedFrameBuffer(FrameBuffer):
+    """``h2``'s frame buffer with the header block bounded in size across CONTINUATION
+    frames (CVE-2024-27316): the frame that takes the block past ``limit`` bytes is a
+    :class:`Flood`, before it is kept (``h2`` alone keeps up to 64 frames of 16 KiB)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(server=True)
+        self.limit = limit
+        self.block = 0
+
+    def _update_header_buffer(self, f: Any) -> Any:
+        cls = f.__class__
+        if cls is ContinuationFrame or (cls is HeadersFrame and "END_HEADERS" not in f.flags):
+            self.block += len(f.data)
+            if self.block > self.limit:
+                msg = f"header block over {self.limit} bytes across CONTINUATION frames"
+                raise Flood(msg)
+        elif cls is HeadersFrame and len(f.data) > self.limit:
+            raise Flood(f"header block over {self.limit} bytes")
+        out = super()._update_header_buffer(f)
+        if not self._headers_buffer:
+            self.block = 0
+        return out
 
 
 class ServerConnection(H2Connection):
@@ -20,6 +129,41 @@ class ServerConnection(H2Connection):
 
     _lift = False
     refused = 0
+    terminated = False  # a connection error's GOAWAY is queued or sent
+    guard: FloodGuard | None = None
+
+    def limit_floods(self, guard: FloodGuard, max_header_block: int) -> None:
+        """Count every frame against ``guard`` and bound the header block."""
+        self.guard = guard
+        self.incoming_buffer = BoundedFrameBuffer(max_header_block)
+
+    def _receive_frame(self, frame: Any) -> Any:
+        guard = self.guard
+        if guard is not None:
+            guard.frame(self, frame)
+        return super()._receive_frame(frame)
+
+    def send_data(
+        self,
+        stream_id: int,
+        data: bytes | memoryview,
+        end_stream: bool = False,
+        pad_length: Any = None,
+    ) -> None:
+        guard = self.guard
+        if guard is not None:
+            guard.credit += 2  # the stream's and the connection's WINDOW_UPDATE it earns
+        super().send_data(stream_id, data, end_stream=end_stream, pad_length=pad_length)
+
+    def _terminate_connection(self, error_code: Any) -> None:
+        self.terminated = True
+        super()._terminate_connection(error_code)
+
+    def close_connection(self, error_code: Any = 0, *args: Any, **kw: Any) -> None:
+        """After a connection error (the GOAWAY carrying its code is queued), closing sends
+        no second GOAWAY (one with NO_ERROR would hide the error's code)."""
+        if not self.terminated:
+            super().close_connection(error_code, *args, **kw)
 
     @property
     def open_inbound_streams(self) -> int:
@@ -40,4 +184,6 @@ class ServerConnection(H2Connection):
             self._lift = False
         self.refused += 1
         self.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+        if self.guard is not None:
+            self.guard.hit(RESET)
         return frames, []

@@ -48,12 +48,13 @@ from proxycore.h1.parse import (
     RequestMeta,
     ResponseMeta,
 )
-from proxycore.h2._lib import ServerConnection
+from proxycore.h2._lib import FloodGuard, ServerConnection
 from proxycore.http import Headers, RequestHeader, ResponseHeader
 from proxycore.semantics import HOP_BY_HOP, error_body, response_has_body, trailer_fields
 from proxycore.session import Session
 
 if TYPE_CHECKING:
+    from proxycore.config import ServerConf
     from proxycore.engine import Engine
     from proxycore.tls import TlsInfo
 
@@ -471,10 +472,12 @@ class H2Conn(Downstream):
             client=False,
             initial_values={
                 SettingCodes.MAX_CONCURRENT_STREAMS: conf.h2_max_concurrent_streams,
-                SettingCodes.MAX_HEADER_LIST_SIZE: h2.DEFAULT_MAX_HEADER_LIST_SIZE,
+                SettingCodes.MAX_HEADER_LIST_SIZE: header_list_size(conf),
+                SettingCodes.HEADER_TABLE_SIZE: conf.h2_header_table_size,
                 SettingCodes.ENABLE_PUSH: 0,
             },
         )
+        limit_floods(h2, engine)
         self.h2 = h2
         self.streams: dict[int, H2Stream] = {}
         self.tokens: dict[int, H2Stream] = {}
@@ -524,7 +527,13 @@ class H2Conn(Downstream):
         h2.initiate_connection()
         h2.increment_flow_control_window(CONN_WINDOW - 65535)
         self.output()
-        self._idle()
+        self._first_headers()
+
+    def _first_headers(self) -> None:
+        """The first HEADERS is awaited ``header_timeout`` after the preface (nginx's
+        client_header_timeout), then the connection is idle between streams (``_idle``)."""
+        e = self.engine
+        self.arm("idle", e.now + e.conf.header_timeout)
 
     def _idle(self) -> None:
         if not self.streams and not self.closed:
@@ -883,6 +892,21 @@ class H2Conn(Downstream):
 
     def update_read_pause(self) -> None:
         """Flow control paces each stream (RFC 9113 §5.2); the socket keeps being read."""
+
+
+def limit_floods(h2: ServerConnection, engine: Engine) -> None:
+    """The budgets against HTTP/2 floods (RFC 9113 §10.5) from the server's settings."""
+    conf = engine.conf
+    guard = FloodGuard(conf.h2_max_resets, conf.h2_max_control_frames, conf.h2_flood_window, engine)
+    h2.limit_floods(guard, conf.h2_max_header_block)
+    h2.decoder.max_header_list_size = header_list_size(conf)
+
+
+def header_list_size(conf: ServerConf) -> int:
+    """SETTINGS_MAX_HEADER_LIST_SIZE (RFC 9113 §6.5.2), enforced by the HPACK decoder (an
+    HPACK bomb past it is GOAWAY(ENHANCE_YOUR_CALM)): twice the HTTP/1.1 head limit, so a
+    list between the two is decoded (HPACK stays in step) and answered 431 on its stream."""
+    return max(2 * conf.limits.max_header_bytes, 16384)
 
 
 def switch_to_h2(down: Downstream, first: bytes) -> None:
