@@ -969,6 +969,9 @@ def switch_to_h2(down: Downstream, first: bytes) -> None:
     down.closed = True
     down.timers.clear()
     e.downstreams[down.id] = conn
+    rec = e._recorder
+    if rec is not None:
+        rec.http2(down.id)
     conn.start()
     if e.draining:
         conn.on_drain()
