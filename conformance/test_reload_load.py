@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conformance import proxy as _proxy
-from conformance.loadharness import KeepAlive, Load, NewConnections, Slow, Uploads
+from conformance.loadharness import H2Streams, KeepAlive, Load, NewConnections, Slow, Uploads
 from conformance.origins import HOST, EchoOrigin, free_port
 
 RELOADS = 5
@@ -57,7 +57,8 @@ def test_five_reloads_under_load_switch_backends_and_lose_nothing(
         p.wait_ready()
         if workers > 1:
             _proxy.wait_workers_serving(p, workers)
-        load = Load(port, [KeepAlive(2, 0.005), NewConnections(2, 0.005), Uploads(1, 0.005)])
+        kinds = [KeepAlive(2, 0.005), NewConnections(2, 0.005), Uploads(1, 0.005)]
+        load = Load(port, [*kinds, H2Streams(1, 0.005, inflight=8)])
         load.start()
         switches: list[tuple[float, str]] = []
         try:
@@ -79,6 +80,7 @@ def test_five_reloads_under_load_switch_backends_and_lose_nothing(
         finally:
             load.stop()
         assert not load.failures, load.summary() + "\n" + "\n".join(load.failures[:20])
+        assert load.count("h2") > 0
         # Between the moment a reload was announced and the moment the next SIGHUP was sent,
         # every request that started went to the new backends.
         for n, (_, when, name) in enumerate(switches):

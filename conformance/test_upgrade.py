@@ -20,7 +20,7 @@ import pytest
 
 from conformance import proxy as _proxy
 from conformance.client import assert_serving
-from conformance.loadharness import KeepAlive, Load, NewConnections, Slow, Uploads
+from conformance.loadharness import H2Streams, KeepAlive, Load, NewConnections, Slow, Uploads
 from conformance.origins import EchoOrigin
 
 UPGRADES = 5
@@ -85,6 +85,7 @@ def _upgrades_under_load(
         KeepAlive(2 * clients, pause),
         NewConnections(2 * clients, pause),
         Uploads(clients, pause),
+        H2Streams(clients, pause, inflight=8),
     ]
     load = Load(current.port, kinds).start()
     generations = [current]
@@ -119,6 +120,7 @@ def _upgrades_under_load(
         load.stop()
     assert not load.failures, load.summary() + "\n" + "\n".join(load.failures[:20])
     assert load.count("upload") > 0 and load.count("new-connection") > 0
+    assert load.count("h2") > 0
     print(f"\n[{current.backend}, --workers {workers}] {upgrades} upgrades: {load.summary()}")
     # the last generation serves, and only it
     assert_serving(current.port)

@@ -517,6 +517,8 @@ class Engine:
             from proxycore.h2.server import H2Conn
 
             down: Downstream = H2Conn(self, ev.conn, ev.client, ev.server, ev.scheme, tls)
+            if self._recorder is not None:
+                self._recorder.http2(ev.conn)
         else:
             down = Downstream(self, ev.conn, ev.client, ev.server, ev.scheme, tls)
         self.downstreams[ev.conn] = down

@@ -37,6 +37,7 @@ from proxycore.trace import (
     conf_from_json,
     decode_event,
     encode_action,
+    h2_version,
 )
 from proxycore.upstream import IDLE, Upstream
 
@@ -197,16 +198,21 @@ class ReplayResult:
         self.actual: list[EncodedAction] = []
         self.events = 0
         self.all_actual: list[tuple[Event, list[EncodedAction]]] = []
+        self.note = version_note(trace)
 
     def __bool__(self) -> bool:
         return self.ok
 
     def report(self) -> str:
         """A readable account of the first divergence (or of success)."""
+        note = f"\n  note: {self.note}" if self.note else ""
         if self.ok:
-            return f"{self.trace.name}: OK ({self.events} events replayed, actions identical)"
+            return (
+                f"{self.trace.name}: OK ({self.events} events replayed, actions identical)" + note
+            )
         lines = [
-            f"{self.trace.name}: DIVERGED at event #{self.index} of {len(self.trace.groups)}",
+            f"{self.trace.name}: DIVERGED at event #{self.index} of {len(self.trace.groups)}"
+            + note,
             f"  event:    {_describe_event(self.event)}",
             "  expected actions:",
             *[f"    {describe_action(a)}" for a in self.expected],
@@ -222,6 +228,22 @@ class ReplayResult:
                     lines.extend("    " + ln for ln in hexdump_diff(exp[2], act[2]))
                 break
         return "\n".join(lines)
+
+
+def version_note(trace: Trace) -> str | None:
+    """What differs between the recording and this replay that may change the bytes: the
+    ``h2`` library that framed an HTTP/2 connection's output (its version is in the header of
+    such a trace). None when nothing does."""
+    recorded = trace.header.get("h2")
+    if recorded is None:
+        return None
+    current = h2_version()
+    if recorded == current:
+        return None
+    return (
+        f"recorded with h2 {recorded}, replayed with h2 {current or '(not installed)'}: "
+        "HTTP/2 frames may differ for that reason alone"
+    )
 
 
 def _describe_event(ev: Event | None) -> str:

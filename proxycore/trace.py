@@ -14,7 +14,8 @@ Format, version 1 (all integers little-endian)::
 
     file    := MAGIC  u32:header_len  header  record*
     MAGIC   := b"PCTRACE\\n"
-    header  := UTF-8 JSON object: format, version, proxycore, app, app_version, conf, conn
+    header  := UTF-8 JSON object: format, version, proxycore, app, app_version, conf, conn,
+               and ``h2`` (the ``h2`` library's version) in the trace of an HTTP/2 connection
     record  := u8:kind  u32:conn  f64:now  u32:payload_len  payload
 
 Kinds 1-15 are events, 64-79 actions, 96 a pool answer (``conn`` = the reused upstream id, or
@@ -277,13 +278,23 @@ def encode_action(a: Action) -> tuple[int, int, bytes]:
 
 
 class _Open:
-    __slots__ = ("buf", "ids")
+    __slots__ = ("buf", "head", "ids")
 
     def __init__(self, header: bytes, owner: int) -> None:
         self.buf = bytearray(MAGIC)
         self.buf += struct.pack("<I", len(header))
         self.buf += header
+        self.head = len(self.buf)  # where the header ends (0 once handed to the sink)
         self.ids = {owner}
+
+
+def h2_version() -> str | None:
+    """The version of the ``h2`` library that frames HTTP/2 (None if it is not installed)."""
+    try:
+        from h2 import __version__ as version
+    except ImportError:  # pragma: no cover - h2 is a dependency
+        return None
+    return str(version)
 
 
 class Recorder:
@@ -305,9 +316,28 @@ class Recorder:
         self.sink = sink
         self.open: dict[int, _Open] = {}
         self._pool: list[int] = []
+        self._h2: set[int] = set()  # connections that became HTTP/2 before their first record
 
     def pool_answer(self, up_id: int) -> None:
         self._pool.append(up_id)
+
+    def http2(self, conn: int) -> None:
+        """Connection ``conn`` speaks HTTP/2 (ALPN, or the preface before its first request):
+        its trace's header names the ``h2`` version, which frames its output (a replay under
+        another version says so, :mod:`proxycore.replay`)."""
+        t = self.open.get(conn)
+        if t is None:
+            self._h2.add(conn)  # (its Accepted is being recorded: _write adds the field)
+            return
+        if not t.head:
+            return  # the header was handed over already (not for a preface: it comes first)
+        (hlen,) = struct.unpack_from("<I", t.buf, len(MAGIC))
+        start = len(MAGIC) + 4
+        header = json.loads(bytes(t.buf[start : start + hlen]))
+        header["h2"] = h2_version()
+        data = json.dumps(header).encode()
+        t.buf[len(MAGIC) : t.head] = struct.pack("<I", len(data)) + data
+        t.head = start + len(data)
 
     def describe(self, engine: Engine) -> None:
         """The header of the traces that begin from now on: the engine's app and conf (again
@@ -357,6 +387,9 @@ class Recorder:
             if type(ev) is not Accepted:
                 return  # a connection accepted before recording began
             header = dict(self._header_base, conn=owner)
+            if owner in self._h2:
+                self._h2.discard(owner)
+                header["h2"] = h2_version()
             t = self.open[owner] = _Open(json.dumps(header).encode(), owner)
         buf = t.buf
         pack = RECORD.pack
@@ -395,6 +428,7 @@ class Recorder:
         elif len(buf) > self.flush_bytes:
             self.sink(owner, bytes(buf))
             buf.clear()
+            t.head = 0
 
     def flush_all(self) -> None:
         """Hand over what is pending of unfinished traces (at shutdown)."""

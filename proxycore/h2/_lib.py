@@ -26,6 +26,7 @@ from h2.frame_buffer import FrameBuffer
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
+    GoAwayFrame,
     HeadersFrame,
     PingFrame,
     PriorityFrame,
@@ -125,10 +126,13 @@ class BoundedFrameBuffer(FrameBuffer):
 
 
 class ServerConnection(H2Connection):
-    """An ``h2`` server connection; ``refused`` counts the streams refused so far."""
+    """An ``h2`` server connection; ``refused`` counts the streams refused so far;
+    ``last_sid`` is the last stream id of the GOAWAY sent on a graceful shutdown
+    (:meth:`send_goaway`): a stream opened above it is refused."""
 
     _lift = False
     refused = 0
+    last_sid = 1 << 31
     terminated = False  # a connection error's GOAWAY is queued or sent
     guard: FloodGuard | None = None
 
@@ -175,6 +179,8 @@ class ServerConnection(H2Connection):
         sid = frame.stream_id
         if sid in self.streams or self._lift:
             return super()._receive_headers_frame(frame)
+        if sid > self.last_sid:
+            return self._refuse(frame)
         if self.open_inbound_streams < self.local_settings.max_concurrent_streams:
             return super()._receive_headers_frame(frame)
         self._lift = True
@@ -186,4 +192,29 @@ class ServerConnection(H2Connection):
         self.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
         if self.guard is not None:
             self.guard.hit(RESET)
+        return frames, []
+
+    # -- graceful shutdown (RFC 9113 §6.8)
+
+    def send_goaway(self, last_stream_id: int) -> None:
+        """Queue GOAWAY(NO_ERROR, ``last_stream_id``) and refuse streams opened above it,
+        leaving the connection open for the streams at or below it. (``close_connection``
+        moves ``h2``'s state machine to CLOSED, where no frame of an open stream is taken any
+        more; a graceful shutdown sends GOAWAY twice and keeps serving.)"""
+        self.last_sid = last_stream_id
+        self._prepare_for_sending(
+            [GoAwayFrame(stream_id=0, last_stream_id=last_stream_id, error_code=0)]
+        )
+
+    def _refuse(self, frame: Any) -> Any:
+        """Refuse the stream ``frame`` opens with RST_STREAM(REFUSED_STREAM) (RFC 9113 §8.7:
+        not processed, the client may retry it), its header block decoded all the same."""
+        self._lift = True
+        try:
+            frames, _events = super()._receive_headers_frame(frame)
+        finally:
+            self._lift = False
+        self.reset_stream(frame.stream_id, ErrorCodes.REFUSED_STREAM)
+        if self.guard is not None:
+            self.guard.hit(RESET)  # (a client that keeps opening them is cut off)
         return frames, []

@@ -28,6 +28,7 @@ from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    PingAckReceived,
     RemoteSettingsChanged,
     RequestReceived,
     StreamEnded,
@@ -40,7 +41,7 @@ from h2.settings import SettingCodes
 
 from proxycore.accesslog import log_rejected
 from proxycore.codec import NO_BODY, OPEN_BODY, SIZED_BODY, ServerStream
-from proxycore.downstream import Downstream
+from proxycore.downstream import DRAIN_RECENT, Downstream
 from proxycore.h1.parse import (
     BODY_CHUNKED,
     BODY_LENGTH,
@@ -69,6 +70,17 @@ PREFACE_HEAD: Final = b"PRI * HTTP/2.0\r\n\r\n"
 CONN_WINDOW: Final = 1 << 20
 # Fields a message must not carry on HTTP/2 (RFC 9113 §8.2.2), beyond the hop-by-hop set.
 _CONNECTION_SPECIFIC: Final = HOP_BY_HOP | frozenset({"proxy-connection", "host"})
+
+# Graceful shutdown (RFC 9113 §6.8), the states of H2Conn.drain: serving; the first GOAWAY
+# (last stream id 2^31-1) and its PING sent; the final GOAWAY (the last stream id processed)
+# sent, new streams refused.
+SERVING: Final = 0
+ANNOUNCED: Final = 1
+FINAL: Final = 2
+MAX_STREAM_ID: Final = (1 << 31) - 1
+# The opaque data of the PING that follows the first GOAWAY: its ACK tells every stream the
+# client opened before it has arrived.
+DRAIN_PING: Final = b"drain\x00\x00\x00"
 
 
 def _log_head(method: str, path: str, items: list[tuple[str, str, str]]) -> bytes:
@@ -446,7 +458,7 @@ def tokens_of(meta: ResponseMeta) -> frozenset[str]:
 class H2Conn(Downstream):
     """One HTTP/2 client connection: the ``h2`` state machine and its streams."""
 
-    __slots__ = ("_pending", "_streams_done", "h2", "streams", "tokens")
+    __slots__ = ("_pending", "_streams_done", "drain", "h2", "streams", "tokens")
 
     def __init__(
         self,
@@ -483,6 +495,7 @@ class H2Conn(Downstream):
         self.tokens: dict[int, H2Stream] = {}
         self._pending = False  # output waits for the end of the event (Engine._late)
         self._streams_done = 0
+        self.drain = SERVING
         self.state = 1  # (ACTIVE for the HTTP/1.1 code paths it inherits: none read it)
 
     # -- output: one data_to_send() per input
@@ -553,7 +566,8 @@ class H2Conn(Downstream):
         if self.closed:
             return
         if not abort:
-            self.goaway()
+            if self.drain != FINAL:
+                self.goaway()
             self._write()  # now: the bytes go out before the Close action
         self.closed = True
         self._pending = False
@@ -595,7 +609,7 @@ class H2Conn(Downstream):
         st.closed = True
         self.output()
         if not self.streams:
-            if self.peer_eof or self.engine.draining:
+            if self.peer_eof or self.drain == FINAL:
                 self.close()
             else:
                 self._idle()
@@ -665,6 +679,9 @@ class H2Conn(Downstream):
             for st in list(self.streams.values()):
                 if st._out or st._ending:
                     st._drain()
+        elif isinstance(ev, PingAckReceived):
+            if ev.ping_data == DRAIN_PING and self.drain == ANNOUNCED:
+                self._drain_final()
         elif isinstance(ev, ConnectionTerminated):
             self.peer_eof = True
             if not self.streams:
@@ -862,12 +879,45 @@ class H2Conn(Downstream):
         if name == "idle":
             self.close()
             return
+        if name == "goaway":
+            self._drain_final()
+            return
         sid, _, what = name.partition(":")
         st = self.streams.get(int(sid)) if sid.isdigit() else None
         if st is not None and st.session is not None:
             st.session.on_timer(what)
 
+    # -- graceful shutdown (RFC 9113 §6.8)
+
     def on_drain(self) -> None:
+        """The graceful shutdown began (SIGTERM, or the old process of an upgrade). Two steps,
+        as nginx, h2o and Envoy do, so that no stream the client has already sent is lost: a
+        GOAWAY(NO_ERROR) with the last stream id 2^31-1 (new streams should go elsewhere) and a
+        PING; once the PING's ACK comes back (every stream opened before it has arrived) or
+        after DRAIN_RECENT, the GOAWAY with the last stream id processed (:meth:`_drain_final`).
+        Streams at or below it finish within the grace period; those above it are refused
+        (REFUSED_STREAM, RFC 9113 §8.7: the client may retry them elsewhere)."""
+        if self.closed or self.drain != SERVING:
+            return
+        self.drain = ANNOUNCED
+        h2 = self.h2
+        h2.send_goaway(MAX_STREAM_ID)
+        try:
+            h2.ping(DRAIN_PING)
+        except ProtocolError:
+            pass
+        self.output()
+        self.arm("goaway", self.engine.now + DRAIN_RECENT)
+
+    def _drain_final(self) -> None:
+        """The second GOAWAY: the last stream id processed; close if no stream is left."""
+        if self.closed or self.drain == FINAL:
+            return
+        self.drain = FINAL
+        self.disarm("goaway")
+        h2 = self.h2
+        h2.send_goaway(h2.highest_inbound_stream_id)
+        self.output()
         if not self.streams:
             self.close()
 
@@ -919,5 +969,10 @@ def switch_to_h2(down: Downstream, first: bytes) -> None:
     down.closed = True
     down.timers.clear()
     e.downstreams[down.id] = conn
+    rec = e._recorder
+    if rec is not None:
+        rec.http2(down.id)
     conn.start()
+    if e.draining:
+        conn.on_drain()
     conn.on_data(first)
