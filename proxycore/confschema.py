@@ -537,7 +537,11 @@ SERVER = Section(
             "the HPACK dynamic table HTTP/2 clients may use (SETTINGS_HEADER_TABLE_SIZE)",
         ),
         "reuse_port": Field(
-            False, boolean, "bool", "bind with SO_REUSEPORT (always on with threads > 1)"
+            False,
+            boolean,
+            "bool",
+            "bind with SO_REUSEPORT, so that other processes may bind the same port (with "
+            "threads > 1 the supervisor binds once and every worker shares its sockets)",
         ),
     },
     "the process: Pingora's fields, then proxycore's",
