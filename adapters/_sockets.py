@@ -309,6 +309,7 @@ class SocketDriver:
         self.conns: dict[int, Conn] = {}
         self.timers: dict[int, Any] = {}
         self.listeners: list[Any] = []
+        self.bound: list[str] = []  # the listeners' addresses, HOST:PORT
         self.flushing: set[Conn] = set()  # closed by the core, still writing their last bytes
         self._queue: deque[Event] = deque()
         self._busy = False
@@ -708,6 +709,7 @@ class SocketDriver:
             host, port = s.getsockname()[:2]
             bound.append((host, port))
             log.info("listening on %s", (host, port))
+        self.bound = [_show(host, port) for host, port in bound]  # (the admin snapshot's)
         self.feed(Started(0, self.now()))
         self._publish(0)
         for hook in list(listening_hooks):
@@ -725,7 +727,7 @@ class SocketDriver:
         snap["process"] = {
             "pid": os.getpid(),
             "backend": self.backend_name,
-            "listeners": [_show(*s.getsockname()[:2]) for s in self.listeners],
+            "listeners": self.bound if self.listeners else [],
         }
         admin.board.publish(snap)
         if again == 0:
@@ -807,7 +809,7 @@ class SocketDriver:
         if self.stop_mode is not None or self.handing_over:
             log.warning(
                 "upgrade: SIGQUIT ignored (%s)",
-                (self.stop_mode and "shutting down") or "already handing over",
+                "already handing over" if self.stop_mode is None else "shutting down",
             )
             return
         path = self.engine.conf.upgrade_sock

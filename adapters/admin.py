@@ -125,16 +125,12 @@ class _Collector:
         for code, method, proto, group, n in snap["requests"]:
             c.add_metric([code, method, proto, group], n)
         yield c
-        for name, what in (
-            ("request_duration", "Time from the request head to the end of the exchange."),
-            ("upstream_connect", "Time to connect to an upstream (new connections)."),
-            ("upstream_first_byte", "Time from the upstream attempt's start to its response head."),
+        for name, key, what in (
+            ("request_duration", "duration", "Time from the request head to the exchange's end."),
+            ("upstream_connect", "connect", "Time to connect to an upstream (new connections)."),
+            ("upstream_first_byte", "first_byte", "Time from the attempt's start to its head."),
         ):
-            h = snap[
-                {"request_duration": "duration", "upstream_connect": "connect"}.get(
-                    name, "first_byte"
-                )
-            ]
+            h = snap[key]
             buckets, total = [], 0
             for bound, n in zip([*BUCKETS, float("inf")], h["counts"], strict=True):
                 total += n
@@ -202,6 +198,10 @@ class _Server(WSGIServer):
     allow_reuse_address = True
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class _Rates:
     """Requests/s and error rate over the last minute, from a sample of the board's counters
     each second (a thread of the admin server)."""
@@ -250,11 +250,10 @@ class AdminServer:
         self._stopped = threading.Event()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(board.read))  # type: ignore[arg-type]
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        _Server.address_family = family
+        server_class = _Server6 if ":" in host else _Server
         try:
             self.httpd = make_server(
-                host, port, self.app, server_class=_Server, handler_class=_QuietHandler
+                host, port, self.app, server_class=server_class, handler_class=_QuietHandler
             )
         except OSError as e:
             raise StartupError(

@@ -45,16 +45,23 @@ def _wait_for_socket(path: Path) -> None:
     raise AssertionError("the waiting end never listened")
 
 
+def _hand_over(path: Path, lst: socket.socket) -> tuple[Any, threading.Thread, dict[str, Any]]:
+    """Both ends, each on a thread: the waiting end on ``path``, the old end sending ``lst``.
+    Returns the new end's Handover once it has the sockets, and the old end's thread and
+    outcome (``["value"]`` once joined)."""
+    t, got = _in_thread(lambda: upgrade.Handover.wait(str(path), patience=10))
+    _wait_for_socket(path)
+    t2, sent = _in_thread(lambda: upgrade.hand_over(str(path), [lst]))
+    t.join(10)
+    return got["value"], t2, sent
+
+
 def test_the_same_sockets_arrive_and_ready_tells_the_old_end(tmp_path: Path) -> None:
     path = tmp_path / "u.sock"
     lst = _listener()
     port = lst.getsockname()[1]
     queued = socket.create_connection(("127.0.0.1", port))  # waits in the accept queue
-    t, got = _in_thread(lambda: upgrade.Handover.wait(str(path), patience=10))
-    _wait_for_socket(path)
-    t2, sent = _in_thread(lambda: upgrade.hand_over(str(path), [lst]))
-    t.join(10)
-    handover = got["value"]
+    handover, t2, sent = _hand_over(path, lst)
     try:
         assert [s.getsockname()[1] for s in handover.sockets] == [port]
         assert handover.names == [f"127.0.0.1:{port}"]
@@ -76,11 +83,7 @@ def test_the_same_sockets_arrive_and_ready_tells_the_old_end(tmp_path: Path) -> 
 def test_a_failed_start_is_reported_to_the_old_end(tmp_path: Path) -> None:
     path = tmp_path / "u.sock"
     lst = _listener()
-    t, got = _in_thread(lambda: upgrade.Handover.wait(str(path), patience=10))
-    _wait_for_socket(path)
-    t2, sent = _in_thread(lambda: upgrade.hand_over(str(path), [lst]))
-    t.join(10)
-    handover = got["value"]
+    handover, t2, sent = _hand_over(path, lst)
     for s in handover.sockets:
         s.close()
     handover.failed("cannot listen on 127.0.0.1:1: permission denied")
@@ -96,11 +99,7 @@ def test_a_failed_start_is_reported_to_the_old_end(tmp_path: Path) -> None:
 def test_a_new_end_that_exits_without_a_word_leaves_the_old_one_serving(tmp_path: Path) -> None:
     path = tmp_path / "u.sock"
     lst = _listener()
-    t, got = _in_thread(lambda: upgrade.Handover.wait(str(path), patience=10))
-    _wait_for_socket(path)
-    t2, sent = _in_thread(lambda: upgrade.hand_over(str(path), [lst]))
-    t.join(10)
-    handover = got["value"]
+    handover, t2, sent = _hand_over(path, lst)
     for s in handover.sockets:
         s.close()
     handover.conn.close()  # (as when the process dies)
