@@ -307,6 +307,10 @@ def test_startup_error_after_detaching_reaches_the_user(daemons, origins, tmp_pa
     assert f"cannot listen on {HOST}:{port}: address already in use" in line
     assert r.stdout == ""
     assert not pid_file.exists()  # written by the daemon, removed when it gave up
+    # (the daemon tells its starter first, then its own line reaches its error log: wait for it)
+    deadline = time.monotonic() + 5
+    while "address already in use" not in error_log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert "address already in use" in error_log.read_text()
     # in the foreground the error log takes stderr, but a start-up error is still shown
     with socket.socket() as taken:
