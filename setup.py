@@ -34,6 +34,7 @@ CORE = [
     # ServerStream). proxycore/h2/_lib.py subclasses the pure-Python h2 library's connection
     # and stays interpreted.
     "proxycore/h2/server.py",
+    "proxycore/h2/fields.py",
     "proxycore/engine.py",
     "proxycore/pool.py",
     "proxycore/upstream.py",

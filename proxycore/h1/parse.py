@@ -51,6 +51,7 @@ __all__ = [
     "find_head_end",
     "parse_request_head",
     "parse_response_head",
+    "valid_host",
 ]
 
 BODY_NONE: Final = 0
@@ -476,6 +477,11 @@ _HEAD_END: Final[Callable[[bytes | bytearray, int], int]] = (
     _head_end_py if _HSCAN is None else _HSCAN.head_end
 )
 _VALID_HOST: Final[Callable[[str], bool]] = _valid_host_py if _HSCAN is None else _HSCAN.valid_host
+
+
+def valid_host(text: str) -> bool:
+    """A Host value or authority (RFC 9112 §3.2, RFC 9110 §4.2.3): host, optional port."""
+    return _VALID_HOST(text)
 
 
 def parse_request_head(

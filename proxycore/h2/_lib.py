@@ -1,5 +1,7 @@
 """The ``h2`` library's connection, refusing streams past the limit instead of failing, and
-the per-connection budgets that cut off the known HTTP/2 floods.
+the per-connection budgets that cut off the known HTTP/2 floods; its streams leave the
+checks of a request's fields and length to :mod:`proxycore.h2.fields` and
+:mod:`proxycore.h2.server`, which make a malformed request a stream error (RFC 9113 §8.1.1).
 
 ``h2`` treats a stream opened past our SETTINGS_MAX_CONCURRENT_STREAMS as a connection error;
 RFC 9113 §5.1.2 lets a server answer it with RST_STREAM(REFUSED_STREAM) instead, which a client
@@ -19,10 +21,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from h2.connection import H2Connection
+from h2.connection import ConnectionInputs, H2Connection, _decode_headers
 from h2.errors import ErrorCodes
+from h2.events import Event
 from h2.exceptions import ProtocolError
 from h2.frame_buffer import FrameBuffer
+from h2.stream import H2Stream, StreamState
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
@@ -125,6 +129,26 @@ class BoundedFrameBuffer(FrameBuffer):
         return out
 
 
+class LaxStream(H2Stream):
+    """``h2``'s stream without its content-length checks: :mod:`proxycore.h2.server` checks the
+    DATA against ``content-length`` itself and makes a mismatch a stream error (RFC 9113
+    §8.1.1), where ``h2`` makes it a connection error."""
+
+    def _initialize_content_length(self, headers: Any) -> None:
+        pass
+
+    def _track_content_length(self, length: int, end_stream: bool) -> None:
+        pass
+
+
+class TrailersNotLast(Event):
+    """A HEADERS frame after the request head without END_STREAM (RFC 9113 §8.1: malformed).
+    The stream is reset with PROTOCOL_ERROR already; the connection lives on."""
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+
+
 class ServerConnection(H2Connection):
     """An ``h2`` server connection; ``refused`` counts the streams refused so far;
     ``last_sid`` is the last stream id of the GOAWAY sent on a graceful shutdown
@@ -175,9 +199,24 @@ class ServerConnection(H2Connection):
             return 0
         return super().open_inbound_streams
 
+    def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> Any:
+        st = super()._begin_new_stream(stream_id, allowed_ids)
+        st.__class__ = LaxStream
+        return st
+
     def _receive_headers_frame(self, frame: Any) -> Any:
         sid = frame.stream_id
-        if sid in self.streams or self._lift:
+        st = self.streams.get(sid)
+        if st is not None and not self._lift:
+            if "END_STREAM" not in frame.flags and st.state_machine.state == StreamState.OPEN:
+                # Trailers that do not end the stream: a stream error (``h2``: a connection
+                # error). The block is decoded all the same (HPACK state, RFC 9113 §4.3).
+                _decode_headers(self.decoder, frame.data)
+                self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+                self.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+                return [], [TrailersNotLast(sid)]
+            return super()._receive_headers_frame(frame)
+        if self._lift:
             return super()._receive_headers_frame(frame)
         if sid > self.last_sid:
             return self._refuse(frame)

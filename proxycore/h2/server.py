@@ -49,7 +49,8 @@ from proxycore.h1.parse import (
     RequestMeta,
     ResponseMeta,
 )
-from proxycore.h2._lib import FloodGuard, ServerConnection
+from proxycore.h2._lib import FloodGuard, ServerConnection, TrailersNotLast
+from proxycore.h2.fields import Malformed, check_request, check_trailers
 from proxycore.http import Headers, RequestHeader, ResponseHeader
 from proxycore.semantics import HOP_BY_HOP, error_body, response_has_body, trailer_fields
 from proxycore.session import Session
@@ -107,8 +108,10 @@ class H2Stream(ServerStream):
     __slots__ = (
         "_body_kind",
         "_body_left",
+        "_declared",
         "_ending",
         "_eos_given",
+        "_got",
         "_in",
         "_in_ended",
         "_out",
@@ -126,6 +129,7 @@ class H2Stream(ServerStream):
         "peer_eof",
         "req_trailers",
         "requests",
+        "reset_code",
         "scheme",
         "server_addr",
         "session",
@@ -150,6 +154,9 @@ class H2Stream(ServerStream):
         self.session: Session | None = None
         self._body_kind = NO_BODY
         self._body_left = 0
+        self._declared = -1  # the request's content-length (-1: none), checked against
+        self._got = 0  # the DATA received (RFC 9113 §8.1.1)
+        self.reset_code = 0  # the RST_STREAM code the stream ends with (0: as its exchange ends)
         self._in: list[tuple[bytes, int]] = []  # body pieces not handed over, with their
         self._in_ended = False  # flow-controlled lengths; END_STREAM seen
         self._eos_given = False
@@ -260,6 +267,13 @@ class H2Stream(ServerStream):
     # -- client data, from the connection
 
     def on_body(self, data: bytes, flow: int) -> None:
+        if self._declared >= 0:
+            self._got += len(data)
+            if self._got > self._declared:
+                self.conn.malformed_body(
+                    self, flow, "more DATA than its content-length (RFC 9113 §8.1.1)"
+                )
+                return
         s = self.session
         if s is None or self._eos_given:
             if flow:
@@ -270,6 +284,9 @@ class H2Stream(ServerStream):
         s.request_data_buffered()
 
     def on_end(self) -> None:
+        if self._declared >= 0 and self._got != self._declared:
+            self.conn.malformed_body(self, 0, "less DATA than its content-length (RFC 9113 §8.1.1)")
+            return
         self.peer_eof = True
         self._in_ended = True
         s = self.session
@@ -432,10 +449,10 @@ class H2Stream(ServerStream):
     # -- the end of the exchange
 
     def exchange_done(self, s: Session, keep_alive: bool) -> None:
-        self.conn.stream_done(self, 0)
+        self.conn.stream_done(self, self.reset_code)
 
     def client_gone(self, s: Session) -> None:
-        self.conn.stream_done(self, ErrorCodes.CANCEL)
+        self.conn.stream_done(self, self.reset_code or ErrorCodes.CANCEL)
 
     def abort_response(self, s: Session) -> None:
         # RFC 9113 §8.1: a response that cannot be completed ends with RST_STREAM.
@@ -475,7 +492,8 @@ class H2Conn(Downstream):
             config=H2Configuration(
                 client_side=False,
                 header_encoding=None,
-                validate_inbound_headers=True,
+                validate_inbound_headers=False,  # proxycore.h2.fields checks them once
+                normalize_inbound_headers=False,
                 validate_outbound_headers=False,
                 normalize_outbound_headers=False,
             )
@@ -682,71 +700,71 @@ class H2Conn(Downstream):
         elif isinstance(ev, PingAckReceived):
             if ev.ping_data == DRAIN_PING and self.drain == ANNOUNCED:
                 self._drain_final()
+        elif isinstance(ev, TrailersNotLast):
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                self.malformed_body(st, 0, "trailers without END_STREAM (RFC 9113 §8.1)")
         elif isinstance(ev, ConnectionTerminated):
             self.peer_eof = True
             if not self.streams:
                 self.close()
 
     def _trailers(self, st: H2Stream, headers: object) -> None:
+        try:
+            fields = check_trailers(headers)  # type: ignore[arg-type]
+        except Malformed as err:
+            self.malformed_body(st, 0, str(err))
+            return
         h = Headers()
-        for name, value in headers:  # type: ignore[attr-defined]
-            if name[:1] != b":":
-                h.add(name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in fields:
+            h.add(name, value)
         st.req_trailers = h
         s = st.session
         if s is not None and not s.on_request_trailers(h):
             return
 
     def _request(self, sid: int, headers: object, ended: bool) -> None:
-        """A request head (RFC 9113 §8.3.1): the pseudo-fields, cookie crumbs joined
-        (§8.2.3), Host from :authority (§8.3.1), the HTTP/1.1 size limits (431)."""
+        """A request head (RFC 9113 §8.3.1), checked once (:mod:`proxycore.h2.fields`; a
+        malformed one resets its stream), cookie crumbs joined (§8.2.3), Host from :authority
+        (§8.3.1), the HTTP/1.1 size limits (431)."""
         e = self.engine
         conf = e.conf
         limits = conf.limits
-        method = path = scheme = authority = ""
-        items: list[tuple[str, str, str]] = []
-        cookies: list[str] = []
-        size = 0
-        count = 0
+        try:
+            f = check_request(headers)  # type: ignore[arg-type]
+        except Malformed as err:
+            self._malformed(sid, str(err))
+            return
+        method = f.method
+        path = f.path
+        authority = f.authority
+        items = f.items
         dropped: list[str] | None = None
-        for name_b, value_b in headers:  # type: ignore[attr-defined]
-            name = name_b.decode("latin-1")
-            value = value_b.decode("latin-1")
-            size += len(name) + len(value) + 4
-            if name[:1] == ":":
-                if name == ":method":
-                    method = value
-                elif name == ":path":
-                    path = value
-                elif name == ":scheme":
-                    scheme = value
-                elif name == ":authority":
-                    authority = value
-                continue
-            count += 1
-            if name == "cookie":
-                cookies.append(value)
-                continue
-            if "_" in name and conf.headers_with_underscores != "allow":
-                if conf.headers_with_underscores == "reject":
-                    self._answer(sid, 400, ended, method, path, items)
-                    return
-                if dropped is None:
-                    dropped = []
-                dropped.append(name)
-                continue
-            items.append((name, name, value))
-        if size > limits.max_header_bytes or count > limits.max_headers:
+        if f.underscored and conf.headers_with_underscores != "allow":
+            if conf.headers_with_underscores == "reject":
+                self._answer(sid, 400, ended, method, path, items)
+                return
+            dropped = [k for k, _, _ in items if "_" in k]
+            items = [it for it in items if "_" not in it[0]]
+        if f.size > limits.max_header_bytes or f.count > limits.max_headers:
             self._answer(sid, 431, ended, method, path, items)
             return
         if method == "CONNECT":
             # Extended CONNECT (RFC 8441) is not offered; the log shows the target.
-            self._answer(sid, 501, ended, method, path or authority, items)
+            self._answer(sid, 501, ended, method, authority, items)
             return
-        if cookies:
-            items.append(("cookie", "cookie", "; ".join(cookies)))
-        if authority:
+        if not f.has_authority and f.host is None:
+            # RFC 9113 §8.3.1: a request carries :authority or Host; HTTP/1.1 needs one upstream.
+            self._answer(sid, 400, ended, method, path, items)
+            return
+        if ended and f.length > 0:
+            self._malformed(sid, "content-length larger than the DATA received (RFC 9113 §8.1.1)")
+            return
+        if f.cookies:
+            items.append(("cookie", "cookie", "; ".join(f.cookies)))
+        if f.has_authority and f.host is not None:
             items = [it for it in items if it[0] != "host"]
+        if f.has_authority:
             items.append(("host", "host", authority))
         meta = RequestMeta()
         meta.hop = True
@@ -770,10 +788,9 @@ class H2Conn(Downstream):
             st._eos_given = True
             st.peer_eof = True
         else:
-            cl = next((v for k, _, v in items if k == "content-length"), None)
-            if cl is not None and cl.isdigit():
+            if f.length >= 0:
                 st._body_kind = SIZED_BODY
-                st._body_left = meta.length = int(cl)
+                st._body_left = st._declared = meta.length = f.length
             else:
                 st._body_kind = OPEN_BODY
             limit = conf.max_request_body_size
@@ -785,7 +802,7 @@ class H2Conn(Downstream):
             path,
             Headers._from_parsed(items),
             "HTTP/2",
-            scheme=scheme or None,
+            scheme=f.scheme or None,
             authority=authority or None,
         )
         timers = self.timers
@@ -795,6 +812,40 @@ class H2Conn(Downstream):
         s = Session(st, req, meta)
         st.session = s
         s.start()
+
+    def _malformed(self, sid: int, reason: str) -> None:
+        """A malformed request head (RFC 9113 §8.1.1): a stream error, RST_STREAM
+        (PROTOCOL_ERROR) on that stream alone; logged, with an access-log line (400, nothing
+        sent) as nginx writes one."""
+        e = self.engine
+        e.log.info(
+            "client %s: malformed HTTP/2 request on stream %d: %s", self.peer_name(), sid, reason
+        )
+        access = e.access_log
+        if access is not None:
+            log_rejected(access, self, 400, _log_head("-", "-", []), 0, e.now)
+        self._reset(sid, ErrorCodes.PROTOCOL_ERROR)
+        self.output()
+
+    def malformed_body(self, st: H2Stream, flow: int, reason: str) -> None:
+        """A request whose DATA or trailers make it malformed (RFC 9113 §8.1, §8.1.1): its
+        exchange ends as if the client had gone (the upstream connection is closed, not
+        reused) and the stream is reset with PROTOCOL_ERROR."""
+        self.engine.log.info(
+            "client %s: malformed HTTP/2 request on stream %d: %s",
+            self.peer_name(),
+            st.sid,
+            reason,
+        )
+        if flow:
+            self.ack(st.sid, flow)
+        st._drop_input()
+        st.reset_code = ErrorCodes.PROTOCOL_ERROR
+        s = st.session
+        if s is not None:
+            s.on_client_lost(f"sent a malformed request ({reason})")
+        if self.streams.get(st.sid) is st:
+            self.stream_done(st, ErrorCodes.PROTOCOL_ERROR)
 
     def _answer(
         self,
