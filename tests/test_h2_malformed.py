@@ -16,6 +16,7 @@ from proxycore.actions import Action
 from proxycore.h2.fields import Malformed, check_request, check_trailers
 from proxycore.testing import Harness
 from tests.helpers import Simple, closed, connect_id, sent
+from tests.test_h2_floods import goaway
 from tests.test_h2_server import OK, Client
 
 PROTOCOL_ERROR = 1
@@ -267,3 +268,30 @@ def test_conf_limits_still_answer_with_status() -> None:
     r = Raw(h)
     acts = r.headers(1, [*BASE, ("x_a", "1")])
     assert r.status(acts, 1) == b"400"
+
+
+def test_malformed_requests_count_against_the_reset_budget() -> None:
+    """Stream errors a client provokes at will are rapid reset by other means (MadeYouReset,
+    CVE-2025-8671): past --h2-max-resets, GOAWAY(ENHANCE_YOUR_CALM) and the close."""
+    h = Harness(Simple(), conf=proxycore.ServerConf(h2_max_resets=3))
+    r = Raw(h)
+    bad = [*BASE, ("X-Foo", "1")]
+    for sid in (1, 3, 5):
+        acts = r.headers(sid, bad)
+        assert sent(acts, r.cl.conn) == rst(sid)
+        assert not closed(acts, r.cl.conn)
+    acts = r.headers(7, bad)
+    assert sent(acts, r.cl.conn) == rst(7) + goaway(7)
+    assert closed(acts, r.cl.conn)
+
+
+def test_bodies_contradicting_content_length_count_too() -> None:
+    h = Harness(Simple(), conf=proxycore.ServerConf(h2_max_resets=1))
+    r = Raw(h)
+    r.headers(1, [*BASE, ("content-length", "1")], end=False)
+    acts = r.frames(DataFrame(1, b"ab"))
+    assert not closed(acts, r.cl.conn)
+    r.headers(3, [*BASE, ("content-length", "1")], end=False)
+    acts = r.frames(DataFrame(3, b"ab"))
+    assert sent(acts, r.cl.conn).endswith(rst(3) + goaway(3))
+    assert closed(acts, r.cl.conn)

@@ -233,6 +233,20 @@ class ServerConnection(H2Connection):
             self.guard.hit(RESET)
         return frames, []
 
+    def count_stream_error(self) -> str | None:
+        """Count a stream we reset for a malformed request (RFC 9113 §8.1.1) against the reset
+        budget, as a client's own reset: stream errors a client provokes at will are rapid
+        reset by other means ("MadeYouReset", CVE-2025-8671). Past the budget, GOAWAY
+        (ENHANCE_YOUR_CALM) is queued and the reason returned: the connection must close."""
+        guard = self.guard
+        if guard is not None:
+            try:
+                guard.hit(RESET)
+            except Flood as err:
+                self._terminate_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+                return str(err)
+        return None
+
     # -- graceful shutdown (RFC 9113 §6.8)
 
     def send_goaway(self, last_stream_id: int) -> None:

@@ -825,7 +825,16 @@ class H2Conn(Downstream):
         if access is not None:
             log_rejected(access, self, 400, _log_head("-", "-", []), 0, e.now)
         self._reset(sid, ErrorCodes.PROTOCOL_ERROR)
+        self._stream_error_counted()
         self.output()
+
+    def _stream_error_counted(self) -> None:
+        """A stream error counts against the reset budget (see ServerConnection); past it the
+        connection goes, with GOAWAY(ENHANCE_YOUR_CALM)."""
+        flood = self.h2.count_stream_error()
+        if flood is not None:
+            self.engine.log.info("client %s: HTTP/2 error: %s", self.peer_name(), flood)
+            self.close()
 
     def malformed_body(self, st: H2Stream, flow: int, reason: str) -> None:
         """A request whose DATA or trailers make it malformed (RFC 9113 §8.1, §8.1.1): its
@@ -846,6 +855,8 @@ class H2Conn(Downstream):
             s.on_client_lost(f"sent a malformed request ({reason})")
         if self.streams.get(st.sid) is st:
             self.stream_done(st, ErrorCodes.PROTOCOL_ERROR)
+        if not self.closed:
+            self._stream_error_counted()
 
     def _answer(
         self,
