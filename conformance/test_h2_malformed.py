@@ -18,12 +18,14 @@ from hyperframe.frame import (
 )
 
 from conformance.origins import HOST
+from conformance.test_h2_floods import Bystander, calmed
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 def test_malformed_requests_are_stream_errors(echo, proxy):
     p = proxy(to=[echo.port])
+    by = Bystander(p.port)
     base = [(":method", "GET"), (":scheme", "http"), (":path", "/a"), (":authority", HOST)]
     heads = [
         [*base, ("X-Upper", "1")],
@@ -94,3 +96,22 @@ def test_malformed_requests_are_stream_errors(echo, proxy):
     assert not [f for f in frames if isinstance(f, GoAwayFrame)]
     assert not [f for f in frames if isinstance(f, HeadersFrame) and f.stream_id != good]
     assert status == "200"
+    by.finish()
+
+
+def test_malformed_requests_past_the_reset_budget(echo, proxy):
+    """Stream errors provoked at will (MadeYouReset, CVE-2025-8671) spend the reset budget:
+    GOAWAY(ENHANCE_YOUR_CALM) and the close, other clients unharmed."""
+    p = proxy(to=[echo.port], extra=["--h2-max-resets", "20"])
+    by = Bystander(p.port)
+    enc = Encoder()
+    bad = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/a"), (b"X-Bad", b"1")]
+    out = [SettingsFrame(0)]
+    out += [
+        HeadersFrame(1 + 2 * i, enc.encode(bad), flags=["END_HEADERS", "END_STREAM"])
+        for i in range(21)
+    ]
+    s = socket.create_connection((HOST, p.port), timeout=10)
+    s.sendall(PREFACE + b"".join(f.serialize() for f in out))
+    calmed(s)
+    by.finish()
