@@ -295,3 +295,15 @@ def test_bodies_contradicting_content_length_count_too() -> None:
     acts = r.frames(DataFrame(3, b"ab"))
     assert sent(acts, r.cl.conn).endswith(rst(3) + goaway(3))
     assert closed(acts, r.cl.conn)
+
+
+def test_a_field_block_that_does_not_decode_is_compression_error() -> None:
+    """RFC 9113 §4.3: a connection error of type COMPRESSION_ERROR (h2 alone says
+    PROTOCOL_ERROR); an invalid index, a table size update above our SETTINGS or not at the
+    start of the block."""
+    for block in (b"\xff\x7f", b"\x3f\xe2\x1f\x82", b"\x82\x20"):
+        h = Harness(Simple())
+        r = Raw(h)
+        acts = r.frames(HeadersFrame(1, block, flags=["END_HEADERS", "END_STREAM"]))
+        assert sent(acts, r.cl.conn) == goaway(0, 9)
+        assert closed(acts, r.cl.conn)

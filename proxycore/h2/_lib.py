@@ -26,6 +26,7 @@ from h2.errors import ErrorCodes
 from h2.events import Event
 from h2.exceptions import ProtocolError
 from h2.frame_buffer import FrameBuffer
+from hpack import HPACKError
 from h2.stream import H2Stream, StreamState
 from hyperframe.frame import (
     ContinuationFrame,
@@ -38,6 +39,17 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
+
+
+class CompressionError(ProtocolError):
+    """A field block that does not decode: a connection error of type COMPRESSION_ERROR (RFC
+    9113 §4.3; ``h2`` reports it as PROTOCOL_ERROR)."""
+
+    error_code = ErrorCodes.COMPRESSION_ERROR
+
+
+# What ``h2`` turns into a plain ProtocolError when a field block does not decode.
+_HPACK_FAILURES = (HPACKError, IndexError, TypeError, UnicodeDecodeError)
 
 
 class Flood(ProtocolError):
@@ -169,7 +181,12 @@ class ServerConnection(H2Connection):
         guard = self.guard
         if guard is not None:
             guard.frame(self, frame)
-        return super()._receive_frame(frame)
+        try:
+            return super()._receive_frame(frame)
+        except ProtocolError as err:
+            if type(err) is ProtocolError and isinstance(err.__cause__, _HPACK_FAILURES):
+                raise CompressionError(str(err)) from err
+            raise
 
     def send_data(
         self,
