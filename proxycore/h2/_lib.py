@@ -26,8 +26,8 @@ from h2.errors import ErrorCodes
 from h2.events import Event
 from h2.exceptions import ProtocolError
 from h2.frame_buffer import FrameBuffer
-from hpack import HPACKError
 from h2.stream import H2Stream, StreamState
+from hpack import HPACKError
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
