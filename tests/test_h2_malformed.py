@@ -307,3 +307,13 @@ def test_a_field_block_that_does_not_decode_is_compression_error() -> None:
         acts = r.frames(HeadersFrame(1, block, flags=["END_HEADERS", "END_STREAM"]))
         assert sent(acts, r.cl.conn) == goaway(0, 9)
         assert closed(acts, r.cl.conn)
+
+
+def test_settings_ack_with_a_payload_is_frame_size_error() -> None:
+    """RFC 9113 §6.5 (h2 alone says PROTOCOL_ERROR)."""
+    h = Harness(Simple())
+    r = Raw(h)
+    ack = b"\x00\x00\x06\x04\x01\x00\x00\x00\x00" + struct.pack(">HI", 3, 100)
+    acts = h.data(r.cl.conn, ack)
+    assert sent(acts, r.cl.conn) == goaway(0, 6)
+    assert closed(acts, r.cl.conn)

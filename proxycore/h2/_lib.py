@@ -24,10 +24,11 @@ from typing import Any
 from h2.connection import ConnectionInputs, H2Connection, _decode_headers
 from h2.errors import ErrorCodes
 from h2.events import Event
-from h2.exceptions import ProtocolError
+from h2.exceptions import FrameDataMissingError, ProtocolError
 from h2.frame_buffer import FrameBuffer
 from h2.stream import H2Stream, StreamState
 from hpack import HPACKError
+from hyperframe.exceptions import InvalidDataError
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
@@ -125,6 +126,20 @@ class BoundedFrameBuffer(FrameBuffer):
         super().__init__(server=True)
         self.limit = limit
         self.block = 0
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except ProtocolError as err:
+            # SETTINGS with ACK and a payload: FRAME_SIZE_ERROR (RFC 9113 §6.5; h2 says
+            # PROTOCOL_ERROR). The frame is still first in the buffer.
+            if (
+                type(err) is ProtocolError
+                and isinstance(err.__cause__, InvalidDataError)
+                and self._data[3:5] == b"\x04\x01"
+            ):
+                raise FrameDataMissingError("SETTINGS with ACK and a payload") from err
+            raise
 
     def _update_header_buffer(self, f: Any) -> Any:
         cls = f.__class__
