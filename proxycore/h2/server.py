@@ -350,8 +350,10 @@ class H2Stream(ServerStream):
         if mode == BODY_NONE:
             return True
         self._resp_sent += len(piece)
-        if mode == BODY_LENGTH and self._resp_sent > self._resp_length:
-            return False
+        if mode == BODY_LENGTH and self._resp_sent >= self._resp_length:
+            if self._resp_sent > self._resp_length:
+                return False
+            self._ending = True  # the last piece carries END_STREAM (no empty DATA after it)
         self._queue(piece)
         self._drain()
         return True
