@@ -27,7 +27,9 @@ that fails before serving is logged and retried on the same back-off while the o
 go on serving. The supervisor sleeps in ``select`` on the pipes and a wake-up pipe written by
 its signal handlers (``signal.set_wakeup_fd``; SIGCHLD wakes it when a worker exits), and
 forwards SIGTERM (graceful), SIGINT (fast), SIGUSR1 (stats) and SIGHUP (reload) to every
-worker; SIGQUIT is its own (the upgrade). It returns when all workers have exited after a
+worker; a worker restarted after a SIGHUP gets one of its own as soon as it serves, so it
+reloads the file as the others did instead of serving the start-up configuration; SIGQUIT is
+the supervisor's own (the upgrade). It returns when all workers have exited after a
 shutdown signal.
 """
 
@@ -57,14 +59,15 @@ _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
 
 
 class _Worker:
-    __slots__ = ("buf", "index", "pid", "pipe", "ready_at")
+    __slots__ = ("buf", "index", "pid", "pipe", "ready_at", "reload")
 
-    def __init__(self, index: int, pid: int, pipe: int) -> None:
+    def __init__(self, index: int, pid: int, pipe: int, reload: bool = False) -> None:
         self.index = index
         self.pid = pid
         self.pipe: int | None = pipe  # read end, until EOF
         self.buf = b""
         self.ready_at: float | None = None
+        self.reload = reload  # SIGHUP it once it serves (see supervise)
 
     def read(self) -> None:
         """Take what the worker wrote (non-blocking); close the pipe at EOF."""
@@ -163,9 +166,13 @@ def supervise(
                 os._exit(code)
         os.close(wfd)
         os.set_blocking(rfd, False)
-        workers[pid] = _Worker(index, pid, rfd)
+        workers[pid] = _Worker(index, pid, rfd, reload=bool(reloads))
 
     upgrades: list[int] = []  # SIGQUIT received, handover not done yet
+    # SIGHUP forwarded so far: the workers reloaded their configuration, which the supervisor
+    # (serving nothing) never does; a worker restarted after that starts from the start-up
+    # configuration, so it is sent SIGHUP once it serves and reloads the file as they did.
+    reloads: list[int] = []
     if admin_board is not None:  # (/healthz: 503 from the moment the stop begins)
         admin_board.stopping = lambda: bool(stopping)
 
@@ -175,6 +182,8 @@ def supervise(
             return
         if signum in (signal.SIGTERM, signal.SIGINT):
             stopping.append(signum)
+        elif signum == signal.SIGHUP:
+            reloads.append(signum)
         for pid in list(workers):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
@@ -197,6 +206,11 @@ def supervise(
                     pass
             for w in list(workers.values()):
                 w.read()
+                if w.reload and w.ready_at is not None and not stopping:
+                    w.reload = False
+                    log.info("supervisor: worker %d restarted after a reload: SIGHUP", w.index)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(w.pid, signal.SIGHUP)
             for w, code in _reap(workers):
                 w.read()
                 if stopping:

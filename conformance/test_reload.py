@@ -18,6 +18,7 @@ processes started from a file (no --listen or timeout flags: the file decides).
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -340,3 +341,24 @@ def test_without_a_file_sighup_reopens_the_access_log(proxy, origins, tmp_path) 
         assert time.monotonic() < deadline, p.report()
         time.sleep(0.02)
     assert RELOADED not in p.stdout()
+
+
+def test_a_worker_restarted_after_a_reload_serves_the_reloaded_configuration(
+    served, origins
+) -> None:
+    first = origins(EchoOrigin, name="first")
+    second = origins(EchoOrigin, name="second")
+    s = served(first.port, extra=["--workers", "2"])
+    wait_workers_serving(s.p, 2)
+    conf = dict(s.conf)
+    conf["upstreams"] = {"app": {"backends": [f"{HOST}:{second.port}"]}}
+    s.write(conf)
+    s.reload(count=2)
+    children = Path(f"/proc/{s.p.proc.pid}/task/{s.p.proc.pid}/children").read_text().split()
+    os.kill(int(children[0]), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while s.p.stdout().count(RELOADED) < 3:  # the replacement reloads once it serves
+        s.p.check_alive()
+        assert time.monotonic() < deadline, s.p.report()
+        time.sleep(0.05)
+    assert {get(s.port, "/").header("X-Origin") for _ in range(16)} == {"second"}
