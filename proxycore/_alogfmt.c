@@ -1,6 +1,7 @@
 /* The access log's combined lines in C: proxycore/accesslog.py's _combined (the reference,
  * and the fallback where this module is not built) for a whole batch, in one pass and one
- * buffer. tests/test_accesslog_c.py checks both give the same text, byte for byte.
+ * buffer, and the queue that holds a batch. tests/test_accesslog_c.py checks both give the
+ * same text, byte for byte.
  *
  * combined_batch(entries, offset, clock_get, line) -> str | None
  *   entries    a list of AccessEntry (with retries, i.e. earlier attempts in ``tries``, a
@@ -14,7 +15,20 @@
  *              code does not format itself (Basic auth to decode, a value of an unexpected
  *              type or range)
  * Returns the lines, each ending in a newline, or None if a piece is not ASCII (the caller
- * formats the batch with the reference then). No I/O here: the text is the caller's. */
+ * formats the batch with the reference then). No I/O here: the text is the caller's.
+ *
+ * Queue: an AccessBuffer's entries in order (accesslog.AccessBuffer, for combined lines).
+ *   add(remote_addr, head, status, body_bytes_sent, request_time, at, uaddr, ustatus, uct,
+ *       uht) -> length   the fields of a usual request's line (the engine's log_session:
+ *              no entry object is built, read back and freed per request); -1 and nothing
+ *              queued for a value this code does not format itself (the caller puts an
+ *              entry then)
+ *   put(entry) -> length   an entry object (rejected heads, retries, cut exchanges)
+ *   take() -> Queue        everything queued, in a new Queue (a writer takes a batch at once)
+ *   combined(offset, clock_get, line, make) -> str | None   the lines, as combined_batch
+ *              writes them for the same entries: make(...) (accesslog._entry) builds the
+ *              entry of a slot of fields for the reference when it has to write that line
+ *   entries(make) -> list  every entry as an object (a program routes the log, JSON) */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -29,7 +29,11 @@ Where the compiled install is built with its C extensions, :func:`format_batch` 
 combined lines with ``proxycore._alogfmt`` (C, no I/O): the same bytes as :func:`_combined`,
 which stays the reference and formats, one line at a time, what the C code leaves to it (Basic
 auth, retries, values of an unexpected type or range); tests/test_accesslog_c.py compares the
-two on random entries.
+two on random entries. There an :class:`AccessBuffer` for combined lines is a C queue, and
+the session hands it the fields of a usual request's line (:func:`log_session`: no retries,
+not cut) instead of an entry: nothing is built, read back through getters and freed per
+request; an :class:`AccessEntry` is made from the fields (:func:`batch_entries`) only when a
+program routes the log or the reference writes the line.
 
 Times: durations come from the event clock (the ``now`` of the events, which the core already
 has). The wall-clock time of a line (nginx's ``$time_local``: when the request was logged) is
