@@ -20,7 +20,8 @@
  * Queue: an AccessBuffer's entries in order (accesslog.AccessBuffer, for combined lines).
  *   add(remote_addr, head, status, body_bytes_sent, request_time, at, uaddr, ustatus, uct,
  *       uht) -> length   the fields of a usual request's line (the engine's log_session:
- *              no entry object is built, read back and freed per request); -1 and nothing
+ *              no entry object is built, read back and freed per request; the head is
+ *              copied into the queue's buffer of heads); -1 and nothing
  *              queued for a value this code does not format itself (the caller puts an
  *              entry then)
  *   put(entry) -> length   an entry object (rejected heads, retries, cut exchanges)
@@ -28,7 +29,9 @@
  *   combined(offset, clock_get, line, make) -> str | None   the lines, as combined_batch
  *              writes them for the same entries: make(...) (accesslog._entry) builds the
  *              entry of a slot of fields for the reference when it has to write that line
- *   entries(make) -> list  every entry as an object (a program routes the log, JSON) */
+ *   entries(make) -> list  every entry as an object (a program routes the log, JSON)
+ * While combined() or entries() reads a queue, changing it (their callbacks) raises
+ * RuntimeError. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -658,29 +661,45 @@ out:
  * is built, read back and freed per request). */
 
 typedef struct {
-    PyObject *obj;                 /* an entry object (put); NULL: the fields below (add) */
-    PyObject *head, *addr, *uaddr; /* bytes, ASCII str, ASCII str or NULL (no upstream) */
+    PyObject *obj;          /* an entry object (put); NULL: the fields below (add) */
+    PyObject *addr, *uaddr; /* ASCII str, ASCII str or NULL (no upstream) */
+    Py_ssize_t head_at, head_n; /* the head: a copy in the queue's `heads` */
     long long status, sent, us;
     double rt, at, ct, ht;
 } slot_t;
 
+/* The heads are copied into one buffer, not kept as the engine's bytes objects: the session
+ * frees its head as it does with the log off (its memory is reused by the next request),
+ * and a batch's heads are read in one sweep. */
 typedef struct {
     PyObject_HEAD
     slot_t *slots;
     Py_ssize_t len, cap;
+    char *heads;
+    Py_ssize_t heads_len, heads_cap;
+    int busy; /* combined() or entries() is reading it (their callbacks must not change it) */
 } QueueObject;
 
 static PyTypeObject QueueType;
 
 static void slot_clear(slot_t *s) {
     Py_CLEAR(s->obj);
-    Py_CLEAR(s->head);
     Py_CLEAR(s->addr);
     Py_CLEAR(s->uaddr);
 }
 
-/* room for one more slot: its index, or -1 with MemoryError */
-static Py_ssize_t queue_slot(QueueObject *q) {
+static int queue_idle(QueueObject *q) {
+    if (q->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "access log queue changed while it was read");
+        return 0;
+    }
+    return 1;
+}
+
+/* room for one more slot (and `head` more bytes of heads): its index, or -1 with an error */
+static Py_ssize_t queue_slot(QueueObject *q, Py_ssize_t head) {
+    if (!queue_idle(q))
+        return -1;
     if (q->len == q->cap) {
         Py_ssize_t cap = q->cap ? q->cap * 2 : 64;
         if (cap > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(slot_t)) {
@@ -694,6 +713,23 @@ static Py_ssize_t queue_slot(QueueObject *q) {
         }
         q->slots = p;
         q->cap = cap;
+    }
+    if (head > q->heads_cap - q->heads_len) {
+        Py_ssize_t cap = q->heads_cap ? q->heads_cap : 8192;
+        while (cap - q->heads_len < head) {
+            if (cap > PY_SSIZE_T_MAX / 2) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            cap *= 2;
+        }
+        char *p = PyMem_Realloc(q->heads, (size_t)cap);
+        if (p == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        q->heads = p;
+        q->heads_cap = cap;
     }
     return q->len++;
 }
@@ -729,13 +765,15 @@ static PyObject *queue_add(QueueObject *q, PyObject *const *a, Py_ssize_t nargs)
             return PyLong_FromLong(-1);
         s.uaddr = a[6];
     }
-    Py_ssize_t i = queue_slot(q);
+    s.head_n = PyBytes_GET_SIZE(a[1]);
+    Py_ssize_t i = queue_slot(q, s.head_n);
     if (i < 0)
         return NULL;
+    s.head_at = q->heads_len;
+    memcpy(q->heads + s.head_at, PyBytes_AS_STRING(a[1]), (size_t)s.head_n);
+    q->heads_len += s.head_n;
     s.obj = NULL;
-    s.head = a[1];
     s.addr = a[0];
-    Py_INCREF(s.head);
     Py_INCREF(s.addr);
     Py_XINCREF(s.uaddr);
     q->slots[i] = s;
@@ -744,7 +782,7 @@ static PyObject *queue_add(QueueObject *q, PyObject *const *a, Py_ssize_t nargs)
 
 /* put(entry) -> the queue's length: an entry object, queued as it is */
 static PyObject *queue_put(QueueObject *q, PyObject *entry) {
-    Py_ssize_t i = queue_slot(q);
+    Py_ssize_t i = queue_slot(q, 0);
     if (i < 0)
         return NULL;
     slot_t *s = &q->slots[i];
@@ -756,33 +794,42 @@ static PyObject *queue_put(QueueObject *q, PyObject *entry) {
 
 /* take() -> a new Queue with everything queued; this one is empty afterwards */
 static PyObject *queue_take(QueueObject *q, PyObject *unused) {
+    if (!queue_idle(q))
+        return NULL;
     QueueObject *t = PyObject_GC_New(QueueObject, &QueueType);
     if (t == NULL)
         return NULL;
     t->slots = q->slots;
     t->len = q->len;
     t->cap = q->cap;
+    t->heads = q->heads;
+    t->heads_len = q->heads_len;
+    t->heads_cap = q->heads_cap;
+    t->busy = 0;
     q->slots = NULL;
     q->len = q->cap = 0;
+    q->heads = NULL;
+    q->heads_len = q->heads_cap = 0;
     PyObject_GC_Track(t);
     return (PyObject *)t;
 }
 
-/* make(remote_addr, head, status, ...) for the fields of a slot: the entry object */
-static PyObject *make_entry(PyObject *make, const slot_t *s) {
-    PyObject *args[10] = {s->addr, s->head, PyLong_FromLongLong(s->status),
-                          PyLong_FromLongLong(s->sent), PyFloat_FromDouble(s->rt),
-                          PyFloat_FromDouble(s->at), s->uaddr ? s->uaddr : Py_None,
-                          PyLong_FromLongLong(s->us), PyFloat_FromDouble(s->ct),
-                          PyFloat_FromDouble(s->ht)};
+/* make(remote_addr, head, status, ...) for the fields of slot i: the entry object */
+static PyObject *make_entry(PyObject *make, const QueueObject *q, Py_ssize_t i) {
+    const slot_t *s = &q->slots[i];
+    PyObject *args[10] = {s->addr, PyBytes_FromStringAndSize(q->heads + s->head_at, s->head_n),
+                          PyLong_FromLongLong(s->status), PyLong_FromLongLong(s->sent),
+                          PyFloat_FromDouble(s->rt), PyFloat_FromDouble(s->at),
+                          s->uaddr ? s->uaddr : Py_None, PyLong_FromLongLong(s->us),
+                          PyFloat_FromDouble(s->ct), PyFloat_FromDouble(s->ht)};
     PyObject *e = NULL;
-    int made[] = {2, 3, 4, 5, 7, 8, 9};
+    int made[] = {1, 2, 3, 4, 5, 7, 8, 9};
     int ok = 1;
-    for (int k = 0; k < 7; k++)
+    for (int k = 0; k < 8; k++)
         ok = ok && args[made[k]] != NULL;
     if (ok)
         e = PyObject_Vectorcall(make, args, 10, NULL);
-    for (int k = 0; k < 7; k++)
+    for (int k = 0; k < 8; k++)
         Py_XDECREF(args[made[k]]);
     return e;
 }
@@ -791,80 +838,62 @@ static PyObject *make_entry(PyObject *make, const slot_t *s) {
  * made into one with make(remote_addr, head, status, body_bytes_sent, request_time, at,
  * uaddr, ustatus, uct, uht) once (the slot keeps the object) */
 static PyObject *queue_entries(QueueObject *q, PyObject *make) {
-    PyObject *list = PyList_New(0);
+    if (!queue_idle(q))
+        return NULL;
+    PyObject *list = PyList_New(q->len);
     if (list == NULL)
         return NULL;
+    q->busy = 1;
     for (Py_ssize_t i = 0; i < q->len; i++) {
-        PyObject *e = q->slots[i].obj;
-        if (e == NULL) {
-            slot_t s = q->slots[i]; /* (make may run any code: hold what it reads) */
-            Py_INCREF(s.head);
-            Py_INCREF(s.addr);
-            Py_XINCREF(s.uaddr);
-            e = make_entry(make, &s);
-            Py_DECREF(s.head);
-            Py_DECREF(s.addr);
-            Py_XDECREF(s.uaddr);
-            if (e == NULL)
-                goto error;
-            if (i < q->len && q->slots[i].obj == NULL) {
-                slot_t *t = &q->slots[i];
-                Py_CLEAR(t->head);
-                Py_CLEAR(t->addr);
-                Py_CLEAR(t->uaddr);
-                t->obj = e;
-                Py_INCREF(e);
+        slot_t *s = &q->slots[i];
+        if (s->obj == NULL) {
+            PyObject *e = make_entry(make, q, i); /* (busy: the slots stay where they are) */
+            if (e == NULL) {
+                q->busy = 0;
+                Py_DECREF(list);
+                return NULL;
             }
-        } else {
-            Py_INCREF(e);
+            Py_CLEAR(s->addr);
+            Py_CLEAR(s->uaddr);
+            s->obj = e;
         }
-        int err = PyList_Append(list, e);
-        Py_DECREF(e);
-        if (err < 0)
-            goto error;
+        Py_INCREF(s->obj);
+        PyList_SET_ITEM(list, i, s->obj);
     }
+    q->busy = 0;
     return list;
-error:
-    Py_DECREF(list);
-    return NULL;
 }
 
-/* A slot's line from its fields (stamped at + offset): 1, 0 if the reference's line is not
- * ASCII, -1 on an error. */
-static int fields_line(batch_t *t, PyObject *make, const slot_t *slot) {
-    slot_t s = *slot; /* (the clock and the reference may run any code: hold what we read) */
-    Py_INCREF(s.head);
-    Py_INCREF(s.addr);
-    Py_XINCREF(s.uaddr);
+/* Slot i's line from its fields (stamped at + offset): 1, 0 if the reference's line is not
+ * ASCII, -1 on an error. (The queue is busy: the callbacks cannot change it.) */
+static int fields_line(batch_t *t, PyObject *make, const QueueObject *q, Py_ssize_t i) {
+    const slot_t *s = &q->slots[i];
     const char *start;
     Py_ssize_t start_n = 0;
-    int k = line_start(t, s.at + t->offset, &start, &start_n); /* -1, or 0 */
+    int k = line_start(t, s->at + t->offset, &start, &start_n); /* -1, or 0 */
     if (k == 0 && start != NULL) {
         rec_t r;
-        r.h = (const unsigned char *)PyBytes_AS_STRING(s.head);
-        r.n = PyBytes_GET_SIZE(s.head);
-        r.addr = (const char *)PyUnicode_1BYTE_DATA(s.addr);
-        r.addr_n = PyUnicode_GET_LENGTH(s.addr);
-        r.ua = s.uaddr ? (const char *)PyUnicode_1BYTE_DATA(s.uaddr) : NULL;
-        r.ua_n = s.uaddr ? PyUnicode_GET_LENGTH(s.uaddr) : 0;
-        r.status = s.status;
-        r.sent = s.sent;
-        r.us = s.us;
-        r.rt = s.rt;
-        r.ct = s.ct;
-        r.ht = s.ht;
+        r.h = (const unsigned char *)q->heads + s->head_at;
+        r.n = s->head_n;
+        r.addr = (const char *)PyUnicode_1BYTE_DATA(s->addr);
+        r.addr_n = PyUnicode_GET_LENGTH(s->addr);
+        r.ua = s->uaddr ? (const char *)PyUnicode_1BYTE_DATA(s->uaddr) : NULL;
+        r.ua_n = s->uaddr ? PyUnicode_GET_LENGTH(s->uaddr) : 0;
+        r.status = s->status;
+        r.sent = s->sent;
+        r.us = s->us;
+        r.rt = s->rt;
+        r.ct = s->ct;
+        r.ht = s->ht;
         r.parsed = 1;
         r.cut = 0;
         k = format_rec(&t->b, &r, start, start_n);
     }
     if (k == 0) { /* the reference's line, for the entry these fields make */
-        PyObject *e = make_entry(make, &s);
+        PyObject *e = make_entry(make, q, i);
         k = e == NULL ? -1 : entry_line(t, e);
         Py_XDECREF(e);
     }
-    Py_DECREF(s.head);
-    Py_DECREF(s.addr);
-    Py_XDECREF(s.uaddr);
     return k;
 }
 
@@ -875,6 +904,8 @@ static PyObject *queue_combined(QueueObject *q, PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_TypeError, "combined(offset: float, clock_get, line, make)");
         return NULL;
     }
+    if (!queue_idle(q))
+        return NULL;
     batch_t t = {{NULL, 0, 0}, 0.0, args[1], args[2], NULL, 0, {NULL, {NULL}}};
     PyObject *make = args[3];
     t.offset = PyFloat_AsDouble(args[0]);
@@ -883,6 +914,7 @@ static PyObject *queue_combined(QueueObject *q, PyObject *const *args, Py_ssize_
     if (grow(&t.b, 256 * q->len) < 0) /* (a usual line: ~150 bytes) */
         return NULL;
     PyObject *result = NULL;
+    q->busy = 1;
     for (Py_ssize_t i = 0; i < q->len; i++) {
         PyObject *e = q->slots[i].obj;
         int k;
@@ -891,7 +923,7 @@ static PyObject *queue_combined(QueueObject *q, PyObject *const *args, Py_ssize_
             k = entry_line(&t, e);
             Py_DECREF(e);
         } else {
-            k = fields_line(&t, make, &q->slots[i]);
+            k = fields_line(&t, make, q, i);
         }
         if (k < 0)
             goto out;
@@ -903,6 +935,7 @@ static PyObject *queue_combined(QueueObject *q, PyObject *const *args, Py_ssize_
     }
     result = batch_text(&t);
 out:
+    q->busy = 0;
     batch_clear(&t);
     return result;
 }
@@ -925,6 +958,9 @@ static int queue_clear(QueueObject *q) {
     for (Py_ssize_t i = 0; i < n; i++)
         slot_clear(&slots[i]);
     PyMem_Free(slots);
+    PyMem_Free(q->heads);
+    q->heads = NULL;
+    q->heads_len = q->heads_cap = 0;
     return 0;
 }
 
@@ -943,6 +979,9 @@ static PyObject *queue_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     if (q != NULL) {
         q->slots = NULL;
         q->len = q->cap = 0;
+        q->heads = NULL;
+        q->heads_len = q->heads_cap = 0;
+        q->busy = 0;
     }
     return (PyObject *)q;
 }

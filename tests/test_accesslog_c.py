@@ -30,6 +30,7 @@ from proxycore import accesslog
 from proxycore.accesslog import (
     AccessEntry,
     _clock,
+    _entry,
     _format_batch_py,
     _json_opt,
     _json_secs,
@@ -404,6 +405,16 @@ def test_add_takes_only_what_it_formats_itself(cfmt: ModuleType) -> None:
     assert (len(t), len(q)) == (2, 0)
     with pytest.raises(TypeError):
         q.add(1, 2)
+    # (a queue being read cannot change: what the reader holds stays valid)
+    q.add(*ok)
+
+    def meddle(*args: Any) -> Any:
+        q.add(*ok)
+
+    for read in (lambda: q.entries(meddle), lambda: q.combined(0.0, meddle, _line, _entry)):
+        with pytest.raises(RuntimeError):
+            read()
+        assert len(q) == 1
 
 
 def test_an_access_buffer_keeps_fields_and_entries_in_order(
