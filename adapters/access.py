@@ -39,7 +39,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from proxycore.accesslog import FORMATS, AccessBuffer, AccessEntry, format_batch, formatter
+from proxycore.accesslog import (
+    FORMATS,
+    AccessBuffer,
+    AccessEntry,
+    batch_entries,
+    format_batch,
+    formatter,
+)
 
 __all__ = [
     "LOGGER",
@@ -74,7 +81,8 @@ class AccessLogHandler(logging.Handler):
         self.key = ("-" if path == "-" else os.path.abspath(path), fmt)
         self.clock = clock
         self.logger: logging.Logger | None = None  # the logger it serves (access_logger)
-        self.buffer = AccessBuffer(self._notify, self.BATCH)
+        # combined lines: a usual request's fields are queued, not an entry (in C, if built)
+        self.buffer = AccessBuffer(self._notify, self.BATCH, fields=fmt == "combined")
         self._own = path != "-"
         self._stream: Any = None
         if self._own:
@@ -131,9 +139,9 @@ class AccessLogHandler(logging.Handler):
             wake.clear()
             while not self._closed:
                 time.sleep(self.INTERVAL)
-                if not self.buffer.entries:
+                if not len(self.buffer):
                     self._armed = False  # idle: the next line wakes it again ...
-                    if not self.buffer.entries:  # ... unless one came in between
+                    if not len(self.buffer):  # ... unless one came in between
                         break
                     self._armed = True
                 self.flush()
@@ -160,8 +168,8 @@ class AccessLogHandler(logging.Handler):
     def flush(self) -> None:
         """Write every queued line (and wait for a write in progress)."""
         with self.lock:  # type: ignore[union-attr]
-            entries = self.buffer.take()
-            if not entries:
+            entries = self.buffer.take_batch()
+            if not len(entries):
                 return
             offset = time.time() - self.clock()
             logger = self.logger
@@ -170,7 +178,7 @@ class AccessLogHandler(logging.Handler):
                     if logger is None or logger.isEnabledFor(logging.INFO):
                         self._write(format_batch(entries, self._json, offset))
                 elif logger is not None:
-                    self._route(logger, entries, offset)
+                    self._route(logger, batch_entries(entries), offset)
             except Exception:
                 self.handleError(logging.makeLogRecord({"msg": "access log write failed"}))
 

@@ -80,9 +80,11 @@ def proxy_argv(python: str, port: int, origin: int, extra: list[str]) -> list[st
     ]  # fmt: skip
 
 
-def callgrind_total(python: str, origin: int, mode: str, n: int, work: Path) -> int:
+def callgrind_total(
+    python: str, origin: int, mode: str, n: int, work: Path, keep: Path | None = None
+) -> int:
     port = free_port()
-    out = work / "callgrind.out"
+    out = keep or work / "callgrind.out"
     p = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
          *proxy_argv(python, port, origin, ["--busy-poll", "0", *log_args(mode, work / "cg.log")])],
@@ -102,7 +104,8 @@ def callgrind_total(python: str, origin: int, mode: str, n: int, work: Path) -> 
     time.sleep(0.5)
     p.send_signal(signal.SIGTERM)
     err = p.communicate(timeout=600)[1]
-    out.unlink(missing_ok=True)
+    if keep is None:
+        out.unlink(missing_ok=True)
     m = re.search(r"Collected : (\d+)", err)
     if m is None:
         raise SystemExit(f"no callgrind total:\n{err[-2000:]}")
@@ -150,6 +153,11 @@ def main() -> None:
     ap.add_argument("--requests", default="1000,4000", help="callgrind: N1,N2")
     ap.add_argument("--rounds", type=int, default=4, help="wrk: alternated rounds")
     ap.add_argument("--duration", default="5s", help="wrk: -d of each measured run")
+    ap.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="callgrind: keep each profile as DIR/callgrind.N.MODE.N2 (for callgrind_annotate)",
+    )
     args = ap.parse_args()
     modes = args.modes.split(",")
     with tempfile.TemporaryDirectory(prefix="accesslog-cost-") as tmp:
@@ -158,10 +166,13 @@ def main() -> None:
         try:
             if args.how == "callgrind":
                 n1, n2 = (int(x) for x in args.requests.split(","))
-                for py in args.pythons:
+                keep = Path(args.keep) if args.keep else None
+                for i, py in enumerate(args.pythons):
                     for mode in modes:
-                        a = callgrind_total(py, port, mode, n1, work)
-                        b = callgrind_total(py, port, mode, n2, work)
+                        ka = keep / f"callgrind.{i}.{mode}.{n1}" if keep else None
+                        kb = keep / f"callgrind.{i}.{mode}.{n2}" if keep else None
+                        a = callgrind_total(py, port, mode, n1, work, ka)
+                        b = callgrind_total(py, port, mode, n2, work, kb)
                         print(f"{py} {mode}: {(b - a) / (n2 - n1):,.0f} instructions/request",
                               flush=True)  # fmt: skip
                 return

@@ -29,7 +29,11 @@ Where the compiled install is built with its C extensions, :func:`format_batch` 
 combined lines with ``proxycore._alogfmt`` (C, no I/O): the same bytes as :func:`_combined`,
 which stays the reference and formats, one line at a time, what the C code leaves to it (Basic
 auth, retries, values of an unexpected type or range); tests/test_accesslog_c.py compares the
-two on random entries.
+two on random entries. There an :class:`AccessBuffer` for combined lines is a C queue, and
+the session hands it the fields of a usual request's line (:func:`log_session`: no retries,
+not cut) instead of an entry: nothing is built, read back through getters and freed per
+request; an :class:`AccessEntry` is made from the fields (:func:`batch_entries`) only when a
+program routes the log or the reference writes the line.
 
 Times: durations come from the event clock (the ``now`` of the events, which the core already
 has). The wall-clock time of a line (nginx's ``$time_local``: when the request was logged) is
@@ -71,6 +75,7 @@ __all__ = [
     "Attempt",
     "CombinedFormatter",
     "JsonFormatter",
+    "batch_entries",
     "emit",
     "format_batch",
     "format_combined",
@@ -210,30 +215,90 @@ class AccessBuffer:
     """The fast way out: the entries of a process's own access-log file, queued in order until
     its writer takes them (see the module docstring). ``notify`` (the writer's) is called with
     the queue's length when an entry starts a batch (1: the writer arranges a write soon) and
-    when ``limit`` entries are queued (the writer writes now). :meth:`take` hands the queue
-    over in one step (a new list replaces it), so a writer thread never sees half a batch.
-    No I/O and no clock here."""
+    when ``limit`` entries are queued (the writer writes now). :meth:`take_batch` hands the
+    queue over in one step (a new one replaces it), so a writer thread never sees half a
+    batch. No I/O and no clock here.
 
-    __slots__ = ("entries", "limit", "notify")
+    With ``fields`` (combined lines) and the C formatter built, the queue is a
+    ``proxycore._alogfmt.Queue`` and :attr:`add` its ``add``: the engine hands it a usual
+    request's fields (:func:`log_session`) and no :class:`AccessEntry` is built for it; an
+    entry is made from them only if a program routes the log or the line needs the Python
+    formatter. Otherwise (``add`` None) entries are queued in a list."""
 
-    def __init__(self, notify: Callable[[int], None], limit: int = 64) -> None:
-        self.entries: list[AccessEntry] = []
+    __slots__ = ("add", "entries", "limit", "notify", "queue")
+
+    def __init__(self, notify: Callable[[int], None], limit: int = 64, fields: bool = True) -> None:
+        self.entries: list[AccessEntry] = []  # the queue when there is no C queue
         self.notify = notify
         self.limit = limit
+        queue = _C_QUEUE() if fields and _C_QUEUE is not None else None
+        self.queue: Any = queue
+        # queue.add(remote_addr, head, status, body_bytes_sent, request_time, at, uaddr,
+        # ustatus, uct, uht) -> the queue's length, or -1: not queued (put an entry)
+        self.add: Callable[..., int] | None = queue.add if queue is not None else None
 
     def put(self, entry: AccessEntry) -> None:
-        entries = self.entries
-        entries.append(entry)
-        n = len(entries)
+        queue = self.queue
+        if queue is not None:
+            n: int = queue.put(entry)
+        else:
+            entries = self.entries
+            entries.append(entry)
+            n = len(entries)
         if n == 1 or n >= self.limit:
             self.notify(n)
 
-    def take(self) -> list[AccessEntry]:
-        """The queued entries, oldest first; the queue is empty afterwards."""
+    def __len__(self) -> int:
+        queue = self.queue
+        return len(self.entries) if queue is None else len(queue)
+
+    def take_batch(self) -> Any:
+        """The queued entries, oldest first, for :func:`format_batch` and
+        :func:`batch_entries`: a list of entries, or a C queue; the queue is empty
+        afterwards."""
+        queue = self.queue
+        if queue is not None:
+            return queue.take()
         fresh: list[AccessEntry] = []
         entries = self.entries
         self.entries = fresh
         return entries
+
+    def take(self) -> list[AccessEntry]:
+        """The queued entries as :class:`AccessEntry` objects, oldest first; the queue is
+        empty afterwards."""
+        return batch_entries(self.take_batch())
+
+
+def batch_entries(batch: Any) -> list[AccessEntry]:
+    """A batch of :meth:`AccessBuffer.take_batch` as :class:`AccessEntry` objects."""
+    if isinstance(batch, list):
+        return batch
+    entries: list[AccessEntry] = batch.entries(_entry)
+    return entries
+
+
+def _entry(
+    remote_addr: str,
+    head: bytes,
+    status: int,
+    body_bytes_sent: int,
+    request_time: float,
+    at: float,
+    uaddr: str | None,
+    ustatus: int,
+    uct: float,
+    uht: float,
+) -> AccessEntry:
+    """The entry that the fields of a C queue's ``add`` describe."""
+    e = AccessEntry(remote_addr, head, status, body_bytes_sent, request_time)
+    if uaddr is not None:
+        e.uaddr = uaddr
+        e.ustatus = ustatus
+        e.uct = uct
+        e.uht = uht
+    e.at = at
+    return e
 
 
 def emit(logger: Any, entry: AccessEntry) -> None:
@@ -258,17 +323,37 @@ def log_session(logger: Any, s: Session) -> None:
     """The record of a request that had a session (everything but rejected heads)."""
     err = s.error
     now = s.engine.now
+    status = s.response_status or (err.status if err is not None else 0)
+    cut = err is not None and err.etype is ErrorType.SHUTDOWN
+    if not cut and isinstance(logger, AccessBuffer):
+        add = logger.add  # a C queue's: the fields, not an entry
+        kind = s.attempts_logged() if add is not None else 2
+        if add is not None and kind < 2:  # (retries: an entry)
+            if kind:
+                uaddr, ustatus, uct, uht = s.upstream_attempt()
+                n = add(
+                    s.client_addr[0], s.raw_request_head(), status, s.response_body_bytes,
+                    now - s.start_time, now, uaddr, ustatus, uct, uht,
+                )  # fmt: skip
+            else:
+                n = add(
+                    s.client_addr[0], s.raw_request_head(), status, s.response_body_bytes,
+                    now - s.start_time, now, None, 0, -1.0, -1.0,
+                )  # fmt: skip
+            if n > 0:
+                if n == 1 or n >= logger.limit:
+                    logger.notify(n)
+                return
     entry = AccessEntry(
         s.client_addr[0],
         s.raw_request_head(),
-        s.response_status or (err.status if err is not None else 0),
+        status,
         s.response_body_bytes,
         now - s.start_time,
     )
     s.fill_upstream(entry)  # the attempts, in the entry's fields (no tuple for one attempt)
     entry.at = now
-    if err is not None and err.etype is ErrorType.SHUTDOWN:
-        entry.cut = True
+    entry.cut = cut
     emit(logger, entry)
 
 
@@ -546,25 +631,37 @@ def _line(e: AccessEntry) -> str:
     return _combined(e, "\n")
 
 
-def _load_c_batch() -> Any:
-    """The C line formatter's ``combined_batch`` (built by ``pip install .`` with a C
-    compiler, proxycore/_alogfmt.c), or None."""
+def _load_c() -> Any:
+    """The C line formatter (built by ``pip install .`` with a C compiler,
+    proxycore/_alogfmt.c), or None."""
     try:
         from proxycore import _alogfmt
     except ImportError:
         return None
-    return _alogfmt.combined_batch
+    return _alogfmt
 
 
 # Where it is built, combined batches are formatted in C (the same text as _combined, which
-# it calls for the lines it leaves to Python: tests/test_accesslog_c.py).
-_C_BATCH: Final[Callable[[list[AccessEntry], float, Any, Any], str | None] | None] = _load_c_batch()
+# it calls for the lines it leaves to Python: tests/test_accesslog_c.py), and an
+# AccessBuffer for combined lines queues the fields of usual requests in a C queue.
+_C: Final[Any] = _load_c()
+_C_BATCH: Final[Callable[[list[AccessEntry], float, Any, Any], str | None] | None] = (
+    _C.combined_batch if _C is not None else None
+)
+_C_QUEUE: Final[Any] = _C.Queue if _C is not None else None
 
 
-def format_batch(entries: list[AccessEntry], json: bool, offset: float = 0.0) -> str:
-    """Lines for ``entries``, each ending in a newline (a writer's batch, see
-    :class:`AccessBuffer`). An entry not stamped yet (``created`` 0) is stamped
-    ``at + offset``: ``offset`` is the writer's wall clock minus the event clock."""
+def format_batch(entries: Any, json: bool, offset: float = 0.0) -> str:
+    """Lines for ``entries`` (a list of entries, or a batch of
+    :meth:`AccessBuffer.take_batch`), each ending in a newline. An entry not stamped yet
+    (``created`` 0) is stamped ``at + offset``: ``offset`` is the writer's wall clock minus the
+    event clock."""
+    if not isinstance(entries, list):  # a C queue
+        if not json:
+            text: str | None = entries.combined(offset, _clock.get, _line, _entry)
+            if text is not None:
+                return text
+        return _format_batch_py(batch_entries(entries), json, offset)
     c_batch = _C_BATCH
     if not json and c_batch is not None:
         text = c_batch(entries, offset, _clock.get, _line)

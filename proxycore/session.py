@@ -384,6 +384,13 @@ class Session:
         elif tries:
             entry.upstream = tuple(tries)
 
+    def attempts_logged(self) -> int:
+        """The upstream attempts the access log shows: 0 none, 1 the current one only (see
+        :meth:`upstream_attempt`), 2 earlier ones too (see :meth:`fill_upstream`)."""
+        if self._tries:
+            return 2
+        return 1 if self._t_peer >= 0.0 else 0
+
     def upstream_attempt(self) -> Attempt:
         """The current upstream attempt: (address, upstream status, connect time, header time)
         as the access log shows it (see :meth:`_attempt`)."""

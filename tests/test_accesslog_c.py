@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import logging
 import math
 import os
 import random
@@ -24,10 +25,12 @@ from typing import Any
 
 import pytest
 
+import proxycore
 from proxycore import accesslog
 from proxycore.accesslog import (
     AccessEntry,
     _clock,
+    _entry,
     _format_batch_py,
     _json_opt,
     _json_secs,
@@ -40,6 +43,9 @@ from proxycore.accesslog import (
 from proxycore.accesslog import (
     _secs as secs,
 )
+from proxycore.testing import Harness
+from tests.helpers import connect_id, setup_request
+from tests.test_accesslog import GET, NOT_FOUND, OK, Capture, Filtering
 
 SOURCE = Path(accesslog.__file__).with_name("_alogfmt.c")
 
@@ -305,6 +311,233 @@ def _stamped(entries: list[AccessEntry], offset: float) -> list[AccessEntry]:
     return entries
 
 
+# ---------------------------------------------------------------- the C queue (AccessBuffer)
+
+_SLOTS = ("at", "body_bytes_sent", "created", "cut", "head", "parsed", "remote_addr",
+          "request_time", "status", "tries", "uaddr", "ustatus", "uct", "uht")  # fmt: skip
+
+
+def _fields(e: AccessEntry) -> tuple[Any, ...] | None:
+    """The arguments of Queue.add for ``e``, or None when the engine would queue the entry
+    itself (retries, a cut exchange, a rejected head, a line stamped already)."""
+    if e.tries or e.cut or not e.parsed or e.created != 0.0:
+        return None
+    if e.uaddr is None:
+        return (e.remote_addr, e.head, e.status, e.body_bytes_sent, e.request_time, e.at,
+                None, 0, -1.0, -1.0)  # fmt: skip
+    return (e.remote_addr, e.head, e.status, e.body_bytes_sent, e.request_time, e.at,
+            e.uaddr, e.ustatus, e.uct, e.uht)  # fmt: skip
+
+
+def _queued(cfmt: ModuleType, entries: list[AccessEntry]) -> tuple[Any, int]:
+    """A queue of ``entries`` in order, each as its fields where Queue.add takes them, else
+    as the entry; and how many went as fields."""
+    q = cfmt.Queue()
+    added = 0
+    for e in entries:
+        f = _fields(e)
+        n = q.add(*f) if f is not None else -1
+        if n < 0:
+            assert q.put(e) == len(q)
+        else:
+            assert n == len(q)
+            added += 1
+    return q, added
+
+
+def test_queued_fields_format_as_their_entries(cfmt: ModuleType) -> None:
+    """A queue of fields (add) and entries (put) writes the reference's text for the same
+    entries, byte for byte, with the same stamps; its entries() are the same entries."""
+    rng = random.Random(2626)
+    added = total = 0
+    for seed in range(600):
+        a, b = twins(seed, rng.choice((1, 7, 64)))
+        offset = rng.choice((0.0, 1764624000.5))
+        q, n = _queued(cfmt, a)
+        added += n
+        total += len(a)
+        got = q.combined(offset, _clock.get, _line, accesslog._entry)
+        assert got == _format_batch_py(b, False, offset), seed
+        made = _stamped(q.entries(accesslog._entry), offset)  # (fields: no stamp to keep)
+        assert [tuple(getattr(e, k) for k in _SLOTS) for e in made] == [
+            tuple(getattr(e, k) for k in _SLOTS) for e in b
+        ], seed
+        assert q.entries(accesslog._entry) == made  # made once: the same objects again
+    assert added > total // 10  # (~2,000 lines from fields)
+
+
+def test_a_queue_with_a_line_that_is_not_ascii_is_left_to_the_reference(
+    cfmt: ModuleType,
+) -> None:
+    left = 0
+    for seed in range(300):
+        a, b = twins(seed, 8, ascii_only=False)
+        q, _ = _queued(cfmt, a)
+        got = q.combined(5.0, _clock.get, _line, accesslog._entry)
+        want = _format_batch_py(b, False, 5.0)
+        if got is None:
+            left += 1
+            assert not want.isascii()
+            assert accesslog.format_batch(q, False, 5.0) == want
+        else:
+            assert got == want, seed
+    assert left > 50
+
+
+def test_add_takes_only_what_it_formats_itself(cfmt: ModuleType) -> None:
+    q = cfmt.Queue()
+    ok = ("10.0.0.1", b"GET / HTTP/1.1\r\n\r\n", 200, 5, 0.5, 3.0, "u:1", 200, 0.1, 0.2)
+    assert q.add(*ok) == 1
+    for k, bad in [(0, "h\xe9"), (0, b"1"), (1, "GET /"), (1, bytearray(b"GET /")),
+                   (2, 10**20), (2, True), (3, 2.0), (4, math.inf), (4, 1e15), (4, 1),
+                   (5, math.nan), (5, math.inf), (6, "h\xe9"), (7, 10**20), (8, math.nan),
+                   (9, 1e15)]:  # fmt: skip
+        args = list(ok)
+        args[k] = bad
+        assert q.add(*args) == -1, (k, bad)
+    assert len(q) == 1
+    # no upstream: the attempt's other fields are not read
+    assert q.add("10.0.0.1", b"GET / HTTP/1.1\r\n\r\n", 200, 5, -3.0, 3.0, None, "x", None, 0) == 2
+    (e1, e2) = q.entries(accesslog._entry)
+    assert (e2.uaddr, e2.ustatus, e2.uct, e2.uht, e2.request_time) == (None, 0, -1.0, -1.0, 0.0)
+    assert (e1.uaddr, e1.ustatus, e1.uct, e1.uht, e1.at) == ("u:1", 200, 0.1, 0.2, 3.0)
+    t = q.take()
+    assert (len(t), len(q)) == (2, 0)
+    with pytest.raises(TypeError):
+        q.add(1, 2)
+    # (a queue being read cannot change: what the reader holds stays valid)
+    q.add(*ok)
+
+    def meddle(*args: Any) -> Any:
+        q.add(*ok)
+
+    for read in (lambda: q.entries(meddle), lambda: q.combined(0.0, meddle, _line, _entry)):
+        with pytest.raises(RuntimeError):
+            read()
+        assert len(q) == 1
+
+
+def test_an_access_buffer_keeps_fields_and_entries_in_order(
+    cfmt: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accesslog, "_C_QUEUE", cfmt.Queue)
+    calls: list[int] = []
+    buf = accesslog.AccessBuffer(calls.append, limit=3)
+    assert buf.add is not None
+    assert accesslog.AccessBuffer(calls.append, 3, fields=False).add is None
+    a, b = twins(5, 5)
+    for e in a:
+        f = _fields(e)
+        n = buf.add(*f) if f is not None else -1
+        if n < 0:
+            buf.put(e)
+        elif n == 1 or n >= buf.limit:
+            buf.notify(n)
+    assert calls == [1, 3, 4, 5] and len(buf) == 5
+    batch = buf.take_batch()
+    assert len(buf) == 0
+    assert accesslog.format_batch(batch, False, 2.0) == _format_batch_py(b, False, 2.0)
+    assert [e.request_time for e in accesslog.batch_entries(batch)] == [e.request_time for e in b]
+    buf.put(a[0])
+    assert buf.take() == [a[0]] and buf.take() == []
+
+
+def _scenarios(access: Any) -> None:
+    """Requests of every kind through one engine: proxied, pooled, rejected, refused,
+    timed out, retried, answered by a filter, raising, left by the client, Basic auth."""
+    peers = [proxycore.Peer("127.0.0.1", 1), proxycore.Peer("127.0.0.1", 2)]
+
+    class Retry(Filtering):
+        def new_ctx(self) -> list[int]:
+            return [0]
+
+        def upstream_peer(self, session: Any, ctx: Any) -> proxycore.Peer:
+            p = peers[ctx[0] % 2]
+            ctx[0] += 1
+            return p
+
+        def fail_to_connect(self, session: Any, peer: Any, ctx: Any, e: Any) -> Any:
+            e.retry = session.req_header.path == "/retry"
+            return e
+
+    def fresh() -> Harness:
+        return Harness(Retry(), proxycore.ServerConf(connect_timeout=1.0), access_log=access)
+
+    h = fresh()
+    down, up, _ = setup_request(h, GET)
+    h.now += 0.0125
+    h.data(up, OK)
+    h.now += 1.0
+    h.data(down, GET)
+    h.now += 0.002
+    h.data(up, NOT_FOUND)
+    h = fresh()
+    down, _ = h.accept()
+    h.data(down, b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n")
+    down, _ = h.accept()
+    h.connect_failed(connect_id(h.data(down, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")))
+    down, _ = h.accept()
+    connect_id(h.data(down, b"GET /t HTTP/1.1\r\nHost: a\r\n\r\n"))
+    h.advance(1.5, down)
+    h = fresh()
+    down, _ = h.accept()
+    c1 = connect_id(h.data(down, b"GET /retry HTTP/1.1\r\nHost: a\r\n\r\n"))
+    h.now += 0.001
+    c2 = connect_id(h.connect_failed(c1))
+    h.connected(c2)
+    h.data(c2, OK)
+    down, _ = h.accept()
+    h.data(down, b"GET /deny HTTP/1.1\r\nHost: a\r\n\r\n")
+    h.data(down, b"GET /boom HTTP/1.1\r\nHost: a\r\n\r\n")
+    h = fresh()
+    down, _, _ = setup_request(h, GET)
+    h.closed(down, "reset")
+    h = fresh()
+    _, up, _ = setup_request(
+        h, b"GET / HTTP/1.1\r\nHost: a\r\nauthorization: Basic YWxpY2U6c2VjcmV0\r\n\r\n"
+    )
+    h.data(up, OK)
+
+
+def test_the_engine_hands_the_queue_the_fields_of_its_entries(
+    cfmt: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same requests logged through a logger (an entry each) and through an
+    AccessBuffer with a C queue (fields where the engine can): the same entries, the same
+    lines; the usual requests went as fields."""
+    logger = logging.getLogger("test.access.queue")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    cap = Capture()
+    logger.addHandler(cap)
+    try:
+        _scenarios(logger)
+    finally:
+        logger.removeHandler(cap)
+    monkeypatch.setattr(accesslog, "_C_QUEUE", cfmt.Queue)
+    buf = accesslog.AccessBuffer(lambda n: None, limit=1000)
+    _scenarios(buf)
+    want = cap.entries
+    batch = buf.take_batch()
+    assert len(batch) == len(want) == 10
+    fields = batch.entries(lambda *a: a)  # (the slots that went as fields stay tuples)
+    assert [isinstance(f, tuple) for f in fields] == [
+        e.tries == () and e.parsed and not e.cut for e in want
+    ]
+    assert sum(isinstance(f, tuple) for f in fields) == 8
+    buf2 = accesslog.AccessBuffer(lambda n: None, limit=1000)
+    _scenarios(buf2)
+    batch = buf2.take_batch()
+    text = accesslog.format_batch(batch, False, 7.0)
+    for e in want:
+        e.created = 0.0
+    assert text == _format_batch_py(want, False, 7.0)
+    got = _stamped(accesslog.batch_entries(batch), 7.0)
+    assert [tuple(getattr(e, k) for k in _SLOTS) for e in got] == [
+        tuple(getattr(e, k) for k in _SLOTS) for e in want
+    ]
+
+
 def test_the_formatter_does_no_io() -> None:
     src = SOURCE.read_text()
     banned = (
@@ -317,15 +550,21 @@ _ASAN_FUZZ = r"""
 import random, sys
 sys.path.insert(0, sys.argv[1])
 import _alogfmt
-from proxycore.accesslog import _clock, _format_batch_py, _line
-from tests.test_accesslog_c import twins
+from proxycore.accesslog import _clock, _entry, _format_batch_py, _line
+from tests.test_accesslog_c import _queued, twins
 rng = random.Random(int(sys.argv[2]))
 for seed in range(int(sys.argv[3])):
     ascii_only = seed % 4 != 0
-    a, b = twins(seed, rng.choice((1, 7, 64)), ascii_only)
+    n = rng.choice((1, 7, 64))
+    a, b = twins(seed, n, ascii_only)
     got = _alogfmt.combined_batch(a, 2.5, _clock.get, _line)
     want = _format_batch_py(b, False, 2.5)
     assert got == want or (got is None and not want.isascii()), seed
+    a, _ = twins(seed, n, ascii_only)
+    q, _ = _queued(_alogfmt, a)
+    got = q.combined(2.5, _clock.get, _line, _entry)
+    assert got == want or (got is None and not want.isascii()), seed
+    assert len(q.entries(_entry)) == n and len(q.take()) == n and len(q) == 0
 print("ok")
 """
 
@@ -333,7 +572,8 @@ print("ok")
 @pytest.mark.slow
 def test_the_formatter_under_address_and_undefined_behaviour_sanitizers(tmp_path: Path) -> None:
     """Memory safety of the C code that reads untrusted heads: built with ASan + UBSan and
-    fed ~100,000 random entries (compared with the reference on each batch). ~1 min; runs
+    fed ~100,000 random entries as lists and as queues of fields and entries (compared with
+    the reference on each batch). ~1 min; runs
     with ``scripts/test -m slow``."""
     cc = shutil.which("gcc")
     if cc is None:
