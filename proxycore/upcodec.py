@@ -114,7 +114,8 @@ class UpstreamOwner:
         raise NotImplementedError
 
     def takes_response_body(self) -> bool:
-        """Whether the codec may hand over a response body piece now."""
+        """Whether the codec may hand over a response body piece now (the codec hands over
+        nothing after the last piece)."""
         raise NotImplementedError
 
     def on_response_body(self, piece: bytes, eos: bool) -> None:

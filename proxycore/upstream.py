@@ -59,6 +59,7 @@ class Upstream(OriginStream):
     __slots__ = (
         "_chunked",
         "_decoder",
+        "_ended",
         "_head_done",
         "_length",
         "_meta",
@@ -108,6 +109,7 @@ class Upstream(OriginStream):
         self._meta: ResponseMeta | None = None
         self._remaining = 0  # of a Content-Length response body
         self._decoder: ChunkedDecoder | None = None
+        self._ended = False  # the response body's last piece was handed over
 
     def __repr__(self) -> str:
         return f"Upstream(id={self.id}, peer={self.peer!r}, state={self.state})"
@@ -133,6 +135,7 @@ class Upstream(OriginStream):
         self._meta = None
         self._remaining = 0
         self._decoder = None
+        self._ended = False
 
     def in_use(self) -> bool:
         return self.state == ACTIVE
@@ -256,7 +259,8 @@ class Upstream(OriginStream):
             ):
                 # Fast path: a Content-Length body straight through.
                 self._remaining -= len(data)
-                owner.on_response_body(data, self._remaining == 0)
+                self._ended = self._remaining == 0
+                owner.on_response_body(data, self._ended)
                 return
             self.buf += data
             owner.response_data_buffered()
@@ -323,7 +327,7 @@ class Upstream(OriginStream):
         assert owner is not None and meta is not None
         buf = self.buf
         body = meta.body
-        while buf and owner.takes_response_body():
+        while buf and not self._ended and owner.takes_response_body():
             if body == BODY_LENGTH:
                 n = min(self._remaining, len(buf))
                 if n == len(buf):  # the usual case: take it all (one copy, no slice)
@@ -333,8 +337,9 @@ class Upstream(OriginStream):
                     piece = bytes(buf[:n])
                     del buf[:n]
                 self._remaining -= n
-                owner.on_response_body(piece, self._remaining == 0)
-                if self._remaining == 0 and buf:
+                self._ended = self._remaining == 0
+                owner.on_response_body(piece, self._ended)
+                if self._ended and buf:
                     # More bytes than Content-Length: the connection can't be reused.
                     meta.keep_alive = False
             elif body == BODY_CHUNKED:
@@ -348,6 +353,7 @@ class Upstream(OriginStream):
                 if not pieces and not dec.done:
                     break
                 last = len(pieces) - 1
+                self._ended = dec.done
                 if dec.done and last < 0:
                     owner.on_response_body(b"", True)
                 for i, piece in enumerate(pieces):
@@ -358,7 +364,14 @@ class Upstream(OriginStream):
                 piece = bytes(buf)
                 buf.clear()
                 owner.on_response_body(piece, False)
-        if body == BODY_CLOSE and self.eof and not buf and owner.takes_response_body():
+        if (
+            body == BODY_CLOSE
+            and self.eof
+            and not buf
+            and not self._ended
+            and owner.takes_response_body()
+        ):
+            self._ended = True
             owner.on_response_body(b"", True)
         return True
 
