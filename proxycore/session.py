@@ -6,13 +6,21 @@ head has been parsed. It runs the phases in Pingora's order; each phase is calle
 to the adapter as a RunFilter action and parks the continuation until FilterDone arrives. The
 core therefore never waits, and the same code path serves sync and async phases.
 
-Proxying, in order: choose a peer → take an idle pooled connection or Connect → write the
-upstream head (hop-by-hop fields removed, X-Forwarded-* appended) → stream the request body from
-the downstream buffer (Content-Length or chunked, re-framed for the upstream) while keeping up to
-``retry_buffer_size`` bytes for a retry → parse the response head (1xx relayed) → response
-phases → write the downstream head with our own framing → stream the body through the body
-filters → trailers → release the upstream connection to the pool if it can carry another
-request → ``logging`` → tell the downstream connection (next pipelined request or close).
+Proxying, in order: choose a peer → take an idle pooled connection or Connect → decide the
+upstream head (hop-by-hop fields removed, X-Forwarded-* appended) → stream the request body the
+client stream pushes while keeping up to ``retry_buffer_size`` bytes for a retry → the response
+head (1xx relayed) → response phases → the client's response head (framed by the client codec)
+→ stream the body through the body filters → trailers → hand the upstream back (to the pool if
+it can carry another request) → ``logging`` → tell the client stream (next pipelined request or
+close).
+
+Both wires belong to codecs: the client side is a :class:`proxycore.codec.ServerStream`, the
+origin side an :class:`proxycore.upcodec.OriginStream` (HTTP/1.1: the connection,
+:class:`proxycore.upstream.Upstream`, which frames the request, parses the response heads,
+decodes the body and decides reuse). The session is that codec's
+:class:`proxycore.upcodec.UpstreamOwner`: it is handed the 1xx and final heads and the body
+pieces while it takes them (``takes_response_body``), and says when the response should pause
+(``wants_response_paused``).
 
 Errors: a connect failure goes through ``fail_to_connect`` (retry if marked), an error after
 connecting through ``error_while_proxy`` (retried by default only on a reused pooled connection
