@@ -1120,7 +1120,7 @@ class Session(UpstreamOwner):
                 # the second pipe's idle callback must also resume pumping
                 final.on_idle = self._pump_response_body
         if meta.body == BODY_NONE:
-            self._resp_piece(b"", True)
+            self.on_response_body(b"", True)
         else:
             if self.down.write_paused:
                 self.on_downstream_write_paused(True)
@@ -1130,10 +1130,9 @@ class Session(UpstreamOwner):
         up = self.upstream
         if up is None or self._finished or self._resp_done or not self.response_started:
             return
-        if not up.push_response_body(self.engine):
-            return  # a malformed body: the codec told us (on_invalid_response)
-        if not self._finished:
-            self._update_upstream_pause()
+        # (the codec hands over what we take, then re-evaluates pausing; a malformed body: it
+        # told us, on_invalid_response)
+        up.push_response_body(self.engine)
 
     # the codec's calls (UpstreamOwner): the response body, pushed
 
@@ -1154,9 +1153,6 @@ class Session(UpstreamOwner):
         return self.down.write_paused or (pipes is not None and pipes.busy)
 
     def on_response_body(self, piece: bytes, eos: bool) -> None:
-        self._resp_piece(piece, eos)
-
-    def _resp_piece(self, piece: bytes, eos: bool) -> None:
         pipes = self._resp_pipes
         if eos:
             self._resp_done = True
@@ -1222,12 +1218,12 @@ class Session(UpstreamOwner):
         up = self.upstream
         sent = 0
         if up is not None:
-            sent = up.request_sent()
-            # the codec knows whether the wire allows another exchange; a request body still
-            # coming (an early answer) leaves it unusable
-            reuse = self._req_done and up.reusable()
+            if not self._req_done:
+                sent = up.request_sent()
             self.upstream = None
-            up.end(self.engine, reuse)
+            # back to the pool if the wire allows another exchange (the codec knows); a request
+            # body still coming (an early answer) leaves the connection unusable
+            up.end(self.engine, self._req_done)
         if not self._req_done:
             # Early response: stop forwarding; skip the rest of the body if the client sends it.
             self._forwarding = False

@@ -207,8 +207,9 @@ class OriginStream:
     # -- the response
 
     def push_response_body(self, e: Engine) -> bool:
-        """Hand the owner the buffered body pieces it takes now; False if the body turned out
-        malformed (the owner was told)."""
+        """Hand the owner the buffered body pieces it takes now, then re-evaluate pausing
+        (as ``response_pause_changed``) while it still owns the stream; False if the body
+        turned out malformed (the owner was told)."""
         raise NotImplementedError
 
     def response_trailers(self) -> Headers | None:
@@ -241,7 +242,8 @@ class OriginStream:
         raise NotImplementedError
 
     def end(self, e: Engine, reuse: bool) -> None:
-        """The exchange is over: back to the pool if ``reuse``, else closed."""
+        """The exchange is over: back to the pool if the exchange allows it (``reuse``) and
+        the wire does (``reusable()``), else closed."""
         raise NotImplementedError
 
     def abort(self, e: Engine) -> None:

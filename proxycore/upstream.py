@@ -373,6 +373,10 @@ class Upstream(OriginStream):
         ):
             self._ended = True
             owner.on_response_body(b"", True)
+        if self.session is owner:  # (still this owner's: re-evaluate pausing)
+            e.pause_upstream(
+                self, owner.wants_response_paused() or len(buf) >= e.conf.read_buffer_limit
+            )
         return True
 
     def response_trailers(self) -> Headers | None:
@@ -413,7 +417,7 @@ class Upstream(OriginStream):
         )
 
     def end(self, e: Engine, reuse: bool) -> None:
-        if reuse:
+        if reuse and self.reusable():
             e.release_upstream(self)
         else:
             e.close_upstream(self)
