@@ -37,6 +37,9 @@ CORE = [
     "proxycore/h2/fields.py",
     "proxycore/engine.py",
     "proxycore/pool.py",
+    # The origin side's seam (OriginStream, UpstreamOwner) joins the compiled set with its
+    # subclasses: Upstream (the HTTP/1.1 upstream codec) and Session.
+    "proxycore/upcodec.py",
     "proxycore/upstream.py",
     "proxycore/events.py",
     "proxycore/actions.py",

@@ -2,13 +2,16 @@
 
 Theory of operation: an adapter calls :meth:`Engine.feed` with one event at a time and executes
 the actions it returns, in order. The engine routes the event by connection id to the downstream
-connection (:class:`proxycore.downstream.Downstream`), to the request (:class:`Session`) that
-owns an upstream connection, or to the pool for idle upstream connections. Output to a
-connection is corked during one ``feed``: every piece written to the same connection becomes a
-single Send action at the end (or just before a Close of that connection), so one request costs
-one write per direction. Timers are one per owner (downstream connection id, or 0 for the pool);
-each owner keeps named deadlines and the engine only asks the adapter to move the timer earlier,
-so refreshing a read timeout costs an attribute store, not a timer operation.
+connection (:class:`proxycore.downstream.Downstream`), or to the upstream connection's codec
+(:class:`proxycore.upstream.Upstream`), which tells the connection's owner (the request's
+:class:`proxycore.session.Session`, or a health probe, through
+:class:`proxycore.upcodec.UpstreamOwner`) or drops an idle pooled connection that spoke out of
+turn. Output to a connection is corked during one ``feed``: every piece written to the same
+connection becomes a single Send action at the end (or just before a Close of that
+connection), so one request costs one write per direction. Timers are one per owner
+(downstream connection id, or 0 for the pool); each owner keeps named deadlines and the engine
+only asks the adapter to move the timer earlier, so refreshing a read timeout costs an
+attribute store, not a timer operation.
 
 TLS sits in front: ``feed`` is :meth:`proxycore.tls.TlsLayer.feed`, which decrypts and
 encrypts for TLS connections and passes everything else straight on, so the engine below (and
@@ -52,7 +55,6 @@ from proxycore.metrics import Metrics
 from proxycore.peer import Peer
 from proxycore.phases import PHASES, Proxy, is_marked
 from proxycore.pool import ConnectionPool
-from proxycore.session import Session
 from proxycore.tls import ClientContexts, ServerTls, TlsLayer
 from proxycore.upstream import CLOSED, IDLE, Upstream
 
@@ -344,7 +346,7 @@ class Engine:
         if down is not None:
             s = down.current
             if s is not None and s.upstream is not None:
-                self.close_upstream(s.upstream, abort=True)
+                s.upstream.abort(self)
             down.current = None
             down.close(abort=True)
 
@@ -535,14 +537,7 @@ class Engine:
         up = self.upstreams.get(conn)
         if up is None:
             return
-        s = up.session
-        if s is None:
-            # RFC 9112 §9.3: nothing may arrive on an idle connection; drop it.
-            self.close_upstream(up)
-        elif isinstance(s, Session):  # (a typed call; health probes are the other kind)
-            s.on_upstream_data(data)
-        else:
-            s.on_upstream_data(data)
+        up.on_data(self, data)
 
     def _on_eof(self, ev: EofReceived) -> None:
         down = self.downstreams.get(ev.conn)
@@ -550,13 +545,8 @@ class Engine:
             down.on_eof()
             return
         up = self.upstreams.get(ev.conn)
-        if up is None:
-            return
-        up.eof = True
-        if up.session is None:
-            self.close_upstream(up)
-        else:
-            up.session.on_upstream_eof(None)
+        if up is not None:
+            up.on_eof(self, None)
 
     def _on_closed(self, ev: Closed) -> None:
         down = self.downstreams.get(ev.conn)
@@ -564,34 +554,18 @@ class Engine:
             down.on_closed(ev.error)
             return
         up = self.upstreams.get(ev.conn)
-        if up is None:
-            return
-        up.eof = True
-        s = up.session
-        if s is None:
-            self.close_upstream(up)
-        else:
-            s.on_upstream_eof(ev.error or "connection closed")
+        if up is not None:
+            up.on_eof(self, ev.error or "connection closed")
 
     def _on_connected(self, ev: Connected) -> None:
         up = self.upstreams.get(ev.conn)
-        if up is None:
-            return
-        s = up.session
-        if s is None:
-            self.close_upstream(up)
-            return
-        s.on_upstream_connected(up)
+        if up is not None:
+            up.on_connected(self)
 
     def _on_connect_failed(self, ev: ConnectFailed) -> None:
         up = self.upstreams.pop(ev.conn, None)
-        if up is None:
-            return
-        up.state = CLOSED
-        s = up.session
-        up.session = None
-        if s is not None:
-            s.on_upstream_connect_failed(up, ev.reason, ev.message)
+        if up is not None:
+            up.on_connect_failed(ev.reason, ev.message)
 
     def _on_write_paused(self, ev: WritePaused) -> None:
         self._write_pause(ev.conn, True)
@@ -608,16 +582,8 @@ class Engine:
             down.on_write_failed(ev.error)
             return
         up = self.upstreams.get(ev.conn)
-        if up is None:
-            return
-        up.write_failed = True
-        up.wbuf.clear()
-        up.write_paused = False
-        s = up.session
-        if s is None:
-            self.close_upstream(up, abort=True)
-        else:
-            s.on_upstream_write_failed(ev.error)
+        if up is not None:
+            up.on_write_failed(self, ev.error)
 
     def _write_pause(self, conn: int, paused: bool) -> None:
         down = self.downstreams.get(conn)
@@ -626,9 +592,7 @@ class Engine:
             return
         up = self.upstreams.get(conn)
         if up is not None:
-            up.write_paused = paused
-            if up.session is not None:
-                up.session.on_upstream_write_paused(paused)
+            up.on_write_paused(paused)
 
     def _on_timer(self, ev: TimerFired) -> None:
         if ev.conn == 0:

@@ -17,13 +17,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from proxycore.errors import HTTPParseError
-from proxycore.h1.parse import find_head_end, parse_response_head
-from proxycore.http import Headers
+from proxycore.http import Headers, RequestHeader
 from proxycore.lb import Backend, LoadBalancer
+from proxycore.upcodec import UpstreamOwner
 
 if TYPE_CHECKING:
     from proxycore.engine import Engine
+    from proxycore.errors import HTTPParseError
+    from proxycore.h1.parse import ResponseMeta
+    from proxycore.http import ResponseHeader
+    from proxycore.upcodec import OriginStream
     from proxycore.upstream import Upstream
 
 __all__ = ["HealthCheck", "HealthChecker"]
@@ -78,60 +81,73 @@ class HealthCheck:
         raise ValueError(f"expected tcp or http:/PATH for a health check, got {text!r}")
 
 
-class _Probe:
-    """One probe connection; the engine routes its upstream events here."""
+class _Probe(UpstreamOwner):
+    """One probe connection: its owner, as an exchange owns its upstream connection. The
+    connection's codec (:class:`proxycore.upstream.Upstream`) writes the request and parses
+    the answer; the probe judges the final head and closes the connection."""
 
-    __slots__ = ("backend", "buf", "checker", "deadline", "done", "up")
+    __slots__ = ("backend", "checker", "deadline", "done", "up")
 
     def __init__(self, checker: HealthChecker, backend: Backend, up: Upstream, deadline: float):
         self.checker = checker
         self.backend = backend
         self.up = up
         self.deadline = deadline
-        self.buf = bytearray()
         self.done = False
 
     @property
     def down(self) -> HealthChecker:  # what the recorder asks of an upstream's owner
         return self.checker
 
-    def on_upstream_connected(self, up: Upstream) -> None:
+    def on_upstream_connected(self, up: OriginStream) -> None:
         c = self.checker
         if c.check.kind == "tcp":
             self.finish(True, "connected")
             return
+        e = c.engine
+        up.begin(self, False, e.now)
         host = c.check.host or up.peer.address
-        c.engine.send(
-            up,
-            f"{c.check.method} {c.check.path} HTTP/1.1\r\nHost: {host}\r\n"
-            "User-Agent: proxycore-health\r\n"
-            "Connection: close\r\n\r\n".encode("latin-1"),
+        h = Headers()
+        h.add("Host", host)
+        h.add("User-Agent", "proxycore-health")
+        h.add("Connection", "close")
+        up.send_request_head(
+            e, c.check.method, RequestHeader(c.check.method, c.check.path, h), False, False
         )
 
-    def on_upstream_connect_failed(self, up: Upstream, reason: str, message: str) -> None:
+    def on_upstream_connect_failed(self, up: OriginStream, reason: str, message: str) -> None:
         why = "refused the connection" if reason == "refused" else message or f"connect {reason}"
         self.finish(False, why, close=False)
 
-    def on_upstream_data(self, data: bytes) -> None:
-        self.buf += data
+    def on_informational(self, resp: ResponseHeader, meta: ResponseMeta) -> bool:
+        return True  # wait for the final answer
+
+    def on_response_head(self, resp: ResponseHeader, meta: ResponseMeta) -> None:
         c = self.checker
-        try:
-            end = find_head_end(self.buf, 0, c.engine.conf.limits, False)
-            if end < 0:
-                return
-            resp, _ = parse_response_head(
-                bytes(self.buf[:end]), c.check.method, c.engine.conf.limits
-            )
-        except HTTPParseError as e:
-            self.finish(False, f"invalid response: {e}")
-            return
-        if resp.status < 200:
-            del self.buf[:end]
-            return
         ok = resp.status in c.check.expect
         if ok and c.check.validator is not None:
             ok = bool(c.check.validator(resp.status, resp.headers))
         self.finish(ok, f"status {resp.status}")
+
+    def on_invalid_response(self, err: HTTPParseError, words: str) -> None:
+        self.finish(False, f"invalid response: {err}")
+
+    # (the probe judges the head alone and closes the connection: no body reaches it)
+
+    def takes_response_data(self) -> bool:
+        return False
+
+    def takes_response_body(self) -> bool:
+        return False
+
+    def on_response_body(self, piece: bytes, eos: bool) -> None:
+        pass
+
+    def response_data_buffered(self) -> None:
+        pass
+
+    def wants_response_paused(self) -> bool:
+        return False
 
     def on_upstream_eof(self, error: str | None) -> None:
         self.finish(False, f"{error or 'closed the connection'} before answering")
@@ -209,7 +225,7 @@ class HealthChecker:
                 continue  # the previous probe is still running (its timeout will end it)
             up = e.open_upstream(b.peer, counted=False)
             p = _Probe(self, b, up, e.now + self.check.timeout)
-            up.session = p
+            up.bind(p)
             self.probes[b.address] = p
         self._arm_timeout()
 

@@ -6,13 +6,21 @@ head has been parsed. It runs the phases in Pingora's order; each phase is calle
 to the adapter as a RunFilter action and parks the continuation until FilterDone arrives. The
 core therefore never waits, and the same code path serves sync and async phases.
 
-Proxying, in order: choose a peer → take an idle pooled connection or Connect → write the
-upstream head (hop-by-hop fields removed, X-Forwarded-* appended) → stream the request body from
-the downstream buffer (Content-Length or chunked, re-framed for the upstream) while keeping up to
-``retry_buffer_size`` bytes for a retry → parse the response head (1xx relayed) → response
-phases → write the downstream head with our own framing → stream the body through the body
-filters → trailers → release the upstream connection to the pool if it can carry another
-request → ``logging`` → tell the downstream connection (next pipelined request or close).
+Proxying, in order: choose a peer → take an idle pooled connection or Connect → decide the
+upstream head (hop-by-hop fields removed, X-Forwarded-* appended) → stream the request body the
+client stream pushes while keeping up to ``retry_buffer_size`` bytes for a retry → the response
+head (1xx relayed) → response phases → the client's response head (framed by the client codec)
+→ stream the body through the body filters → trailers → hand the upstream back (to the pool if
+it can carry another request) → ``logging`` → tell the client stream (next pipelined request or
+close).
+
+Both wires belong to codecs: the client side is a :class:`proxycore.codec.ServerStream`, the
+origin side an :class:`proxycore.upcodec.OriginStream` (HTTP/1.1: the connection,
+:class:`proxycore.upstream.Upstream`, which frames the request, parses the response heads,
+decodes the body and decides reuse). The session is that codec's
+:class:`proxycore.upcodec.UpstreamOwner`: it is handed the 1xx and final heads and the body
+pieces while it takes them (``takes_response_body``), and says when the response should pause
+(``wants_response_paused``).
 
 Errors: a connect failure goes through ``fail_to_connect`` (retry if marked), an error after
 connecting through ``error_while_proxy`` (retried by default only on a reused pooled connection
@@ -32,17 +40,6 @@ from proxycore.accesslog import AccessEntry, Attempt, log_session
 from proxycore.actions import RunFilter
 from proxycore.codec import NO_BODY, SIZED_BODY, ServerStream
 from proxycore.errors import ErrorSource, ErrorType, HTTPParseError, ProxyError
-from proxycore.h1.parse import (
-    BODY_CHUNKED,
-    BODY_CLOSE,
-    BODY_LENGTH,
-    BODY_NONE,
-    ChunkedDecoder,
-    RequestMeta,
-    ResponseMeta,
-    find_head_end,
-    parse_response_head,
-)
 from proxycore.http import Headers, RequestHeader, ResponseHeader
 from proxycore.peer import Peer
 from proxycore.semantics import (
@@ -51,10 +48,11 @@ from proxycore.semantics import (
     error_body,
     trailer_fields,
 )
-from proxycore.upstream import ACTIVE, Upstream
+from proxycore.upcodec import BODY_CLOSE, BODY_LENGTH, BODY_NONE, OriginStream, UpstreamOwner
 
 if TYPE_CHECKING:
     from proxycore.engine import PhaseTable
+    from proxycore.h1.parse import RequestMeta, ResponseMeta
     from proxycore.tls import TlsInfo
 
 __all__ = ["Session"]
@@ -164,7 +162,7 @@ class _BodyPipe:
             self.on_idle()
 
 
-class Session:
+class Session(UpstreamOwner):
     """The request in flight, as filter phases see it.
 
     Useful attributes: ``req_header`` (the request as received; editable in the early phases),
@@ -191,22 +189,17 @@ class Session:
         "_req_kind",
         "_req_pipe",
         "_resp",
-        "_resp_decoder",
         "_resp_done",
         "_resp_head_done",
         "_resp_meta",
         "_resp_pipes",
-        "_resp_remaining",
         "_retry_buf",
         "_retry_size",
         "_t_conn",
         "_t_head",
         "_t_peer",
         "_tries",
-        "_up_chunked",
         "_up_failure",
-        "_up_length",
-        "_up_sent",
         "ctx",
         "down",
         "engine",
@@ -238,7 +231,7 @@ class Session:
         self.ctx: Any = None
         self.start_time = engine.now
         self.peer: Peer | None = None
-        self.upstream: Upstream | None = None
+        self.upstream: OriginStream | None = None
         self.upstream_reused = False
         # The upstream group's name, for the metrics' ``group`` label: set by the built-in
         # ReverseProxy (its ``name``; RoutedProxy's groups are named by the file); "-" if none.
@@ -265,9 +258,6 @@ class Session:
         self._req_pipe: _BodyPipe | None = None
         self._forwarding = False
         self._last_client_read = engine.now
-        self._up_chunked = False
-        self._up_length: int | None = None
-        self._up_sent = 0
         self._up_failure: str | None = None  # the upstream's WriteFailed, in words
         self._retry_buf: list[bytes] | None = []
         self._retry_size = 0
@@ -275,8 +265,6 @@ class Session:
         self._resp: ResponseHeader | None = None
         self._resp_meta: ResponseMeta | None = None
         self._resp_head_done = False
-        self._resp_remaining = 0
-        self._resp_decoder: ChunkedDecoder | None = None
         self._resp_pipes: _BodyPipe | None = None
         self._resp_done = False
         self._down_mode = BODY_NONE
@@ -642,26 +630,23 @@ class Session:
         # After a pooled connection died before answering (ReusedOnly), retry on a fresh one.
         up = None if self._fresh_only else e.acquire_upstream(peer)
         if up is not None:
-            up.state = ACTIVE
-            up.session = self
-            up.requests += 1
+            up.begin(self, True, e.now)
             self._use_upstream(up, True)
             return
         up = e.open_upstream(peer)
-        up.session = self
+        up.bind(self)
         timeout = (
             peer.connect_timeout if peer.connect_timeout is not None else e.conf.connect_timeout
         )
         self.down.arm("connect", e.now + timeout)
         self.upstream = up
 
-    def on_upstream_connected(self, up: Upstream) -> None:
+    def on_upstream_connected(self, up: OriginStream) -> None:
         self.down.disarm("connect")
-        up.state = ACTIVE
-        up.requests = 1
+        up.begin(self, False, self.engine.now)
         self._use_upstream(up, False)
 
-    def on_upstream_connect_failed(self, up: Upstream, reason: str, message: str) -> None:
+    def on_upstream_connect_failed(self, up: OriginStream, reason: str, message: str) -> None:
         self.down.disarm("connect")
         self.upstream = None
         etype = _CONNECT_ERRORS.get(reason, ErrorType.CONNECT_ERROR)
@@ -699,12 +684,10 @@ class Session:
         else:
             self._fail(err)
 
-    def _use_upstream(self, up: Upstream, reused: bool) -> None:
+    def _use_upstream(self, up: OriginStream, reused: bool) -> None:
         self.upstream = up
-        up.session = self
         self.upstream_reused = reused
-        up.received = 0
-        up.last_read = self._t_conn = self.engine.now
+        self._t_conn = self.engine.now
         ph = self.phases
         if ph.connected_to_upstream is not None:
             self._call(
@@ -734,15 +717,18 @@ class Session:
         ):
             # Nothing can have changed the head and nothing in it is hop-by-hop: forward the
             # received bytes verbatim, plus our X-Forwarded-* fields.
-            raw = meta.raw
-            if e.conf.add_forwarded_headers:
-                down = self.down
-                fhost = meta.host or ""
-                xfh = b"X-Forwarded-Host: %b\r\n" % fhost.encode("latin-1") if fhost else b""
-                raw = b"%b%b%b\r\n" % (raw[:-2], down.forwarded_fields(), xfh)
-            self._up_chunked = False
-            self._up_length = meta.length if self._req_kind == SIZED_BODY else None
-            self._upstream_head_ready(raw)
+            up = self.upstream
+            if up is None:
+                return
+            up.send_received_head(
+                e,
+                req.method,
+                meta.raw,
+                self.down.forwarded_fields() if e.conf.add_forwarded_headers else None,
+                meta.host,
+                meta.length if self._req_kind == SIZED_BODY else -1,
+            )
+            self._upstream_head_ready()
             return
         items = end_to_end(req.headers._items, meta.hop, meta.connection_tokens, edited)
         if e.conf.add_forwarded_headers:
@@ -784,29 +770,15 @@ class Session:
         up = self.upstream
         if up is None or self._finished:
             return
-        h = up_req.headers
-        if filtered and "transfer-encoding" in h:
-            h.remove("transfer-encoding")  # framing is ours to decide
-        self._up_chunked = False
-        self._up_length = None
-        if self._req_kind != NO_BODY:
-            cl = h.get("content-length")
-            if cl is not None and cl.isdigit():
-                self._up_length = int(cl)
-            else:
-                h.remove("content-length")
-                h.add("Transfer-Encoding", "chunked")
-                self._up_chunked = True
-        up.send_request_head(self.engine, up_req.method, up_req.path, h._items)
-        self._upstream_head_ready(b"")
+        # (how the body is framed, chunked or by its Content-Length, is the codec's choice)
+        up.send_request_head(
+            self.engine, self.req_header.method, up_req, self._req_kind != NO_BODY, filtered
+        )
+        self._upstream_head_ready()
 
-    def _upstream_head_ready(self, head: bytes) -> None:
-        up = self.upstream
-        if up is None:
-            return
+    def _upstream_head_ready(self) -> None:
+        """The upstream head is on its way: the body follows (or the wait for the answer)."""
         e = self.engine
-        e.send(up, head)
-        self._up_sent = 0
         if self._req_done:
             self._arm_read_timeout()
         if self._retry_buf:
@@ -898,10 +870,9 @@ class Session:
 
     def _write_upstream_piece(self, piece: bytes, _eos: bool) -> None:
         up = self.upstream
-        if up is None or not piece:
+        if up is None:
             return
-        self._up_sent += len(piece)
-        up.send_body(self.engine, piece, self._up_chunked)
+        up.send_body(self.engine, piece)
 
     def _arm_read_timeout(self) -> None:
         """Start waiting for the response (proxy_read_timeout runs from here, once the whole
@@ -910,7 +881,7 @@ class Session:
         if up is None:
             return
         e = self.engine
-        up.last_read = e.now
+        up.mark_read(e.now)
         timeout = up.peer.read_timeout
         self.down.arm("read", e.now + (timeout if timeout is not None else e.conf.read_timeout))
 
@@ -920,16 +891,17 @@ class Session:
             return
         if not self.down.armed("read") and not self._resp_done:
             self._arm_read_timeout()
-        if self._up_chunked:
+        fields = None
+        if up.sends_trailers():
             tr = self.down.request_trailers()
-            up.end_body(self.engine, trailer_fields(tr) if tr else [])
-        elif self._up_length is not None and self._up_sent != self._up_length:
+            fields = trailer_fields(tr) if tr else []
+        if not up.end_request(self.engine, fields):
             self._fail(
                 ProxyError(
                     ErrorType.INTERNAL,
                     ErrorSource.INTERNAL,
-                    f"request body is {self._up_sent} bytes but Content-Length "
-                    f"says {self._up_length} (remove it when changing the body)",
+                    f"request body is {up.request_sent()} bytes but Content-Length "
+                    f"says {up.request_length()} (remove it when changing the body)",
                 )
             )
 
@@ -965,7 +937,7 @@ class Session:
         self._forwarding = False
         self._keep_alive = False
         if self.upstream is not None:
-            self.engine.close_upstream(self.upstream, abort=True)
+            self.upstream.abort(self.engine)
             self.upstream = None
         if not self.response_started:
             self._respond_error(err.status)
@@ -1037,7 +1009,7 @@ class Session:
         self._keep_alive = False
         self._forwarding = False
         if self.upstream is not None:
-            self.engine.close_upstream(self.upstream, abort=True)
+            self.upstream.abort(self.engine)
             self.upstream = None
         self._finish(err)
         self.down.client_gone(self)
@@ -1045,7 +1017,7 @@ class Session:
     def wants_request_paused(self) -> bool:
         up = self.upstream
         if self._forwarding:
-            return (up is not None and up.write_paused) or (
+            return (up is not None and up.writing_paused()) or (
                 self._req_pipe is not None and self._req_pipe.busy
             )
         return False
@@ -1064,96 +1036,29 @@ class Session:
 
     # ------------------------------------------------------------------ response
 
-    def on_upstream_data(self, data: bytes) -> None:
-        up = self.upstream
-        if up is None or self._finished:
-            return
-        up.last_read = self.engine.now
-        up.received += len(data)
-        if self._resp_head_done:
-            if (
-                not up.buf
-                and self._resp_decoder is None
-                and self._resp_pipes is None
-                and self._down_mode == BODY_LENGTH
-                and self.response_started
-                and len(data) <= self._resp_remaining
-            ):
-                # Fast path: Content-Length body straight through.
-                self._resp_remaining -= len(data)
-                self._write_down_piece(data, self._resp_remaining == 0)
-                return
-            up.buf += data
-            if self.response_started:
-                self._pump_response_body()
-            self._update_upstream_pause()
-            return
-        self._parse_response_heads(data)
+    # the codec's calls (UpstreamOwner): the response head
 
-    def _parse_response_heads(self, data: bytes = b"") -> None:
-        """Parse response heads from ``data`` (when nothing is buffered; the fast path) and
-        from the upstream buffer, relaying 1xx, until the final head is in."""
-        up = self.upstream
-        assert up is not None
-        e = self.engine
-        buf = up.buf
-        if data:
-            if buf:
-                buf += data
-            else:
-                try:
-                    end = find_head_end(data, 0, e.conf.limits, False)
-                except HTTPParseError as err:
-                    self._upstream_error(ErrorType.INVALID_RESPONSE, f"sent an invalid head: {err}")
-                    return
-                if end < 0:
-                    buf += data
-                    return
-                if end < len(data):
-                    buf += data[end:]
-                    data = data[:end]
-                if not self._response_head(data):
-                    return
-        while not self._resp_head_done and buf and self.upstream is not None:
-            try:
-                end = find_head_end(buf, 0, e.conf.limits, False)
-            except HTTPParseError as err:
-                self._upstream_error(ErrorType.INVALID_RESPONSE, f"sent an invalid head: {err}")
-                return
-            if end < 0:
-                return
-            head = bytes(buf[:end])
-            del buf[:end]
-            if not self._response_head(head):
-                return
+    def on_invalid_response(self, err: HTTPParseError, words: str) -> None:
+        self._upstream_error(ErrorType.INVALID_RESPONSE, words)
 
-    def _response_head(self, head: bytes) -> bool:
-        """Handle one complete response head; True if more heads may follow (it was a 1xx)."""
-        e = self.engine
-        try:
-            resp, meta = parse_response_head(head, self.req_header.method, e.conf.limits)
-        except HTTPParseError as err:
-            self._upstream_error(ErrorType.INVALID_RESPONSE, f"sent an invalid head: {err}")
+    def on_informational(self, resp: ResponseHeader, meta: ResponseMeta) -> bool:
+        if resp.status == 101:
+            self._upstream_error(
+                ErrorType.INVALID_RESPONSE,
+                "answered 101 Switching Protocols to a request without Upgrade",
+            )
             return False
-        if resp.status < 200:
-            if resp.status == 101:
-                self._upstream_error(
-                    ErrorType.INVALID_RESPONSE,
-                    "answered 101 Switching Protocols to a request without Upgrade",
-                )
-                return False
-            # RFC 9110 §15.2: forward 1xx (the codec knows who cannot take one).
-            if not self.response_started:
-                self.down.send_informational(self, resp, meta.connection_tokens)
-            return True
+        # RFC 9110 §15.2: forward 1xx (the codec knows who cannot take one).
+        if not self.response_started:
+            self.down.send_informational(self, resp, meta.connection_tokens)
+        return True
+
+    def on_response_head(self, resp: ResponseHeader, meta: ResponseMeta) -> None:
+        """The final response head (the codec set up its body's decoding)."""
         self._resp_head_done = True
         self._resp = resp
         self._resp_meta = meta
-        self._t_head = e.now
-        if meta.body == BODY_LENGTH:
-            self._resp_remaining = meta.length
-        elif meta.body == BODY_CHUNKED:
-            self._resp_decoder = ChunkedDecoder(e.conf.limits, error_status=502)
+        self._t_head = self.engine.now
         ph = self.phases
         if ph.upstream_response_filter is not None:
             self._call(
@@ -1163,7 +1068,6 @@ class Session:
             )
         else:
             self._run_response_filter(None)
-        return False
 
     def _run_response_filter(self, _: Any) -> None:
         ph = self.phases
@@ -1178,7 +1082,8 @@ class Session:
             self._write_response_head(None)
 
     def _write_response_head(self, _: Any) -> None:
-        if self._finished or self.upstream is None:
+        up = self.upstream
+        if self._finished or up is None:
             return
         resp = self._resp
         meta = self._resp_meta
@@ -1188,7 +1093,7 @@ class Session:
         edited = ph.upstream_response_filter is not None or ph.response_filter is not None
         keep = self._keep_alive and not e.draining and not self.down.peer_eof
         if not self._req_done and (
-            (self._meta.expect_continue and self._up_sent == 0)  # no body will come to skip
+            (self._meta.expect_continue and up.request_sent() == 0)  # no body will come to skip
             or self.down.request_body_left() > _MAX_DISCARD
         ):
             keep = False  # an early answer (RFC 9112 §9.5): announce the close that follows
@@ -1222,7 +1127,7 @@ class Session:
                 # the second pipe's idle callback must also resume pumping
                 final.on_idle = self._pump_response_body
         if meta.body == BODY_NONE:
-            self._resp_piece(b"", True)
+            self.on_response_body(b"", True)
         else:
             if self.down.write_paused:
                 self.on_downstream_write_paused(True)
@@ -1232,60 +1137,29 @@ class Session:
         up = self.upstream
         if up is None or self._finished or self._resp_done or not self.response_started:
             return
-        meta = self._resp_meta
-        assert meta is not None
-        buf = up.buf
-        pipes = self._resp_pipes
-        while buf and not (pipes is not None and pipes.busy) and not self._resp_done:
-            body = meta.body
-            if body == BODY_LENGTH:
-                n = min(self._resp_remaining, len(buf))
-                if n == len(buf):  # the usual case: take it all (one copy, no slice)
-                    piece = bytes(buf)
-                    buf.clear()
-                else:
-                    piece = bytes(buf[:n])
-                    del buf[:n]
-                self._resp_remaining -= n
-                self._resp_piece(piece, self._resp_remaining == 0)
-                if self._resp_done and buf:
-                    # More bytes than Content-Length: the connection can't be reused.
-                    meta.keep_alive = False
-            elif body == BODY_CHUNKED:
-                dec = self._resp_decoder
-                assert dec is not None
-                try:
-                    pieces = dec.feed(buf)
-                except HTTPParseError as err:
-                    self._upstream_error(
-                        ErrorType.INVALID_RESPONSE, f"sent an invalid chunked body: {err}"
-                    )
-                    return
-                if not pieces and not dec.done:
-                    break
-                last = len(pieces) - 1
-                if dec.done and last < 0:
-                    self._resp_piece(b"", True)
-                for i, piece in enumerate(pieces):
-                    self._resp_piece(piece, dec.done and i == last)
-                if dec.done and buf:
-                    meta.keep_alive = False
-            else:  # BODY_CLOSE
-                piece = bytes(buf)
-                buf.clear()
-                self._resp_piece(piece, False)
-        if (
-            meta.body == BODY_CLOSE
-            and up.eof
-            and not buf
-            and not self._resp_done
-            and not (pipes is not None and pipes.busy)
-        ):
-            self._resp_piece(b"", True)
-        if not self._finished:
-            self._update_upstream_pause()
+        # (the codec hands over what we take, then re-evaluates pausing; a malformed body: it
+        # told us, on_invalid_response)
+        up.push_response_body(self.engine)
 
-    def _resp_piece(self, piece: bytes, eos: bool) -> None:
+    # the codec's calls (UpstreamOwner): the response body, pushed
+
+    def takes_response_data(self) -> bool:
+        return self._resp_pipes is None and self._down_mode == BODY_LENGTH and self.response_started
+
+    def takes_response_body(self) -> bool:
+        pipes = self._resp_pipes
+        return not (pipes is not None and pipes.busy) and not self._resp_done
+
+    def response_data_buffered(self) -> None:
+        if self.response_started:
+            self._pump_response_body()
+        self._update_upstream_pause()
+
+    def wants_response_paused(self) -> bool:
+        pipes = self._resp_pipes
+        return self.down.write_paused or (pipes is not None and pipes.busy)
+
+    def on_response_body(self, piece: bytes, eos: bool) -> None:
         pipes = self._resp_pipes
         if eos:
             self._resp_done = True
@@ -1316,8 +1190,9 @@ class Session:
     def _end_response_body(self) -> None:
         down = self.down
         if down.takes_trailers():
-            dec = self._resp_decoder
-            trailers = dec.trailers if dec is not None and dec.trailers else Headers()
+            up = self.upstream
+            tr = up.response_trailers() if up is not None else None
+            trailers = tr if tr else Headers()
             ph = self.phases
             if ph.response_trailer_filter is not None and len(trailers):
                 self._held_trailers = trailers
@@ -1348,28 +1223,18 @@ class Session:
 
     def _response_complete(self) -> None:
         up = self.upstream
-        e = self.engine
-        meta = self._resp_meta
+        sent = 0
         if up is not None:
-            reusable = (
-                meta is not None
-                and meta.keep_alive
-                and meta.body != BODY_CLOSE
-                and self._req_done
-                and not up.buf
-                and not up.eof
-                and not up.write_failed
-                and (self._up_length is None or self._up_sent == self._up_length)
-            )
+            if not self._req_done:
+                sent = up.request_sent()
             self.upstream = None
-            if reusable:
-                e.release_upstream(up)
-            else:
-                e.close_upstream(up)
+            # back to the pool if the wire allows another exchange (the codec knows); a request
+            # body still coming (an early answer) leaves the connection unusable
+            up.end(self.engine, self._req_done)
         if not self._req_done:
             # Early response: stop forwarding; skip the rest of the body if the client sends it.
             self._forwarding = False
-            if self._meta.expect_continue and self._up_sent == 0:
+            if self._meta.expect_continue and sent == 0:
                 self._keep_alive = False
         self._finish(None)
 
@@ -1383,15 +1248,8 @@ class Session:
 
     def _update_upstream_pause(self) -> None:
         up = self.upstream
-        if up is None:
-            return
-        pipes = self._resp_pipes
-        want = (
-            self.down.write_paused
-            or len(up.buf) >= self.engine.conf.read_buffer_limit
-            or (pipes is not None and pipes.busy)
-        )
-        self.engine.pause_upstream(up, want)
+        if up is not None:
+            up.response_pause_changed(self.engine)
 
     # ------------------------------------------------------------------ upstream failures
 
@@ -1420,7 +1278,7 @@ class Session:
                 return "while the request was being sent"
             return "while the request body was being sent"
         up = self.upstream
-        if up is not None and up.received:
+        if up is not None and up.response_bytes():
             return "in the middle of the response head"
         return "before sending a response head"
 
@@ -1450,8 +1308,8 @@ class Session:
         now = e.now
         if name == "connect":
             up = self.upstream
-            if up is not None and up.state != ACTIVE:
-                e.close_upstream(up, abort=True)
+            if up is not None and not up.in_use():
+                up.abort(e)
                 self.upstream = None
                 peer = up.peer
                 t = peer.connect_timeout
@@ -1469,7 +1327,7 @@ class Session:
                 return
             t = up.peer.read_timeout
             timeout = t if t is not None else e.conf.read_timeout
-            if up.read_paused:
+            if up.reading_paused():
                 self.down.arm("read", now + timeout)
             elif now >= up.last_read + timeout:
                 self._upstream_error(
@@ -1479,7 +1337,7 @@ class Session:
                 self.down.arm("read", up.last_read + timeout)
         elif name == "write":
             up = self.upstream
-            if up is not None and up.write_paused:
+            if up is not None and up.writing_paused():
                 t = up.peer.write_timeout
                 timeout = t if t is not None else e.conf.write_timeout
                 self._upstream_error(
@@ -1514,12 +1372,12 @@ class Session:
         err = ProxyError(etype, ErrorSource.UPSTREAM, f"upstream {peer_addr} {what}")
         self.engine.log.warning("%s", err.message)
         if up is not None:
-            self.engine.close_upstream(up, abort=True)
+            up.abort(self.engine)
             self.upstream = None
         if self.response_started:
             self._abort_downstream(err)
             return
-        received = up.received if up is not None else 0
+        received = up.response_bytes() if up is not None else 0
         if (
             self.upstream_reused
             and received == 0
@@ -1565,11 +1423,8 @@ class Session:
         self._resp = None
         self._resp_meta = None
         self._resp_head_done = False
-        self._resp_remaining = 0
-        self._resp_decoder = None
         self._resp_done = False
         self._forwarding = False
-        self._up_sent = 0
         self._up_failure = None
 
     # ------------------------------------------------------------------ ending
@@ -1586,7 +1441,7 @@ class Session:
         self._forwarding = False
         up = self.upstream
         if up is not None:
-            self.engine.close_upstream(up, abort=True)
+            up.abort(self.engine)
             self.upstream = None
         self.down.disarm_all(_UPSTREAM_TIMERS)
         if self.response_started and not self._local:
@@ -1622,7 +1477,7 @@ class Session:
         )
         up = self.upstream
         if up is not None:
-            self.engine.close_upstream(up, abort=True)
+            up.abort(self.engine)
             self.upstream = None
         self._finish(err)
         self.down.abort_response(self)
@@ -1641,7 +1496,7 @@ class Session:
         self.down.disarm_all(_REQUEST_TIMERS)
         up = self.upstream
         if up is not None:
-            self.engine.close_upstream(up, abort=True)
+            up.abort(self.engine)
             self.upstream = None
         access = self.engine.access_log
         if access is not None:

@@ -38,6 +38,9 @@ from proxycore.http import (
     field_items,
 )
 
+# How a body is delimited: the upstream codec's vocabulary (defined there), used here.
+from proxycore.upcodec import BODY_CHUNKED, BODY_CLOSE, BODY_LENGTH, BODY_NONE
+
 __all__ = [
     "BODY_CHUNKED",
     "BODY_CLOSE",
@@ -53,11 +56,6 @@ __all__ = [
     "parse_response_head",
     "valid_host",
 ]
-
-BODY_NONE: Final = 0
-BODY_LENGTH: Final = 1
-BODY_CHUNKED: Final = 2
-BODY_CLOSE: Final = 3  # read until the connection closes (responses only, RFC 9112 §6.3 rule 8)
 
 
 class Limits:
