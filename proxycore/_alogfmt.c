@@ -675,8 +675,7 @@ typedef struct {
     PyObject_HEAD
     slot_t *slots;
     Py_ssize_t len, cap;
-    char *heads;
-    Py_ssize_t heads_len, heads_cap;
+    buf_t heads; /* the heads of the queued lines, back to back */
     int busy; /* combined() or entries() is reading it (their callbacks must not change it) */
 } QueueObject;
 
@@ -714,23 +713,8 @@ static Py_ssize_t queue_slot(QueueObject *q, Py_ssize_t head) {
         q->slots = p;
         q->cap = cap;
     }
-    if (head > q->heads_cap - q->heads_len) {
-        Py_ssize_t cap = q->heads_cap ? q->heads_cap : 8192;
-        while (cap - q->heads_len < head) {
-            if (cap > PY_SSIZE_T_MAX / 2) {
-                PyErr_NoMemory();
-                return -1;
-            }
-            cap *= 2;
-        }
-        char *p = PyMem_Realloc(q->heads, (size_t)cap);
-        if (p == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        q->heads = p;
-        q->heads_cap = cap;
-    }
+    if (grow(&q->heads, head) < 0)
+        return -1;
     return q->len++;
 }
 
@@ -769,9 +753,9 @@ static PyObject *queue_add(QueueObject *q, PyObject *const *a, Py_ssize_t nargs)
     Py_ssize_t i = queue_slot(q, s.head_n);
     if (i < 0)
         return NULL;
-    s.head_at = q->heads_len;
-    memcpy(q->heads + s.head_at, PyBytes_AS_STRING(a[1]), (size_t)s.head_n);
-    q->heads_len += s.head_n;
+    s.head_at = q->heads.len;
+    memcpy(q->heads.p + s.head_at, PyBytes_AS_STRING(a[1]), (size_t)s.head_n);
+    q->heads.len += s.head_n;
     s.obj = NULL;
     s.addr = a[0];
     Py_INCREF(s.addr);
@@ -803,13 +787,10 @@ static PyObject *queue_take(QueueObject *q, PyObject *unused) {
     t->len = q->len;
     t->cap = q->cap;
     t->heads = q->heads;
-    t->heads_len = q->heads_len;
-    t->heads_cap = q->heads_cap;
     t->busy = 0;
     q->slots = NULL;
     q->len = q->cap = 0;
-    q->heads = NULL;
-    q->heads_len = q->heads_cap = 0;
+    q->heads = (buf_t){NULL, 0, 0};
     PyObject_GC_Track(t);
     return (PyObject *)t;
 }
@@ -817,7 +798,7 @@ static PyObject *queue_take(QueueObject *q, PyObject *unused) {
 /* make(remote_addr, head, status, ...) for the fields of slot i: the entry object */
 static PyObject *make_entry(PyObject *make, const QueueObject *q, Py_ssize_t i) {
     const slot_t *s = &q->slots[i];
-    PyObject *args[10] = {s->addr, PyBytes_FromStringAndSize(q->heads + s->head_at, s->head_n),
+    PyObject *args[10] = {s->addr, PyBytes_FromStringAndSize(q->heads.p + s->head_at, s->head_n),
                           PyLong_FromLongLong(s->status), PyLong_FromLongLong(s->sent),
                           PyFloat_FromDouble(s->rt), PyFloat_FromDouble(s->at),
                           s->uaddr ? s->uaddr : Py_None, PyLong_FromLongLong(s->us),
@@ -873,7 +854,7 @@ static int fields_line(batch_t *t, PyObject *make, const QueueObject *q, Py_ssiz
     int k = line_start(t, s->at + t->offset, &start, &start_n); /* -1, or 0 */
     if (k == 0 && start != NULL) {
         rec_t r;
-        r.h = (const unsigned char *)q->heads + s->head_at;
+        r.h = (const unsigned char *)q->heads.p + s->head_at;
         r.n = s->head_n;
         r.addr = (const char *)PyUnicode_1BYTE_DATA(s->addr);
         r.addr_n = PyUnicode_GET_LENGTH(s->addr);
@@ -958,9 +939,8 @@ static int queue_clear(QueueObject *q) {
     for (Py_ssize_t i = 0; i < n; i++)
         slot_clear(&slots[i]);
     PyMem_Free(slots);
-    PyMem_Free(q->heads);
-    q->heads = NULL;
-    q->heads_len = q->heads_cap = 0;
+    PyMem_Free(q->heads.p);
+    q->heads = (buf_t){NULL, 0, 0};
     return 0;
 }
 
@@ -979,8 +959,7 @@ static PyObject *queue_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     if (q != NULL) {
         q->slots = NULL;
         q->len = q->cap = 0;
-        q->heads = NULL;
-        q->heads_len = q->heads_cap = 0;
+        q->heads = (buf_t){NULL, 0, 0};
         q->busy = 0;
     }
     return (PyObject *)q;
