@@ -242,7 +242,9 @@ def test_a_health_check_added_probes_and_removed_stops(served, origins) -> None:
     assert get(s.port, "/").status == 200
 
 
-def test_both_workers_reload(served, origins) -> None:
+def two_workers_reloaded(served, origins) -> Served:
+    """``--workers 2`` started on origin "first", then the file pointed at origin "second"
+    and reloaded (both workers said so)."""
     first = origins(EchoOrigin, name="first")
     second = origins(EchoOrigin, name="second")
     s = served(first.port, extra=["--workers", "2"])
@@ -251,6 +253,11 @@ def test_both_workers_reload(served, origins) -> None:
     conf["upstreams"] = {"app": {"backends": [f"{HOST}:{second.port}"]}}
     s.write(conf)
     s.reload(count=2)
+    return s
+
+
+def test_both_workers_reload(served, origins) -> None:
+    s = two_workers_reloaded(served, origins)
     # SO_REUSEPORT spreads new connections over both workers: all of them use the new route
     assert {get(s.port, "/").header("X-Origin") for _ in range(16)} == {"second"}
 
@@ -346,14 +353,7 @@ def test_without_a_file_sighup_reopens_the_access_log(proxy, origins, tmp_path) 
 def test_a_worker_restarted_after_a_reload_serves_the_reloaded_configuration(
     served, origins
 ) -> None:
-    first = origins(EchoOrigin, name="first")
-    second = origins(EchoOrigin, name="second")
-    s = served(first.port, extra=["--workers", "2"])
-    wait_workers_serving(s.p, 2)
-    conf = dict(s.conf)
-    conf["upstreams"] = {"app": {"backends": [f"{HOST}:{second.port}"]}}
-    s.write(conf)
-    s.reload(count=2)
+    s = two_workers_reloaded(served, origins)
     children = Path(f"/proc/{s.p.proc.pid}/task/{s.p.proc.pid}/children").read_text().split()
     os.kill(int(children[0]), signal.SIGKILL)
     deadline = time.monotonic() + 10
