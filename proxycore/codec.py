@@ -50,8 +50,8 @@ from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from proxycore.engine import Engine
-    from proxycore.h1.parse import ResponseMeta
     from proxycore.http import Headers, ResponseHeader
+    from proxycore.meta import ResponseMeta
     from proxycore.session import Session
     from proxycore.tls import TlsInfo
 

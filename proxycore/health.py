@@ -24,8 +24,8 @@ from proxycore.upcodec import UpstreamOwner
 if TYPE_CHECKING:
     from proxycore.engine import Engine
     from proxycore.errors import HTTPParseError
-    from proxycore.h1.parse import ResponseMeta
     from proxycore.http import ResponseHeader
+    from proxycore.meta import ResponseMeta
     from proxycore.upcodec import OriginStream
     from proxycore.upstream import Upstream
 

@@ -52,7 +52,7 @@ from proxycore.upcodec import BODY_CLOSE, BODY_LENGTH, BODY_NONE, OriginStream, 
 
 if TYPE_CHECKING:
     from proxycore.engine import PhaseTable
-    from proxycore.h1.parse import RequestMeta, ResponseMeta
+    from proxycore.meta import RequestMeta, ResponseMeta
     from proxycore.tls import TlsInfo
 
 __all__ = ["Session"]

@@ -26,7 +26,8 @@ pieces to ``UpstreamOwner.on_response_body(piece, end_of_stream)`` while the own
 (``takes_response_body()``), and keeps the rest in its own buffer (reading paused over
 ``read_buffer_limit``, or while ``wants_response_paused()``); ``OriginStream.push_response_body``
 resumes after a pause. How a response body is delimited (``BODY_*``) is this module's
-vocabulary; the HTTP/1.1 parser (:mod:`proxycore.h1.parse`) uses the same values.
+vocabulary, defined with the parse records in :mod:`proxycore.meta`; every parser uses the
+same values.
 
 This module joins the compiled set with its subclasses (a compiled class whose base is
 interpreted silently becomes a slow non-native class). ``UpstreamOwner`` allows interpreted
@@ -35,15 +36,17 @@ subclasses (the health probe is one); calls on compiled owners still go through 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from mypy_extensions import mypyc_attr
+
+from proxycore.meta import BODY_CHUNKED, BODY_CLOSE, BODY_LENGTH, BODY_NONE
 
 if TYPE_CHECKING:
     from proxycore.engine import Engine
     from proxycore.errors import HTTPParseError
-    from proxycore.h1.parse import ResponseMeta
     from proxycore.http import Headers, RequestHeader, ResponseHeader
+    from proxycore.meta import ResponseMeta
     from proxycore.peer import Peer
 
 __all__ = [
@@ -55,12 +58,8 @@ __all__ = [
     "UpstreamOwner",
 ]
 
-# How a message body is delimited (RFC 9112 §6.3; the client codec answers its framing in the
-# same terms, ServerStream.send_response_head):
-BODY_NONE: Final = 0  # no body
-BODY_LENGTH: Final = 1  # Content-Length
-BODY_CHUNKED: Final = 2  # delimited by the protocol (HTTP/1.1's chunked coding)
-BODY_CLOSE: Final = 3  # read until the connection closes (responses only, RFC 9112 §6.3 rule 8)
+# How a message body is delimited (BODY_*): defined with the parse records (proxycore.meta),
+# re-exported here as the codec's vocabulary.
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

@@ -38,8 +38,16 @@ from proxycore.http import (
     field_items,
 )
 
-# How a body is delimited: the upstream codec's vocabulary (defined there), used here.
-from proxycore.upcodec import BODY_CHUNKED, BODY_CLOSE, BODY_LENGTH, BODY_NONE
+# How a body is delimited and what a parse learned: protocol-neutral (proxycore.meta), used
+# and re-exported here.
+from proxycore.meta import (
+    BODY_CHUNKED,
+    BODY_CLOSE,
+    BODY_LENGTH,
+    BODY_NONE,
+    RequestMeta,
+    ResponseMeta,
+)
 
 __all__ = [
     "BODY_CHUNKED",
@@ -178,80 +186,12 @@ _FIELD_LINE_PREFIX_RE: Final = re.compile(
 )
 
 
-_NO_TOKENS: Final[frozenset[str]] = frozenset()
 # Fields a Connection option cannot remove: Host (RFC 9112 §3.2: every HTTP/1.1 request carries
 # it; nginx and HAProxy keep it too) and Content-Length (the framing of a message whose head is
 # otherwise forwarded). Transfer-Encoding is hop-by-hop and re-framed by the proxy anyway.
 _KEPT_FIELDS: Final = frozenset({"host", "content-length"})
 _KEEP_ALIVE_TOKEN: Final = frozenset({"keep-alive"})
 _CLOSE_TOKEN: Final = frozenset({"close"})
-
-
-class RequestMeta:
-    """What the parser learned about a request's framing and connection handling."""
-
-    __slots__ = (
-        "body",
-        "connection_tokens",
-        "dropped",
-        "expect_continue",
-        "forwarded",
-        "has_host",
-        "head_size",
-        "hop",
-        "host",
-        "keep_alive",
-        "length",
-        "raw",
-        "upgrade",
-    )
-
-    def __init__(self) -> None:
-        self.raw = b""  # the head exactly as received (for verbatim forwarding)
-        # the names of the fields dropped for an underscore (UNDERSCORE_ACTIONS), or None
-        self.dropped: list[str] | None = None
-        self.body = BODY_NONE
-        self.length = 0
-        self.keep_alive = True
-        self.expect_continue = False
-        self.upgrade: str | None = None
-        self.connection_tokens: frozenset[str] = _NO_TOKENS
-        self.head_size = 0
-        # a hop-by-hop field is present (must be stripped when forwarding), or fields were
-        # dropped: either way the head cannot be forwarded verbatim
-        self.hop = False
-        self.forwarded = False  # an X-Forwarded-* field is present
-        self.has_host = False
-        self.host: str | None = None  # the effective Host (absolute-form authority wins)
-
-
-class ResponseMeta:
-    """What the parser learned about a response's framing."""
-
-    __slots__ = (
-        "body",
-        "connection_fields",
-        "connection_tokens",
-        "content_length",
-        "head_size",
-        "hop",
-        "hop_other",
-        "keep_alive",
-        "length",
-        "raw",
-    )
-
-    def __init__(self) -> None:
-        self.raw = b""
-        self.hop_other = False  # a hop-by-hop field other than Connection is present
-        self.connection_fields = 0
-        self.body = BODY_NONE
-        self.length = 0
-        self.keep_alive = True
-        self.connection_tokens: frozenset[str] = _NO_TOKENS
-        self.head_size = 0
-        self.hop = False
-        self.content_length: str | None = None
 
 
 # Hop-by-hop fields not otherwise examined by the parsers (RFC 9110 §7.6.1).

@@ -42,16 +42,10 @@ from h2.settings import SettingCodes
 from proxycore.accesslog import log_rejected
 from proxycore.codec import NO_BODY, OPEN_BODY, SIZED_BODY, ServerStream
 from proxycore.downstream import DRAIN_RECENT, Downstream
-from proxycore.h1.parse import (
-    BODY_CHUNKED,
-    BODY_LENGTH,
-    BODY_NONE,
-    RequestMeta,
-    ResponseMeta,
-)
 from proxycore.h2._lib import FloodGuard, ServerConnection, TrailersNotLast
 from proxycore.h2.fields import Malformed, check_request, check_trailers
 from proxycore.http import Headers, RequestHeader, ResponseHeader
+from proxycore.meta import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, RequestMeta, ResponseMeta
 from proxycore.semantics import HOP_BY_HOP, error_body, response_has_body, trailer_fields
 from proxycore.session import Session
 
