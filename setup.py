@@ -40,6 +40,7 @@ CORE = [
     # The origin side's seam (OriginStream, UpstreamOwner) joins the compiled set with its
     # subclasses: Upstream (the HTTP/1.1 upstream codec) and Session.
     "proxycore/meta.py",
+    "proxycore/exchange_states.py",
     "proxycore/upcodec.py",
     "proxycore/upstream.py",
     "proxycore/events.py",

@@ -723,7 +723,7 @@ class Downstream(ServerStream):
         if not keep_alive or self.peer_eof or e.draining:
             # Linger while the client may still be sending a body we did not read (an early
             # answer): a close now would reset the connection and could destroy the answer.
-            if self.peer_eof or (not self.buf and s._req_done):
+            if self.peer_eof or (not self.buf and s.request_read()):
                 self.close()
             else:
                 self.linger_close()

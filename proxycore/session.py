@@ -22,6 +22,10 @@ decodes the body and decides reuse). The session is that codec's
 pieces while it takes them (``takes_response_body``), and says when the response should pause
 (``wants_response_paused``).
 
+Where the exchange is, is one state of :mod:`proxycore.exchange_states` (``_state``), and where
+its request body is, one state of a second table (``_body``): every change goes through
+``_go(event)`` / ``_go_body(event)``, which check it against the table.
+
 Errors: a connect failure goes through ``fail_to_connect`` (retry if marked), an error after
 connecting through ``error_while_proxy`` (retried by default only on a reused pooled connection
 before any response byte, Pingora's ReusedOnly), and a final failure through ``fail_to_proxy``.
@@ -40,6 +44,47 @@ from proxycore.accesslog import AccessEntry, Attempt, log_session
 from proxycore.actions import RunFilter
 from proxycore.codec import NO_BODY, SIZED_BODY, ServerStream
 from proxycore.errors import ErrorSource, ErrorType, HTTPParseError, ProxyError
+from proxycore.exchange_states import (
+    ANSWERED,
+    AWAITING_HEAD,
+    BODY_RECEIVED,
+    CONNECT,
+    CONNECTED,
+    END,
+    ENDING,
+    FAIL,
+    FINISH,
+    FORWARD,
+    FORWARDING,
+    HAND_BACK,
+    HEAD_RECEIVED,
+    HEAD_SENT,
+    HELD,
+    LOGGED,
+    LOGGING,
+    LOGGING_DONE,
+    PICK_PEER,
+    READ,
+    REQUEST_PHASES,
+    REQUEST_SENT,
+    RESPOND,
+    RESPONSE_PHASES,
+    RETRY,
+    SENDING,
+    SKIP,
+    SKIPPING,
+    STOP,
+    STREAMING,
+    UNREAD,
+    UPSTREAM_ERROR,
+    exchange_allows,
+)
+from proxycore.exchange_states import BODY_NEXT as _BN
+from proxycore.exchange_states import EXCHANGE_NEXT as _XN
+from proxycore.exchange_states import N_BODY_EVENTS as _NB
+from proxycore.exchange_states import N_EXCHANGE_EVENTS as _NX
+from proxycore.exchange_states import refuse_body as _refused_body
+from proxycore.exchange_states import refuse_exchange as _refused
 from proxycore.http import Headers, RequestHeader, ResponseHeader
 from proxycore.peer import Peer
 from proxycore.semantics import (
@@ -100,6 +145,17 @@ _K_FAIL_TO_PROXY: Final = 13
 _K_REQUEST_BODY_FILTER: Final = 14  # the body filters run through a _BodyPipe
 _K_RESPONSE_BODY_FILTER: Final = 15
 _K_UPSTREAM_RESPONSE_BODY_FILTER: Final = 16
+# The phases whose continuation deals with a respond() made in them (the request phases,
+# fail_to_proxy); after any other, a respond() ends the exchange (Session._resume).
+_ANSWERS_HANDLED: Final = frozenset(
+    {
+        _K_NEW_CTX,
+        _K_EARLY_REQUEST_FILTER,
+        _K_REQUEST_FILTER,
+        _K_PROXY_UPSTREAM_FILTER,
+        _K_FAIL_TO_PROXY,
+    }
+)
 # The exchange's timers, by the names it gives them on its stream (ServerStream.arm).
 _REQUEST_TIMERS: Final = ("connect", "read", "write", "send", "body")
 _UPSTREAM_TIMERS: Final = ("connect", "read", "write")
@@ -158,7 +214,7 @@ class _BodyPipe:
                 raise TypeError(f"{name} must return bytes or None, not {type(result)}")
             piece = bytes(result)
         self._sink(piece, eos)
-        if not self._running and not self._session._finished:
+        if not self._running and self._session._state < LOGGING:
             self.on_idle()
 
 
@@ -172,29 +228,25 @@ class Session(UpstreamOwner):
     """
 
     __slots__ = (
+        "_body",
         "_cont",
         "_cont_pipe",
         "_down_mode",
-        "_finished",
-        "_forwarding",
         "_fresh_only",
         "_held_request",
         "_held_trailers",
         "_keep_alive",
         "_last_client_read",
-        "_local",
         "_meta",
         "_pending",
-        "_req_done",
         "_req_kind",
         "_req_pipe",
         "_resp",
-        "_resp_done",
-        "_resp_head_done",
         "_resp_meta",
         "_resp_pipes",
         "_retry_buf",
         "_retry_size",
+        "_state",
         "_t_conn",
         "_t_head",
         "_t_peer",
@@ -248,15 +300,17 @@ class Session(UpstreamOwner):
         self._held_request: RequestHeader | None = None  # for upstream_request_filter's sequel
         self._held_trailers: Headers | None = None  # for response_trailer_filter's sequel
         self._cont_pipe: _BodyPipe | None = None  # the deferred body filter's pipe
-        self._finished = False
+        # where the exchange is, and its request body (proxycore.exchange_states: one table
+        # each; every change goes through _go / _go_body, which check it)
+        self._state = REQUEST_PHASES
         self._fresh_only = False
-        self._local = False
+        # the client connection's disposition: whether it can carry another request after
+        # this one (an outcome many steps decide, not a step of the exchange)
         self._keep_alive = meta.keep_alive
         # request body
         self._req_kind = down.request_body_kind()
-        self._req_done = self._req_kind == NO_BODY
+        self._body = READ if self._req_kind == NO_BODY else UNREAD
         self._req_pipe: _BodyPipe | None = None
-        self._forwarding = False
         self._last_client_read = engine.now
         self._up_failure: str | None = None  # the upstream's WriteFailed, in words
         self._retry_buf: list[bytes] | None = []
@@ -264,9 +318,7 @@ class Session(UpstreamOwner):
         # response
         self._resp: ResponseHeader | None = None
         self._resp_meta: ResponseMeta | None = None
-        self._resp_head_done = False
         self._resp_pipes: _BodyPipe | None = None
-        self._resp_done = False
         self._down_mode = BODY_NONE
         # for the access log (proxycore.accesslog): the current upstream attempt's start,
         # connect and response-head times (-1: not yet), and the earlier attempts
@@ -330,6 +382,8 @@ class Session(UpstreamOwner):
             raise RuntimeError("a response was already started for this request")
         if status < 200:
             raise ValueError("respond() sends final responses only")
+        if not exchange_allows(self._state, RESPOND):
+            raise RuntimeError("respond() after the exchange ended (the client has its answer)")
         h = _respond_headers(headers)
         no_body = status == 204 or status == 304
         if not no_body:
@@ -340,7 +394,8 @@ class Session(UpstreamOwner):
         h.remove("connection")
         # A request body we have not read yet makes the connection unusable, unless we can
         # discard it; with Expect: 100-continue the client will not send it at all.
-        if not self._req_done and (self._meta.expect_continue or self._forwarding):
+        req_body = self._body
+        if req_body != READ and (self._meta.expect_continue or req_body == FORWARDING):
             self._keep_alive = False
         if not self._keep_alive or self.engine.draining:
             self._keep_alive = False
@@ -350,8 +405,13 @@ class Session(UpstreamOwner):
         self.response_started = True
         self.response_status = status
         self.response_header = ResponseHeader(status, h)
-        self._local = True
-        self._resp_done = True
+        self._go(RESPOND)
+        if req_body == UNREAD or req_body == HELD:
+            self._go_body(SKIP)  # whatever of it comes is read and dropped
+
+    def request_read(self) -> bool:
+        """Whether the whole request body was read from the client (or there was none)."""
+        return self._body == READ
 
     def client_conn(self) -> int:
         """The id of the connection that carries this exchange's client side."""
@@ -413,6 +473,26 @@ class Session(UpstreamOwner):
         r = self.req_header
         return f"<Session {r.method} {r.path} from {self.client_addr}>"
 
+    # ------------------------------------------------------------------ state
+
+    # Every change of _state / _body takes an event in its table (exchange_states): _go and
+    # _go_body, or, on the hot path, where a call would cost more than the check in the pure
+    # build, the same written out:
+    #     self._state = _XN[self._state * _NX + EVENT] or _refused(self._state, EVENT)
+    # (the flattened table holds 0 where it has no row; _refused raises ExchangeStateError).
+
+    def _go(self, event: int) -> None:
+        """Take ``event`` in the exchange's transition table (raises if it has no such row)."""
+        self._state = _XN[self._state * _NX + event] or _refused(self._state, event)
+
+    def _go_body(self, event: int) -> None:
+        """Take ``event`` in the request body's transition table."""
+        self._body = _BN[self._body * _NB + event] or _refused_body(self._body, event)
+
+    def _stop_forwarding(self) -> None:
+        if self._body == FORWARDING:
+            self._go_body(STOP)
+
     # ------------------------------------------------------------------ phase calls
 
     def _call(
@@ -443,6 +523,12 @@ class Session(UpstreamOwner):
     def _resume(self, k: int, result: Any, pipe: _BodyPipe | None) -> None:
         """The continuation of phase ``k`` (direct calls: in the compiled core a stored bound
         method would be a generic call and an allocation per phase)."""
+        if self._state == ANSWERED and k not in _ANSWERS_HANDLED:
+            # A phase past the request phases answered with respond(): that is the answer,
+            # and the exchange ends here (the request phases and fail_to_proxy see to it
+            # themselves).
+            self._finish(None)
+            return
         if k == _K_NEW_CTX:
             self._after_new_ctx(result)
         elif k == _K_UPSTREAM_PEER:
@@ -539,7 +625,7 @@ class Session(UpstreamOwner):
             if not self.response_started:
                 self._respond_error(500)
             self._finish(err)
-        elif self._finished:
+        elif self._state >= LOGGING:
             return
         else:
             self._fail(err)
@@ -573,8 +659,8 @@ class Session(UpstreamOwner):
             self._after_request_filter(False)
 
     def _after_request_filter(self, answered: Any) -> None:
-        if answered or self.response_started:
-            if not self.response_started:
+        if answered or self._state == ANSWERED:
+            if self._state != ANSWERED:
                 self._respond_error(500)
             self._finish(None)
             return
@@ -589,11 +675,12 @@ class Session(UpstreamOwner):
                 _K_PROXY_UPSTREAM_FILTER,
             )
         else:
+            self._state = _XN[self._state * _NX + PICK_PEER] or _refused(self._state, PICK_PEER)
             self._choose_peer()
 
     def _after_proxy_upstream_filter(self, go: Any) -> None:
-        if go is False or self.response_started:
-            if not self.response_started:
+        if go is False or self._state == ANSWERED:
+            if self._state != ANSWERED:
                 self._fail(
                     ProxyError(
                         ErrorType.NO_UPSTREAM,
@@ -604,6 +691,7 @@ class Session(UpstreamOwner):
             else:
                 self._finish(None)
             return
+        self._state = _XN[self._state * _NX + PICK_PEER] or _refused(self._state, PICK_PEER)
         self._choose_peer()
 
     def _choose_peer(self) -> None:
@@ -630,9 +718,11 @@ class Session(UpstreamOwner):
         # After a pooled connection died before answering (ReusedOnly), retry on a fresh one.
         up = None if self._fresh_only else e.acquire_upstream(peer)
         if up is not None:
+            self._state = _XN[self._state * _NX + CONNECTED] or _refused(self._state, CONNECTED)
             up.begin(self, True, e.now)
             self._use_upstream(up, True)
             return
+        self._go(CONNECT)
         up = e.open_upstream(peer)
         up.bind(self)
         timeout = (
@@ -643,6 +733,7 @@ class Session(UpstreamOwner):
 
     def on_upstream_connected(self, up: OriginStream) -> None:
         self.down.disarm("connect")
+        self._state = _XN[self._state * _NX + CONNECTED] or _refused(self._state, CONNECTED)
         up.begin(self, False, self.engine.now)
         self._use_upstream(up, False)
 
@@ -662,6 +753,7 @@ class Session(UpstreamOwner):
         self._connect_failed(err)
 
     def _connect_failed(self, err: ProxyError) -> None:
+        self._go(UPSTREAM_ERROR)
         ph = self.phases
         peer = self.peer
         assert peer is not None
@@ -680,6 +772,7 @@ class Session(UpstreamOwner):
         if err.retry and self.retries < self.engine.conf.max_retries:
             self.retries += 1
             self._tried(err)
+            self._go(RETRY)
             self._choose_peer()
         else:
             self._fail(err)
@@ -768,7 +861,7 @@ class Session(UpstreamOwner):
 
     def _send_upstream_head(self, up_req: RequestHeader, filtered: bool) -> None:
         up = self.upstream
-        if up is None or self._finished:
+        if up is None or self._state >= LOGGING:
             return
         # (how the body is framed, chunked or by its Content-Length, is the codec's choice)
         up.send_request_head(
@@ -779,16 +872,21 @@ class Session(UpstreamOwner):
     def _upstream_head_ready(self) -> None:
         """The upstream head is on its way: the body follows (or the wait for the answer)."""
         e = self.engine
-        if self._req_done:
+        read = self._body == READ
+        if read:
             self._arm_read_timeout()
         if self._retry_buf:
             for piece in self._retry_buf:
                 self._write_upstream_piece(piece, False)
-        if self._req_done:
+        if read:
             if self._req_kind != NO_BODY:
                 self._end_upstream_body()
+            else:
+                self._state = _XN[self._state * _NX + REQUEST_SENT] or _refused(
+                    self._state, REQUEST_SENT
+                )
             return
-        self._forwarding = True
+        self._body = _BN[self._body * _NB + FORWARD] or _refused_body(self._body, FORWARD)
         self._last_client_read = e.now
         self.down.arm("body", e.now + e.conf.client_body_timeout)
         ph = self.phases
@@ -808,22 +906,23 @@ class Session(UpstreamOwner):
         """The client sent bytes (body or pipelined requests): the body timer counts from
         here. True if the session takes body pieces straight away (no filter, no buffer)."""
         self._last_client_read = self.engine.now
-        return self._forwarding and self._req_pipe is None and self.upstream is not None
+        return self._body == FORWARDING and self._req_pipe is None and self.upstream is not None
 
     def takes_request_body(self) -> bool:
         """Whether the stream may hand over a body piece now."""
         pipe = self._req_pipe
-        return self._forwarding and not (pipe is not None and pipe.busy)
+        return self._body == FORWARDING and not (pipe is not None and pipe.busy)
 
     def request_data_buffered(self) -> None:
         """The stream buffered client bytes it did not hand over."""
-        if self._forwarding:
+        body = self._body
+        if body == FORWARDING:
             self._pump_request_body()
-        elif self._resp_done and not self._req_done and not self._forwarding:
-            self._discard_request_body()
+        elif body == SKIPPING:
+            self._skip_request_body()
 
     def _pump_request_body(self) -> None:
-        if not self._forwarding or self._finished:
+        if self._body != FORWARDING or self._state >= LOGGING:
             return
         down = self.down
         if down.push_request_body(self):
@@ -846,8 +945,7 @@ class Session(UpstreamOwner):
             self._bad_request_body(HTTPParseError("request body too large", 413))
             return
         if eos:
-            self._forwarding = False
-            self._req_done = True
+            self._body = _BN[self._body * _NB + END] or _refused_body(self._body, END)
             self.down.disarm("body")
         pipe = self._req_pipe
         if pipe is not None:
@@ -889,7 +987,8 @@ class Session(UpstreamOwner):
         up = self.upstream
         if up is None:
             return
-        if not self.down.armed("read") and not self._resp_done:
+        st = self._state
+        if not self.down.armed("read") and st != ENDING and st != ANSWERED:
             self._arm_read_timeout()
         fields = None
         if up.sends_trailers():
@@ -904,6 +1003,8 @@ class Session(UpstreamOwner):
                     f"says {up.request_length()} (remove it when changing the body)",
                 )
             )
+            return
+        self._state = _XN[self._state * _NX + REQUEST_SENT] or _refused(self._state, REQUEST_SENT)
 
     def _underscored_trailers(self, tr: Headers) -> bool:
         """Request trailer fields whose name holds an underscore, under headers_with_underscores
@@ -934,7 +1035,7 @@ class Session(UpstreamOwner):
 
     def _bad_request_body(self, err: HTTPParseError) -> None:
         self.engine.log.info("client %s: bad request body: %s", self.down.peer_name(), err)
-        self._forwarding = False
+        self._stop_forwarding()
         self._keep_alive = False
         if self.upstream is not None:
             self.upstream.abort(self.engine)
@@ -954,19 +1055,22 @@ class Session(UpstreamOwner):
                 ProxyError(ErrorType.INVALID_HTTP_HEADER, ErrorSource.DOWNSTREAM, str(err))
             )
 
-    def _discard_request_body(self) -> None:
-        """After an early response: read and drop the rest of the request body so the
-        connection can carry the next request."""
+    def _skip_request_body(self) -> None:
+        """After an early response (SKIPPING): read and drop the rest of the request body so
+        the connection can carry the next request; once it is all read (or turns out
+        malformed: the connection closes), a finished exchange hands the connection back."""
         r = self.down.discard_request_body()
+        if r == 0:
+            return  # more to come
         if r < 0:
             self._keep_alive = False
-        if r != 0:
-            self._req_done = True
-            if self._finished:
-                self.down.exchange_done(self, self._keep_alive)
+        else:
+            self._go_body(END)
+        if self._state == LOGGED:
+            self._hand_back()
 
     def on_downstream_eof(self) -> None:
-        if not self._req_done:
+        if self._body != READ:
             self._client_gone(
                 f"client {self.down.peer_name()} closed the connection before the request body "
                 "ended"
@@ -975,7 +1079,7 @@ class Session(UpstreamOwner):
         self._keep_alive = False  # finish the response, then close
 
     def on_downstream_gone(self, reason: str) -> None:
-        if self._finished:
+        if self._state >= LOGGING:
             return
         self._client_gone(reason)
 
@@ -983,20 +1087,20 @@ class Session(UpstreamOwner):
         """The shutdown cuts this exchange (its grace period ran out, or a fast shutdown; the
         engine closes the connections): it ends now with a SHUTDOWN error, so its access-log
         entry is written, flagged as cut. False if it had already ended."""
-        if self._finished:
+        if self._state >= LOGGING:
             return False
         why = f"the grace period of {grace:g} s ran out" if grace > 0 else "a fast shutdown"
         self._keep_alive = False
-        self._forwarding = False
+        self._stop_forwarding()
         # (_finish closes the upstream connection, unfinished, before the log entry is written)
         self._finish(ProxyError(ErrorType.SHUTDOWN, ErrorSource.INTERNAL, f"cut: {why}"))
         return True
 
     def on_client_lost(self, words: str) -> None:
         """The client connection broke: ``words`` say how ("reset the connection")."""
-        if self._finished:
+        if self._state >= LOGGING:
             return
-        if not self._req_done:
+        if self._body != READ:
             when = "before the request body ended"
         elif self.response_started:
             when = "while the response was being sent"
@@ -1007,7 +1111,7 @@ class Session(UpstreamOwner):
     def _client_gone(self, reason: str) -> None:
         err = ProxyError(ErrorType.CLIENT_ABORTED, ErrorSource.DOWNSTREAM, reason)
         self._keep_alive = False
-        self._forwarding = False
+        self._stop_forwarding()
         if self.upstream is not None:
             self.upstream.abort(self.engine)
             self.upstream = None
@@ -1016,7 +1120,7 @@ class Session(UpstreamOwner):
 
     def wants_request_paused(self) -> bool:
         up = self.upstream
-        if self._forwarding:
+        if self._body == FORWARDING:
             return (up is not None and up.writing_paused()) or (
                 self._req_pipe is not None and self._req_pipe.busy
             )
@@ -1055,7 +1159,7 @@ class Session(UpstreamOwner):
 
     def on_response_head(self, resp: ResponseHeader, meta: ResponseMeta) -> None:
         """The final response head (the codec set up its body's decoding)."""
-        self._resp_head_done = True
+        self._state = _XN[self._state * _NX + HEAD_RECEIVED] or _refused(self._state, HEAD_RECEIVED)
         self._resp = resp
         self._resp_meta = meta
         self._t_head = self.engine.now
@@ -1083,8 +1187,8 @@ class Session(UpstreamOwner):
 
     def _write_response_head(self, _: Any) -> None:
         up = self.upstream
-        if self._finished or up is None:
-            return
+        if self._state != RESPONSE_PHASES or up is None:
+            return  # (the exchange ended, or failed over, while a response phase ran)
         resp = self._resp
         meta = self._resp_meta
         assert resp is not None and meta is not None
@@ -1092,7 +1196,7 @@ class Session(UpstreamOwner):
         ph = self.phases
         edited = ph.upstream_response_filter is not None or ph.response_filter is not None
         keep = self._keep_alive and not e.draining and not self.down.peer_eof
-        if not self._req_done and (
+        if self._body != READ and (
             (self._meta.expect_continue and up.request_sent() == 0)  # no body will come to skip
             or self.down.request_body_left() > _MAX_DISCARD
         ):
@@ -1109,6 +1213,7 @@ class Session(UpstreamOwner):
         meta = self._resp_meta
         assert meta is not None
         status = resp.status
+        self._state = _XN[self._state * _NX + HEAD_SENT] or _refused(self._state, HEAD_SENT)
         self.response_started = True
         self.response_status = status
         self.response_header = resp
@@ -1135,7 +1240,7 @@ class Session(UpstreamOwner):
 
     def _pump_response_body(self) -> None:
         up = self.upstream
-        if up is None or self._finished or self._resp_done or not self.response_started:
+        if up is None or self._state != STREAMING:
             return
         # (the codec hands over what we take, then re-evaluates pausing; a malformed body: it
         # told us, on_invalid_response)
@@ -1148,7 +1253,9 @@ class Session(UpstreamOwner):
 
     def takes_response_body(self) -> bool:
         pipes = self._resp_pipes
-        return not (pipes is not None and pipes.busy) and not self._resp_done
+        # (not once the whole response came, nor after the exchange ended: a decoded batch's
+        # remaining pieces are not handed to a finished exchange)
+        return not (pipes is not None and pipes.busy) and self._state < ENDING
 
     def response_data_buffered(self) -> None:
         if self.response_started:
@@ -1160,16 +1267,20 @@ class Session(UpstreamOwner):
         return self.down.write_paused or (pipes is not None and pipes.busy)
 
     def on_response_body(self, piece: bytes, eos: bool) -> None:
+        if self._state >= LOGGING:
+            return  # (the rest of a decoded batch, after the exchange was cut short)
         pipes = self._resp_pipes
         if eos:
-            self._resp_done = True
+            self._state = _XN[self._state * _NX + BODY_RECEIVED] or _refused(
+                self._state, BODY_RECEIVED
+            )
         if pipes is not None:
             pipes.push(piece, eos)
         else:
             self._write_down_piece(piece, eos)
 
     def _write_down_piece(self, piece: bytes, eos: bool) -> None:
-        if self._finished:
+        if self._state >= LOGGING:
             return
         if piece:
             self.response_body_bytes += len(piece)
@@ -1184,7 +1295,6 @@ class Session(UpstreamOwner):
                 )
                 return
         if eos:
-            self._resp_done = True
             self._end_response_body()
 
     def _end_response_body(self) -> None:
@@ -1224,16 +1334,17 @@ class Session(UpstreamOwner):
     def _response_complete(self) -> None:
         up = self.upstream
         sent = 0
+        read = self._body == READ
         if up is not None:
-            if not self._req_done:
+            if not read:
                 sent = up.request_sent()
             self.upstream = None
             # back to the pool if the wire allows another exchange (the codec knows); a request
             # body still coming (an early answer) leaves the connection unusable
-            up.end(self.engine, self._req_done)
-        if not self._req_done:
+            up.end(self.engine, read)
+        if not read:
             # Early response: stop forwarding; skip the rest of the body if the client sends it.
-            self._forwarding = False
+            self._go_body(SKIP)
             if self._meta.expect_continue and sent == 0:
                 self._keep_alive = False
         self._finish(None)
@@ -1255,14 +1366,15 @@ class Session(UpstreamOwner):
 
     def on_upstream_eof(self, error: str | None) -> None:
         up = self.upstream
-        if up is None or self._finished:
+        st = self._state
+        if up is None or st >= LOGGING:
             return
-        if self._resp_head_done and self._resp_meta is not None:
+        if RESPONSE_PHASES <= st <= ENDING and self._resp_meta is not None:
             if self._resp_meta.body == BODY_CLOSE and error is None:
                 if self.response_started:
                     self._pump_response_body()
                 return
-            if self._resp_done:
+            if st == ENDING:
                 return
         failure = self._up_failure  # a failed write came first: it says what happened
         etype = ErrorType.CONNECTION_RESET if failure or error else ErrorType.CONNECTION_CLOSED
@@ -1271,10 +1383,10 @@ class Session(UpstreamOwner):
 
     def _stage(self) -> str:
         """Where this request was when its upstream connection ended, for messages."""
-        if self._resp_head_done:
+        if RESPONSE_PHASES <= self._state <= ENDING:
             return "while the response body was being received"
-        if self._up_failure is not None or self._forwarding:
-            if self._req_done:
+        if self._up_failure is not None or self._body == FORWARDING:
+            if self._body == READ:
                 return "while the request was being sent"
             return "while the request body was being sent"
         up = self.upstream
@@ -1289,18 +1401,21 @@ class Session(UpstreamOwner):
         closed after it (the rest of the body has nowhere to go); EOF without an answer is the
         error, named after this failed write. Neither counts as a failure before it happens."""
         up = self.upstream
-        if up is None or self._finished:
+        st = self._state
+        if up is None or st >= LOGGING:
             return
         self._up_failure = error
         down = self.down
         down.disarm("write")
-        if self._forwarding:
-            self._forwarding = False
+        if self._body == FORWARDING:
+            self._go_body(STOP)
             down.disarm("body")
-        if not self._req_done:
+        if self._body != READ:
             self._keep_alive = False
-        if not self._resp_head_done and not down.armed("read"):
+        if st < RESPONSE_PHASES and not down.armed("read"):
             self._arm_read_timeout()
+        if st == SENDING or st == AWAITING_HEAD or RESPONSE_PHASES <= st <= ENDING:
+            self._go(REQUEST_SENT)  # as far as it goes
         self.down.request_pause_changed()
 
     def on_timer(self, name: str) -> None:
@@ -1323,7 +1438,8 @@ class Session(UpstreamOwner):
                 self._connect_failed(err)
         elif name == "read":
             up = self.upstream
-            if up is None or self._resp_done:
+            st = self._state
+            if up is None or st == ENDING or st == ANSWERED:
                 return
             t = up.peer.read_timeout
             timeout = t if t is not None else e.conf.read_timeout
@@ -1353,7 +1469,7 @@ class Session(UpstreamOwner):
                 self._keep_alive = False
                 self._abort_downstream(err)
         elif name == "body":
-            if not self._forwarding:
+            if self._body != FORWARDING:
                 return
             timeout = e.conf.client_body_timeout
             if now >= self._last_client_read + timeout:
@@ -1365,7 +1481,7 @@ class Session(UpstreamOwner):
         """Fail over the upstream: ``what`` it did, in words ("reset the connection while the
         response body was being received")."""
         up = self.upstream
-        if self._finished:
+        if self._state >= LOGGING:
             return
         peer = up.peer if up is not None else self.peer
         peer_addr = peer.address if peer is not None else "?"
@@ -1386,6 +1502,7 @@ class Session(UpstreamOwner):
         ):
             err.retry = True  # ReusedOnly: the pooled connection died before answering
             self._fresh_only = True
+        self._go(UPSTREAM_ERROR)
         ph = self.phases
         peer = self.peer
         if ph.error_while_proxy is not None and peer is not None:
@@ -1408,6 +1525,7 @@ class Session(UpstreamOwner):
             self.retries += 1
             self._tried(err)
             self._reset_response_state()
+            self._go(RETRY)
             self._choose_peer()
         else:
             self._fail(err)
@@ -1422,36 +1540,36 @@ class Session(UpstreamOwner):
     def _reset_response_state(self) -> None:
         self._resp = None
         self._resp_meta = None
-        self._resp_head_done = False
-        self._resp_done = False
-        self._forwarding = False
+        self._stop_forwarding()
         self._up_failure = None
 
     # ------------------------------------------------------------------ ending
 
     def _respond_error(self, status: int) -> None:
         body = error_body(status)
-        self._keep_alive = self._keep_alive and self._req_done
+        self._keep_alive = self._keep_alive and self._body == READ
         self.respond(status, body)
 
     def _fail(self, err: ProxyError) -> None:
-        if self._finished:
+        st = self._state
+        if st >= LOGGING:
             return
         self.error = err
-        self._forwarding = False
+        self._stop_forwarding()
         up = self.upstream
         if up is not None:
             up.abort(self.engine)
             self.upstream = None
         self.down.disarm_all(_UPSTREAM_TIMERS)
-        if self.response_started and not self._local:
-            self._abort_downstream(err)
-            return
-        if self.response_started:
+        if st == ANSWERED:
             self._finish(err)
             return
-        if not self._req_done:
+        if self.response_started:
+            self._abort_downstream(err)
+            return
+        if self._body != READ:
             self._keep_alive = False
+        self._go(FAIL)
         ph = self.phases
         self._call(ph.fail_to_proxy_fn, (self, err, self.ctx), _K_FAIL_TO_PROXY)
 
@@ -1483,9 +1601,9 @@ class Session(UpstreamOwner):
         self.down.abort_response(self)
 
     def _finish(self, err: ProxyError | None) -> None:
-        if self._finished:
+        if self._state >= LOGGING:
             return
-        self._finished = True
+        self._state = _XN[self._state * _NX + FINISH] or _refused(self._state, FINISH)
         if err is not None and self.error is None:
             self.error = err
         self._pending = 0
@@ -1512,15 +1630,23 @@ class Session(UpstreamOwner):
 
     def _after_logging(self, _: Any) -> None:
         down = self.down
-        if not down.closed:
-            if not self._req_done and self.down.request_body_left() > _MAX_DISCARD:
+        if not down.closed and self._body != READ:
+            if down.request_body_left() > _MAX_DISCARD:
                 self._keep_alive = False
-            if not self._req_done and self._keep_alive:
-                # Read and drop the rest of the request body, then carry on.
-                self._discard_request_body()
-                if not self._req_done:
-                    return
-        down.exchange_done(self, self._keep_alive)
+            if self._keep_alive:
+                # Read and drop the rest of the request body, then carry on (LOGGED:
+                # _skip_request_body hands the connection back once it is all read).
+                self._go(LOGGING_DONE)
+                if self._body != SKIPPING:
+                    self._go_body(SKIP)
+                self._skip_request_body()
+                return
+        self._hand_back()
+
+    def _hand_back(self) -> None:
+        """The exchange is over: the client stream has its connection back."""
+        self._state = _XN[self._state * _NX + HAND_BACK] or _refused(self._state, HAND_BACK)
+        self.down.exchange_done(self, self._keep_alive)
 
 
 # What asyncio says when a coroutine uses it with no asyncio loop running (get_running_loop,
