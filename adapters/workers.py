@@ -109,6 +109,16 @@ def _worker_main(index: int, serve_one: Callable[[int], None], wfd: int) -> int:
         message, code = str(e), 2
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt as e:
+        # The supervisor's fast stop (SIGINT) where the adapter was not handling it: during
+        # start-up, typically while this worker was already unwinding from its own start-up
+        # error (another worker failed first). Not a crash: report the start-up error if
+        # there was one, else exit as stopped.
+        cause = e.__context__
+        if isinstance(cause, StartupError):
+            message, code = str(cause), 2
+        else:
+            code = 0
     except BaseException as e:
         log.exception("worker %d crashed", index)
         message, code = f"worker {index} failed: {e!r}", 1
