@@ -5,6 +5,9 @@
     # wrk -t1 -c50 on CPU 1 against the proxy on CPU 0, off and --access-log FILE, the
     # interpreters and modes alternated per round; req/s and the proxy's CPU time per request
     python bench/accesslog_cost.py wrk VENV/bin/python [VENV2/bin/python ...] --rounds 6
+    # the same harness with nginx as the proxy (one worker on CPU 0): what the reference
+    # pays for its access log (off, combined unbuffered, combined with buffer=64k)
+    python bench/accesslog_cost.py nginx --rounds 6
 
 ``callgrind`` runs the proxy under valgrind, sends N1 and then N2 sequential keep-alive
 requests (the head wrk sends) on one connection in two runs, and reports (total(N2) -
@@ -145,10 +148,59 @@ def wrk_round(
     return float(rps.group(1)), (c1 - c0) / int(n.group(1)) * 1e6
 
 
+NGINX_MODES = {
+    "off": "access_log off;",
+    "combined": "access_log {log} combined;",
+    "buffered": "access_log {log} combined buffer=64k flush=1s;",
+}
+
+
+def nginx_round(origin: int, mode: str, duration: str, work: Path) -> tuple[float, float]:
+    """wrk_round with nginx as the reverse proxy (one worker, upstream keep-alive)."""
+    port = free_port()
+    log = work / "nginx-access.log"
+    log.unlink(missing_ok=True)
+    d = work / f"nginx-proxy-{mode}"
+    d.mkdir(exist_ok=True)
+    conf = d / "nginx.conf"
+    conf.write_text(
+        f"worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/nginx.err;\n"
+        "events { worker_connections 4096; }\n"
+        f"http {{ {NGINX_MODES[mode].format(log=log)}\n"
+        f"  upstream o {{ server {HOST}:{origin}; keepalive 64; }}\n"
+        f"  server {{ listen {HOST}:{port} backlog=4096; keepalive_requests 1000000;\n"
+        "    location / { proxy_pass http://o; proxy_http_version 1.1;\n"
+        '      proxy_set_header Connection ""; } } }\n'
+    )
+    p = subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", str(conf), "-p", str(d)])
+    try:
+        wait_port(port, 10)
+        worker = int(
+            subprocess.run(
+                ["pgrep", "-P", str(p.pid)], capture_output=True, text=True
+            ).stdout.split()[0]
+        )
+        url = f"http://{HOST}:{port}/small"
+        wrk = ["taskset", "-c", "1", "wrk", "-t1", "-c50"]
+        subprocess.run([*wrk, "-d1s", url], capture_output=True, timeout=60)  # warm-up
+        c0 = cpu_seconds(worker)
+        out = subprocess.run([*wrk, f"-d{duration}", url], capture_output=True, text=True,
+                             timeout=600).stdout  # fmt: skip
+        c1 = cpu_seconds(worker)
+    finally:
+        p.send_signal(signal.SIGQUIT)
+        p.wait(30)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    n = re.search(r"(\d+) requests in", out)
+    if rps is None or n is None:
+        raise SystemExit(f"cannot read wrk's output:\n{out}")
+    return float(rps.group(1)), (c1 - c0) / int(n.group(1)) * 1e6
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("how", choices=("callgrind", "wrk"))
-    ap.add_argument("pythons", nargs="+", help="interpreters with proxycore installed")
+    ap.add_argument("how", choices=("callgrind", "wrk", "nginx"))
+    ap.add_argument("pythons", nargs="*", help="interpreters with proxycore installed")
     ap.add_argument("--modes", default="off,combined,json")
     ap.add_argument("--requests", default="1000,4000", help="callgrind: N1,N2")
     ap.add_argument("--rounds", type=int, default=4, help="wrk: alternated rounds")
@@ -159,6 +211,12 @@ def main() -> None:
         help="callgrind: keep each profile as DIR/callgrind.N.MODE.N2 (for callgrind_annotate)",
     )
     args = ap.parse_args()
+    if args.how == "nginx":
+        args.pythons = ["nginx"]
+        if args.modes == ap.get_default("modes"):
+            args.modes = "off,combined,buffered"
+    elif not args.pythons:
+        ap.error("name at least one interpreter with proxycore installed")
     modes = args.modes.split(",")
     with tempfile.TemporaryDirectory(prefix="accesslog-cost-") as tmp:
         work = Path(tmp)
@@ -180,7 +238,10 @@ def main() -> None:
             for r in range(args.rounds):
                 order = [(py, m) for py in args.pythons for m in modes]
                 for py, mode in order if r % 2 == 0 else order[::-1]:
-                    rps, us = wrk_round(py, port, mode, args.duration, work)
+                    if args.how == "nginx":
+                        rps, us = nginx_round(port, mode, args.duration, work)
+                    else:
+                        rps, us = wrk_round(py, port, mode, args.duration, work)
                     runs.setdefault((py, mode), []).append((rps, us))
                     print(f"round {r} {py} {mode}: {rps:,.0f} req/s, {us:.2f} us CPU/request, "
                           f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip

@@ -676,6 +676,7 @@ typedef struct {
     slot_t *slots;
     Py_ssize_t len, cap;
     buf_t heads; /* the heads of the queued lines, back to back */
+    Py_ssize_t max_bytes; /* heads past this many bytes: add() says "write now" (0: no cap) */
     int busy; /* combined() or entries() is reading it (their callbacks must not change it) */
 } QueueObject;
 
@@ -719,7 +720,9 @@ static Py_ssize_t queue_slot(QueueObject *q, Py_ssize_t head) {
 }
 
 /* add(remote_addr, head, status, body_bytes_sent, request_time, at, uaddr, ustatus, uct, uht)
- * -> the queue's length, or -1 (nothing queued) when a value is not one this code formats
+ * -> the queue's length (sys.maxsize once its heads hold max_bytes or more: a batch of large
+ * heads is written before it has its number of lines), or -1 (nothing queued) when a value is
+ * not one this code formats
  * itself (the caller queues an entry object instead): the fields of AccessEntry(remote_addr,
  * head, status, body_bytes_sent, request_time) logged at `at`, with one upstream attempt
  * (uaddr, ustatus, uct, uht) or none (uaddr None; the other three are ignored). */
@@ -761,6 +764,8 @@ static PyObject *queue_add(QueueObject *q, PyObject *const *a, Py_ssize_t nargs)
     Py_INCREF(s.addr);
     Py_XINCREF(s.uaddr);
     q->slots[i] = s;
+    if (q->max_bytes > 0 && q->heads.len >= q->max_bytes)
+        return PyLong_FromSsize_t(PY_SSIZE_T_MAX);
     return PyLong_FromSsize_t(q->len);
 }
 
@@ -787,6 +792,7 @@ static PyObject *queue_take(QueueObject *q, PyObject *unused) {
     t->len = q->len;
     t->cap = q->cap;
     t->heads = q->heads;
+    t->max_bytes = q->max_bytes;
     t->busy = 0;
     q->slots = NULL;
     q->len = q->cap = 0;
@@ -950,16 +956,18 @@ static void queue_dealloc(QueueObject *q) {
     Py_TYPE(q)->tp_free((PyObject *)q);
 }
 
+/* Queue(max_bytes=0): see add() */
 static PyObject *queue_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    if (PyTuple_GET_SIZE(args) || (kwds != NULL && PyDict_GET_SIZE(kwds))) {
-        PyErr_SetString(PyExc_TypeError, "Queue() takes no arguments");
+    static char *kwlist[] = {"max_bytes", NULL};
+    Py_ssize_t max_bytes = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n:Queue", kwlist, &max_bytes))
         return NULL;
-    }
     QueueObject *q = (QueueObject *)type->tp_alloc(type, 0);
     if (q != NULL) {
         q->slots = NULL;
         q->len = q->cap = 0;
         q->heads = (buf_t){NULL, 0, 0};
+        q->max_bytes = max_bytes > 0 ? max_bytes : 0;
         q->busy = 0;
     }
     return (PyObject *)q;

@@ -12,8 +12,10 @@ def combined_batch(
 ) -> str | None: ...
 
 class Queue:
-    """An AccessBuffer's entries in order: entry objects (put) and the fields of lines (add)."""
+    """An AccessBuffer's entries in order: entry objects (put) and the fields of lines (add).
+    ``add`` returns ``sys.maxsize`` once the queued heads hold ``max_bytes`` or more."""
 
+    def __init__(self, max_bytes: int = 0) -> None: ...
     def add(
         self,
         remote_addr: str,

@@ -56,6 +56,7 @@ printable ASCII as ``\\xHH``).
 from __future__ import annotations
 
 import logging
+import sys
 from binascii import Error as _B64Error
 from binascii import a2b_base64
 from collections.abc import Callable
@@ -215,7 +216,9 @@ class AccessBuffer:
     """The fast way out: the entries of a process's own access-log file, queued in order until
     its writer takes them (see the module docstring). ``notify`` (the writer's) is called with
     the queue's length when an entry starts a batch (1: the writer arranges a write soon) and
-    when ``limit`` entries are queued (the writer writes now). :meth:`take_batch` hands the
+    when ``limit`` entries are queued (the writer writes now), or with ``sys.maxsize`` when the
+    queued request heads hold ``max_bytes`` or more (0: no cap; large heads make a batch
+    written early, so what waits for the writer stays bounded). :meth:`take_batch` hands the
     queue over in one step (a new one replaces it), so a writer thread never sees half a
     batch. No I/O and no clock here.
 
@@ -225,13 +228,21 @@ class AccessBuffer:
     entry is made from them only if a program routes the log or the line needs the Python
     formatter. Otherwise (``add`` None) entries are queued in a list."""
 
-    __slots__ = ("add", "entries", "limit", "notify", "queue")
+    __slots__ = ("add", "entries", "head_bytes", "limit", "max_bytes", "notify", "queue")
 
-    def __init__(self, notify: Callable[[int], None], limit: int = 64, fields: bool = True) -> None:
+    def __init__(
+        self,
+        notify: Callable[[int], None],
+        limit: int = 64,
+        fields: bool = True,
+        max_bytes: int = 0,
+    ) -> None:
         self.entries: list[AccessEntry] = []  # the queue when there is no C queue
+        self.head_bytes = 0  # (the list's heads, for max_bytes)
         self.notify = notify
         self.limit = limit
-        queue = _C_QUEUE() if fields and _C_QUEUE is not None else None
+        self.max_bytes = max_bytes
+        queue = _C_QUEUE(max_bytes) if fields and _C_QUEUE is not None else None
         self.queue: Any = queue
         # queue.add(remote_addr, head, status, body_bytes_sent, request_time, at, uaddr,
         # ustatus, uct, uht) -> the queue's length, or -1: not queued (put an entry)
@@ -245,6 +256,11 @@ class AccessBuffer:
             entries = self.entries
             entries.append(entry)
             n = len(entries)
+            cap = self.max_bytes
+            if cap:
+                self.head_bytes += len(entry.head)
+                if self.head_bytes >= cap:
+                    n = _FULL
         if n == 1 or n >= self.limit:
             self.notify(n)
 
@@ -262,6 +278,7 @@ class AccessBuffer:
         fresh: list[AccessEntry] = []
         entries = self.entries
         self.entries = fresh
+        self.head_bytes = 0
         return entries
 
     def take(self) -> list[AccessEntry]:
@@ -649,6 +666,9 @@ _C_BATCH: Final[Callable[[list[AccessEntry], float, Any, Any], str | None] | Non
     _C.combined_batch if _C is not None else None
 )
 _C_QUEUE: Final[Any] = _C.Queue if _C is not None else None
+# What a queue's add returns (the C queue's, and AccessBuffer.put's count) once its heads hold
+# max_bytes or more: more than any limit, so the writer writes at once.
+_FULL: Final = sys.maxsize
 
 
 def format_batch(entries: Any, json: bool, offset: float = 0.0) -> str:

@@ -479,6 +479,29 @@ def test_head_fields_match_a_plain_split_for_any_case_order_and_length() -> None
     assert request_fields(b"GET / HTTP/1.1") == ("GET / HTTP/1.1", None, None, None)
 
 
+def test_large_heads_are_written_before_a_batch_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (the flusher waits for a long time here: only the cap can have written the lines)
+    monkeypatch.setattr(AccessLogHandler, "INTERVAL", 60.0)
+    monkeypatch.setattr(AccessLogHandler, "MAX_BYTES", 10_000)
+    path = tmp_path / "large.log"
+    handler = AccessLogHandler(str(path))
+    try:
+        h = Harness(Simple(), access_log=handler.buffer)
+        big = b"GET /big HTTP/1.1\r\nHost: example.com\r\nX-Big: " + b"b" * 4000 + b"\r\n\r\n"
+        down, up, _ = setup_request(h, big)
+        h.data(up, OK)
+        for _ in range(2):
+            h.data(down, big)
+            h.data(up, OK)
+        # three heads of 4 KB hold more than 10,000 bytes: written at once, long before
+        # BATCH lines
+        assert path.read_text().count("GET /big HTTP/1.1") == 3
+    finally:
+        handler.close()
+
+
 def test_quiet_lines_arrive_within_the_interval_after_the_flusher_went_idle(
     tmp_path: Path,
 ) -> None:

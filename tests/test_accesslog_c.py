@@ -417,6 +417,35 @@ def test_add_takes_only_what_it_formats_itself(cfmt: ModuleType) -> None:
         assert len(q) == 1
 
 
+def test_a_queue_of_large_heads_asks_to_be_written_early(cfmt: ModuleType) -> None:
+    head = b"GET / HTTP/1.1\r\nX: " + b"y" * 20 + b"\r\n\r\n"  # 44 bytes
+    fields = ("10.0.0.1", head, 200, 5, 0.5, 1.0, None, 0, -1.0, -1.0)
+    q = cfmt.Queue(max_bytes=100)
+    assert [q.add(*fields) for _ in range(3)] == [1, 2, sys.maxsize]  # 132 >= 100 bytes
+    assert q.add(*fields) == sys.maxsize  # (until it is taken)
+    assert len(q.take()) == 4 and q.add(*fields) == 1  # the cap stays with the live queue
+    for uncapped in (cfmt.Queue(), cfmt.Queue(0), cfmt.Queue(-5)):
+        assert [uncapped.add(*fields) for _ in range(5)] == [1, 2, 3, 4, 5]
+    with pytest.raises(TypeError):
+        cfmt.Queue("many")
+
+
+def test_an_access_buffer_without_the_c_queue_caps_its_heads_too() -> None:
+    calls: list[int] = []
+    buf = accesslog.AccessBuffer(calls.append, limit=100, fields=False, max_bytes=50)
+    assert buf.queue is None
+
+    def entry() -> AccessEntry:
+        return AccessEntry("10.0.0.1", b"GET / HTTP/1.1\r\n\r\n", 200, 0, 0.0)  # 18 bytes
+
+    for _ in range(3):
+        buf.put(entry())
+    assert calls == [1, sys.maxsize]  # the first of a batch, then 54 >= 50 bytes
+    assert len(buf.take()) == 3
+    buf.put(entry())
+    assert calls[-1] == 1  # a new batch counts from nothing
+
+
 def test_an_access_buffer_keeps_fields_and_entries_in_order(
     cfmt: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
