@@ -41,6 +41,8 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
+from proxycore.h2.hpackdec import Decoder
+
 
 class CompressionError(ProtocolError):
     """A field block that does not decode: a connection error of type COMPRESSION_ERROR (RFC
@@ -191,6 +193,16 @@ class ServerConnection(H2Connection):
         """Count every frame against ``guard`` and bound the header block."""
         self.guard = guard
         self.incoming_buffer = BoundedFrameBuffer(max_header_block)
+
+    def use_compiled_hpack(self) -> None:
+        """Decode field blocks with proxycore's compiled HPACK decoder
+        (:mod:`proxycore.h2.hpackdec`: the same interface, values and exceptions as
+        ``hpack``'s, several times faster compiled); before any frame was received."""
+        old = self.decoder
+        dec = Decoder(old.max_header_list_size)
+        dec.max_allowed_table_size = old.max_allowed_table_size
+        dec.header_table_size = old.header_table_size
+        self.decoder = dec  # type: ignore[assignment]  # (hpack.Decoder's interface, not its class)
 
     def _receive_frame(self, frame: Any) -> Any:
         guard = self.guard

@@ -504,6 +504,7 @@ class H2Conn(Downstream):
             },
         )
         limit_floods(h2, engine)
+        h2.use_compiled_hpack()
         self.h2 = h2
         self.streams: dict[int, H2Stream] = {}
         self.tokens: dict[int, H2Stream] = {}

@@ -1,0 +1,136 @@
+"""proxycore's HPACK decoder (proxycore/h2/hpackdec.py) against the ``hpack`` library's, its
+reference: the same fields, the same dynamic table, the same exceptions (RFC 7541)."""
+
+from __future__ import annotations
+
+import random
+
+import hpack
+import pytest
+from hpack import HeaderTuple, NeverIndexedHeaderTuple
+
+from proxycore.h2.hpackdec import Decoder, decode_huffman
+
+
+def _pair() -> tuple[Decoder, hpack.Decoder]:
+    return Decoder(), hpack.Decoder()
+
+
+def _random_fields(rng: random.Random) -> list[tuple[bytes, bytes]]:
+    names = [b":method", b":path", b"user-agent", b"cookie", b"x-a", b"accept", b"content-type"]
+    out = []
+    for _ in range(rng.randint(1, 12)):
+        name = (
+            rng.choice(names)
+            if rng.random() < 0.7
+            else bytes(
+                rng.choice(b"abcdefghijklmnopqrstuvwxyz-") for _ in range(rng.randint(1, 20))
+            )
+        )
+        value = bytes(rng.randrange(256) for _ in range(rng.randint(0, 60)))
+        if rng.random() < 0.5:
+            value = rng.choice([b"GET", b"/", b"/index.html", b"gzip, deflate", value[:5]])
+        out.append((name, value))
+    return out
+
+
+def test_random_blocks_decode_as_hpack_decodes_them() -> None:
+    rng = random.Random(7)
+    enc = hpack.Encoder()
+    enc.header_table_size = 512  # small: entries are evicted often
+    ours, ref = _pair()
+    for _ in range(400):
+        fields = _random_fields(rng)
+        headers = [
+            NeverIndexedHeaderTuple(n, v) if rng.random() < 0.1 else HeaderTuple(n, v)
+            for n, v in fields
+        ]
+        block = enc.encode(headers, huffman=rng.random() < 0.7)
+        got, want = ours.decode(block, raw=True), ref.decode(block, raw=True)
+        assert got == want
+        assert [type(f) for f in got] == [type(f) for f in want]
+        assert ours.header_table_size == ref.header_table_size
+
+
+def test_str_fields_without_raw() -> None:
+    enc = hpack.Encoder()
+    block = enc.encode([(":method", "GET"), ("x-name", "caf\u00e9")])
+    assert (
+        Decoder().decode(block)
+        == hpack.Decoder().decode(block)
+        == [
+            (":method", "GET"),
+            ("x-name", "caf\u00e9"),
+        ]
+    )
+
+
+def test_huffman_strings_of_every_octet() -> None:
+    rng = random.Random(3)
+    for _ in range(200):
+        s = bytes(rng.randrange(256) for _ in range(rng.randint(0, 40)))
+        coded = hpack.huffman.HuffmanEncoder(
+            hpack.huffman_constants.REQUEST_CODES, hpack.huffman_constants.REQUEST_CODES_LENGTH
+        ).encode(s)
+        assert decode_huffman(coded) == s
+
+
+@pytest.mark.parametrize(
+    ("block", "error"),
+    [
+        (b"\x80", hpack.InvalidTableIndexError),  # index 0
+        (b"\xbf\x01", hpack.InvalidTableIndexError),  # index 64, empty dynamic table
+        (b"\x40\x05ab", hpack.HPACKDecodingError),  # truncated name
+        (b"\x40\x81", hpack.HPACKDecodingError),  # truncated Huffman name
+        (b"\x82\x3f\xe1\x1f", hpack.HPACKDecodingError),  # size update after a field
+        (b"\x3f\xe2\x1f", hpack.InvalidTableSizeError),  # 4097 > the 4096 advertised
+        (b"\x7f", hpack.HPACKDecodingError),  # truncated integer
+        (b"\x7f\xff\xff\xff\xff\xff\x7f", hpack.HPACKDecodingError),  # an integer too large
+        (b"\x00\x81\xff\x00", hpack.HPACKDecodingError),  # Huffman padding of 8 one bits
+        (b"\x00\x84\xff\xff\xff\xff\x00", hpack.HPACKDecodingError),  # EOS in a string
+        (b"\x00\x81\x00\x00", hpack.HPACKDecodingError),  # padding not all ones
+    ],
+)
+def test_malformed_blocks_raise_what_hpack_raises(block: bytes, error: type) -> None:
+    for dec in _pair():
+        with pytest.raises(error):
+            dec.decode(block, raw=True)
+
+
+def test_the_header_list_size_is_bounded() -> None:
+    enc = hpack.Encoder()
+    block = enc.encode([(b"x-big", b"v" * 200)] * 3)
+    for dec in (Decoder(500), hpack.Decoder(500)):
+        with pytest.raises(hpack.OversizedHeaderListError):
+            dec.decode(block, raw=True)
+
+
+def test_size_updates_evict_and_must_fit_what_was_advertised() -> None:
+    enc = hpack.Encoder()
+    first = enc.encode([(b"x-one", b"1" * 50), (b"x-two", b"2" * 50)])
+    enc.header_table_size = 100  # the next block starts with a size update to 100
+    second = enc.encode([(b"x-three", b"3")])
+    ours, ref = _pair()
+    for dec in (ours, ref):
+        dec.decode(first, raw=True)
+        assert dec.decode(second, raw=True) == [(b"x-three", b"3")]
+        assert dec.header_table_size == 100
+    # a peer that keeps a table larger than the size we now allow fails at the block's end
+    for dec in (Decoder(), hpack.Decoder()):
+        dec.max_allowed_table_size = 100
+        with pytest.raises(hpack.InvalidTableSizeError):
+            dec.decode(b"\x82", raw=True)
+
+
+def test_h2_connections_decode_with_it() -> None:
+    from proxycore.testing import Harness
+    from tests.helpers import Simple, connect_id, sent
+    from tests.test_h2_server import Client
+
+    h = Harness(Simple())
+    cl = Client(h)
+    up = connect_id(cl.request(1, extra=[("x-long", "v" * 100)]))
+    conn = h.engine.downstreams[cl.conn]
+    assert isinstance(conn.h2.decoder, Decoder)  # type: ignore[attr-defined]
+    head = sent(h.connected(up), up)
+    assert b"x-long: " + b"v" * 100 in head  # (decoded by it, Huffman-coded by the client)
