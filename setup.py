@@ -35,7 +35,7 @@ CORE = [
     # and stays interpreted.
     "proxycore/h2/server.py",
     "proxycore/h2/fields.py",
-    "proxycore/h2/hpackdec.py",
+    "proxycore/h2/hpackcodec.py",
     "proxycore/engine.py",
     "proxycore/pool.py",
     # The origin side's seam (OriginStream, UpstreamOwner) joins the compiled set with its

@@ -1,5 +1,6 @@
-"""proxycore's HPACK decoder (proxycore/h2/hpackdec.py) against the ``hpack`` library's, its
-reference: the same fields, the same dynamic table, the same exceptions (RFC 7541)."""
+"""proxycore's HPACK decoder and encoder (proxycore/h2/hpackcodec.py) against the ``hpack``
+library's, their reference: the same fields, the same bytes, the same dynamic table, the same
+exceptions (RFC 7541)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import hpack
 import pytest
 from hpack import HeaderTuple, NeverIndexedHeaderTuple
 
-from proxycore.h2.hpackdec import Decoder, decode_huffman
+from proxycore.h2.hpackcodec import Decoder, Encoder, decode_huffman, encode_huffman
 
 
 def _pair() -> tuple[Decoder, hpack.Decoder]:
@@ -67,12 +68,45 @@ def test_str_fields_without_raw() -> None:
 
 def test_huffman_strings_of_every_octet() -> None:
     rng = random.Random(3)
-    for _ in range(200):
+    reference = hpack.huffman.HuffmanEncoder(
+        hpack.huffman_constants.REQUEST_CODES, hpack.huffman_constants.REQUEST_CODES_LENGTH
+    )
+    for _ in range(300):
         s = bytes(rng.randrange(256) for _ in range(rng.randint(0, 40)))
-        coded = hpack.huffman.HuffmanEncoder(
-            hpack.huffman_constants.REQUEST_CODES, hpack.huffman_constants.REQUEST_CODES_LENGTH
-        ).encode(s)
+        coded = reference.encode(s)
+        assert encode_huffman(s) == coded
         assert decode_huffman(coded) == s
+
+
+def test_the_encoder_writes_what_hpack_writes() -> None:
+    rng = random.Random(11)
+    ours, ref = Encoder(), hpack.Encoder()
+    dec = hpack.Decoder()
+    dec.max_allowed_table_size = 1 << 16
+    for _ in range(400):
+        if rng.random() < 0.05:  # the peer's SETTINGS_HEADER_TABLE_SIZE changes
+            size = rng.choice([0, 64, 256, 4096, 8192])
+            ours.header_table_size = ref.header_table_size = size
+        fields = _random_fields(rng)
+        headers: list[object] = []
+        for n, v in fields:
+            kind = rng.random()
+            if kind < 0.1:
+                headers.append(NeverIndexedHeaderTuple(n, v))
+            elif kind < 0.15:
+                headers.append((n, v, True))
+            elif kind < 0.3:
+                headers.append((n.decode("latin-1"), v.decode("latin-1")))  # str: UTF-8
+            else:
+                headers.append(HeaderTuple(n, v))
+        huffman = rng.random() < 0.8
+        block = ours.encode(headers, huffman=huffman)
+        assert block == ref.encode(headers, huffman=huffman)
+        assert ours.header_table_size == ref.header_table_size
+        dec.decode(block, raw=True)  # (and it decodes)
+    assert Encoder().encode({"x-a": "1", ":status": "200"}) == hpack.Encoder().encode(
+        {"x-a": "1", ":status": "200"}
+    )
 
 
 @pytest.mark.parametrize(
@@ -132,5 +166,6 @@ def test_h2_connections_decode_with_it() -> None:
     up = connect_id(cl.request(1, extra=[("x-long", "v" * 100)]))
     conn = h.engine.downstreams[cl.conn]
     assert isinstance(conn.h2.decoder, Decoder)  # type: ignore[attr-defined]
+    assert isinstance(conn.h2.encoder, Encoder)  # type: ignore[attr-defined]
     head = sent(h.connected(up), up)
     assert b"x-long: " + b"v" * 100 in head  # (decoded by it, Huffman-coded by the client)

@@ -41,7 +41,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from proxycore.h2.hpackdec import Decoder
+from proxycore.h2.hpackcodec import Decoder, Encoder
 
 
 class CompressionError(ProtocolError):
@@ -195,14 +195,15 @@ class ServerConnection(H2Connection):
         self.incoming_buffer = BoundedFrameBuffer(max_header_block)
 
     def use_compiled_hpack(self) -> None:
-        """Decode field blocks with proxycore's compiled HPACK decoder
-        (:mod:`proxycore.h2.hpackdec`: the same interface, values and exceptions as
-        ``hpack``'s, several times faster compiled); before any frame was received."""
+        """Decode and encode field blocks with proxycore's compiled HPACK codec
+        (:mod:`proxycore.h2.hpackcodec`: the same interface, values, bytes and exceptions as
+        ``hpack``'s, several times faster compiled); before any frame was exchanged."""
         old = self.decoder
         dec = Decoder(old.max_header_list_size)
         dec.max_allowed_table_size = old.max_allowed_table_size
         dec.header_table_size = old.header_table_size
         self.decoder = dec  # type: ignore[assignment]  # (hpack.Decoder's interface, not its class)
+        self.encoder = Encoder()  # type: ignore[assignment]  # (the same for hpack.Encoder)
 
     def _receive_frame(self, frame: Any) -> Any:
         guard = self.guard

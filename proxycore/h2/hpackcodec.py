@@ -1,13 +1,19 @@
-"""Decoding HTTP/2 field blocks (HPACK, RFC 7541), compiled: the decoder a client
+"""HTTP/2 field blocks (HPACK, RFC 7541), compiled: the decoder and the encoder a client
 connection's ``h2`` state machine uses in place of the ``hpack`` library's.
 
 Theory of operation: :class:`Decoder` has the interface ``h2`` expects of ``hpack.Decoder``
 (``decode(data, raw)``, ``max_header_list_size``, ``max_allowed_table_size``,
 ``header_table_size``), returns the same ``HeaderTuple`` / ``NeverIndexedHeaderTuple`` values
 and raises the same ``hpack`` exceptions, so ``h2``'s error mapping (and proxycore's
-COMPRESSION_ERROR, :mod:`proxycore.h2._lib`) is unchanged; ``hpack``'s own decoder stays the
-reference it is tested against (``tests/test_h2_hpack.py``: random blocks from ``hpack``'s
-encoder, dynamic-table evictions, size updates and malformed blocks, decoded by both).
+COMPRESSION_ERROR, :mod:`proxycore.h2._lib`) is unchanged. :class:`Encoder` has
+``hpack.Encoder``'s (``encode(headers, huffman)``, ``header_table_size``) and writes the same
+bytes: every field with incremental indexing (never indexed when the tuple says so, §7.1.3),
+an exact match in the static or dynamic table as an index, a name match as an indexed name
+(the static table's first, else the newest dynamic entry's), strings Huffman-coded when asked,
+and the table size updates a new SETTINGS_HEADER_TABLE_SIZE asks for at the start of the next
+block (§4.2, §6.3). ``hpack``'s decoder and encoder stay the references they are tested
+against (``tests/test_h2_hpack.py``: random blocks, dynamic-table evictions, size updates and
+malformed blocks, through both, byte for byte).
 
 The representations (RFC 7541 §6): an indexed field (§6.1), a literal with incremental
 indexing (§6.2.1), without indexing (§6.2.2), never indexed (§6.2.3), a dynamic table size
@@ -23,7 +29,7 @@ of their sizes (name + value + 32 each) is over the current maximum.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from hpack import (
     HeaderTuple,
@@ -36,7 +42,7 @@ from hpack import (
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.table import HeaderTable
 
-__all__ = ["Decoder"]
+__all__ = ["Decoder", "Encoder"]
 
 _STATIC: Final[list[tuple[bytes, bytes]]] = list(HeaderTable.STATIC_TABLE)  # RFC 7541 App. A
 _N_STATIC: Final = 61
@@ -96,6 +102,27 @@ def _huffman_tables() -> tuple[list[int], list[int], list[bool]]:
 
 
 _H_NEXT, _H_SYM, _H_ACCEPT = _huffman_tables()
+_H_CODES: Final[list[int]] = list(REQUEST_CODES)
+_H_LENGTHS: Final[list[int]] = list(REQUEST_CODES_LENGTH)
+
+
+def encode_huffman(data: bytes) -> bytes:
+    """``data`` Huffman-coded (RFC 7541 §5.2), padded to an octet with the ones EOS starts
+    with."""
+    out = bytearray()
+    codes, lengths = _H_CODES, _H_LENGTHS
+    acc = 0
+    bits = 0
+    for byte in data:
+        acc = (acc << lengths[byte]) | codes[byte]
+        bits += lengths[byte]
+        while bits >= 8:
+            bits -= 8
+            out.append((acc >> bits) & 0xFF)
+        acc &= (1 << bits) - 1
+    if bits:
+        out.append(((acc << (8 - bits)) | ((1 << (8 - bits)) - 1)) & 0xFF)
+    return bytes(out)
 
 
 def decode_huffman(data: bytes) -> bytes:
@@ -267,3 +294,142 @@ def _string(data: bytes, i: int) -> tuple[bytes, int]:
         raise HPACKDecodingError("Truncated header block")
     s = data[i:end]
     return (decode_huffman(s) if huffman else s), end
+
+
+# ---------------------------------------------------------------------- the encoder
+
+# name -> (its first index in the static table, {value: index}) (RFC 7541 Appendix A)
+_STATIC_NAMES: Final[dict[bytes, tuple[int, dict[bytes, int]]]] = {}
+for _i, (_name, _value) in enumerate(_STATIC, 1):
+    _STATIC_NAMES.setdefault(_name, (_i, {}))[1].setdefault(_value, _i)
+
+
+class Encoder:
+    """An HPACK encoder with ``hpack.Encoder``'s interface and output (see the module
+    docstring)."""
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[bytes, bytes]] = []  # the dynamic table, newest last
+        self._size = 0
+        self._max_size = _DEFAULT_TABLE_SIZE
+        self._resized = False  # the last size set differed from the one before
+        self.table_size_changes: list[int] = []
+
+    @property
+    def header_table_size(self) -> int:
+        return self._max_size
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        value = int(value)
+        old = self._max_size
+        self._max_size = value
+        self._resized = value != old
+        if value <= 0:
+            self._entries.clear()
+            self._size = 0
+        elif old > value:
+            self._evict()
+        if self._resized:
+            self.table_size_changes.append(value)
+
+    def _evict(self) -> None:
+        entries = self._entries
+        while self._size > self._max_size and entries:
+            name, value = entries.pop(0)
+            self._size -= len(name) + len(value) + 32
+
+    def _add(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value) + 32
+        if size > self._max_size:
+            self._entries.clear()
+            self._size = 0
+            return
+        self._entries.append((name, value))
+        self._size += size
+        self._evict()
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        """The field block for ``headers``: an iterable of (name, value) tuples (bytes or
+        str; a ``NeverIndexedHeaderTuple``, or a third item True, is never indexed) or a
+        dict (pseudo-fields first)."""
+        out = bytearray()
+        if self._resized:
+            for size in self.table_size_changes:
+                _put_integer(out, size, 5, 0x20)
+            self.table_size_changes = []
+            self._resized = False
+        if isinstance(headers, dict):
+            items = sorted(headers.items(), key=lambda kv: not _to_bytes(kv[0]).startswith(b":"))
+        else:
+            items = headers
+        for header in items:
+            if isinstance(header, HeaderTuple):
+                sensitive = not header.indexable
+            else:
+                sensitive = len(header) > 2 and bool(header[2])
+            self._field(out, _to_bytes(header[0]), _to_bytes(header[1]), sensitive, huffman)
+        return bytes(out)
+
+    def _field(
+        self, out: bytearray, name: bytes, value: bytes, sensitive: bool, huffman: bool
+    ) -> None:
+        name_index = 0
+        static = _STATIC_NAMES.get(name)
+        if static is not None:
+            exact = static[1].get(value)
+            if exact is not None:
+                _put_integer(out, exact, 7, 0x80)  # §6.1
+                return
+            name_index = static[0]
+        entries = self._entries
+        last = len(entries) - 1
+        for k in range(last, -1, -1):
+            n, v = entries[k]
+            if n == name:
+                if v == value:
+                    _put_integer(out, _N_STATIC + 1 + last - k, 7, 0x80)
+                    return
+                if not name_index:
+                    name_index = _N_STATIC + 1 + last - k
+        if name_index:
+            if sensitive:
+                _put_integer(out, name_index, 4, 0x10)  # §6.2.3
+            else:
+                _put_integer(out, name_index, 6, 0x40)  # §6.2.1
+        else:
+            out.append(0x10 if sensitive else 0x40)
+            _put_string(out, name, huffman)
+        _put_string(out, value, huffman)
+        if not sensitive:
+            self._add(name, value)
+
+
+def _to_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    text: str = value if isinstance(value, str) else str(value)
+    return text.encode("utf-8")
+
+
+def _put_integer(out: bytearray, value: int, prefix: int, flags: int) -> None:
+    """``value`` with a ``prefix``-bit prefix (§5.1), the first octet or-ed with ``flags``."""
+    mask = (1 << prefix) - 1
+    if value < mask:
+        out.append(flags | value)
+        return
+    out.append(flags | mask)
+    value -= mask
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _put_string(out: bytearray, s: bytes, huffman: bool) -> None:
+    if huffman:
+        s = encode_huffman(s)
+        _put_integer(out, len(s), 7, 0x80)
+    else:
+        _put_integer(out, len(s), 7, 0)
+    out += s
