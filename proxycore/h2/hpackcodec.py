@@ -359,10 +359,9 @@ class Encoder:
                 _put_integer(out, size, 5, 0x20)
             self.table_size_changes = []
             self._resized = False
+        items: Any = headers  # (tuples of two or three items: not one tuple type)
         if isinstance(headers, dict):
             items = sorted(headers.items(), key=lambda kv: not _to_bytes(kv[0]).startswith(b":"))
-        else:
-            items = headers
         for header in items:
             if isinstance(header, HeaderTuple):
                 sensitive = not header.indexable
