@@ -152,25 +152,14 @@ def decode_huffman(data: bytes) -> bytes:
 # ---------------------------------------------------------------------- the decoder
 
 
-class Decoder:
-    """An HPACK decoder with ``hpack.Decoder``'s interface (see the module docstring)."""
+class _Table:
+    """A dynamic table (§4): entries newest last, evicted oldest first while the sum of their
+    sizes (name + value + 32 each, §4.1) is over the current maximum (§4.2-4.4)."""
 
-    def __init__(self, max_header_list_size: int = _DEFAULT_MAX_HEADER_LIST_SIZE) -> None:
-        self.max_header_list_size = max_header_list_size
-        # the most recent SETTINGS_HEADER_TABLE_SIZE we sent and had acknowledged
-        self.max_allowed_table_size = _DEFAULT_TABLE_SIZE
-        self._max_size = _DEFAULT_TABLE_SIZE  # the table's current maximum (§4.2)
+    def __init__(self) -> None:
+        self._entries: list[tuple[bytes, bytes]] = []
         self._size = 0
-        self._entries: list[tuple[bytes, bytes]] = []  # the dynamic table, newest last
-
-    @property
-    def header_table_size(self) -> int:
-        return self._max_size
-
-    @header_table_size.setter
-    def header_table_size(self, value: int) -> None:
-        self._max_size = value
-        self._evict()
+        self._max_size = _DEFAULT_TABLE_SIZE
 
     def _evict(self) -> None:
         entries = self._entries
@@ -186,6 +175,25 @@ class Decoder:
             return
         self._entries.append((name, value))
         self._size += size
+        self._evict()
+
+
+class Decoder(_Table):
+    """An HPACK decoder with ``hpack.Decoder``'s interface (see the module docstring)."""
+
+    def __init__(self, max_header_list_size: int = _DEFAULT_MAX_HEADER_LIST_SIZE) -> None:
+        super().__init__()
+        self.max_header_list_size = max_header_list_size
+        # the most recent SETTINGS_HEADER_TABLE_SIZE we sent and had acknowledged
+        self.max_allowed_table_size = _DEFAULT_TABLE_SIZE
+
+    @property
+    def header_table_size(self) -> int:
+        return self._max_size
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self._max_size = value
         self._evict()
 
     def _get(self, index: int) -> tuple[bytes, bytes]:
@@ -304,14 +312,12 @@ for _i, (_name, _value) in enumerate(_STATIC, 1):
     _STATIC_NAMES.setdefault(_name, (_i, {}))[1].setdefault(_value, _i)
 
 
-class Encoder:
+class Encoder(_Table):
     """An HPACK encoder with ``hpack.Encoder``'s interface and output (see the module
     docstring)."""
 
     def __init__(self) -> None:
-        self._entries: list[tuple[bytes, bytes]] = []  # the dynamic table, newest last
-        self._size = 0
-        self._max_size = _DEFAULT_TABLE_SIZE
+        super().__init__()
         self._resized = False  # the last size set differed from the one before
         self.table_size_changes: list[int] = []
 
@@ -322,32 +328,11 @@ class Encoder:
     @header_table_size.setter
     def header_table_size(self, value: int) -> None:
         value = int(value)
-        old = self._max_size
+        self._resized = value != self._max_size
         self._max_size = value
-        self._resized = value != old
-        if value <= 0:
-            self._entries.clear()
-            self._size = 0
-        elif old > value:
-            self._evict()
+        self._evict()  # (a size of 0 or less empties the table)
         if self._resized:
             self.table_size_changes.append(value)
-
-    def _evict(self) -> None:
-        entries = self._entries
-        while self._size > self._max_size and entries:
-            name, value = entries.pop(0)
-            self._size -= len(name) + len(value) + 32
-
-    def _add(self, name: bytes, value: bytes) -> None:
-        size = len(name) + len(value) + 32
-        if size > self._max_size:
-            self._entries.clear()
-            self._size = 0
-            return
-        self._entries.append((name, value))
-        self._size += size
-        self._evict()
 
     def encode(self, headers: Any, huffman: bool = True) -> bytes:
         """The field block for ``headers``: an iterable of (name, value) tuples (bytes or
