@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.targets import nginx_conf  # (bench/ is on the path: run as a script)
+
 HOST = "127.0.0.1"
 BODY = b"x" * 53
 
@@ -162,21 +164,21 @@ NGINX_MODES = {
 
 
 def nginx_round(origin: int, mode: str, duration: str, work: Path) -> tuple[float, float]:
-    """wrk_round with nginx as the reverse proxy (one worker, upstream keep-alive)."""
+    """wrk_round with nginx as the reverse proxy: the bench's nginx target (one worker,
+    upstream keep-alive; bench/harness/targets.py's configuration) with ``mode``'s
+    access_log in its server block."""
     port = free_port()
     log = work / "nginx-access.log"
     log.unlink(missing_ok=True)
     d = work / f"nginx-proxy-{mode}"
     d.mkdir(exist_ok=True)
-    conf = d / "nginx.conf"
-    conf.write_text(
-        f"worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/nginx.err;\n"
-        "events { worker_connections 4096; }\n"
-        f"http {{ {NGINX_MODES[mode].format(log=log)}\n"
-        f"  upstream o {{ server {HOST}:{origin}; keepalive 64; }}\n"
-        f"  server {{ listen {HOST}:{port} backlog=4096; keepalive_requests 1000000;\n"
-        "    location / { proxy_pass http://o; proxy_http_version 1.1;\n"
-        '      proxy_set_header Connection ""; } } }\n'
+    conf = nginx_conf(
+        d,
+        "nginx-proxy",
+        f"upstream o {{ server {HOST}:{origin}; keepalive 64; }}\n"
+        f"server {{ listen {HOST}:{port} backlog=4096; {NGINX_MODES[mode].format(log=log)}\n"
+        "  location / { proxy_pass http://o; proxy_http_version 1.1;\n"
+        '    proxy_set_header Connection ""; } }\n',
     )
     p = subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", str(conf), "-p", str(d)])
     try:
