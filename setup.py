@@ -31,9 +31,10 @@ CORE = [
     "proxycore/semantics.py",
     "proxycore/downstream.py",
     # HTTP/2 from clients: H2Conn and H2Stream subclass compiled classes (Downstream,
-    # ServerStream). proxycore/h2/_lib.py subclasses the pure-Python h2 library's connection
-    # and stays interpreted.
+    # ServerStream); the connection's frames, states and flow control, and HPACK.
     "proxycore/h2/server.py",
+    "proxycore/h2/connection.py",
+    "proxycore/h2/frames.py",
     "proxycore/h2/fields.py",
     "proxycore/h2/hpackcodec.py",
     "proxycore/engine.py",

@@ -70,7 +70,7 @@ class ServerConf:
     h2c: bool = True
     h2: bool = True
     h2_max_concurrent_streams: int = 100
-    # HTTP/2 floods (RFC 9113 §10.5; proxycore.h2._lib.FloodGuard): per client connection and
+    # HTTP/2 floods (RFC 9113 §10.5; proxycore.h2.connection.FloodGuard): per client connection and
     # window of h2_flood_window seconds, at most h2_max_resets streams reset by the client or
     # refused (rapid reset, CVE-2023-44487) and h2_max_control_frames PING, SETTINGS, PRIORITY,
     # unearned WINDOW_UPDATE, empty DATA and RST_STREAM on closed streams; a header block is at

@@ -232,8 +232,9 @@ class ReplayResult:
 
 def version_note(trace: Trace) -> str | None:
     """What differs between the recording and this replay that may change the bytes: the
-    ``h2`` library that framed an HTTP/2 connection's output (its version is in the header of
-    such a trace). None when nothing does."""
+    HTTP/2 framing of a connection's output (its version is in the header of such a trace:
+    ``proxycore-h2/N``, or the ``h2`` library's version in traces recorded before proxycore
+    framed HTTP/2 itself). None when nothing does."""
     recorded = trace.header.get("h2")
     if recorded is None:
         return None
@@ -241,7 +242,7 @@ def version_note(trace: Trace) -> str | None:
     if recorded == current:
         return None
     return (
-        f"recorded with h2 {recorded}, replayed with h2 {current or '(not installed)'}: "
+        f"recorded with HTTP/2 framing {recorded}, replayed with {current}: "
         "HTTP/2 frames may differ for that reason alone"
     )
 

@@ -15,7 +15,7 @@ Format, version 1 (all integers little-endian)::
     file    := MAGIC  u32:header_len  header  record*
     MAGIC   := b"PCTRACE\\n"
     header  := UTF-8 JSON object: format, version, proxycore, app, app_version, conf, conn,
-               and ``h2`` (the ``h2`` library's version) in the trace of an HTTP/2 connection
+               and ``h2`` (the version of the HTTP/2 framing) in the trace of an HTTP/2 connection
     record  := u8:kind  u32:conn  f64:now  u32:payload_len  payload
 
 Kinds 1-15 are events, 64-79 actions, 96 a pool answer (``conn`` = the reused upstream id, or
@@ -289,12 +289,12 @@ class _Open:
 
 
 def h2_version() -> str | None:
-    """The version of the ``h2`` library that frames HTTP/2 (None if it is not installed)."""
-    try:
-        from h2 import __version__ as version
-    except ImportError:  # pragma: no cover - h2 is a dependency
-        return None
-    return str(version)
+    """The version of what frames HTTP/2: proxycore's own connection
+    (:data:`proxycore.h2.connection.FRAMING`; traces recorded before it name the ``h2``
+    library's version)."""
+    from proxycore.h2.connection import FRAMING
+
+    return FRAMING
 
 
 class Recorder:

@@ -53,6 +53,22 @@ def test_random_blocks_decode_as_hpack_decodes_them() -> None:
         assert ours.header_table_size == ref.header_table_size
 
 
+def test_plain_decoding_gives_the_same_fields_as_plain_tuples() -> None:
+    """decode_plain (what the connection uses) keeps the dynamic table as decode does."""
+    rng = random.Random(11)
+    enc = hpack.Encoder()
+    enc.header_table_size = 512
+    plain, ref = _pair()
+    for _ in range(200):
+        fields = _random_fields(rng)
+        block = enc.encode(
+            [NeverIndexedHeaderTuple(n, v) if rng.random() < 0.1 else (n, v) for n, v in fields]
+        )
+        got = plain.decode_plain(block)
+        assert got == [tuple(f) for f in ref.decode(block, raw=True)]
+        assert all(type(f) is tuple for f in got)
+
+
 def test_str_fields_without_raw() -> None:
     enc = hpack.Encoder()
     block = enc.encode([(":method", "GET"), ("x-name", "caf\u00e9")])

@@ -1,11 +1,11 @@
-"""HTTP/2 field blocks (HPACK, RFC 7541), compiled: the decoder and the encoder a client
-connection's ``h2`` state machine uses in place of the ``hpack`` library's.
+"""HTTP/2 field blocks (HPACK, RFC 7541), compiled: the decoder and the encoder of a client
+connection (:mod:`proxycore.h2.connection`), in place of the ``hpack`` library's.
 
 Theory of operation: :class:`Decoder` has the interface ``h2`` expects of ``hpack.Decoder``
 (``decode(data, raw)``, ``max_header_list_size``, ``max_allowed_table_size``,
 ``header_table_size``), returns the same ``HeaderTuple`` / ``NeverIndexedHeaderTuple`` values
-and raises the same ``hpack`` exceptions, so ``h2``'s error mapping (and proxycore's
-COMPRESSION_ERROR, :mod:`proxycore.h2._lib`) is unchanged. :class:`Encoder` has
+and raises the same ``hpack`` exceptions (COMPRESSION_ERROR, or ENHANCE_YOUR_CALM for a
+list past its size, :mod:`proxycore.h2.connection`). :class:`Encoder` has
 ``hpack.Encoder``'s (``encode(headers, huffman)``, ``header_table_size``) and writes the same
 bytes: every field with incremental indexing (never indexed when the tuple says so, §7.1.3),
 an exact match in the static or dynamic table as an index, a name match as an indexed name
@@ -207,8 +207,29 @@ class Decoder(_Table):
 
     def decode(self, data: bytes, raw: bool = False) -> list[HeaderTuple]:
         """The field block ``data`` as a list of (name, value) tuples: bytes with ``raw``,
-        else str (UTF-8)."""
-        fields: list[HeaderTuple] = []
+        else str (UTF-8); ``hpack``'s ``HeaderTuple`` / ``NeverIndexedHeaderTuple``."""
+        fields: list[HeaderTuple] = self._decode(data, False)
+        if raw:
+            return fields
+        try:
+            return [
+                NeverIndexedHeaderTuple(f[0].decode("utf-8"), f[1].decode("utf-8"))
+                if isinstance(f, NeverIndexedHeaderTuple)
+                else HeaderTuple(f[0].decode("utf-8"), f[1].decode("utf-8"))
+                for f in fields
+            ]
+        except UnicodeDecodeError as err:
+            raise HPACKDecodingError("Unable to decode headers as UTF-8") from err
+
+    def decode_plain(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        """The field block ``data`` as plain (name, value) tuples of bytes (what the
+        connection hands on: whether a field was never indexed matters only to re-encoding
+        it, §7.1.3, and a request's fields go upstream as HTTP/1.1)."""
+        return self._decode(data, True)
+
+    def _decode(self, data: bytes, plain: bool) -> list[Any]:
+        fields: list[Any] = []
+        field: Any
         n = len(data)
         i = 0
         inflated = 0
@@ -218,12 +239,12 @@ class Decoder(_Table):
             if b & 0x80:  # §6.1 indexed
                 index, i = _integer(data, i, 7)
                 name, value = self._get(index)
-                field = HeaderTuple(name, value)
+                field = (name, value) if plain else HeaderTuple(name, value)
             elif b & 0x40:  # §6.2.1 literal with incremental indexing
                 index, i = _integer(data, i, 6)
                 name, value, i = self._literal(data, i, index)
                 self._add(name, value)
-                field = HeaderTuple(name, value)
+                field = (name, value) if plain else HeaderTuple(name, value)
             elif b & 0x20:  # §6.3 dynamic table size update
                 if fields:
                     raise HPACKDecodingError("Table size update not at the start of the block")
@@ -236,7 +257,12 @@ class Decoder(_Table):
                 never = bool(b & 0x10)
                 index, i = _integer(data, i, 4)
                 name, value, i = self._literal(data, i, index)
-                field = NeverIndexedHeaderTuple(name, value) if never else HeaderTuple(name, value)
+                if plain:
+                    field = (name, value)
+                elif never:
+                    field = NeverIndexedHeaderTuple(name, value)
+                else:
+                    field = HeaderTuple(name, value)
             fields.append(field)
             inflated += len(name) + len(value) + 32
             if inflated > self.max_header_list_size:
@@ -245,17 +271,7 @@ class Decoder(_Table):
                 )
         if self._max_size > self.max_allowed_table_size:
             raise InvalidTableSizeError("Encoder did not shrink table size to within the max")
-        if raw:
-            return fields
-        try:
-            return [
-                NeverIndexedHeaderTuple(f[0].decode("utf-8"), f[1].decode("utf-8"))
-                if isinstance(f, NeverIndexedHeaderTuple)
-                else HeaderTuple(f[0].decode("utf-8"), f[1].decode("utf-8"))
-                for f in fields
-            ]
-        except UnicodeDecodeError as err:
-            raise HPACKDecodingError("Unable to decode headers as UTF-8") from err
+        return fields
 
     def _literal(self, data: bytes, i: int, index: int) -> tuple[bytes, bytes, int]:
         """A literal field's name (indexed when ``index``, else the string at ``i``) and

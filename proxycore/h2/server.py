@@ -23,27 +23,34 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from h2.config import H2Configuration
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    PingAckReceived,
-    RemoteSettingsChanged,
-    RequestReceived,
-    StreamEnded,
-    StreamReset,
-    TrailersReceived,
-    WindowUpdated,
-)
-from h2.exceptions import ProtocolError
-from h2.settings import SettingCodes
-
 from proxycore.accesslog import log_rejected
 from proxycore.codec import NO_BODY, OPEN_BODY, SIZED_BODY, ServerStream
 from proxycore.downstream import DRAIN_RECENT, Downstream
-from proxycore.h2._lib import FloodGuard, ServerConnection, TrailersNotLast
+from proxycore.h2.connection import (
+    DATA_RECEIVED,
+    GOAWAY_RECEIVED,
+    PING_ACKED,
+    REQUEST,
+    SETTINGS_CHANGED,
+    STREAM_ENDED,
+    STREAM_RESET,
+    TRAILERS,
+    TRAILERS_NOT_LAST,
+    WINDOW_OPENED,
+    Connection,
+    ConnectionError_,
+    Event,
+    FloodGuard,
+    StreamClosed,
+)
 from proxycore.h2.fields import Malformed, check_request, check_trailers
+from proxycore.h2.frames import (
+    CANCEL,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+)
 from proxycore.http import Headers, RequestHeader, ResponseHeader
 from proxycore.meta import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, RequestMeta, ResponseMeta
 from proxycore.semantics import HOP_BY_HOP, error_body, response_has_body, trailer_fields
@@ -398,20 +405,20 @@ class H2Stream(ServerStream):
                     del out[0]
                     self._out_size -= len(chunk)
                     end = self._ending and not out and not self._trailers
-                    h2.send_data(sid, chunk, end_stream=end)
+                    h2.send_data(sid, chunk, end)
                 else:
                     view = memoryview(chunk)
-                    h2.send_data(sid, view[:size])
+                    h2.send_data(sid, view[:size], False)
                     out[0] = view[size:]
                     self._out_size -= size
             if not out and self._ending:
                 self._ending = False
                 if self._trailers:
-                    h2.send_headers(sid, self._trailers, end_stream=True)
+                    h2.send_headers(sid, self._trailers, True)
                     self._trailers = None
                 elif self._out_size == 0 and not self._sent_end():
-                    h2.send_data(sid, b"", end_stream=True)
-        except ProtocolError:
+                    h2.send_data(sid, b"", True)
+        except StreamClosed:
             # The stream was closed under us (the client reset it): nothing more goes out.
             out.clear()
             self._out_size = 0
@@ -423,16 +430,7 @@ class H2Stream(ServerStream):
         self.update_write_pause()
 
     def _sent_end(self) -> bool:
-        st = self.conn.h2.streams.get(self.sid)
-        return (
-            st is None
-            or st.closed
-            or st.state_machine.state.name
-            in (
-                "HALF_CLOSED_LOCAL",
-                "CLOSED",
-            )
-        )
+        return self.conn.h2.end_sent(self.sid)
 
     def update_write_pause(self) -> None:
         paused = bool(self._out) or self.conn.write_paused
@@ -448,11 +446,11 @@ class H2Stream(ServerStream):
         self.conn.stream_done(self, self.reset_code)
 
     def client_gone(self, s: Session) -> None:
-        self.conn.stream_done(self, self.reset_code or ErrorCodes.CANCEL)
+        self.conn.stream_done(self, self.reset_code or CANCEL)
 
     def abort_response(self, s: Session) -> None:
         # RFC 9113 §8.1: a response that cannot be completed ends with RST_STREAM.
-        self.conn.stream_done(self, ErrorCodes.INTERNAL_ERROR)
+        self.conn.stream_done(self, INTERNAL_ERROR)
 
     def active_exchanges(self) -> int:
         return 0 if self.session is None else 1
@@ -484,27 +482,16 @@ class H2Conn(Downstream):
     ) -> None:
         super().__init__(engine, conn_id, client, server, scheme, tls)
         conf = engine.conf
-        h2 = ServerConnection(
-            config=H2Configuration(
-                client_side=False,
-                header_encoding=None,
-                validate_inbound_headers=False,  # proxycore.h2.fields checks them once
-                normalize_inbound_headers=False,
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-            )
+        guard = FloodGuard(
+            conf.h2_max_resets, conf.h2_max_control_frames, conf.h2_flood_window, engine
         )
-        h2.local_settings = type(h2.local_settings)(
-            client=False,
-            initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: conf.h2_max_concurrent_streams,
-                SettingCodes.MAX_HEADER_LIST_SIZE: header_list_size(conf),
-                SettingCodes.HEADER_TABLE_SIZE: conf.h2_header_table_size,
-                SettingCodes.ENABLE_PUSH: 0,
-            },
+        h2 = Connection(
+            conf.h2_max_concurrent_streams,
+            header_list_size(conf),
+            conf.h2_header_table_size,
+            conf.h2_max_header_block,
+            guard,
         )
-        limit_floods(h2, engine)
-        h2.use_compiled_hpack()
         self.h2 = h2
         self.streams: dict[int, H2Stream] = {}
         self.tokens: dict[int, H2Stream] = {}
@@ -534,16 +521,13 @@ class H2Conn(Downstream):
             self.engine.send(self, data)
 
     def ack(self, sid: int, flow: int) -> None:
-        try:
-            self.h2.acknowledge_received_data(flow, sid)
-        except (ProtocolError, ValueError, KeyError):
-            pass  # the stream is gone: its data still counts for the connection (h2 does it)
+        self.h2.acknowledge_received_data(flow, sid)  # (a stream gone: the connection's)
         self.output()
 
     def send_headers(self, sid: int, fields: list[tuple[bytes, bytes]], end: bool) -> None:
         try:
-            self.h2.send_headers(sid, fields, end_stream=end)
-        except ProtocolError:
+            self.h2.send_headers(sid, fields, end)
+        except StreamClosed:
             return  # the client reset the stream
         self.output()
 
@@ -571,10 +555,7 @@ class H2Conn(Downstream):
     def goaway(self, code: int = 0) -> None:
         if self.closed:
             return
-        try:
-            self.h2.close_connection(code)
-        except ProtocolError:
-            return
+        self.h2.close_connection(code)
         self.output()
 
     def close(self, abort: bool = False) -> None:
@@ -612,15 +593,14 @@ class H2Conn(Downstream):
         del self.streams[sid]
         if self.closed:
             return
-        h2s = self.h2.streams.get(sid)
-        if h2s is not None and not h2s.closed:
+        if self.h2.is_open(sid):
             if code or st._out or st._ending:
                 st._out.clear()
                 st._out_size = 0
-                self._reset(sid, code or ErrorCodes.CANCEL)
+                self._reset(sid, code or CANCEL)
             elif not st._in_ended:
                 st._drop_input()
-                self._reset(sid, ErrorCodes.NO_ERROR)
+                self._reset(sid, NO_ERROR)
         st.closed = True
         self.output()
         if not self.streams:
@@ -632,7 +612,7 @@ class H2Conn(Downstream):
     def _reset(self, sid: int, code: int) -> None:
         try:
             self.h2.reset_stream(sid, code)
-        except ProtocolError:
+        except StreamClosed:
             pass
 
     # -- events
@@ -642,7 +622,7 @@ class H2Conn(Downstream):
             return
         try:
             events = self.h2.receive_data(data)
-        except ProtocolError as err:
+        except ConnectionError_ as err:
             self.engine.log.info("client %s: HTTP/2 error: %s", self.peer_name(), err)
             self.close()  # (h2 queued the GOAWAY: close sends it)
             return
@@ -652,34 +632,35 @@ class H2Conn(Downstream):
             self._event(ev)
         self.output()
 
-    def _event(self, ev: object) -> None:
-        if isinstance(ev, DataReceived):
-            st = self.streams.get(ev.stream_id)
+    def _event(self, ev: Event) -> None:
+        kind = ev.kind
+        if kind == DATA_RECEIVED:
+            st = self.streams.get(ev.sid)
             if st is not None:
-                st.on_body(ev.data, ev.flow_controlled_length)
+                st.on_body(ev.data, ev.flow)
             else:
-                self.ack(ev.stream_id, ev.flow_controlled_length)
-        elif isinstance(ev, RequestReceived):
-            self._request(ev.stream_id, ev.headers, ev.stream_ended is not None)
-        elif isinstance(ev, StreamEnded):
-            st = self.streams.get(ev.stream_id)
+                self.ack(ev.sid, ev.flow)
+        elif kind == REQUEST:
+            self._request(ev.sid, ev.headers, ev.ended)
+        elif kind == STREAM_ENDED:
+            st = self.streams.get(ev.sid)
             if st is not None:
                 st.on_end()
-        elif isinstance(ev, WindowUpdated):
-            if ev.stream_id:
-                st = self.streams.get(ev.stream_id)
+        elif kind == WINDOW_OPENED:
+            if ev.sid:
+                st = self.streams.get(ev.sid)
                 if st is not None:
                     st._drain()
             else:
                 for st in list(self.streams.values()):
                     if st._out or st._ending:
                         st._drain()
-        elif isinstance(ev, TrailersReceived):
-            st = self.streams.get(ev.stream_id)
+        elif kind == TRAILERS:
+            st = self.streams.get(ev.sid)
             if st is not None:
                 self._trailers(st, ev.headers)
-        elif isinstance(ev, StreamReset):
-            st = self.streams.get(ev.stream_id)
+        elif kind == STREAM_RESET:
+            st = self.streams.get(ev.sid)
             if st is not None:
                 st.closed = True
                 st._out.clear()
@@ -690,25 +671,25 @@ class H2Conn(Downstream):
                 if s is not None:
                     s.on_client_lost("reset the stream")
                 self.stream_done(st, 0)
-        elif isinstance(ev, RemoteSettingsChanged):
+        elif kind == SETTINGS_CHANGED:
             for st in list(self.streams.values()):
                 if st._out or st._ending:
                     st._drain()
-        elif isinstance(ev, PingAckReceived):
-            if ev.ping_data == DRAIN_PING and self.drain == ANNOUNCED:
+        elif kind == PING_ACKED:
+            if ev.data == DRAIN_PING and self.drain == ANNOUNCED:
                 self._drain_final()
-        elif isinstance(ev, TrailersNotLast):
-            st = self.streams.get(ev.stream_id)
+        elif kind == TRAILERS_NOT_LAST:
+            st = self.streams.get(ev.sid)
             if st is not None:
                 self.malformed_body(st, 0, "trailers without END_STREAM (RFC 9113 §8.1)")
-        elif isinstance(ev, ConnectionTerminated):
+        elif kind == GOAWAY_RECEIVED:
             self.peer_eof = True
             if not self.streams:
                 self.close()
 
-    def _trailers(self, st: H2Stream, headers: object) -> None:
+    def _trailers(self, st: H2Stream, headers: list[tuple[bytes, bytes]]) -> None:
         try:
-            fields = check_trailers(headers)  # type: ignore[arg-type]
+            fields = check_trailers(headers)
         except Malformed as err:
             self.malformed_body(st, 0, str(err))
             return
@@ -720,7 +701,7 @@ class H2Conn(Downstream):
         if s is not None and not s.on_request_trailers(h):
             return
 
-    def _request(self, sid: int, headers: object, ended: bool) -> None:
+    def _request(self, sid: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
         """A request head (RFC 9113 §8.3.1), checked once (:mod:`proxycore.h2.fields`; a
         malformed one resets its stream), cookie crumbs joined (§8.2.3), Host from :authority
         (§8.3.1), the HTTP/1.1 size limits (431)."""
@@ -728,7 +709,7 @@ class H2Conn(Downstream):
         conf = e.conf
         limits = conf.limits
         try:
-            f = check_request(headers)  # type: ignore[arg-type]
+            f = check_request(headers)
         except Malformed as err:
             self._malformed(sid, str(err))
             return
@@ -821,7 +802,7 @@ class H2Conn(Downstream):
         access = e.access_log
         if access is not None:
             log_rejected(access, self, 400, _log_head("-", "-", []), 0, e.now)
-        self._reset(sid, ErrorCodes.PROTOCOL_ERROR)
+        self._reset(sid, PROTOCOL_ERROR)
         self._stream_error_counted()
         self.output()
 
@@ -846,12 +827,12 @@ class H2Conn(Downstream):
         if flow:
             self.ack(st.sid, flow)
         st._drop_input()
-        st.reset_code = ErrorCodes.PROTOCOL_ERROR
+        st.reset_code = PROTOCOL_ERROR
         s = st.session
         if s is not None:
             s.on_client_lost(f"sent a malformed request ({reason})")
         if self.streams.get(st.sid) is st:
-            self.stream_done(st, ErrorCodes.PROTOCOL_ERROR)
+            self.stream_done(st, PROTOCOL_ERROR)
         if not self.closed:
             self._stream_error_counted()
 
@@ -884,11 +865,11 @@ class H2Conn(Downstream):
                     (b"content-length", str(len(body)).encode()),
                 ],
             )
-            h2.send_data(sid, body, end_stream=True)
+            h2.send_data(sid, body, True)
             if not ended:
-                h2.reset_stream(sid, ErrorCodes.NO_ERROR)
-        except ProtocolError:
-            self._reset(sid, ErrorCodes.REFUSED_STREAM)
+                h2.reset_stream(sid, NO_ERROR)
+        except StreamClosed:
+            self._reset(sid, REFUSED_STREAM)
         self.output()
 
     def on_eof(self) -> None:
@@ -961,10 +942,7 @@ class H2Conn(Downstream):
         self.drain = ANNOUNCED
         h2 = self.h2
         h2.send_goaway(MAX_STREAM_ID)
-        try:
-            h2.ping(DRAIN_PING)
-        except ProtocolError:
-            pass
+        h2.ping(DRAIN_PING)
         self.output()
         self.arm("goaway", self.engine.now + DRAIN_RECENT)
 
@@ -1001,14 +979,6 @@ class H2Conn(Downstream):
 
     def update_read_pause(self) -> None:
         """Flow control paces each stream (RFC 9113 §5.2); the socket keeps being read."""
-
-
-def limit_floods(h2: ServerConnection, engine: Engine) -> None:
-    """The budgets against HTTP/2 floods (RFC 9113 §10.5) from the server's settings."""
-    conf = engine.conf
-    guard = FloodGuard(conf.h2_max_resets, conf.h2_max_control_frames, conf.h2_flood_window, engine)
-    h2.limit_floods(guard, conf.h2_max_header_block)
-    h2.decoder.max_header_list_size = header_list_size(conf)
 
 
 def header_list_size(conf: ServerConf) -> int:
