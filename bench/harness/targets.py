@@ -538,7 +538,8 @@ def evaluate_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     h2_ratio = None
     if h2_uv and h2_ng and h2_ng["c10m10"]["rps"]:
         h2_ratio = round(h2_uv["c10m10"]["rps"] / h2_ng["c10m10"]["rps"], 3)
-    add(f"{uv} HTTP/2 req/s vs nginx (h2load -c10 -m10)", h2_ratio, ">=", 0.15, "x",
+    # issue 33's aim (0.15 until HTTP/2 was framed by proxycore itself)
+    add(f"{uv} HTTP/2 req/s vs nginx (h2load -c10 -m10)", h2_ratio, ">=", 0.2, "x",
         ((uv, "h2"), ("nginx", "h2")))  # fmt: skip
     for r in rows:  # issue 32: <= 32 KiB per idle HTTP/2 connection, every backend
         if r["name"].startswith("proxycore-") and r.get("h2_idle_kib_per_conn") is not None:

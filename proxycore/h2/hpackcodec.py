@@ -239,12 +239,10 @@ class Decoder(_Table):
             if b & 0x80:  # §6.1 indexed
                 index, i = _integer(data, i, 7)
                 name, value = self._get(index)
-                field = (name, value) if plain else HeaderTuple(name, value)
             elif b & 0x40:  # §6.2.1 literal with incremental indexing
                 index, i = _integer(data, i, 6)
                 name, value, i = self._literal(data, i, index)
                 self._add(name, value)
-                field = (name, value) if plain else HeaderTuple(name, value)
             elif b & 0x20:  # §6.3 dynamic table size update
                 if fields:
                     raise HPACKDecodingError("Table size update not at the start of the block")
@@ -257,12 +255,13 @@ class Decoder(_Table):
                 never = bool(b & 0x10)
                 index, i = _integer(data, i, 4)
                 name, value, i = self._literal(data, i, index)
-                if plain:
-                    field = (name, value)
-                elif never:
-                    field = NeverIndexedHeaderTuple(name, value)
-                else:
-                    field = HeaderTuple(name, value)
+            # (statements, not a conditional expression: mypyc would unbox that to a tuple)
+            if plain:
+                field = (name, value)
+            elif never:
+                field = NeverIndexedHeaderTuple(name, value)
+            else:
+                field = HeaderTuple(name, value)
             fields.append(field)
             inflated += len(name) + len(value) + 32
             if inflated > self.max_header_list_size:
