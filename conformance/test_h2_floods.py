@@ -150,6 +150,20 @@ def test_continuation_flood(echo, proxy):
     by.finish()
 
 
+def test_continuation_flood_of_empty_frames(echo, proxy):
+    """Empty CONTINUATION frames never grow the block: past 64 in one block, ENHANCE_YOUR_CALM
+    all the same (the kin of CVE-2024-27316 that costs CPU, not memory)."""
+    p = proxy(to=[echo.port])
+    by = Bystander(p.port)
+    s, c = attacker(p.port)
+    block = c.encoder.encode(head(c, p.port))
+    frames = [HeadersFrame(1, block[:3])]  # no END_HEADERS
+    frames += [ContinuationFrame(1, b"") for _ in range(1000)]
+    s.sendall(b"".join(f.serialize() for f in frames))
+    calmed(s)
+    by.finish()
+
+
 def _window_update() -> Frame:
     f = WindowUpdateFrame(0)
     f.window_increment = 1
