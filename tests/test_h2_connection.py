@@ -892,6 +892,70 @@ def test_header_table_size_change_signalled(size: int) -> None:
     assert dec.decode(after, raw=True) == RESP
 
 
+@pytest.mark.parametrize(
+    ("sizes", "updates"),
+    [
+        ([100, 4096], [100, 4096]),  # smaller, then back: both signalled (hpack 4.0 lost them)
+        ([200, 200], [200]),  # the same size twice: signalled once
+        ([4096], []),  # unchanged: nothing
+        ([65536], []),  # more than 4096: our table stays at 4096, nothing to signal
+        ([300, 100, 8192], [100, 4096]),  # the smallest, then the final (capped)
+    ],
+)
+def test_table_size_updates_follow_rfc_7541(sizes: list[int], updates: list[int]) -> None:
+    """RFC 7541 §4.2: after the client's SETTINGS_HEADER_TABLE_SIZE changes, the next block
+    starts with the smallest size set since the last block, if below the final size, then the
+    final size; our encoder's table stays within 4096 (ENCODER_TABLE_MAX)."""
+    conn, enc = opened()
+    request(conn, enc, 1)
+    conn.send_headers(1, RESP)
+    first = conn.data_to_send()
+    for size in sizes:
+        conn.receive_data(
+            SettingsFrame(0, settings={SettingCodes.HEADER_TABLE_SIZE: size}).serialize()
+        )
+    conn.data_to_send()  # (the SETTINGS ACKs)
+    request(conn, enc, 3)
+    conn.send_headers(3, RESP)
+    wire = first + conn.data_to_send()
+    blocks = [f.data for f in parse(wire) if isinstance(f, HeadersFrame)]
+    dec = hpack.Decoder()
+    dec.max_allowed_table_size = 1 << 20
+    dec.decode(blocks[0], raw=True)
+    seen = []
+    block = blocks[1]
+    i = 0
+    while block[i] & 0xE0 == 0x20:  # dynamic table size updates (§6.3)
+        n = block[i] & 0x1F
+        i += 1
+        if n == 0x1F:
+            m = 0
+            shift = 0
+            while True:
+                b = block[i]
+                i += 1
+                m |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+            n += m
+        seen.append(n)
+    assert seen == updates
+    assert dec.decode(blocks[1], raw=True) == RESP
+
+
+def test_headers_padding_reaching_into_the_priority_fields() -> None:
+    """§6.2: padding that leaves no room for the priority fields and the fragment is a
+    PROTOCOL_ERROR; a payload too short for the Pad Length and the priority fields themselves
+    is a FRAME_SIZE_ERROR."""
+    conn, enc = opened()
+    blk = enc.encode(REQ)
+    payload = bytes([len(blk) + 1]) + struct.pack(">IB", 0, 15) + blk
+    fails(conn, raw(T_HEADERS, 0x2D, 1, payload), ErrorCodes.PROTOCOL_ERROR, last=0)
+    conn, _ = opened()
+    fails(conn, raw(T_HEADERS, 0x2C, 1, b"\x00\x00\x00"), ErrorCodes.FRAME_SIZE_ERROR, last=0)
+
+
 # -- PING (§6.7)
 
 

@@ -150,6 +150,9 @@ BY_PEER_RESET: Final = 2  # the client sent RST_STREAM
 BY_END: Final = 3  # END_STREAM both ways
 CLOSED_KEPT: Final = 128
 
+# The largest dynamic table our encoder keeps, whatever the client allows (nghttp2's and Go's).
+ENCODER_TABLE_MAX: Final = 4096
+
 # At most this many CONTINUATION frames per header block (empty ones would otherwise cost
 # work without growing the block: CVE-2024-27316's kin); a 64 KiB block needs 4.
 MAX_CONTINUATIONS: Final = 64
@@ -594,11 +597,13 @@ class Connection:
     def _headers(self, flags: int, sid: int, payload: bytes) -> None:
         if sid == 0:
             self._fail(PROTOCOL_ERROR, "HEADERS on stream 0 (RFC 9113 §6.2)")
+        if flags & PRIORITY_FLAG and len(payload) < (6 if flags & PADDED else 5):
+            self._fail(FRAME_SIZE_ERROR, "HEADERS too short for its priority (RFC 9113 §6.2)")
         block = self._unpad(flags, payload)
         bad = False  # depends on itself (§5.3.1): a stream error once the block is decoded
         if flags & PRIORITY_FLAG:
-            if len(block) < 5:
-                self._fail(FRAME_SIZE_ERROR, "HEADERS too short for its priority (§6.2)")
+            if len(block) < 5:  # the padding reaches into the priority fields
+                self._fail(PROTOCOL_ERROR, "padding past the header block (RFC 9113 §6.2)")
             dep = ((block[0] & 0x7F) << 24) | (block[1] << 16) | (block[2] << 8) | block[3]
             block = block[5:]
             bad = dep == sid
@@ -773,7 +778,9 @@ class Connection:
     def _setting(self, code: int, value: int) -> None:
         """One of the client's settings (§6.5.2)."""
         if code == HEADER_TABLE_SIZE:
-            self.encoder.header_table_size = value
+            # the client's decoder allows up to ``value``; our encoder's table stays within
+            # 4096 (RFC 7541 §4.2: an encoder may use less; memory per connection is ours)
+            self.encoder.header_table_size = min(value, ENCODER_TABLE_MAX)
         elif code == ENABLE_PUSH or code == ENABLE_CONNECT_PROTOCOL:
             if value > 1:
                 self._fail(PROTOCOL_ERROR, f"setting {code} of {value} (RFC 9113 §6.5.2)")

@@ -11,7 +11,9 @@ bytes: every field with incremental indexing (never indexed when the tuple says 
 an exact match in the static or dynamic table as an index, a name match as an indexed name
 (the static table's first, else the newest dynamic entry's), strings Huffman-coded when asked,
 and the table size updates a new SETTINGS_HEADER_TABLE_SIZE asks for at the start of the next
-block (§4.2, §6.3). ``hpack``'s decoder and encoder stay the references they are tested
+block (§4.2, §6.3: the smallest size set since the last block if below the final one, then
+the final one; where ``hpack`` 4.0 loses a size set twice, or set back after a smaller one,
+this encoder signals it). ``hpack``'s decoder and encoder stay the references they are tested
 against (``tests/test_h2_hpack.py``: random blocks, dynamic-table evictions, size updates and
 malformed blocks, through both, byte for byte).
 
@@ -333,8 +335,8 @@ class Encoder(_Table):
 
     def __init__(self) -> None:
         super().__init__()
-        self._resized = False  # the last size set differed from the one before
-        self.table_size_changes: list[int] = []
+        self._signalled = self._max_size  # the size the decoder knows
+        self._low = -1  # the smallest size set since the last block (-1: none set)
 
     @property
     def header_table_size(self) -> int:
@@ -343,22 +345,28 @@ class Encoder(_Table):
     @header_table_size.setter
     def header_table_size(self, value: int) -> None:
         value = int(value)
-        self._resized = value != self._max_size
+        if self._low < 0 or value < self._low:
+            self._low = value
         self._max_size = value
         self._evict()  # (a size of 0 or less empties the table)
-        if self._resized:
-            self.table_size_changes.append(value)
 
     def encode(self, headers: Any, huffman: bool = True) -> bytes:
         """The field block for ``headers``: an iterable of (name, value) tuples (bytes or
         str; a ``NeverIndexedHeaderTuple``, or a third item True, is never indexed) or a
         dict (pseudo-fields first)."""
         out = bytearray()
-        if self._resized:
-            for size in self.table_size_changes:
-                _put_integer(out, size, 5, 0x20)
-            self.table_size_changes = []
-            self._resized = False
+        low = self._low
+        if low >= 0:
+            # RFC 7541 §4.2: the smallest size since the last block, if below the final one,
+            # then the final one, if the decoder does not know it (at most two updates; the
+            # same size set again, or after a smaller one, is not lost: hpack 4.0 drops it)
+            final = self._max_size
+            if low < final:
+                _put_integer(out, low, 5, 0x20)
+            if low < final or final != self._signalled:
+                _put_integer(out, final, 5, 0x20)
+            self._signalled = final
+            self._low = -1
         items: Any = headers  # (tuples of two or three items: not one tuple type)
         if isinstance(headers, dict):
             items = sorted(headers.items(), key=lambda kv: not _to_bytes(kv[0]).startswith(b":"))
