@@ -323,8 +323,8 @@ class Recorder:
 
     def http2(self, conn: int) -> None:
         """Connection ``conn`` speaks HTTP/2 (ALPN, or the preface before its first request):
-        its trace's header names the ``h2`` version, which frames its output (a replay under
-        another version says so, :mod:`proxycore.replay`)."""
+        its trace's header names the version of the HTTP/2 framing of its output (a replay
+        under another version says so, :mod:`proxycore.replay`)."""
         t = self.open.get(conn)
         if t is None:
             self._h2.add(conn)  # (its Accepted is being recorded: _write adds the field)

@@ -1,10 +1,11 @@
 """The fields of an HTTP/2 request and its trailers, checked once (RFC 9113 §8.1-8.3).
 
-Theory of operation: the ``h2`` library decodes a header block (HPACK) and hands the field list
-over as it came: its own header validation and normalisation are switched off (they ran the
-same checks as a chain of generators, most of a request's cost in the library, and turned
-every failure into a connection error). :func:`check_request` walks the list once, decoding
-each name and value (Latin-1) and checking it as it goes:
+Theory of operation: the connection (:mod:`proxycore.h2.connection`) decodes a header block
+(HPACK) and hands the field list over as it came; the checks are made here once (the ``h2``
+library, which framed HTTP/2 before, ran them as a chain of generators, most of a request's
+cost in the library, and turned every failure into a connection error).
+:func:`check_request` walks the list once, decoding each name and value (Latin-1) and
+checking it as it goes:
 
 - field names are lower-case tokens (§8.2, §8.2.1; RFC 9110 §5.1), values hold no NUL, CR, LF
   or other control character and do not start or end with a space or tab (§8.2.1; RFC 9110

@@ -2,8 +2,9 @@
 
 Theory of operation: a client connection that opened with the HTTP/2 connection preface
 (prior knowledge, RFC 9113 §3.3; or ALPN ``h2``, §3.2) is an :class:`H2Conn`. It feeds what
-it reads to an ``h2`` server connection and turns the events into calls on its streams; what
-the streams send leaves as one ``data_to_send()`` per input. Each stream is an
+it reads to its sans-I/O HTTP/2 connection (:class:`proxycore.h2.connection.Connection`) and
+turns the events into calls on its streams; what the streams send leaves as one
+``data_to_send()`` per input. Each stream is an
 :class:`H2Stream`, the :class:`proxycore.codec.ServerStream` of one exchange
 (:class:`proxycore.session.Session`), so filters see the same session API as on HTTP/1.1
 (``session.http_version`` is ``"2"``).
@@ -467,7 +468,8 @@ def tokens_of(meta: ResponseMeta) -> frozenset[str]:
 
 
 class H2Conn(Downstream):
-    """One HTTP/2 client connection: the ``h2`` state machine and its streams."""
+    """One HTTP/2 client connection: its frame layer (``h2``, a
+    :class:`proxycore.h2.connection.Connection`) and its streams."""
 
     __slots__ = ("_pending", "_streams_done", "drain", "h2", "streams", "tokens")
 
@@ -503,7 +505,7 @@ class H2Conn(Downstream):
     # -- output: one data_to_send() per input
 
     def output(self) -> None:
-        """Frames were queued in ``h2``: they leave at the end of the event, with everything
+        """Frames were queued in the connection: they leave at the end of the event, with everything
         else the event queued, as one ``data_to_send()`` (:meth:`end_event`)."""
         if not self._pending and not self.closed:
             self._pending = True
