@@ -56,6 +56,7 @@ __all__ = [
     "body_next",
     "exchange_allows",
     "exchange_next",
+    "flatten",
     "refuse_body",
     "refuse_exchange",
     "table_markdown",
@@ -277,7 +278,9 @@ class ExchangeStateError(Exception):
     """An event the transition table does not allow in the current state: a bug in the core."""
 
 
-def _flatten(table: dict[int, dict[int, int]], n_states: int, n_events: int) -> tuple[int, ...]:
+def flatten(table: dict[int, dict[int, int]], n_states: int, n_events: int) -> tuple[int, ...]:
+    """``table`` ({state: {event: next}}) as one tuple indexed by state * n_events + event,
+    NO_ROW where there is no row (also the HTTP/2 stream states', proxycore.h2.connection)."""
     flat = [NO_ROW] * (n_states * n_events)
     for state, row in table.items():
         for event, nxt in row.items():
@@ -287,8 +290,8 @@ def _flatten(table: dict[int, dict[int, int]], n_states: int, n_events: int) -> 
 
 # The tables flattened: the next state is EXCHANGE_NEXT[state * N_EXCHANGE_EVENTS + event]
 # (NO_ROW: none). The session reads them inline (Session._go: a call less per transition).
-EXCHANGE_NEXT: Final = _flatten(EXCHANGE_TABLE, N_EXCHANGE_STATES, N_EXCHANGE_EVENTS)
-BODY_NEXT: Final = _flatten(BODY_TABLE, N_BODY_STATES, N_BODY_EVENTS)
+EXCHANGE_NEXT: Final = flatten(EXCHANGE_TABLE, N_EXCHANGE_STATES, N_EXCHANGE_EVENTS)
+BODY_NEXT: Final = flatten(BODY_TABLE, N_BODY_STATES, N_BODY_EVENTS)
 
 
 def exchange_next(state: int, event: int) -> int:

@@ -40,6 +40,7 @@ from typing import Any, Final
 
 from hpack import HPACKError, OversizedHeaderListError
 
+from proxycore.exchange_states import flatten
 from proxycore.h2.frames import (
     ACK,
     COMPRESSION_ERROR,
@@ -82,6 +83,7 @@ from proxycore.h2.frames import (
     ping,
     rst_stream,
     settings,
+    u32_at,
     window_update,
 )
 from proxycore.h2.hpackcodec import Decoder, Encoder
@@ -134,15 +136,7 @@ STREAM_TABLE: Final[dict[int, dict[int, int]]] = {
 }
 
 
-def _flatten() -> tuple[int, ...]:
-    out = [0] * (_NE * (CLOSED + 1))
-    for state, row in STREAM_TABLE.items():
-        for ev, nxt in row.items():
-            out[state * _NE + ev] = nxt
-    return tuple(out)
-
-
-STREAM_NEXT: Final = _flatten()  # 0: no such change
+STREAM_NEXT: Final = flatten(STREAM_TABLE, CLOSED + 1, _NE)  # 0 (NO_ROW): no such change
 
 # How a remembered closed stream closed.
 BY_OUR_RESET: Final = 1  # we sent RST_STREAM: what is still in flight is ignored (§5.1)
@@ -257,15 +251,6 @@ class Connection:
         max_header_block: int,
         guard: FloodGuard | None = None,
     ) -> None:
-        self.local_settings: list[tuple[int, int]] = [
-            (HEADER_TABLE_SIZE, header_table_size),
-            (ENABLE_PUSH, 0),
-            (INITIAL_WINDOW_SIZE, DEFAULT_WINDOW),
-            (MAX_FRAME_SIZE, MIN_FRAME_SIZE),
-            (ENABLE_CONNECT_PROTOCOL, 0),
-            (MAX_CONCURRENT_STREAMS, max_concurrent_streams),
-            (MAX_HEADER_LIST_SIZE, max_header_list_size),
-        ]
         self.max_concurrent_streams = max_concurrent_streams
         self.max_header_block = max_header_block
         self.guard = guard
@@ -280,7 +265,6 @@ class Connection:
         # the client's settings (§6.5.2 initial values)
         self.remote_initial_window = DEFAULT_WINDOW
         self.max_outbound_frame_size = MIN_FRAME_SIZE
-        self.remote_max_concurrent_streams = MAX_WINDOW
         self.streams: dict[int, _Stream] = {}
         self.closed_streams: dict[int, int] = {}
         self.highest_inbound_stream_id = 0
@@ -307,8 +291,17 @@ class Connection:
     # -- output
 
     def initiate_connection(self) -> None:
-        """Queue our SETTINGS (the server's connection preface, §3.4)."""
-        self._out.append(settings(self.local_settings))
+        """Queue our SETTINGS (the server's connection preface, §3.4; in ``h2``'s order)."""
+        ours = [
+            (HEADER_TABLE_SIZE, self._table_size),
+            (ENABLE_PUSH, 0),
+            (INITIAL_WINDOW_SIZE, DEFAULT_WINDOW),
+            (MAX_FRAME_SIZE, MIN_FRAME_SIZE),
+            (ENABLE_CONNECT_PROTOCOL, 0),
+            (MAX_CONCURRENT_STREAMS, self.max_concurrent_streams),
+            (MAX_HEADER_LIST_SIZE, self.decoder.max_header_list_size),
+        ]
+        self._out.append(settings(ours))
 
     def data_to_send(self) -> bytes:
         """What was queued, in one piece (``takes`` counts the calls: one per input is the
@@ -440,10 +433,6 @@ class Connection:
                 return str(err)
         return None
 
-    @property
-    def open_inbound_streams(self) -> int:
-        return len(self.streams)
-
     # -- input
 
     def receive_data(self, data: bytes) -> list[Event]:
@@ -474,12 +463,7 @@ class Connection:
                     break
                 kind = buf[pos + 3]
                 flags = buf[pos + 4]
-                sid = (
-                    ((buf[pos + 5] & 0x7F) << 24)
-                    | (buf[pos + 6] << 16)
-                    | (buf[pos + 7] << 8)
-                    | buf[pos + 8]
-                )
+                sid = u32_at(buf, pos + 5) & 0x7FFFFFFF
                 start = pos + 9
                 pos = start + length
                 self._frame(kind, flags, sid, buf[start:pos])
@@ -604,7 +588,7 @@ class Connection:
         if flags & PRIORITY_FLAG:
             if len(block) < 5:  # the padding reaches into the priority fields
                 self._fail(PROTOCOL_ERROR, "padding past the header block (RFC 9113 §6.2)")
-            dep = ((block[0] & 0x7F) << 24) | (block[1] << 16) | (block[2] << 8) | block[3]
+            dep = u32_at(block, 0) & 0x7FFFFFFF
             block = block[5:]
             bad = dep == sid
         if len(block) > self.max_header_block:
@@ -719,7 +703,7 @@ class Connection:
     def _window_update(self, sid: int, payload: bytes) -> None:
         if len(payload) != 4:
             self._fail(FRAME_SIZE_ERROR, "WINDOW_UPDATE not 4 bytes long (RFC 9113 §6.9)")
-        inc = ((payload[0] & 0x7F) << 24) | (payload[1] << 16) | (payload[2] << 8) | payload[3]
+        inc = u32_at(payload, 0) & 0x7FFFFFFF
         guard = self.guard
         if guard is not None:
             if guard.credit > 0:
@@ -765,13 +749,7 @@ class Connection:
         self._hit(CONTROL)
         for i in range(0, len(payload), 6):
             code = (payload[i] << 8) | payload[i + 1]
-            value = (
-                (payload[i + 2] << 24)
-                | (payload[i + 3] << 16)
-                | (payload[i + 4] << 8)
-                | payload[i + 5]
-            )
-            self._setting(code, value)
+            self._setting(code, u32_at(payload, i + 2))
         self._out.append(SETTINGS_ACK)
         self._events.append(Event(SETTINGS_CHANGED, 0))
 
@@ -799,8 +777,7 @@ class Connection:
             if value < MIN_FRAME_SIZE or value > MAX_FRAME_SIZE_LIMIT:
                 self._fail(PROTOCOL_ERROR, f"SETTINGS_MAX_FRAME_SIZE of {value} (§6.5.2)")
             self.max_outbound_frame_size = value
-        elif code == MAX_CONCURRENT_STREAMS:
-            self.remote_max_concurrent_streams = value
+        # MAX_CONCURRENT_STREAMS limits the streams we would open (none: no push) and
         # MAX_HEADER_LIST_SIZE is advisory (§6.5.2); unknown settings are ignored
 
     def _rst_stream(self, sid: int, payload: bytes) -> None:
@@ -815,7 +792,7 @@ class Connection:
             self._hit(CONTROL)
             return
         self._hit(RESETS)  # rapid reset (CVE-2023-44487)
-        code = (payload[0] << 24) | (payload[1] << 16) | (payload[2] << 8) | payload[3]
+        code = u32_at(payload, 0)
         self._change(sid, st, RESET, BY_PEER_RESET)
         ev = Event(STREAM_RESET, sid)
         ev.code = code
@@ -839,16 +816,11 @@ class Connection:
             self._fail(PROTOCOL_ERROR, "PRIORITY on stream 0 (RFC 9113 §6.3)")
         self._hit(CONTROL)
         if len(payload) != 5:
-            self._priority_error(sid, FRAME_SIZE_ERROR)  # §6.3: a stream error
+            self._stream_error(sid, FRAME_SIZE_ERROR)  # §6.3: a stream error, even on idle
             return
-        dep = ((payload[0] & 0x7F) << 24) | (payload[1] << 16) | (payload[2] << 8) | payload[3]
+        dep = u32_at(payload, 0) & 0x7FFFFFFF
         if dep == sid:
-            self._priority_error(sid, PROTOCOL_ERROR)  # §5.3.1
-
-    def _priority_error(self, sid: int, code: int) -> None:
-        """A stream error on a PRIORITY signal (§5.3.1, §6.3): the stream may be open, closed
-        or idle (PRIORITY does not open it, §5.1)."""
-        self._stream_error(sid, code)
+            self._stream_error(sid, PROTOCOL_ERROR)  # §5.3.1
 
     def _goaway(self, sid: int, payload: bytes) -> None:
         if sid != 0:
@@ -856,6 +828,6 @@ class Connection:
         if len(payload) < 8:
             self._fail(FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes (RFC 9113 §6.8)")
         ev = Event(GOAWAY_RECEIVED, 0)
-        ev.sid = ((payload[0] & 0x7F) << 24) | (payload[1] << 16) | (payload[2] << 8) | payload[3]
-        ev.code = (payload[4] << 24) | (payload[5] << 16) | (payload[6] << 8) | payload[7]
+        ev.sid = u32_at(payload, 0) & 0x7FFFFFFF
+        ev.code = u32_at(payload, 4)
         self._events.append(ev)

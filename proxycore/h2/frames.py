@@ -79,6 +79,11 @@ def head(length: int, kind: int, flags: int, sid: int) -> bytes:
     )
 
 
+def u32_at(data: bytes, i: int) -> int:
+    """The 32-bit big-endian integer at ``data[i:i + 4]`` (a stream id is its low 31 bits)."""
+    return (data[i] << 24) | (data[i + 1] << 16) | (data[i + 2] << 8) | data[i + 3]
+
+
 def u32(value: int) -> bytes:
     return bytes(((value >> 24) & 0xFF, (value >> 16) & 0xFF, (value >> 8) & 0xFF, value & 0xFF))
 

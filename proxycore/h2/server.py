@@ -417,7 +417,7 @@ class H2Stream(ServerStream):
                 if self._trailers:
                     h2.send_headers(sid, self._trailers, True)
                     self._trailers = None
-                elif self._out_size == 0 and not self._sent_end():
+                elif self._out_size == 0 and not h2.end_sent(sid):
                     h2.send_data(sid, b"", True)
         except StreamClosed:
             # The stream was closed under us (the client reset it): nothing more goes out.
@@ -429,9 +429,6 @@ class H2Stream(ServerStream):
                 conn.stream_done(self, 0)  # its exchange ended before its output drained
             return
         self.update_write_pause()
-
-    def _sent_end(self) -> bool:
-        return self.conn.h2.end_sent(self.sid)
 
     def update_write_pause(self) -> None:
         paused = bool(self._out) or self.conn.write_paused
@@ -648,15 +645,14 @@ class H2Conn(Downstream):
             st = self.streams.get(ev.sid)
             if st is not None:
                 st.on_end()
-        elif kind == WINDOW_OPENED:
-            if ev.sid:
-                st = self.streams.get(ev.sid)
-                if st is not None:
+        elif kind == WINDOW_OPENED and ev.sid:
+            st = self.streams.get(ev.sid)
+            if st is not None:
+                st._drain()
+        elif kind == WINDOW_OPENED or kind == SETTINGS_CHANGED:  # (windows may have grown)
+            for st in list(self.streams.values()):
+                if st._out or st._ending:
                     st._drain()
-            else:
-                for st in list(self.streams.values()):
-                    if st._out or st._ending:
-                        st._drain()
         elif kind == TRAILERS:
             st = self.streams.get(ev.sid)
             if st is not None:
@@ -673,10 +669,6 @@ class H2Conn(Downstream):
                 if s is not None:
                     s.on_client_lost("reset the stream")
                 self.stream_done(st, 0)
-        elif kind == SETTINGS_CHANGED:
-            for st in list(self.streams.values()):
-                if st._out or st._ending:
-                    st._drain()
         elif kind == PING_ACKED:
             if ev.data == DRAIN_PING and self.drain == ANNOUNCED:
                 self._drain_final()
